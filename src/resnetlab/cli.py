@@ -1,0 +1,169 @@
+"""`resnetlab` command line: parses arguments and calls library functions, nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad value, missing file); printed without a traceback."""
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+@command("models")
+def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import create_model, get_model_entry, list_models
+    from .summary import _flop_counts, count_params, human
+
+    names = sorted(
+        list_models(args.pattern, family=args.family),
+        key=lambda n: (get_model_entry(n).family != "imagenet", _natural_key(n)),
+    )
+    if not names:
+        raise UserError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
+    rows = []
+    for name in names:
+        entry = get_model_entry(name)
+        # Built on the meta device: shapes only, no memory, no init time.
+        with torch.device("meta"):
+            model = create_model(name).eval()
+            flops, _ = _flop_counts(model, torch.zeros(1, *entry.input_size))
+        rows.append(
+            {
+                "model": name,
+                "family": entry.family,
+                "params": count_params(model),
+                "macs": flops // 2,
+                "input_size": list(entry.input_size),
+                "paper": entry.paper,
+                "description": entry.description,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    header = ["model", "family", "params", "MACs", "input"]
+    if args.paper:
+        header += ["paper params", "paper C10 err"]
+    table = []
+    for r in rows:
+        cells = [
+            r["model"],
+            r["family"],
+            f"{r['params'] / 1e6:.2f}M",
+            human(r["macs"]),
+            "x".join(str(v) for v in r["input_size"][1:]),
+        ]
+        if args.paper:
+            p = r["paper"]
+            cells += [
+                f"{p['params_m']}M" if p else "-",
+                f"{p['cifar10_error']:.2f}%" if p else "-",
+            ]
+        table.append(cells)
+    print(_format_table(header, table, right_from=2))
+    if args.paper:
+        print(
+            "\npaper: He et al. 2016 (arXiv:1512.03385), Table 6 - CIFAR-10 test error, "
+            "10 classes; option-A shortcuts."
+        )
+    print(f"\n{len(rows)} models. MACs: multiply-accumulates for one image at the input shown.")
+    return 0
+
+
+@command("summary")
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .models import create_model, get_model_entry
+    from .summary import format_summary, summarize
+
+    entry = get_model_entry(args.model)
+    in_chans = args.in_chans
+    input_size = tuple(args.input_size) if args.input_size else None
+    if input_size is None:
+        input_size = (in_chans or 3, *entry.input_size[1:])
+    elif in_chans is not None and in_chans != input_size[0]:
+        raise UserError(
+            f"--in-chans {in_chans} disagrees with --input-size {input_size[0]} "
+            f"{input_size[1]} {input_size[2]}; give one or make them match"
+        )
+    if min(input_size[1:]) < 32:
+        raise UserError(f"--input-size {input_size[1]}x{input_size[2]} is below the 32x32 minimum")
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0])
+    print(format_summary(args.model, summarize(model, input_size, depth=args.depth)))
+    return 0
+
+
+def _natural_key(name: str) -> tuple:
+    """Family prefix first, then depth as a number: resnet18 < resnet34 < resnet101."""
+    import re
+
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def fmt(cells):
+        return "  ".join(
+            str(c).rjust(w) if i >= right_from else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="resnetlab",
+        description="Residual networks for image classification: build, inspect, train.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("models", help="list registered models with params and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell pattern, e.g. 'resnet*'")
+    p.add_argument("--family", choices=["imagenet", "cifar"], help="only this family")
+    p.add_argument("--paper", action="store_true", help="show the paper's Table 6 figures")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("summary", help="per-layer table, parameters, MACs and FLOPs")
+    p.add_argument("model")
+    p.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"))
+    p.add_argument("--in-chans", type=int, help="input channels (1 for grayscale)")
+    p.add_argument("--num-classes", type=int, help="classifier outputs (default: family's)")
+    p.add_argument("--depth", type=int, default=2, help="levels of nesting shown (default 2)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""What every network in the zoo shares: classifier head, feature API, argument checks."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
+    "batchnorm": nn.BatchNorm2d,
+    "syncbatchnorm": nn.SyncBatchNorm,
+    # 32 groups as in Wu & He (arXiv:1803.08494); fewer when a layer has fewer channels.
+    "groupnorm": lambda c: nn.GroupNorm(min(32, c), c),
+}
+
+
+def resolve_norm_layer(norm_layer) -> Callable[[int], nn.Module]:
+    """Accept None, a name from NORM_LAYERS, or a callable ``f(num_channels) -> Module``."""
+    if norm_layer is None:
+        return nn.BatchNorm2d
+    if isinstance(norm_layer, str):
+        try:
+            return NORM_LAYERS[norm_layer.lower()]
+        except KeyError:
+            raise ValueError(
+                f"norm_layer={norm_layer!r} is unknown; use one of {', '.join(NORM_LAYERS)} "
+                "or a callable taking the channel count"
+            ) from None
+    if not callable(norm_layer):
+        raise ValueError(
+            f"norm_layer must be a name or a callable, got {type(norm_layer).__name__}"
+        )
+    return norm_layer
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+class ClassifierNet(nn.Module, ABC):
+    """Stem + stages + global average pool + linear head.
+
+    Subclasses build ``self.stages`` (names of the stage attributes, in order), ``self.fc`` and
+    set ``self.num_features``. The pool is adaptive, so any input of at least 32x32 works.
+    """
+
+    stage_names: tuple[str, ...] = ()
+    num_features: int
+    fc: nn.Module
+
+    def _make_head(self, num_classes: int, drop_rate: float) -> None:
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        if not 0.0 <= float(drop_rate) < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+        self.drop_rate = float(drop_rate)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    @abstractmethod
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Input to the first stage's input."""
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last stage, before pooling (N, C, h, w)."""
+        x = self.forward_stem(x)
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before the classifier (N, num_features)."""
+        return torch.flatten(self.avgpool(self.forward_feature_map(x)), 1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one for ``num_classes`` (0: no head)."""
+        self.num_classes = check_int("num_classes", num_classes, 0)
+        device = next(self.parameters()).device
+        self.fc = (
+            nn.Linear(self.num_features, num_classes).to(device) if num_classes else nn.Identity()
+        )
+
+    @abstractmethod
+    def stem_modules(self) -> list[nn.Module]:
+        """The modules of the stem, for freezing."""
+
+    def parameter_groups(self) -> list[tuple[str, list[nn.Module]]]:
+        """Modules in input-to-output order: stem, each stage, head (for freezing and
+        discriminative learning rates)."""
+        groups = [("stem", self.stem_modules())]
+        groups += [(name, [getattr(self, name)]) for name in self.stage_names]
+        groups.append(("head", [self.fc]))
+        return groups

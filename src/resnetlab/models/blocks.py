@@ -1,0 +1,169 @@
+"""Residual blocks and shortcuts shared by every ResNet in the zoo.
+
+Attribute names (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``conv3``, ``bn3``, ``downsample``)
+are torchvision's, so torchvision state_dicts load into these blocks unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1):
+    """3x3 convolution with padding that keeps the spatial size at stride 1."""
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+    )
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+class PadShortcut(nn.Module):
+    """Parameter-free shortcut (He et al. 2016, option A): subsample, then zero-pad channels.
+
+    Used by the CIFAR family where the paper keeps the network exactly the size of its plain
+    twin: "we use identity shortcuts in all cases (option A)" (arXiv:1512.03385, sec. 4.2).
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        if out_planes < in_planes:
+            raise ValueError(
+                f"option-A shortcut cannot shrink channels ({in_planes}->{out_planes})"
+            )
+        self.stride = stride
+        self.extra = out_planes - in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            front = self.extra // 2
+            x = F.pad(x, (0, 0, 0, 0, front, self.extra - front))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, pad_channels={self.extra}"
+
+
+def projection_shortcut(
+    in_planes: int, out_planes: int, stride: int, norm_layer: NormLayer, avg_down: bool = False
+) -> nn.Sequential:
+    """1x1 projection + norm (option B). ``avg_down`` pools first, as in ResNet-D.
+
+    ResNet-D ("Bag of Tricks", arXiv:1812.01187, sec. 4.2): a strided 1x1 conv ignores 3/4 of
+    the input, so average-pool to downsample and keep the 1x1 conv at stride 1.
+    """
+    if avg_down and stride > 1:
+        return nn.Sequential(
+            nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
+            conv1x1(in_planes, out_planes),
+            norm_layer(out_planes),
+        )
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions; ReLU only after the addition (never on the branch before it)."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+        self.conv1 = conv3x3(inplanes, planes, stride, dilation=dilation)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = out + identity
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand.
+
+    The stride sits on the 3x3 conv by default ("ResNet v1.5", as torchvision does; about
+    +0.5 % top-1 over v1). ``stride_in_1x1=True`` restores the original paper's placement.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+    ) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(inplanes, width, stride_1x1)
+        self.bn1 = norm_layer(width)
+        self.conv2 = conv3x3(width, width, stride_3x3, groups, dilation)
+        self.bn2 = norm_layer(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            identity = x if self.downsample is None else self.downsample(x)
+            out = out + identity
+        return self.relu(out)

@@ -1,0 +1,170 @@
+"""Model registry: every network is one named entry over one of two builders.
+
+An entry fixes the architecture-defining arguments (block, depths, widths); everything else is
+a keyword argument the user may set, checked here so a typo is an error and never ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .cifar import CifarResNet
+from .resnet import ResNet
+
+FAMILIES = ("imagenet", "cifar")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: type[nn.Module]
+    family: str
+    fixed: dict = field(default_factory=dict)
+    description: str = ""
+    # The paper's figures where the name comes from a paper table: params (M), error (%).
+    paper: dict = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """Default (C, H, W): 224 for the ImageNet family, 32 for the CIFAR family."""
+        return (3, 224, 224) if self.family == "imagenet" else (3, 32, 32)
+
+    @property
+    def default_num_classes(self) -> int:
+        return 1000 if self.family == "imagenet" else 10
+
+    def allowed_kwargs(self) -> list[str]:
+        params = inspect.signature(self.builder.__init__).parameters
+        return sorted(p for p in params if p != "self" and p not in self.fixed)
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    builder: type[nn.Module],
+    family: str,
+    description: str = "",
+    paper: dict | None = None,
+    **fixed,
+) -> ModelEntry:
+    """Add a named entry. A second entry with the same name is refused."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not one of {FAMILIES}")
+    entry = ModelEntry(name, builder, family, dict(fixed), description, dict(paper or {}))
+    unknown = set(fixed) - set(inspect.signature(builder.__init__).parameters)
+    if unknown:
+        raise ValueError(f"{name}: {builder.__name__} takes no {sorted(unknown)}")
+    _REGISTRY[name] = entry
+    return entry
+
+
+def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
+    """Every registered name matching a shell-style ``pattern``, sorted."""
+    return sorted(
+        n
+        for n, e in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+    )
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}{hint} (`resnetlab models` lists all {len(_REGISTRY)})"
+        ) from None
+
+
+def create_model(
+    name: str, num_classes: int | None = None, in_chans: int = 3, **kwargs
+) -> nn.Module:
+    """Build a registered model.
+
+    ``num_classes`` defaults to the family's data set (1000 for ImageNet, 10 for CIFAR).
+    Unknown names and keyword arguments raise ``ValueError`` naming the close matches.
+    """
+    entry = get_model_entry(name)
+    allowed = entry.allowed_kwargs()
+    for key in kwargs:
+        if key in entry.fixed:
+            raise ValueError(
+                f"{name} fixes {key}={entry.fixed[key]!r}; pick another model name to change it"
+            )
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(
+                f"{name} does not accept {key!r}{hint}; it accepts: {', '.join(allowed)}"
+            )
+    if num_classes is None:
+        num_classes = entry.default_num_classes
+    model = entry.builder(**entry.fixed, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model.model_name = name
+    return model
+
+
+def _register_zoo() -> None:
+    basic, bottleneck = "basic", "bottleneck"
+    imagenet = [
+        ("resnet18", basic, (2, 2, 2, 2), {}, "ResNet-18"),
+        ("resnet34", basic, (3, 4, 6, 3), {}, "ResNet-34"),
+        ("resnet50", bottleneck, (3, 4, 6, 3), {}, "ResNet-50 (v1.5)"),
+        ("resnet101", bottleneck, (3, 4, 23, 3), {}, "ResNet-101 (v1.5)"),
+        ("resnet152", bottleneck, (3, 8, 36, 3), {}, "ResNet-152 (v1.5)"),
+        ("resnext50_32x4d", bottleneck, (3, 4, 6, 3), dict(groups=32, width_per_group=4), ""),
+        ("resnext101_32x8d", bottleneck, (3, 4, 23, 3), dict(groups=32, width_per_group=8), ""),
+        ("resnext101_64x4d", bottleneck, (3, 4, 23, 3), dict(groups=64, width_per_group=4), ""),
+        ("wide_resnet50_2", bottleneck, (3, 4, 6, 3), dict(width_per_group=128), ""),
+        ("wide_resnet101_2", bottleneck, (3, 4, 23, 3), dict(width_per_group=128), ""),
+        (
+            "resnet50d",
+            bottleneck,
+            (3, 4, 6, 3),
+            dict(stem_type="deep", stem_width=32, avg_down=True),
+            "ResNet-50-D: deep stem, average-pool downsample (Bag of Tricks)",
+        ),
+    ]
+    for name, block, layers, extra, desc in imagenet:
+        register_model(name, ResNet, "imagenet", desc or name, block=block, layers=layers, **extra)
+    register_model("plain18", ResNet, "imagenet", "plain twin of resnet18", block=basic,
+                   layers=(2, 2, 2, 2), residual=False)  # fmt: skip
+    register_model("plain34", ResNet, "imagenet", "plain twin of resnet34", block=basic,
+                   layers=(3, 4, 6, 3), residual=False)  # fmt: skip
+
+    # He et al. 2016, Table 6: parameters and CIFAR-10 test error (%, best of 5 runs for
+    # resnet110, whose mean was 6.61 +/- 0.16).
+    table6 = {20: (0.27, 8.75), 32: (0.46, 7.51), 44: (0.66, 7.17), 56: (0.85, 6.97),
+              110: (1.7, 6.43), 1202: (19.4, 7.93)}  # fmt: skip
+    for depth, (params_m, error) in table6.items():
+        register_model(
+            f"resnet{depth}",
+            CifarResNet,
+            "cifar",
+            f"CIFAR ResNet-{depth} (6n+2, n={(depth - 2) // 6})",
+            paper={"params_m": params_m, "cifar10_error": error},
+            depth=depth,
+        )
+    for depth in (20, 32, 44, 56, 110):
+        register_model(
+            f"plain{depth}",
+            CifarResNet,
+            "cifar",
+            f"plain twin of resnet{depth}",
+            depth=depth,
+            residual=False,
+        )
+
+
+_register_zoo()

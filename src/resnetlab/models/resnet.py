@@ -1,0 +1,150 @@
+"""The ImageNet ResNet family (He et al. 2016, arXiv:1512.03385) and its descendants.
+
+One builder, ``ResNet``; ResNeXt (arXiv:1611.05431) is ``groups`` + ``width_per_group``,
+Wide ResNet (arXiv:1605.07146) is ``width_per_group``, ResNet-D (arXiv:1812.01187) is a deep
+stem + average-pool downsampling. Module names match torchvision's so its weights load strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
+from .blocks import BasicBlock, Bottleneck, conv3x3, projection_shortcut
+from .init import init_weights, zero_init_last_norm
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+STEM_TYPES = ("", "deep")
+
+
+class ResNet(ClassifierNet):
+    """ImageNet-style ResNet: 7x7 (or deep 3x3) stem, max-pool, four stages, linear head."""
+
+    stage_names = ("layer1", "layer2", "layer3", "layer4")
+
+    def __init__(
+        self,
+        block: str = "basic",
+        layers: Sequence[int] = (2, 2, 2, 2),
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        groups: int = 1,
+        width_per_group: int = 64,
+        replace_stride_with_dilation: Sequence[bool] | None = None,
+        zero_init_residual: bool = False,
+        norm_layer=None,
+        residual: bool = True,
+        stride_in_1x1: bool = False,
+        stem_type: str = "",
+        stem_width: int = 64,
+        avg_down: bool = False,
+        init: str = "kaiming",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"block={block!r} is not one of {', '.join(BLOCKS)}")
+        block_cls = BLOCKS[block]
+        if len(layers) != 4:
+            raise ValueError(f"layers must list 4 stage depths, got {list(layers)}")
+        for depth in layers:
+            check_int("each entry of layers", depth, 1)
+        check_int("in_chans", in_chans, 1)
+        check_int("groups", groups, 1)
+        check_int("width_per_group", width_per_group, 1)
+        check_int("stem_width", stem_width, 1)
+        check_bool("zero_init_residual", zero_init_residual)
+        check_bool("residual", residual)
+        check_bool("stride_in_1x1", stride_in_1x1)
+        check_bool("avg_down", avg_down)
+        if block_cls is BasicBlock and (groups != 1 or width_per_group != 64):
+            raise ValueError("basic blocks support only groups=1 and width_per_group=64")
+        if stem_type not in STEM_TYPES:
+            raise ValueError(f"stem_type={stem_type!r} is not one of {STEM_TYPES}")
+        if replace_stride_with_dilation is None:
+            replace_stride_with_dilation = (False, False, False)
+        if len(replace_stride_with_dilation) != 3:
+            raise ValueError(
+                "replace_stride_with_dilation must have 3 booleans (for layer2..layer4), "
+                f"got {list(replace_stride_with_dilation)}"
+            )
+        if zero_init_residual and not residual:
+            raise ValueError(
+                "zero_init_residual=True would zero every plain block; use residual=True"
+            )
+        norm = resolve_norm_layer(norm_layer)
+
+        self.in_chans = in_chans
+        self.residual = residual
+        self._norm = norm
+        self._block = block_cls
+        self.groups = groups
+        self.base_width = width_per_group
+        self.dilation = 1
+        self.stride_in_1x1 = stride_in_1x1
+        self.avg_down = avg_down
+
+        if stem_type == "deep":
+            # Three 3x3 convs replace the 7x7 (ResNet-C): same receptive field, cheaper, better.
+            self.conv1 = nn.Sequential(
+                conv3x3(in_chans, stem_width, stride=2),
+                norm(stem_width),
+                nn.ReLU(inplace=True),
+                conv3x3(stem_width, stem_width),
+                norm(stem_width),
+                nn.ReLU(inplace=True),
+                conv3x3(stem_width, 2 * stem_width),
+            )
+            self.inplanes = 2 * stem_width
+        else:
+            self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
+            self.inplanes = stem_width
+        self.bn1 = norm(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], 2, replace_stride_with_dilation[0])
+        self.layer3 = self._make_layer(256, layers[2], 2, replace_stride_with_dilation[1])
+        self.layer4 = self._make_layer(512, layers[3], 2, replace_stride_with_dilation[2])
+        self.num_features = 512 * block_cls.expansion
+        self._make_head(num_classes, drop_rate)
+
+        init_weights(self, init)
+        if zero_init_residual:
+            zero_init_last_norm(self)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False):
+        block = self._block
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        out_planes = planes * block.expansion
+        if self.residual and (stride != 1 or self.inplanes != out_planes):
+            downsample = projection_shortcut(
+                self.inplanes, out_planes, stride, self._norm, avg_down=self.avg_down
+            )
+        common = dict(
+            groups=self.groups,
+            base_width=self.base_width,
+            norm_layer=self._norm,
+            residual=self.residual,
+            stride_in_1x1=self.stride_in_1x1,
+        )
+        layers = [
+            block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, **common)
+        ]
+        self.inplanes = out_planes
+        for _ in range(1, blocks):
+            layers.append(block(self.inplanes, planes, dilation=self.dilation, **common))
+        return nn.Sequential(*layers)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def stem_modules(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1]

@@ -1,0 +1,156 @@
+"""Model inspection: parameter counts, MACs, and a per-layer table.
+
+MACs come from PyTorch's own ``torch.utils.flop_counter`` (which counts FLOPs of convolutions
+and matrix products, 2 per multiply-accumulate); norms, activations and pooling are not counted,
+the same convention as the figures in the ResNet papers and torchvision's weight metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class LayerRow:
+    name: str
+    type: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+    depth: int
+
+
+@dataclass
+class ModelSummary:
+    rows: list[LayerRow]
+    input_size: tuple[int, int, int]
+    total_params: int
+    trainable_params: int
+    macs: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _flop_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """Total FLOPs and FLOPs per module path (dotted names relative to ``model``)."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    root = type(model).__name__
+    per_module: dict[str, int] = {}
+    for key, ops in counter.get_flop_counts().items():
+        if key == root or not key.startswith(root + "."):
+            continue
+        per_module[key[len(root) + 1 :]] = int(sum(ops.values()))
+    return int(counter.get_total_flops()), per_module
+
+
+def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
+    """Multiply-accumulates of one forward pass on one image of ``input_size`` (C, H, W)."""
+    was_training = model.training
+    model.eval()
+    try:
+        flops, _ = _flop_counts(model, torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+    return flops // 2
+
+
+def summarize(
+    model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), depth: int = 2
+) -> ModelSummary:
+    """Per-module rows down to ``depth`` levels of nesting (1: stem, stages and head only)."""
+    if len(input_size) != 3 or min(input_size) < 1:
+        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name and name.count(".") < depth:
+
+            def hook(_m, _inp, out, name=name):
+                if isinstance(out, torch.Tensor):
+                    shapes[name] = tuple(out.shape)
+
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, *input_size)
+        flops, per_module = _flop_counts(model, x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+    rows = []
+    for name, module in model.named_modules():
+        if name in shapes:
+            rows.append(
+                LayerRow(
+                    name=name,
+                    type=type(module).__name__,
+                    output_shape=shapes[name],
+                    params=count_params(module),
+                    macs=per_module.get(name, 0) // 2,
+                    depth=name.count("."),
+                )
+            )
+    return ModelSummary(
+        rows=rows,
+        input_size=tuple(input_size),
+        total_params=count_params(model),
+        trainable_params=count_params(model, trainable_only=True),
+        macs=flops // 2,
+    )
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M' (SI prefixes, three significant digits)."""
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f}{prefix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def format_summary(model_name: str, s: ModelSummary) -> str:
+    header = ("Layer", "Type", "Output shape", "Params", "MACs")
+    body = [
+        (
+            "  " * r.depth + r.name,
+            r.type,
+            "x".join(str(d) for d in r.output_shape[1:]),
+            f"{r.params:,}",
+            human(r.macs),
+        )
+        for r in s.rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells):
+        left = [c.ljust(w) for c, w in zip(cells[:3], widths[:3])]
+        right = [c.rjust(w) for c, w in zip(cells[3:], widths[3:])]
+        return "  ".join(left + right).rstrip()
+
+    rule = "-" * len(line(header))
+    c, h, w = s.input_size
+    out = [f"{model_name}  input 1x{c}x{h}x{w}", rule, line(header), rule]
+    out += [line(row) for row in body]
+    out += [
+        rule,
+        f"Total params:      {s.total_params:,}",
+        f"Trainable params:  {s.trainable_params:,}",
+        f"MACs:              {human(s.macs)}  (multiply-accumulates, one image)",
+        f"FLOPs:             {human(s.flops)}  (= 2 x MACs)",
+        f"Weights size:      {s.total_params * 4 / 2**20:.1f} MiB as fp32",
+    ]
+    return "\n".join(out)

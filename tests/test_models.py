@@ -1,0 +1,200 @@
+"""Every registered model: shapes at two input sizes, gradients, finiteness, API."""
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab import create_model, list_models
+from resnetlab.models import get_model_entry, register_model
+from resnetlab.models.cifar import CifarResNet
+
+ALL = list_models()
+
+
+def _sizes(name: str) -> list[tuple[int, int]]:
+    # Small inputs keep the suite fast; a non-square size proves nothing is tied to one shape.
+    return [(32, 32), (48, 40)]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_every_model(name):
+    model = create_model(name, num_classes=7)
+    model.train()
+    for h, w in _sizes(name):
+        x = torch.randn(2, 3, h, w)
+        out = model(x)
+        assert out.shape == (2, 7)
+        assert torch.isfinite(out).all()
+    model.zero_grad()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "plain20", "resnet50d"])
+def test_feature_api(name):
+    model = create_model(name, num_classes=5, in_chans=1).eval()
+    x = torch.randn(3, 1, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (3, model.num_features)
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+    model.reset_classifier(11)
+    assert model(x).shape == (3, 11)
+    assert model.get_classifier().out_features == 11
+    model.reset_classifier(0)
+    assert model(x).shape == (3, model.num_features)
+    groups = [g for g, _ in model.parameter_groups()]
+    assert groups[0] == "stem" and groups[-1] == "head"
+
+
+def test_list_models_pattern_and_family():
+    assert list_models() == sorted(list_models())
+    assert list_models("resnext*") == ["resnext101_32x8d", "resnext101_64x4d", "resnext50_32x4d"]
+    assert "resnet20" in list_models(family="cifar")
+    assert "resnet20" not in list_models(family="imagenet")
+    for required in [
+        "resnet18 resnet34 resnet50 resnet101 resnet152 resnext50_32x4d resnext101_32x8d",
+        "resnext101_64x4d wide_resnet50_2 wide_resnet101_2 resnet50d",
+        "resnet20 resnet32 resnet44 resnet56 resnet110 resnet1202",
+        "plain18 plain34 plain20 plain32 plain44 plain56 plain110",
+    ]:
+        assert set(required.split()) <= set(ALL)
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(ValueError, match="resnet18"):
+        create_model("resnt18")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"zero_init_resdual": True}, "zero_init_residual"),
+        ({"shortcut": "A"}, "does not accept 'shortcut'"),
+        ({"init": "xavier"}, "init='xavier'"),
+        ({"num_classes": -1}, "num_classes"),
+        ({"in_chans": 0}, "in_chans"),
+        ({"norm_layer": "layernorm2d"}, "norm_layer"),
+        ({"replace_stride_with_dilation": [True]}, "replace_stride_with_dilation"),
+        ({"layers": (1, 1, 1, 1)}, "fixes layers"),
+        ({"residual": "no"}, "residual"),
+    ],
+)
+def test_bad_kwargs_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        create_model("resnet18", **kwargs)
+
+
+def test_cifar_kwargs_checked():
+    with pytest.raises(ValueError, match="shortcut"):
+        create_model("resnet20", shortcut="C")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        CifarResNet(depth=21)
+    with pytest.raises(ValueError, match="fixes residual"):
+        create_model("plain20", residual=True)
+    with pytest.raises(ValueError, match="zero_init_residual"):
+        create_model("resnet20", residual=False, zero_init_residual=True)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("resnet18", CifarResNet, "cifar", depth=20)
+
+
+def test_default_num_classes_per_family():
+    assert create_model("resnet20").fc.out_features == 10
+    assert get_model_entry("resnet20").input_size == (3, 32, 32)
+    assert get_model_entry("resnet50").input_size == (3, 224, 224)
+
+
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "depth, params",
+    [(20, 269_722), (32, 464_154), (44, 658_586), (56, 853_018), (110, 1_727_962),
+     (1202, 19_421_274)],
+)  # fmt: skip
+def test_cifar_parameter_counts_match_paper(depth, params):
+    with torch.device("meta"):
+        assert _count(create_model(f"resnet{depth}", num_classes=10)) == params
+        if depth != 1202:
+            assert _count(create_model(f"plain{depth}", num_classes=10)) == params
+
+
+def test_cifar_shortcut_b_adds_projections():
+    a = create_model("resnet20")
+    b = create_model("resnet20", shortcut="B")
+    assert _count(b) > _count(a)
+    assert isinstance(b.layer2[0].downsample, nn.Sequential)
+    out = a.layer2[0].downsample(torch.ones(1, 16, 8, 8))
+    # Option A: subsample 2x and zero-pad 16 -> 32 channels, 8 of them on each side.
+    assert out.shape == (1, 32, 4, 4)
+    assert out[:, 8:24].eq(1).all() and out[:, :8].eq(0).all() and out[:, 24:].eq(0).all()
+
+
+def test_plain_models_have_no_shortcuts():
+    for name in ["plain18", "plain20"]:
+        model = create_model(name)
+        assert all(getattr(m, "downsample", None) is None for m in model.modules())
+        assert all(not getattr(m, "residual", True) for m in model.modules() if hasattr(m, "conv2"))
+    with torch.device("meta"):
+        twin = create_model("resnet34", residual=False)
+        assert _count(twin) == _count(create_model("plain34"))
+
+
+def test_residual_false_changes_forward():
+    torch.manual_seed(1)
+    res = create_model("resnet20").eval()
+    plain = create_model("resnet20", residual=False).eval()
+    plain.load_state_dict(res.state_dict())  # option A has no extra parameters
+    x = torch.randn(2, 3, 32, 32)
+    assert not torch.allclose(res(x), plain(x))
+
+
+def test_bottleneck_stride_placement():
+    v15 = create_model("resnet50")
+    v1 = create_model("resnet50", stride_in_1x1=True)
+    assert v15.layer2[0].conv1.stride == (1, 1) and v15.layer2[0].conv2.stride == (2, 2)
+    assert v1.layer2[0].conv1.stride == (2, 2) and v1.layer2[0].conv2.stride == (1, 1)
+
+
+def test_dilation_keeps_resolution():
+    model = create_model("resnet50", replace_stride_with_dilation=[False, True, True])
+    fmap = model.forward_feature_map(torch.randn(1, 3, 64, 64))
+    assert fmap.shape[-2:] == (8, 8)  # output stride 8 instead of 32
+    assert model.layer4[1].conv2.dilation == (4, 4)
+
+
+def test_zero_init_residual_and_normal_init():
+    model = create_model("resnet50", zero_init_residual=True)
+    assert all(b.bn3.weight.abs().sum() == 0 for layer in [model.layer1, model.layer4]
+               for b in layer)  # fmt: skip
+    basic = create_model("resnet20", zero_init_residual=True)
+    assert basic.layer3[2].bn2.weight.abs().sum() == 0
+
+    model = create_model("resnet50", init="normal")
+    w = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, nn.Conv2d)])
+    assert abs(w.std().item() - 0.02) < 0.001
+    g = torch.cat([m.weight for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert abs(g.mean().item() - 1.0) < 0.005 and abs(g.std().item() - 0.02) < 0.002
+
+
+def test_norm_layer_choices():
+    gn = create_model("resnet20", norm_layer="groupnorm")
+    assert isinstance(gn.bn1, nn.GroupNorm)
+    custom = create_model("resnet18", norm_layer=lambda c: nn.BatchNorm2d(c, eps=1e-3))
+    assert custom.bn1.eps == 1e-3
+    assert gn(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet50d_structure():
+    model = create_model("resnet50d")
+    assert _count(model) == 25_576_264  # the figure timm reports for resnet50d
+    assert [type(m).__name__ for m in model.conv1] == [
+        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"
+    ]  # fmt: skip
+    assert isinstance(model.layer2[0].downsample[0], nn.AvgPool2d)
+    assert model.layer2[0].downsample[1].stride == (1, 1)

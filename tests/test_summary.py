@@ -1,0 +1,60 @@
+import pytest
+
+from resnetlab import create_model
+from resnetlab.cli import main
+from resnetlab.summary import count_macs, summarize
+
+
+@pytest.mark.parametrize(
+    "name, size, expected",
+    [("resnet18", 224, 1.81e9), ("resnet50", 224, 4.09e9), ("resnet20", 32, 40.55e6)],
+)
+def test_macs_match_published_figures(name, size, expected):
+    macs = count_macs(create_model(name), (3, size, size))
+    assert abs(macs - expected) / expected < 0.01
+
+
+def test_summary_rows_add_up():
+    model = create_model("resnet18", num_classes=10, in_chans=1)
+    s = summarize(model, (1, 32, 32), depth=1)
+    assert s.total_params == 11_175_370
+    assert sum(r.params for r in s.rows) == s.total_params
+    assert sum(r.macs for r in s.rows) == s.macs
+    assert s.flops == 2 * s.macs
+    assert [r.name for r in s.rows][:4] == ["conv1", "bn1", "relu", "maxpool"]
+    by_name = {r.name: r for r in s.rows}
+    assert by_name["layer4"].output_shape == (1, 512, 1, 1)
+    assert by_name["fc"].output_shape == (1, 10)
+
+
+def test_cli_summary(capsys):
+    assert main(["summary", "resnet18", "--in-chans", "1", "--num-classes", "10",
+                 "--input-size", "1", "32", "32"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Total params:      11,175,370" in out
+    assert "layer1.0" in out and "BasicBlock" in out and "FLOPs" in out
+
+
+def test_cli_models_lists_every_model(capsys):
+    assert main(["models", "resnet2*"]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out and "0.27M" in out and "40.55M" in out
+
+
+def test_cli_models_paper_view(capsys):
+    assert main(["models", "--family", "cifar", "--paper"]) == 0
+    out = capsys.readouterr().out
+    assert "19.4M" in out and "8.75%" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["summary", "resnt18"], "did you mean resnet18"),
+        (["summary", "resnet18", "--input-size", "3", "16", "16"], "32x32"),
+        (["models", "nothing*"], "no model matches"),
+    ],
+)
+def test_cli_errors_are_clear(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
