@@ -107,6 +107,52 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("stats")
+def cmd_stats(args: argparse.Namespace) -> int:
+    from .data import dataset_stats, load_source
+
+    source = load_source(
+        args.data,
+        val_ratio=args.val_ratio,
+        test_ratio=args.test_ratio,
+        seed=args.seed,
+        download=args.download,
+        channels=args.in_chans,
+        max_bad_fraction=1.0,  # the doctor reports every bad file instead of stopping
+    )
+    report = dataset_stats(source)
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 1 if report["bad_files"] else 0
+    print(f"data      {report['data']}  ({report['channels']} channel(s))")
+    print(f"images    {report['num_images']:,} readable", end="")
+    print("  (" + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()) + ")")
+    counts = report["classes"]
+    print(f"classes   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
+    width = max(len(c) for c in counts) if counts else 0
+    top = max(counts.values()) if counts else 1
+    for name, n in counts.items():
+        bar = "#" * max(1, round(30 * n / top)) if n else ""
+        print(f"  {name.ljust(width)}  {n:7,}  {bar}")
+    sz = report["sizes"]
+    print(
+        f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"
+        f"{sz['median'][1]}, max {sz['max'][0]}x{sz['max'][1]} (h x w)"
+    )
+    bad = report["bad_files"]
+    print(f"unreadable {len(bad)} file(s)" + (":" if bad else ""))
+    for b in bad:
+        print(f"  {b['path']}: {b['reason']}")
+    if report["ignored_files"]:
+        print(f"ignored   {report['ignored_files']} non-image file(s)")
+    mean = " ".join(f"{v:.4f}" for v in report["mean"])
+    std = " ".join(f"{v:.4f}" for v in report["std"])
+    print(f"mean      {mean}")
+    print(f"std       {std}")
+    print(f"suggested: --mean {mean} --std {std}")
+    return 1 if bad else 0
+
+
 def _natural_key(name: str) -> tuple:
     """Family prefix first, then depth as a number: resnet18 < resnet34 < resnet101."""
     import re
@@ -149,7 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-chans", type=int, help="input channels (1 for grayscale)")
     p.add_argument("--num-classes", type=int, help="classifier outputs (default: family's)")
     p.add_argument("--depth", type=int, default=2, help="levels of nesting shown (default 2)")
+
+    p = sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std")
+    p.add_argument("data", help="digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, csv:FILE")
+    _add_split_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-ratio", type=float, default=0.1, help="held out when no val split")
+    p.add_argument("--test-ratio", type=float, default=0.1, help="held out for a single folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-chans", type=int, choices=[1, 3], help="force greyscale or RGB")
+    p.add_argument("--download", action="store_true", help="fetch MNIST/CIFAR when online")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

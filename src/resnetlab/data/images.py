@@ -1,0 +1,165 @@
+"""Safe image decoding: one function used by training, evaluation, prediction and serving.
+
+Every Pillow mode becomes a correct RGB (or single-channel) image; EXIF orientation is applied;
+decompression bombs, formats we do not decode (EPS, PDF, SVG ...) and corrupt, truncated or
+empty files are refused with an ``ImageDecodeError`` that names the file and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Pillow's formats we accept. EPS/PDF/SVG/PSD and other formats that run external programs or
+# carry scripts are never opened.
+DECODE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+     ".pbm", ".pnm"}
+)  # fmt: skip
+JUNK_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
+JUNK_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "__pycache__"})
+# Pillow's own default (about 89 Mpixel, a 256 MB RGB image); bigger is treated as a bomb.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Transparent pixels are composited on this fixed colour, so an image never depends on what
+# happened to be stored under alpha = 0.
+BACKGROUND = 255
+
+# Truncated files must fail, never decode to a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(ValueError):
+    """An image that cannot be used; ``str()`` names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str) -> None:
+        self.path = str(path) if path is not None else "<bytes>"
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_junk(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
+    """Files and folders that are never samples or classes: OS metadata and hidden entries."""
+    p = Path(path)
+    parts = p.relative_to(root).parts if root is not None else p.parts
+    for part in parts:
+        low = part.lower()
+        if low in JUNK_FILES or low in JUNK_DIRS or part.startswith("."):
+            return True
+    return False
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite an image with alpha onto the fixed background; keeps L or RGB."""
+    if img.mode in ("LA", "La"):
+        base = Image.new("L", img.size, BACKGROUND)
+        base.paste(img.convert("L"), mask=img.getchannel("A"))
+        return base
+    rgba = img.convert("RGBA")
+    base = Image.new("RGB", img.size, (BACKGROUND,) * 3)
+    base.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+    return base
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale to 8-bit L, scaled rather than clipped."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        a = a.astype(np.float64) / 257.0  # 65535 -> 255
+    elif img.mode == "F" and a.size and np.nanmin(a) >= 0.0 and np.nanmax(a) <= 1.0:
+        a = a.astype(np.float64) * 255.0
+    else:
+        a = a.astype(np.float64)
+        lo, hi = (float(np.nanmin(a)), float(np.nanmax(a))) if a.size else (0.0, 0.0)
+        if img.mode == "I" and lo >= 0 and hi <= 255:
+            pass
+        elif img.mode == "I" and lo >= 0 and hi <= 65535:
+            a = a / 257.0  # 16-bit PNGs often open as mode I
+        elif hi > lo:
+            a = (a - lo) * (255.0 / (hi - lo))
+        else:
+            a = np.zeros_like(a)
+    a = np.nan_to_num(a, nan=0.0)
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
+    """Convert any Pillow mode to ``RGB`` (channels=3) or ``L`` (channels=1)."""
+    mode = img.mode
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
+        mode in ("P", "L", "RGB") and "transparency" in img.info
+    ):
+        img = _flatten_alpha(img)
+    elif mode.startswith("I") or mode == "F":
+        img = _high_depth_to_l(img)
+    elif mode not in ("L", "RGB"):
+        img = img.convert("RGB")  # 1, P, CMYK, YCbCr, LAB, HSV
+    target = "RGB" if channels == 3 else "L"
+    return img if img.mode == target else img.convert(target)
+
+
+def open_image(
+    source: str | os.PathLike | bytes | io.IOBase,
+    channels: int = 3,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
+    """Decode ``source`` (a path, bytes or binary file) to an RGB or L image, safely."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    path = None
+    if isinstance(source, (str, os.PathLike)):
+        path = source
+        try:
+            if os.path.getsize(source) == 0:
+                raise ImageDecodeError(path, "empty file (0 bytes)")
+        except OSError as exc:
+            raise ImageDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+    elif isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageDecodeError(None, "empty upload (0 bytes)")
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source, formats=DECODE_FORMATS) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(
+                        path, f"{w}x{h} pixels exceeds the limit of {max_pixels:,} (possible "
+                        "decompression bomb)"
+                    )  # fmt: skip
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return to_mode(img, channels)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(path, f"refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            path, f"not an image in a supported format ({', '.join(DECODE_FORMATS)})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated file ({reason})"
+        raise ImageDecodeError(path, f"corrupt image: {reason}") from None
+
+
+def image_to_uint8(img: Image.Image):
+    """PIL image (RGB or L) to a (C, H, W) uint8 torch tensor."""
+    import torch
+
+    a = np.array(img, dtype=np.uint8)  # a writable copy
+    if a.ndim == 2:
+        a = a[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))

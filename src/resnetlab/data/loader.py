@@ -1,0 +1,206 @@
+"""Batches for training and evaluation, reproducible and resumable mid-epoch.
+
+Every random choice is a function of (seed, epoch, position): the order of samples, the
+per-sample augmentation of files (whatever worker decodes them), the per-batch augmentation.
+So a run resumed at batch k of epoch e sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .images import open_image
+from .sources import Split
+from .transforms import auto_augment_batch, eval_resize_size, file_transform
+
+log = logging.getLogger(__name__)
+
+# Data sets decoded into memory when their uint8 cache stays below this size.
+MEMORY_CACHE_BYTES = 2 * 2**30
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (splitmix64 steps), stable across processes."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class EpochSampler:
+    """Batches of indices for one epoch; seeded by (seed, epoch); sharded for DDP."""
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _indices(self) -> torch.Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
+            idx = torch.randperm(self.n, generator=g)
+        else:
+            idx = torch.arange(self.n)
+        if self.world_size > 1:
+            # Pad so every rank gets the same number of samples (as DistributedSampler does).
+            per_rank = math.ceil(self.n / self.world_size)
+            if self.drop_last:
+                per_rank = self.n // self.world_size
+                idx = idx[: per_rank * self.world_size]
+            else:
+                idx = torch.cat([idx, idx[: per_rank * self.world_size - self.n]])
+            idx = idx[self.rank :: self.world_size]
+        return idx
+
+    def __len__(self) -> int:
+        n = self.n
+        if self.world_size > 1:
+            n = n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
+        # drop_last: a last batch of 1 would crash BatchNorm in training; evaluation never drops.
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        idx = self._indices().tolist()
+        for b in range(self.start_batch, len(self)):
+            yield idx[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+class TensorLoader:
+    """Batches straight from a uint8 tensor in memory: no workers, no per-image Python."""
+
+    def __init__(self, split: Split, sampler: EpochSampler, auto_augment: str | None = None):
+        assert split.images is not None
+        self.images, self.labels, self.sampler = split.images, split.labels, sampler
+        self.auto_augment = auto_augment
+        self.geometric = True
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for b, idx in enumerate(self.sampler, start=self.sampler.start_batch):
+            index = torch.tensor(idx)
+            x = self.images[index]
+            if self.auto_augment not in (None, "none"):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(mix_seed(self.sampler.seed, self.sampler.epoch, b, 1))
+                    x = auto_augment_batch(x, self.auto_augment)
+            yield x, self.labels[index]
+
+
+class _FileDataset(Dataset):
+    """Decodes one file; the sampler passes (index, seed) so augmentation is per-sample seeded."""
+
+    def __init__(self, split: Split, transform, channels: int) -> None:
+        self.paths, self.labels = split.paths, split.labels
+        self.transform, self.channels = transform, channels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        img = open_image(self.paths[index], self.channels)
+        torch.manual_seed(seed)
+        return self.transform(img), self.labels[index]
+
+
+class _SeededBatches:
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        s = self.sampler
+        for idx in s:
+            yield [(i, mix_seed(s.seed, s.epoch, i, 2)) for i in idx]
+
+
+def _worker_init(worker_id: int) -> None:
+    # Distinct, reproducible numpy/python streams per worker (torch's own is already distinct).
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class FileLoader:
+    """Decode-and-augment per sample in worker processes (data sets too big for memory)."""
+
+    geometric = False
+
+    def __init__(
+        self,
+        split: Split,
+        sampler: EpochSampler,
+        transform,
+        channels: int,
+        num_workers: int,
+        pin_memory: bool = False,
+    ) -> None:
+        self.sampler = sampler
+        self.loader = DataLoader(
+            _FileDataset(split, transform, channels),
+            batch_sampler=_SeededBatches(sampler),
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+            worker_init_fn=_worker_init if num_workers > 0 else None,
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+def cache_size(preset: str, input_size: int) -> int:
+    """Side of the square stored in memory for a file: room for random crops around the input."""
+    return eval_resize_size(input_size) if preset == "imagenet" else input_size
+
+
+def decode_to_memory(split: Split, channels: int, side: int, workers: int | None = None) -> Split:
+    """Decode every file once: shorter side to ``side``, center square, uint8 (N, C, side, side)."""
+    resize = file_transform("imagenet", side, train=False)  # resize + center crop, no random
+
+    def load(path):
+        return resize(open_image(path, channels))
+
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        images = list(pool.map(load, split.paths))
+    stacked = (
+        torch.stack(images) if images else torch.empty(0, channels, side, side, dtype=torch.uint8)
+    )
+    return Split(labels=split.labels, images=stacked, paths=split.paths, sizes=split.sizes)
+
+
+def fits_in_memory(split: Split, channels: int, side: int) -> bool:
+    return len(split) * channels * side * side <= MEMORY_CACHE_BYTES

@@ -1,0 +1,155 @@
+"""From a DATA string and a few options to loaders and per-batch transforms for each split."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from .loader import (
+    EpochSampler,
+    FileLoader,
+    TensorLoader,
+    cache_size,
+    decode_to_memory,
+    fits_in_memory,
+)
+from .sources import DataError, Source, Split, load_source
+from .stats import channel_stats
+from .transforms import AUTO_AUGMENTS, PRESETS, BatchTransform, default_preset, file_transform
+
+log = logging.getLogger(__name__)
+CACHE_MODES = ("auto", "memory", "none")
+# Mean/std from at most this many training files when they are not in memory (enough for
+# three significant digits; decoding a whole large folder only for statistics is wasteful).
+STATS_SAMPLE = 2000
+
+
+@dataclass
+class DataConfig:
+    data: str = "digits"
+    input_size: int | None = None  # default: 224 for the imagenet preset, else 32
+    preset: str = "auto"
+    auto_augment: str = "none"
+    random_erasing: float = 0.0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    batch_size: int = 128
+    num_workers: int = 2
+    val_ratio: float = 0.1
+    test_ratio: float = 0.1
+    max_bad_fraction: float = 0.01
+    cache: str = "auto"
+    download: bool = False
+    in_chans: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        if self.preset != "auto" and self.preset not in PRESETS:
+            raise DataError(f"--preset {self.preset!r} is not one of auto, {', '.join(PRESETS)}")
+        if self.auto_augment not in AUTO_AUGMENTS:
+            raise DataError(
+                f"--auto-augment {self.auto_augment!r} is not one of {', '.join(AUTO_AUGMENTS)}"
+            )
+        if self.cache not in CACHE_MODES:
+            raise DataError(f"--cache {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
+        if self.input_size is not None and self.input_size < 32:
+            raise DataError(f"--input-size {self.input_size} is below the 32-pixel minimum")
+        if self.batch_size < 1:
+            raise DataError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise DataError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.in_chans not in (None, 1, 3):
+            raise DataError(f"--in-chans must be 1 or 3, got {self.in_chans}")
+
+
+class DataPipeline:
+    """A loaded source plus everything needed to batch it: preset, size, normalisation."""
+
+    def __init__(self, source: Source, cfg: DataConfig, seed: int = 0) -> None:
+        self.source, self.cfg, self.seed = source, cfg, seed
+        self.preset = default_preset(source.kind) if cfg.preset == "auto" else cfg.preset
+        self.input_size = cfg.input_size or (224 if self.preset == "imagenet" else 32)
+        self.channels = source.channels
+        self._maybe_cache()
+        if cfg.mean is not None and cfg.std is not None:
+            self.mean, self.std = list(cfg.mean), list(cfg.std)
+        else:
+            self.mean, self.std = self._train_stats()
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise DataError(
+                f"--mean/--std give {len(self.mean)}/{len(self.std)} values but the data has "
+                f"{self.channels} channel(s)"
+            )
+
+    @property
+    def classes(self) -> list[str]:
+        return self.source.classes
+
+    def _maybe_cache(self) -> None:
+        if self.cfg.cache == "none":
+            return
+        side = cache_size(self.preset, self.input_size)
+        for name, split in self.source.splits.items():
+            if split.in_memory:
+                continue
+            if self.cfg.cache == "auto" and not fits_in_memory(split, self.channels, side):
+                continue
+            log.info("decoding %d %s images into memory at %dx%d", len(split), name, side, side)
+            self.source.splits[name] = decode_to_memory(split, self.channels, side)
+
+    def _train_stats(self) -> tuple[list[float], list[float]]:
+        train = self.source.splits["train"]
+        if not train.in_memory and len(train) > STATS_SAMPLE:
+            g = torch.Generator().manual_seed(self.seed)
+            train = train.subset(torch.randperm(len(train), generator=g)[:STATS_SAMPLE])
+        return channel_stats([train], self.channels)
+
+    def loader(self, split: str, train: bool, rank: int = 0, world_size: int = 1, pin_memory=False):
+        """Batches of (uint8 images, labels); ``train`` shuffles and drops a short last batch."""
+        if split not in self.source.splits:
+            raise DataError(
+                f"{self.source.name} has no {split!r} split (it has "
+                f"{', '.join(self.source.splits)})"
+            )
+        data: Split = self.source.splits[split]
+        sampler = EpochSampler(
+            len(data),
+            self.cfg.batch_size,
+            shuffle=train,
+            drop_last=train and len(data) > self.cfg.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        if data.in_memory:
+            return TensorLoader(data, sampler, self.cfg.auto_augment if train else None)
+        tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment)
+        return FileLoader(data, sampler, tf, self.channels, self.cfg.num_workers, pin_memory)
+
+    def batch_transform(self, train: bool, geometric: bool, channels_last: bool = True):
+        return BatchTransform(
+            self.preset,
+            self.input_size,
+            self.mean,
+            self.std,
+            train=train,
+            geometric=geometric,
+            random_erasing=self.cfg.random_erasing if train else 0.0,
+            channels_last=channels_last,
+        )
+
+
+def build_pipeline(cfg: DataConfig, seed: int = 0) -> DataPipeline:
+    cfg.check()
+    source = load_source(
+        cfg.data,
+        val_ratio=cfg.val_ratio,
+        test_ratio=cfg.test_ratio,
+        seed=seed,
+        download=cfg.download,
+        channels=cfg.in_chans,
+        max_bad_fraction=cfg.max_bad_fraction,
+    )
+    return DataPipeline(source, cfg, seed)

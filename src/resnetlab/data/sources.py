@@ -1,0 +1,536 @@
+"""Data sources: the DATA strings of the command line, each giving splits and a class list.
+
+``digits`` (embedded), a folder in ImageFolder layout, ``mnist:DIR``, ``cifar10:DIR``,
+``cifar100:DIR`` and ``csv:FILE``. Small sets come back as uint8 tensors in memory; folders and
+CSV lists as file paths checked once before training (unreadable files listed and skipped).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+import pickle
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .images import ImageDecodeError, is_image_file, is_junk, open_image
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+DIGITS_SEED = 0  # the digits split is fixed, whatever --seed says, so results stay comparable
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as given; the message says which file and what to do."""
+
+
+@dataclass
+class BadFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class Split:
+    """One split: labels plus either in-memory uint8 images (N, C, H, W) or file paths."""
+
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    paths: list[Path] | None = None
+    sizes: list[tuple[int, int]] | None = None  # (h, w) per file, from the scan
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def subset(self, index: torch.Tensor) -> Split:
+        idx = index.tolist()
+        return Split(
+            labels=self.labels[index],
+            images=self.images[index] if self.images is not None else None,
+            paths=[self.paths[i] for i in idx] if self.paths is not None else None,
+            sizes=[self.sizes[i] for i in idx] if self.sizes is not None else None,
+        )
+
+
+@dataclass
+class Source:
+    name: str
+    kind: str
+    classes: list[str]
+    splits: dict[str, Split]
+    channels: int
+    bad_files: list[BadFile] = field(default_factory=list)
+    ignored_files: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self, split: str | None = None) -> dict[str, int]:
+        splits = [self.splits[split]] if split else list(self.splits.values())
+        counts = torch.zeros(len(self.classes), dtype=torch.long)
+        for s in splits:
+            counts += torch.bincount(s.labels, minlength=len(self.classes))
+        return dict(zip(self.classes, counts.tolist()))
+
+
+def stratified_split(
+    labels: torch.Tensor, ratios: dict[str, float], seed: int
+) -> dict[str, torch.Tensor]:
+    """Split indices per class by ``ratios`` (e.g. {"val": .1, "test": .1}); the rest is train.
+
+    Every class keeps at least one training sample; the order inside each split is sorted, so the
+    result depends only on ``seed`` and the labels.
+    """
+    total = sum(ratios.values())
+    if any(r < 0 for r in ratios.values()) or total >= 1.0:
+        raise DataError(f"split ratios {ratios} must be >= 0 and sum to less than 1")
+    g = torch.Generator().manual_seed(seed)
+    parts: dict[str, list[torch.Tensor]] = {"train": [], **{k: [] for k in ratios}}
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        start = 0
+        for name, ratio in ratios.items():
+            n = min(round(len(idx) * ratio), max(0, len(idx) - 1 - start))
+            parts[name].append(idx[start : start + n])
+            start += n
+        parts["train"].append(idx[start:])
+    return {k: torch.sort(torch.cat(v))[0] for k, v in parts.items() if v and sum(map(len, v))}
+
+
+# ---------------------------------------------------------------------------------- digits
+
+
+def load_digits_source() -> Source:
+    """scikit-learn's 1,797 real 8x8 handwritten digits (0-16 grey levels), 70/15/15 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 17 grey levels (0..16) to 0..255.
+    images = torch.from_numpy(np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(d.target.astype(np.int64))
+    full = Split(labels=labels, images=images)
+    parts = stratified_split(labels, {"val": 0.15, "test": 0.15}, DIGITS_SEED)
+    splits = {k: full.subset(parts[k]) for k in SPLITS}
+    return Source("digits", "digits", [str(i) for i in range(10)], splits, channels=1)
+
+
+# ----------------------------------------------------------------------------------- MNIST
+
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _find_file(folders: list[Path], name: str) -> Path | None:
+    for folder in folders:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not; checks magic and sizes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: IDX header is truncated")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(shape)) if shape else 0
+    if len(data) - header != expected:
+        raise DataError(
+            f"{path}: IDX header says {shape} ({expected} bytes) but the file holds "
+            f"{len(data) - header} bytes; the file is truncated or corrupt, download it again"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load_mnist_source(folder: Path, val_ratio: float, seed: int, download: bool) -> Source:
+    folders = [folder, folder / "MNIST" / "raw"]
+    if download and _find_file(folders, MNIST_FILES["train"][0]) is None:
+        from torchvision.datasets import MNIST
+
+        for train in (True, False):
+            MNIST(str(folder), train=train, download=True)
+    splits: dict[str, Split] = {}
+    for split, (img_name, lbl_name) in MNIST_FILES.items():
+        img_path, lbl_path = _find_file(folders, img_name), _find_file(folders, lbl_name)
+        if img_path is None or lbl_path is None:
+            missing = img_name if img_path is None else lbl_name
+            raise DataError(
+                f"mnist:{folder}: {missing}[.gz] not found in {folder} or {folder}/MNIST/raw; "
+                "add --download to fetch MNIST"
+            )
+        images, labels = read_idx(img_path), read_idx(lbl_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"mnist:{folder}: {img_path.name} holds {images.shape} but {lbl_path.name} "
+                f"holds {labels.shape}; they must be N images and N labels"
+            )
+        if labels.size and labels.max() > 9:
+            raise DataError(f"{lbl_path}: label {labels.max()} is not a digit 0-9")
+        splits[split] = Split(
+            labels=torch.from_numpy(labels.astype(np.int64)),
+            images=torch.from_numpy(images.copy()).unsqueeze(1),
+        )
+    splits = _carve_val(splits, val_ratio, seed)
+    return Source(f"mnist:{folder}", "mnist", [str(i) for i in range(10)], splits, channels=1)
+
+
+def _carve_val(splits: dict[str, Split], val_ratio: float, seed: int) -> dict[str, Split]:
+    """Make a validation split from train when the data set has none."""
+    if "val" in splits or val_ratio <= 0:
+        return splits
+    parts = stratified_split(splits["train"].labels, {"val": val_ratio}, seed)
+    train = splits["train"]
+    out = {"train": train.subset(parts["train"])}
+    if "val" in parts:
+        out["val"] = train.subset(parts["val"])
+    out.update({k: v for k, v in splits.items() if k not in ("train", "val")})
+    return out
+
+
+# ----------------------------------------------------------------------------------- CIFAR
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; only the few classes they need may be constructed."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: not a CIFAR python batch ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: not a CIFAR python batch (holds {type(obj).__name__})")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_images(batch: dict, path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except KeyError as exc:
+        raise DataError(f"{path}: CIFAR batch has no {exc} entry") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise DataError(f"{path}: expected N x 3072 images and N labels, got {data.shape}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def load_cifar_source(
+    folder: Path, variant: int, val_ratio: float, seed: int, download: bool
+) -> Source:
+    sub = "cifar-10-batches-py" if variant == 10 else "cifar-100-python"
+    if variant == 10:
+        train_files = [f"data_batch_{i}" for i in range(1, 6)]
+        test_file, meta_file, label_key, names_key = (
+            "test_batch",
+            "batches.meta",
+            "labels",
+            ("label_names"),
+        )
+    else:
+        train_files, test_file, meta_file = ["train"], "test", "meta"
+        label_key, names_key = "fine_labels", "fine_label_names"
+    root = folder / sub if (folder / sub).is_dir() else folder
+    if download and not (root / meta_file).is_file():
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        (CIFAR10 if variant == 10 else CIFAR100)(str(folder), train=True, download=True)
+        root = folder / sub
+    missing = [n for n in [*train_files, test_file, meta_file] if not (root / n).is_file()]
+    if missing:
+        raise DataError(
+            f"cifar{variant}:{folder}: missing {', '.join(missing)} in {root}; "
+            f"add --download to fetch CIFAR-{variant}"
+        )
+    meta = _read_cifar_pickle(root / meta_file)
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(names_key, [])]
+    if len(classes) != variant:
+        raise DataError(f"{root / meta_file}: expected {variant} class names, got {len(classes)}")
+
+    def load(names):
+        parts = [_cifar_images(_read_cifar_pickle(root / n), root / n, label_key) for n in names]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        if labels.size and (labels.min() < 0 or labels.max() >= variant):
+            raise DataError(f"{root}: labels outside 0..{variant - 1}")
+        return Split(labels=torch.from_numpy(labels), images=torch.from_numpy(images.copy()))
+
+    splits = _carve_val({"train": load(train_files), "test": load([test_file])}, val_ratio, seed)
+    return Source(f"cifar{variant}:{folder}", f"cifar{variant}", classes, splits, channels=3)
+
+
+# ------------------------------------------------------------------------- files on disk
+
+
+def scan_files(
+    paths: list[Path], channels: int, workers: int | None = None
+) -> list[tuple[int, int] | str]:
+    """Decode every file once; for each, its (h, w) or the reason it cannot be used."""
+
+    def check(path: Path) -> tuple[int, int] | str:
+        try:
+            img = open_image(path, channels)
+        except ImageDecodeError as exc:
+            return exc.reason
+        return (img.height, img.width)
+
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL to decode
+        return list(pool.map(check, paths))
+
+
+def _list_class_dir(folder: Path) -> tuple[list[Path], int]:
+    """Image files under a class folder (recursively), sorted; and how many others were ignored."""
+    files, ignored = [], 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        for name in sorted(filenames):
+            if is_junk(name):
+                continue
+            if is_image_file(name):
+                files.append(Path(dirpath) / name)
+            else:
+                ignored += 1
+    return files, ignored
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not is_junk(p.name)), key=lambda p: p.name
+    )
+
+
+def _build_file_source(
+    name: str,
+    kind: str,
+    classes: list[str],
+    split_files: dict[str, tuple[list[Path], list[int]]],
+    channels: int,
+    max_bad_fraction: float,
+    ignored: int,
+) -> Source:
+    splits, bad = {}, []
+    total = 0
+    for split, (paths, labels) in split_files.items():
+        results = scan_files(paths, channels)
+        keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
+        bad += [BadFile(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
+        total += len(paths)
+        splits[split] = Split(
+            labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
+            paths=[paths[i] for i in keep],
+            sizes=[results[i] for i in keep],
+        )
+    if bad:
+        log.warning("%d of %d files cannot be read and are skipped:", len(bad), total)
+        for b in bad:
+            log.warning("  %s: %s", b.path, b.reason)
+        if total and len(bad) / total > max_bad_fraction:
+            listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad[:20])
+            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+            raise DataError(
+                f"{name}: {len(bad)} of {total} files ({len(bad) / total:.1%}) cannot be read, "
+                f"more than --max-bad-fraction {max_bad_fraction:g}:\n  {listing}{more}\n"
+                "Fix or remove them, or raise --max-bad-fraction to skip them."
+            )
+    for split, s in splits.items():
+        counts = torch.bincount(s.labels, minlength=len(classes)) if len(s) else None
+        if split == "train" and counts is not None:
+            empty = [classes[i] for i, c in enumerate(counts.tolist()) if c == 0]
+            if empty:
+                raise DataError(f"{name}: class {empty[0]!r} has no readable training image")
+    return Source(name, kind, classes, splits, channels, bad, ignored)
+
+
+def load_folder_source(
+    folder: Path,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    channels: int,
+    max_bad_fraction: float,
+) -> Source:
+    """``DIR/train|val|test/<class>/*`` or ``DIR/<class>/*`` (split by seeded ratios)."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (DATA is digits, a folder, mnist:DIR, ...)")
+    presplit = (folder / "train").is_dir()
+    split_roots = (
+        {s: folder / s for s in SPLITS if (folder / s).is_dir()} if presplit else {"all": folder}
+    )
+    class_source = split_roots["train" if presplit else "all"]
+    class_dirs = _class_dirs(class_source)
+    if not class_dirs:
+        raise DataError(
+            f"{class_source}: no class folders; expected {class_source}/<class>/<image files>"
+        )
+    classes = [d.name for d in class_dirs]
+    index = {c: i for i, c in enumerate(classes)}
+    split_files: dict[str, tuple[list[Path], list[int]]] = {}
+    ignored = 0
+    for split, root in split_roots.items():
+        paths, labels = [], []
+        for d in _class_dirs(root):
+            if d.name not in index:
+                raise DataError(
+                    f"{d}: class {d.name!r} is not among the training classes "
+                    f"({', '.join(classes)}); every split must use the same class folders"
+                )
+            files, n_ignored = _list_class_dir(d)
+            ignored += n_ignored
+            if not files and split in ("train", "all"):
+                raise DataError(
+                    f"{d}: class folder is empty (no image files); add images or remove it"
+                )
+            paths += files
+            labels += [index[d.name]] * len(files)
+        split_files[split] = (paths, labels)
+
+    source = _build_file_source(
+        str(folder), "folder", classes, split_files, channels, max_bad_fraction, ignored
+    )
+    if not presplit:
+        full = source.splits.pop("all")
+        parts = stratified_split(full.labels, {"val": val_ratio, "test": test_ratio}, seed)
+        source.splits = {k: full.subset(v) for k, v in parts.items()}
+    elif "val" not in source.splits:
+        source.splits = _carve_val(source.splits, val_ratio, seed)
+    return source
+
+
+def load_csv_source(
+    path: Path, val_ratio: float, test_ratio: float, seed: int, channels: int, max_bad_fraction
+) -> Source:
+    """Rows of ``path,label`` (an optional third column ``split``); paths relative to the file."""
+    if not path.is_file():
+        raise DataError(f"csv:{path}: no such file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"csv:{path}: cannot read ({exc})") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"csv:{path}: no rows; expected 'path,label' lines")
+    for n, row in enumerate(rows, start=1):
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise DataError(f"csv:{path}: row {n} {row!r} is not 'path,label[,split]'")
+    classes = sorted({r[1].strip() for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    has_split = all(len(r) >= 3 and r[2].strip() for r in rows)
+    split_files: dict[str, tuple[list[Path], list[int]]] = {}
+    for r in rows:
+        split = r[2].strip() if has_split else "all"
+        if has_split and split not in SPLITS:
+            raise DataError(f"csv:{path}: split {split!r} is not one of {', '.join(SPLITS)}")
+        p = Path(r[0].strip())
+        p = p if p.is_absolute() else path.parent / p
+        paths, labels = split_files.setdefault(split, ([], []))
+        paths.append(p)
+        labels.append(index[r[1].strip()])
+    source = _build_file_source(
+        f"csv:{path}", "csv", classes, split_files, channels, max_bad_fraction, 0
+    )
+    if not has_split:
+        full = source.splits.pop("all")
+        parts = stratified_split(full.labels, {"val": val_ratio, "test": test_ratio}, seed)
+        source.splits = {k: full.subset(v) for k, v in parts.items()}
+    elif "train" not in source.splits:
+        raise DataError(f"csv:{path}: no row has split 'train'")
+    return source
+
+
+def load_source(
+    data: str = "digits",
+    val_ratio: float = 0.1,
+    test_ratio: float = 0.1,
+    seed: int = 0,
+    download: bool = False,
+    channels: int | None = None,
+    max_bad_fraction: float = 0.01,
+) -> Source:
+    """Parse a DATA string and load it. ``channels`` forces 1 (greyscale) or 3 (RGB)."""
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise DataError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
+    kind, _, rest = data.partition(":")
+    if data == "digits":
+        source = load_digits_source()
+    elif kind == "mnist" and rest:
+        source = load_mnist_source(Path(rest), val_ratio, seed, download)
+    elif kind in ("cifar10", "cifar100") and rest:
+        source = load_cifar_source(Path(rest), int(kind[5:]), val_ratio, seed, download)
+    elif kind == "csv" and rest:
+        source = load_csv_source(
+            Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
+        )
+    else:
+        folder = Path(data)
+        if not folder.exists():
+            raise DataError(
+                f"DATA {data!r} is not a folder or one of: digits, mnist:DIR, cifar10:DIR, "
+                "cifar100:DIR, csv:FILE"
+            )
+        source = load_folder_source(
+            folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
+        )
+    if channels is not None and channels != source.channels:
+        source = _convert_channels(source, channels)
+    return source
+
+
+def _convert_channels(source: Source, channels: int) -> Source:
+    """Greyscale <-> RGB for in-memory sources (ITU-R 601 luma, as Pillow's convert('L'))."""
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    for s in source.splits.values():
+        if s.images is None:
+            continue
+        if channels == 3:
+            s.images = s.images.expand(-1, 3, -1, -1).contiguous()
+        else:
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            s.images = (s.images.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
+    source.channels = channels
+    return source

@@ -1,0 +1,86 @@
+"""Data set statistics: class counts, image sizes, unreadable files, pooled mean/std."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .images import image_to_uint8, open_image
+from .sources import Source, Split
+
+
+def _pixel_sums(split: Split, channels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sum and sum of squares of [0, 1] pixel values, and the pixel count."""
+    if split.images is not None:
+        x = split.images.to(torch.float64) / 255.0
+        return (
+            x.sum(dim=(0, 2, 3)).numpy(),
+            x.square().sum(dim=(0, 2, 3)).numpy(),
+            int(x.numel() // max(1, x.shape[1])),
+        )
+
+    def one(path):
+        t = image_to_uint8(open_image(path, channels)).to(torch.float64) / 255.0
+        return t.sum(dim=(1, 2)).numpy(), t.square().sum(dim=(1, 2)).numpy(), t[0].numel()
+
+    s, sq, n = np.zeros(channels), np.zeros(channels), 0
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        for a, b, c in pool.map(one, split.paths or []):
+            s, sq, n = s + a, sq + b, n + c
+    return s, sq, n
+
+
+def channel_stats(splits: list[Split], channels: int) -> tuple[list[float], list[float]]:
+    """Mean and std over all pixels of all images (pooled, not a mean of per-image stds)."""
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for split in splits:
+        s, sq, n = _pixel_sums(split, channels)
+        total, total_sq, count = total + s, total_sq + sq, count + n
+    if count == 0:
+        return [0.0] * channels, [1.0] * channels
+    mean = total / count
+    var = np.maximum(total_sq / count - mean**2, 0.0)
+    return [float(v) for v in mean], [float(v) for v in np.sqrt(var)]
+
+
+def _sizes(split: Split) -> list[tuple[int, int]]:
+    if split.images is not None:
+        return [tuple(split.images.shape[-2:])] * len(split)
+    return list(split.sizes or [])
+
+
+def dataset_stats(source: Source) -> dict:
+    """The report behind ``resnetlab stats``; keys as in the architecture contract."""
+    splits = list(source.splits.values())
+    mean, std = channel_stats(splits, source.channels)
+    sizes = [s for split in splits for s in _sizes(split)]
+    if sizes:
+        hs, ws = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
+        by_area = sorted(sizes, key=lambda s: (s[0] * s[1], s))
+        size_info = {
+            "min": [int(hs.min()), int(ws.min())],
+            "max": [int(hs.max()), int(ws.max())],
+            "median": [int(np.median(hs)), int(np.median(ws))],
+            "smallest": list(by_area[0]),
+            "largest": list(by_area[-1]),
+        }
+    else:
+        size_info = {"min": [0, 0], "max": [0, 0], "median": [0, 0]}
+    counts = source.class_counts()
+    nonzero = [c for c in counts.values() if c]
+    return {
+        "data": source.name,
+        "num_images": sum(len(s) for s in splits),
+        "classes": counts,
+        "splits": {k: len(v) for k, v in source.splits.items()},
+        "bad_files": [{"path": b.path, "reason": b.reason} for b in source.bad_files],
+        "ignored_files": source.ignored_files,
+        "channels": source.channels,
+        "mean": mean,
+        "std": std,
+        "sizes": size_info,
+        "imbalance": (max(nonzero) / min(nonzero)) if nonzero else 0.0,
+    }

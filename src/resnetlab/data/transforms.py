@@ -1,0 +1,203 @@
+"""Augmentation presets, per sample (torchvision.transforms.v2, for files) and per batch.
+
+Per-batch augmentation works on uint8 batches already on the training device, so for data held
+in memory the 2 CPU cores never decode or augment image by image. Randomness comes from an
+explicit generator, seeded per (run seed, epoch, batch): a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+from torchvision.transforms import v2
+
+PRESETS = ("imagenet", "cifar", "small")
+AUTO_AUGMENTS = ("none", "trivial", "randaugment")
+# Resize-then-center-crop ratio of the ImageNet evaluation protocol (256 -> 224).
+CROP_PCT = 0.875
+
+
+def default_preset(kind: str) -> str:
+    return {"digits": "small", "mnist": "small", "cifar10": "cifar", "cifar100": "cifar"}.get(
+        kind, "imagenet"
+    )
+
+
+def eval_resize_size(input_size: int) -> int:
+    return int(math.floor(input_size / CROP_PCT))
+
+
+def _auto_augment(name: str | None) -> list:
+    if name in (None, "none"):
+        return []
+    if name == "trivial":
+        return [v2.TrivialAugmentWide()]
+    if name == "randaugment":
+        return [v2.RandAugment()]
+    raise ValueError(f"auto_augment={name!r} is not one of {', '.join(AUTO_AUGMENTS)}")
+
+
+def file_transform(
+    preset: str, input_size: int, train: bool, auto_augment: str | None = None
+) -> v2.Compose:
+    """PIL image -> uint8 (C, input_size, input_size) tensor; normalisation happens per batch."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
+    ops: list = [v2.ToImage()]
+    if not train:
+        if preset == "imagenet":
+            ops += [v2.Resize(eval_resize_size(input_size)), v2.CenterCrop(input_size)]
+        else:
+            ops += [v2.Resize((input_size, input_size))]
+        return v2.Compose(ops)
+    if preset == "imagenet":
+        ops += [v2.RandomResizedCrop(input_size), v2.RandomHorizontalFlip()]
+    elif preset == "cifar":
+        ops += [
+            v2.Resize((input_size, input_size)),
+            v2.RandomCrop(input_size, padding=input_size // 8),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        ops += [
+            v2.Resize((input_size, input_size)),
+            v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+        ]
+    return v2.Compose(ops + _auto_augment(auto_augment))
+
+
+def auto_augment_batch(x: torch.Tensor, name: str | None) -> torch.Tensor:
+    """Apply TrivialAugment / RandAugment image by image to a uint8 batch (CPU)."""
+    ops = _auto_augment(name)
+    if not ops:
+        return x
+    return torch.stack([ops[0](img) for img in x])
+
+
+class BatchTransform:
+    """uint8 batch -> normalised float batch at ``input_size``, on the batch's device.
+
+    ``geometric=True`` (data held in memory at storage size) also applies the preset's random
+    geometry in training; files already had theirs per sample.
+    """
+
+    def __init__(
+        self,
+        preset: str,
+        input_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        train: bool,
+        geometric: bool,
+        random_erasing: float = 0.0,
+        channels_last: bool = True,
+    ) -> None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean {mean} and std {std} must have equal length, std > 0")
+        if not 0.0 <= random_erasing <= 1.0:
+            raise ValueError(f"random_erasing must be a probability, got {random_erasing}")
+        self.preset, self.input_size, self.train = preset, input_size, train
+        self.geometric, self.random_erasing = geometric, random_erasing
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        n, c, h, w = x.shape
+        size = self.input_size
+        if self.geometric and self.train:
+            x = self._random_geometry(x, generator)
+        elif self.geometric and self.preset == "imagenet" and (h, w) != (size, size):
+            side = eval_resize_size(size)
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True)
+            top = (side - size) // 2
+            x = x[:, :, top : top + size, top : top + size]
+        elif (h, w) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=h > size)
+        mean = torch.tensor(self.mean, device=x.device).view(1, c, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, c, 1, 1)
+        x = (x - mean) / std
+        if self.train and self.random_erasing > 0:
+            x = self._erase(x, generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _rand(self, n: int, x: torch.Tensor, g) -> torch.Tensor:
+        return torch.rand(n, generator=g, device=g.device if g is not None else x.device).to(
+            x.device
+        )
+
+    def _random_geometry(self, x: torch.Tensor, g) -> torch.Tensor:
+        """One affine warp per image: crop/scale/rotate/flip in a single grid_sample."""
+        n, _, h, w = x.shape
+        size = self.input_size
+        if self.preset == "cifar":
+            # Pad-and-crop by up to 1/8 of the side (4 px at 32) + horizontal flip.
+            pad = max(1, h // 8)
+            xp = F.pad(x, (pad, pad, pad, pad))
+            dy = (self._rand(n, x, g) * (2 * pad + 1)).long().clamp_(max=2 * pad)
+            dx = (self._rand(n, x, g) * (2 * pad + 1)).long().clamp_(max=2 * pad)
+            rows = dy[:, None] + torch.arange(h, device=x.device)
+            cols = dx[:, None] + torch.arange(w, device=x.device)
+            batch = torch.arange(n, device=x.device)[:, None, None]
+            x = xp.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+            x = x.permute(0, 3, 1, 2)
+            flip = self._rand(n, x, g) < 0.5
+            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+            if (h, w) != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=h > size)
+            return x.contiguous()
+        if self.preset == "imagenet":
+            # RandomResizedCrop: area 8-100 %, aspect 3/4-4/3 (log-uniform), then flip.
+            area = 0.08 + 0.92 * self._rand(n, x, g)
+            log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * self._rand(n, x, g)
+            ratio = torch.exp(log_r)
+            sw = torch.sqrt(area * ratio).clamp(max=1.0)
+            sh = torch.sqrt(area / ratio).clamp(max=1.0)
+            tx = (1 - sw) * (2 * self._rand(n, x, g) - 1)
+            ty = (1 - sh) * (2 * self._rand(n, x, g) - 1)
+            sign = torch.where(self._rand(n, x, g) < 0.5, -1.0, 1.0)
+            theta = torch.zeros(n, 2, 3, device=x.device)
+            theta[:, 0, 0], theta[:, 0, 2] = sw * sign, tx
+            theta[:, 1, 1], theta[:, 1, 2] = sh, ty
+        else:
+            # small: +-10 degrees, +-10 % shift, 0.9-1.1 zoom; no flip (digits are not symmetric).
+            angle = (2 * self._rand(n, x, g) - 1) * math.radians(10)
+            scale = 1 / (0.9 + 0.2 * self._rand(n, x, g))
+            tx = (2 * self._rand(n, x, g) - 1) * 0.2
+            ty = (2 * self._rand(n, x, g) - 1) * 0.2
+            cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+            theta = torch.stack(
+                [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
+            )
+        grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+        if h > 2 * size:  # shrinking a lot: low-pass first so the warp does not alias
+            x = F.interpolate(x, size=(2 * size, 2 * size), mode="bilinear", antialias=True)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def _erase(self, x: torch.Tensor, g) -> torch.Tensor:
+        """Random erasing (Zhong et al., arXiv:1708.04896): one rectangle of 2-33 % area set to
+        0 (the data set's mean after normalisation) in a fraction of the images."""
+        n, _, h, w = x.shape
+        apply = self._rand(n, x, g) < self.random_erasing
+        area = (0.02 + 0.31 * self._rand(n, x, g)) * h * w
+        ratio = torch.exp(math.log(0.3) + (math.log(3.3) - math.log(0.3)) * self._rand(n, x, g))
+        eh = torch.sqrt(area * ratio).clamp(1, h)
+        ew = torch.sqrt(area / ratio).clamp(1, w)
+        top = (h - eh) * self._rand(n, x, g)
+        left = (w - ew) * self._rand(n, x, g)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = (
+            (rows >= top.view(n, 1, 1))
+            & (rows < (top + eh).view(n, 1, 1))
+            & (cols >= left.view(n, 1, 1))
+            & (cols < (left + ew).view(n, 1, 1))
+            & apply.view(n, 1, 1)
+        )
+        return x.masked_fill(inside.unsqueeze(1), 0.0)

@@ -1,0 +1,129 @@
+"""Batches: reproducible, resumable, sharded, and the last-batch-of-1 rule."""
+
+import pytest
+import torch
+
+from datagen import make_folder
+from resnetlab.data import DataConfig, build_pipeline
+from resnetlab.data.loader import EpochSampler
+from resnetlab.data.transforms import BatchTransform
+
+
+def test_sampler_drop_last_and_eval_covers_all():
+    train = EpochSampler(129, 16, shuffle=True, drop_last=True, seed=0)
+    assert len(train) == 8 and all(len(b) == 16 for b in train)
+    ev = EpochSampler(129, 16, shuffle=False, drop_last=False)
+    batches = list(ev)
+    assert len(batches) == 9 and batches[-1] == [128]
+    assert sorted(i for b in batches for i in b) == list(range(129))
+
+
+def test_sampler_seeded_and_resumable():
+    a = EpochSampler(100, 10, shuffle=True, drop_last=True, seed=5)
+    b = EpochSampler(100, 10, shuffle=True, drop_last=True, seed=5)
+    a.set_epoch(3)
+    b.set_epoch(3, start_batch=4)
+    assert list(a)[4:] == list(b)
+    a.set_epoch(4)
+    b.set_epoch(3)
+    assert list(a) != list(b)
+
+
+def test_sampler_shards_for_ddp():
+    shards = [
+        EpochSampler(50, 4, shuffle=True, drop_last=False, seed=1, rank=r, world_size=2)
+        for r in range(2)
+    ]
+    seen = [sorted(i for b in s for i in b) for s in shards]
+    assert len(seen[0]) == len(seen[1]) == 25
+    assert set(seen[0]) | set(seen[1]) == set(range(50))
+    assert len(shards[0]) == len(shards[1])
+
+
+def _batches(pipe, split="train", epochs=(0, 1)):
+    ld = pipe.loader(split, train=True)
+    tf = pipe.batch_transform(train=True, geometric=ld.geometric)
+    out = []
+    for e in epochs:
+        ld.sampler.set_epoch(e)
+        for b, (x, y) in enumerate(ld):
+            g = torch.Generator().manual_seed(1000 * e + b)
+            out.append((tf(x, g), y))
+    return out
+
+
+def test_in_memory_pipeline_is_reproducible():
+    cfg = DataConfig(batch_size=64, random_erasing=0.5)
+    a = _batches(build_pipeline(cfg, seed=7))
+    b = _batches(build_pipeline(cfg, seed=7))
+    assert len(a) == 2 * (1259 // 64)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.shape == (64, 1, 32, 32)
+        assert xa.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_digits_augmentation_varies_per_sample():
+    pipe = build_pipeline(DataConfig(batch_size=8))
+    x = pipe.source.splits["train"].images[:1].expand(8, -1, -1, -1)
+    tf = pipe.batch_transform(train=True, geometric=True)
+    out = tf(x, torch.Generator().manual_seed(0))
+    assert not torch.equal(out[0], out[1])
+    ev = pipe.batch_transform(train=False, geometric=True)(x)
+    assert torch.equal(ev[0], ev[7])
+
+
+@pytest.mark.parametrize("preset", ["imagenet", "cifar", "small"])
+def test_batch_transform_shapes(preset):
+    x = torch.randint(0, 256, (5, 3, 40, 36), dtype=torch.uint8)
+    for train in (True, False):
+        tf = BatchTransform(preset, 32, (0.5,) * 3, (0.25,) * 3, train, True, 0.5)
+        y = tf(x, torch.Generator().manual_seed(1))
+        assert y.shape == (5, 3, 32, 32) and torch.isfinite(y).all()
+
+
+def test_cifar_crop_is_a_shift():
+    x = torch.arange(32 * 32, dtype=torch.float32).view(1, 1, 32, 32)
+    x = (x % 251).to(torch.uint8).expand(4, 3, 32, 32)
+    tf = BatchTransform("cifar", 32, (0,) * 3, (1 / 255,) * 3, True, True)
+    y = tf(x, torch.Generator().manual_seed(3))
+    # Every output pixel is an input pixel or zero padding: the crop never interpolates.
+    assert set(y.round().unique().tolist()) <= set(range(251))
+
+
+@pytest.mark.parametrize("cache", ["memory", "none"])
+def test_folder_pipeline_workers_give_identical_batches(tmp_path, cache):
+    make_folder(tmp_path, {"a": 12, "b": 12})
+    batches = []
+    for workers in (0, 2):
+        cfg = DataConfig(
+            data=str(tmp_path), input_size=32, batch_size=8, num_workers=workers, cache=cache
+        )
+        batches.append(_batches(build_pipeline(cfg, seed=1)))
+    assert len(batches[0]) == len(batches[1]) > 0
+    for (xa, ya), (xb, yb) in zip(*batches):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.shape == (8, 3, 32, 32)
+
+
+def test_eval_loader_scores_every_sample(tmp_path):
+    make_folder(tmp_path, {"a": 5, "b": 4})
+    pipe = build_pipeline(DataConfig(data=str(tmp_path), batch_size=4, val_ratio=0.0,
+                                     test_ratio=0.0, input_size=32), seed=0)  # fmt: skip
+    ld = pipe.loader("train", train=False)
+    assert sum(len(y) for _, y in ld) == 9
+    train = pipe.loader("train", train=True)
+    assert all(len(y) == 4 for _, y in train)  # the batch of 1 is dropped in training
+
+
+def test_bad_config_values():
+    from resnetlab.data import DataError
+
+    for kwargs, msg in [
+        ({"input_size": 16}, "32-pixel"),
+        ({"preset": "mnist"}, "--preset"),
+        ({"auto_augment": "autoaug"}, "--auto-augment"),
+        ({"batch_size": 0}, "--batch-size"),
+    ]:
+        with pytest.raises(DataError, match=msg):
+            build_pipeline(DataConfig(**kwargs))
