@@ -153,6 +153,85 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from .train import NonFiniteLoss, RunStopped, Trainer, resolve_config
+    from .train.distributed import cleanup
+    from .weights import WeightsError
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    overrides = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "config", "resume", "lr_find", "quiet") and v is not None
+    }
+    if "model_kwargs" in overrides:
+        overrides["model_kwargs"] = _parse_kwargs(overrides["model_kwargs"])
+    try:
+        cfg = resolve_config(overrides, config_file=args.config)
+        if args.lr_find:
+            from .train.lr_find import lr_find
+
+            result = lr_find(cfg)
+            print(f"suggested --lr {result['suggestion']:.3g}  (plot: {result['plot']})")
+            return 0
+        trainer = Trainer(cfg, resume=args.resume, verbose=not args.quiet)
+        try:
+            summary = trainer.fit()
+        finally:
+            cleanup(trainer.dist)
+    except RunStopped as exc:
+        print(f"resnetlab train: {exc}; continue with --resume", file=sys.stderr)
+        return 0
+    except NonFiniteLoss as exc:
+        raise UserError(str(exc)) from None
+    except (WeightsError, FileExistsError) as exc:
+        raise UserError(str(exc)) from None
+    if trainer.dist.enabled:
+        print(
+            f"rank {trainer.dist.rank}/{trainer.dist.world_size}: final weights sha256 "
+            f"{summary['weights_sha256']}",
+            flush=True,
+        )
+    if trainer.dist.is_main and not args.quiet:
+        _print_train_summary(summary)
+    return 0
+
+
+def _print_train_summary(s: dict) -> None:
+    def pct(v):
+        return "-" if v is None else f"{v:.2%}"
+
+    run = s["run_dir"]
+    print()
+    print(f"best epoch        {s['best_epoch']} of {s['epochs_completed']}")
+    print(f"best val top-1    {pct(s['best_val_top1'])}")
+    print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
+    print(
+        f"time              {s['train_seconds']:.1f} s training, "
+        f"{s['train_images_per_second']:,.0f} images/s ({s['precision']}, {s['device']})"
+    )
+    print(f"run folder        {run}")
+    print("next:")
+    print(f"  resnetlab train --resume {run} --epochs {s['epochs_completed'] + 10}")
+    print(f"  resnetlab train --config {run}/config.yaml --name rerun")
+
+
+def _parse_kwargs(items: list[str]) -> dict:
+    """``key=value`` pairs for the model; values parsed as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--model-kwargs {item!r} is not key=value")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
 def _natural_key(name: str) -> tuple:
     """Family prefix first, then depth as a number: resnet18 < resnet34 < resnet101."""
     import re
@@ -200,7 +279,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, csv:FILE")
     _add_split_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    _add_train_parser(sub)
     return parser
+
+
+def _add_train_parser(sub) -> None:
+    from .train.config import MODES, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
+
+    p = sub.add_parser(
+        "train",
+        help="train a model; writes a run folder",
+        description="Train from scratch, fine-tune or feature-extract. Flags override "
+        "--config FILE.yaml, which overrides --recipe, which overrides the defaults.",
+    )
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=S, help="digits (default), a folder, mnist:DIR, ...")
+    g.add_argument("--input-size", type=int, default=S, help="square side fed to the model")
+    g.add_argument("--preset", default=S, help="augmentation: auto, imagenet, cifar, small")
+    g.add_argument("--auto-augment", default=S, help="none, trivial, randaugment")
+    g.add_argument("--random-erasing", type=float, default=S, help="probability per image")
+    g.add_argument("--mean", type=float, nargs="+", default=S)
+    g.add_argument("--std", type=float, nargs="+", default=S)
+    g.add_argument("--val-ratio", type=float, default=S)
+    g.add_argument("--test-ratio", type=float, default=S)
+    g.add_argument("--max-bad-fraction", type=float, default=S,
+                   help="abort when more unreadable files than this (default 0.01)")  # fmt: skip
+    g.add_argument("--cache", default=S, help="auto, memory, none: decode once into memory")
+    g.add_argument("--download", action="store_true", default=S)
+    g.add_argument("--in-chans", type=int, choices=[1, 3], default=S)
+    g.add_argument("--num-workers", type=int, default=S)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=S, help="a name from `resnetlab models` (resnet20)")
+    g.add_argument("--model-kwargs", nargs="+", default=S, metavar="KEY=VALUE",
+                   help="e.g. shortcut=B zero_init_residual=true")  # fmt: skip
+    g.add_argument("--weights", default=S, help="torchvision, or a .pth/.safetensors file")
+    g.add_argument("--mode", choices=MODES, default=S)
+    g.add_argument("--backbone-lr-mult", type=float, default=S)
+    g.add_argument("--unfreeze-schedule", type=int, nargs="+", default=S, metavar="EPOCH",
+                   help="epochs at which one more stage unfreezes, from the top")  # fmt: skip
+    g = p.add_argument_group("recipe")
+    g.add_argument("--recipe", choices=sorted(RECIPES), default=S)
+    g.add_argument("--epochs", type=int, default=S)
+    g.add_argument("--batch-size", type=int, default=S)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S)
+    g.add_argument("--lr", type=float, default=S)
+    g.add_argument("--momentum", type=float, default=S)
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=S)
+    g.add_argument("--weight-decay", type=float, default=S)
+    g.add_argument("--decay-norm-and-bias", action=argparse.BooleanOptionalAction, default=S)
+    g.add_argument("--schedule", choices=SCHEDULES, default=S)
+    g.add_argument("--warmup-epochs", type=float, default=S)
+    g.add_argument("--milestones", type=float, nargs="+", default=S,
+                   help="multistep: epochs, or fractions of the run below 1")  # fmt: skip
+    g.add_argument("--gamma", type=float, default=S)
+    g.add_argument("--label-smoothing", type=float, default=S)
+    g.add_argument("--mixup", type=float, default=S, help="Beta alpha, e.g. 0.2")
+    g.add_argument("--cutmix", type=float, default=S, help="Beta alpha, e.g. 1.0")
+    g.add_argument("--ema-decay", type=float, default=S, help="e.g. 0.999")
+    g.add_argument("--clip-grad", type=float, default=S)
+    g.add_argument("--patience", type=int, default=S, help="early stopping (epochs)")
+    g.add_argument("--lr-find", action="store_true", help="run an LR range test and stop")
+    g = p.add_argument_group("system")
+    g.add_argument("--precision", choices=PRECISIONS, default=S)
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S)
+    g.add_argument("--compile", action="store_true", default=S)
+    g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--deterministic", action="store_true", default=S)
+    g.add_argument("--sync-bn", action="store_true", default=S)
+    g.add_argument("--checkpoint-every", type=int, default=S, help="steps; 0: per epoch")
+    g.add_argument("--max-steps", type=int, default=S, help="stop resumably after N steps")
+    g.add_argument("--out", default=S, help="parent folder of run folders (runs)")
+    g.add_argument("--name", default=S, help="run folder name (default: model-data-time)")
+    g.add_argument("--tensorboard", action="store_true", default=S)
+    g.add_argument("--config", help="YAML file of settings (e.g. a run's config.yaml)")
+    g.add_argument("--resume", help="run folder or checkpoint to continue")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _add_split_args(p: argparse.ArgumentParser) -> None:
@@ -216,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (UserError, ValueError, FileNotFoundError) as exc:
+    except (UserError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -66,20 +66,22 @@ class EpochSampler:
         else:
             idx = torch.arange(self.n)
         if self.world_size > 1:
-            # Pad so every rank gets the same number of samples (as DistributedSampler does).
-            per_rank = math.ceil(self.n / self.world_size)
-            if self.drop_last:
-                per_rank = self.n // self.world_size
-                idx = idx[: per_rank * self.world_size]
-            else:
+            if self.shuffle:
+                # Training: every rank gets the same number of samples, so every rank takes
+                # the same number of steps (DDP all-reduces each one).
+                per_rank = math.ceil(self.n / self.world_size)
                 idx = torch.cat([idx, idx[: per_rank * self.world_size - self.n]])
+            # Evaluation: no padding, so every sample is scored exactly once across ranks.
             idx = idx[self.rank :: self.world_size]
         return idx
 
     def __len__(self) -> int:
         n = self.n
         if self.world_size > 1:
-            n = n // self.world_size if self.drop_last else math.ceil(n / self.world_size)
+            if self.shuffle:
+                n = math.ceil(n / self.world_size)
+            else:
+                n = len(range(self.rank, n, self.world_size))
         # drop_last: a last batch of 1 would crash BatchNorm in training; evaluation never drops.
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 

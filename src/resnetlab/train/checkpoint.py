@@ -1,0 +1,77 @@
+"""Checkpoints: complete training state, plain tensors and values only, written atomically."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_torch_save
+from ..weights import WeightsError, safe_torch_load
+
+FORMAT = "resnetlab-checkpoint"
+VERSION = 1
+
+
+def capture_rng() -> dict:
+    """Every RNG the run touches, as values ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    atomic_torch_save({"format": FORMAT, "version": VERSION, **state}, path)
+
+
+def resolve_checkpoint_path(run_or_file: str | Path) -> Path:
+    p = Path(run_or_file)
+    if p.is_dir():
+        p = p / "checkpoint-last.pt"
+    if not p.is_file():
+        raise WeightsError(
+            f"{p}: no checkpoint to resume from (give a run folder with checkpoint-last.pt, "
+            "or a checkpoint file)"
+        )
+    return p
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load and check one of our checkpoints; a truncated or foreign file is a clear error."""
+    state = safe_torch_load(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise WeightsError(
+            f"{path}: not a resnetlab training checkpoint (use --weights for plain weights)"
+        )
+    if state.get("version", 0) > VERSION:
+        raise WeightsError(f"{path}: written by a newer resnetlab (format {state['version']})")
+    for key in ("model", "optimizer", "scheduler", "epoch", "config", "classes", "rng"):
+        if key not in state:
+            raise WeightsError(f"{path}: checkpoint is incomplete (no {key!r})")
+    return state

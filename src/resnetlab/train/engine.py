@@ -1,0 +1,584 @@
+"""The training loop: short named functions around one ``Trainer`` that owns the run state."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import __version__
+from ..data import DataPipeline, build_pipeline
+from ..data.loader import mix_seed
+from ..io import atomic_write_text
+from ..models import create_model
+from ..weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    load_into,
+    load_torchvision_state,
+    read_state_dict,
+    save_bundle,
+    unwrap_model,
+)
+from . import distributed as D
+from .checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    resolve_checkpoint_path,
+    restore_rng,
+    save_checkpoint,
+)
+from .config import TrainConfig, dump_yaml
+from .loggers import MetricsCSV, Progress, TensorBoard
+from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
+from .precision import autocast, default_device, resolve_precision
+
+log = logging.getLogger(__name__)
+LOG_EVERY = 20  # steps between progress updates (each one is a host sync on CUDA)
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, last_finite: float | None) -> None:
+        self.step, self.last_finite = step, last_finite
+        last = f"{last_finite:.4g}" if last_finite is not None else "none"
+        super().__init__(
+            f"loss became non-finite at step {step} (last finite loss: {last}); stopped. "
+            "No checkpoint was written from these weights. Try a lower --lr, --clip-grad 1.0, "
+            "or --precision fp32."
+        )
+
+
+class RunStopped(Exception):
+    """Training stopped on purpose (--max-steps) after a resumable checkpoint."""
+
+
+def _run_name(cfg: TrainConfig) -> str:
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.split(":")[-1]).name or cfg.data)
+    return f"{cfg.model}-{tag.strip('-') or 'data'}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """(top-1 correct, top-k correct) as a device tensor; no host sync."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top.eq(target.view(-1, 1))
+    return torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()]).float()
+
+
+class Trainer:
+    """Builds everything from a ``TrainConfig`` (or a checkpoint to resume) and runs ``fit``."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: str | Path | None = None,
+        verbose: bool = True,
+        device: torch.device | None = None,
+    ) -> None:
+        self.dist = D.init_distributed()
+        if self.dist.enabled and torch.cuda.is_available():
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device or default_device()
+        self.resume_state = None
+        if resume is not None:
+            path = resolve_checkpoint_path(resume)
+            self.resume_state = load_checkpoint(path)
+            saved = TrainConfig(**self.resume_state["config"])
+            # Only the length of the run may change on resume; the rest is the saved recipe.
+            saved.epochs, saved.max_steps = cfg.epochs, cfg.max_steps
+            saved.out, saved.name = str(path.parent.parent), path.parent.name
+            cfg = saved
+        cfg.check()
+        self.cfg = cfg
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.progress = Progress(verbose and self.dist.is_main)
+        self.step_losses: list[float] = []
+        self._seed_everything()
+        self.data = self._build_data()
+        self.classes = self.data.classes
+        self.model = self._build_model()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.train_loader = self.data.loader(
+            "train",
+            train=True,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+        )
+        if len(self.train_loader) == 0:
+            raise ValueError(
+                f"{cfg.data}: {len(self.data.source.splits['train'])} training images make no "
+                f"full batch of {cfg.batch_size} per process; lower --batch-size"
+            )
+        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.ema = copy.deepcopy(self.model).eval() if cfg.ema_decay > 0 else None
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.partial_sums = None
+        self.history: list[dict] = []
+        self.best = {"epoch": None, "val_top1": None, "score": None}
+        self.train_seconds, self.train_images = 0.0, 0
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        self.run_dir = Path(cfg.out) / (cfg.name or _run_name(cfg))
+        self.run_dir = Path(D.broadcast_object(str(self.run_dir), self.dist))
+        if self.dist.is_main:
+            self._prepare_run_dir()
+        self.train_model = self._wrap(self.model)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    # ----------------------------------------------------------------------------- setup
+
+    def _seed_everything(self) -> None:
+        import random
+
+        seed = self.cfg.seed + self.dist.rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        if self.cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+
+    def _build_data(self) -> DataPipeline:
+        dcfg = self.cfg.data_config()
+        if self.cfg.weights and dcfg.mean is None:
+            # Pretrained weights expect the normalisation they were trained with.
+            dcfg.mean, dcfg.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+            if dcfg.in_chans == 1:
+                dcfg.mean, dcfg.std = (
+                    [float(np.mean(IMAGENET_MEAN))],
+                    [float(np.mean(IMAGENET_STD))],
+                )
+        pipe = build_pipeline(dcfg, seed=self.cfg.seed)
+        if self.cfg.weights and dcfg.mean is not None and len(dcfg.mean) != pipe.channels:
+            pipe.mean = pipe.mean[:1] * pipe.channels if pipe.channels == 3 else pipe.mean[:1]
+            pipe.std = pipe.std[:1] * pipe.channels if pipe.channels == 3 else pipe.std[:1]
+        return pipe
+
+    def _build_model(self) -> nn.Module:
+        cfg = self.cfg
+        model = create_model(
+            cfg.model,
+            num_classes=len(self.classes),
+            in_chans=self.data.channels,
+            **cfg.model_kwargs,
+        )
+        if cfg.weights and self.resume_state is None:
+            if cfg.weights == "torchvision":
+                state, _ = load_torchvision_state(cfg.model)
+                source = f"torchvision:{cfg.model}"
+            else:
+                state, source = read_state_dict(cfg.weights), cfg.weights
+            info = load_into(model, state, source, skip_classifier=True)
+            log.info("loaded %s (new classifier for %d classes)", source, len(self.classes))
+            self.loaded_weights = {"source": source, **info}
+        if cfg.sync_bn and self.device.type != "cuda":
+            raise ValueError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
+        if self.dist.enabled and cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Frozen stages have no gradient: DDP must not wait for them.
+            wrapped = nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=bool(
+                    self.cfg.resolved_mode == "feature-extract" or self.cfg.unfreeze_schedule
+                ),
+            )  # fmt: skip
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def _prepare_run_dir(self) -> None:
+        d = self.run_dir
+        if self.resume_state is None and d.exists() and any(d.iterdir()):
+            raise FileExistsError(
+                f"{d} already holds files; resume it with --resume {d}, or pick another --name"
+            )
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(d / "config.yaml", dump_yaml(self.cfg))
+        self.metrics_csv = MetricsCSV(d / "metrics.csv")
+        self.tb = TensorBoard(d) if self.cfg.tensorboard else None
+
+    def _restore(self, s: dict) -> None:
+        if list(s["classes"]) != list(self.classes):
+            raise ValueError(
+                f"the data's classes {self.classes[:5]}... differ from the checkpoint's "
+                f"{list(s['classes'])[:5]}...; resume with the data the run was trained on"
+            )
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.scheduler.load_state_dict(s["scheduler"])
+        if self.scaler is not None and s.get("scaler"):
+            self.scaler.load_state_dict(s["scaler"])
+        if self.ema is not None and s.get("ema"):
+            self.ema.load_state_dict(s["ema"])
+        self.epoch, self.step_in_epoch = int(s["epoch"]), int(s.get("step_in_epoch", 0))
+        self.global_step = int(s.get("global_step", 0))
+        self.partial_sums = s.get("partial_sums")
+        self.history = list(s.get("history", []))
+        self.best = dict(s.get("best", self.best))
+        self.train_seconds = float(s.get("train_seconds", 0.0))
+        self.train_images = int(s.get("train_images", 0))
+        restore_rng(s["rng"])
+
+    # ------------------------------------------------------------------------ metadata
+
+    def model_meta(self) -> dict:
+        c = self.data.channels
+        return {
+            "model": self.cfg.model,
+            "num_classes": len(self.classes),
+            "in_chans": c,
+            "classes": list(self.classes),
+            "input_size": [c, self.data.input_size, self.data.input_size],
+            "mean": [float(v) for v in self.data.mean],
+            "std": [float(v) for v in self.data.std],
+            "preset": self.data.preset,
+            "model_kwargs": dict(self.cfg.model_kwargs),
+            "weights": self.cfg.weights,
+            "resnetlab_version": __version__,
+        }
+
+    def _checkpoint_state(self, sums: torch.Tensor | None = None) -> dict:
+        return {
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "partial_sums": sums.detach().cpu() if sums is not None else None,
+            "rng": capture_rng(),
+            "classes": list(self.classes),
+            "config": self.cfg.to_dict(),
+            "model_meta": self.model_meta(),
+            "history": self.history,
+            "best": dict(self.best),
+            "train_seconds": self.train_seconds,
+            "train_images": self.train_images,
+        }
+
+    def save(self, name: str, sums: torch.Tensor | None = None) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self._checkpoint_state(sums), self.run_dir / name)
+
+    # -------------------------------------------------------------------------- loops
+
+    def _mix(self, x, y, step_seed: int):
+        """Mixup / CutMix (one of them per batch when both are on), seeded per step."""
+        cfg = self.cfg
+        if not (cfg.mixup > 0 or cfg.cutmix > 0):
+            return x, y, y, 1.0
+        rng = np.random.default_rng(step_seed)
+        use_cutmix = cfg.cutmix > 0 and (cfg.mixup == 0 or rng.random() < 0.5)
+        alpha = cfg.cutmix if use_cutmix else cfg.mixup
+        lam = float(rng.beta(alpha, alpha))
+        perm = torch.from_numpy(rng.permutation(x.shape[0])).to(x.device)
+        if use_cutmix:
+            h, w = x.shape[-2:]
+            ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+            cy, cx = int(rng.integers(h)), int(rng.integers(w))
+            t, b = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+            le, r = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+            x = x.clone()
+            x[:, :, t:b, le:r] = x[perm][:, :, t:b, le:r]
+            lam = 1 - (b - t) * (r - le) / (h * w)
+        else:
+            x = lam * x + (1 - lam) * x[perm]
+        return x, y, y[perm], lam
+
+    def _check_finite(self, pending: list[torch.Tensor]) -> None:
+        if not pending:
+            return
+        values = torch.stack(pending).float().cpu()
+        first_step = self.global_step - len(pending) + 1
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            last = (
+                values[i - 1].item()
+                if i > 0
+                else (self.step_losses[-1] if self.step_losses else None)
+            )
+            raise NonFiniteLoss(first_step + i, last)
+        self.step_losses.extend(values.tolist())
+        pending.clear()
+
+    def train_one_epoch(self) -> dict:
+        cfg, model, loader = self.cfg, self.train_model, self.train_loader
+        frozen = frozen_groups(unwrap_model(model), cfg, self.epoch)
+        apply_freezing(unwrap_model(model), frozen)
+        set_train_mode(unwrap_model(model), frozen)
+        tf = self.data.batch_transform(True, loader.geometric, cfg.channels_last)
+        loader.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        sums = torch.zeros(3, device=self.device)  # loss * n, correct, n
+        if self.partial_sums is not None and self.step_in_epoch:
+            sums += self.partial_sums.to(self.device)
+        self.partial_sums = None
+        pending: list[torch.Tensor] = []
+        total = len(loader)
+        self.progress.start(self.epoch + 1, cfg.epochs, total, self.step_in_epoch)
+        start, images = time.perf_counter(), 0
+        params = [p for p in model.parameters()]
+        for i, (x, y) in enumerate(loader, start=self.step_in_epoch):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            g = torch.Generator(device=self.device).manual_seed(
+                mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 3)
+            )
+            x = tf(x, g)
+            x, ya, yb, lam = self._mix(x, y, mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4))
+            with autocast(self.precision, self.device):
+                out = model(x)
+            out = out.float()
+            loss = self.criterion(out, ya)
+            if lam < 1.0:
+                loss = lam * loss + (1 - lam) * self.criterion(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                if cfg.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                loss.backward()
+                if cfg.clip_grad:
+                    nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                self.optimizer.step()
+            self.scheduler.step()
+            if self.ema is not None:
+                self._update_ema()
+            self.global_step += 1
+            self.step_in_epoch = i + 1
+            n = y.shape[0]
+            images += n
+            loss_d = loss.detach()
+            pending.append(loss_d)
+            with torch.no_grad():
+                correct = out.detach().argmax(1).eq(ya).sum()
+                sums += torch.stack(
+                    [loss_d * n, correct.float(), torch.tensor(float(n), device=self.device)]
+                )
+            if (i + 1) % LOG_EVERY == 0 or i + 1 == total:
+                self._check_finite(pending)
+                elapsed = time.perf_counter() - start
+                self.progress.update(
+                    LOG_EVERY if (i + 1) % LOG_EVERY == 0 else (i + 1) % LOG_EVERY,
+                    loss=f"{self.step_losses[-1]:.3f}",
+                    img_s=f"{images / max(elapsed, 1e-9):.0f}",
+                )
+            if (
+                cfg.checkpoint_every
+                and self.global_step % cfg.checkpoint_every == 0
+                and i + 1 < total
+            ):
+                self._check_finite(pending)
+                self.save("checkpoint-last.pt", sums)
+            if cfg.max_steps and self.global_step >= cfg.max_steps and i + 1 < total:
+                self._check_finite(pending)
+                self.train_seconds += time.perf_counter() - start
+                self.train_images += images * self.dist.world_size
+                self.save("checkpoint-last.pt", sums)
+                self.progress.close()
+                raise RunStopped(f"stopped after step {self.global_step} (--max-steps)")
+        self._check_finite(pending)
+        self.progress.close()
+        # DDP syncs parameters, but each rank's BN running statistics last saw its own batch:
+        # take rank 0's so every rank evaluates (and ends with) the same model.
+        D.broadcast_buffers(unwrap_model(self.model), self.dist)
+        if self.ema is not None:
+            D.broadcast_buffers(self.ema, self.dist)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        self.train_images += images * self.dist.world_size
+        sums = D.all_reduce_sum(sums, self.dist).cpu()
+        count = max(sums[2].item(), 1.0)
+        return {
+            "train_loss": sums[0].item() / count,
+            "train_top1": sums[1].item() / count,
+            "seconds": seconds,
+        }
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = self.cfg.ema_decay
+        src = unwrap_model(self.model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(src[k])
+
+    def eval_model(self) -> nn.Module:
+        return self.ema if self.ema is not None else unwrap_model(self.model)
+
+    def evaluate(self, split: str, model: nn.Module | None = None) -> dict:
+        """Loss, top-1, top-5 on a split (sharded across ranks, reduced)."""
+        model = model or self.eval_model()
+        loader = self.data.loader(split, train=False, rank=self.dist.rank,
+                                  world_size=self.dist.world_size)  # fmt: skip
+        return evaluate_loader(
+            model,
+            loader,
+            self.data.batch_transform(False, loader.geometric, self.cfg.channels_last),
+            self.device,
+            self.precision,
+            self.dist,
+        )
+
+    # ---------------------------------------------------------------------------- fit
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        has_val = "val" in self.data.source.splits and len(self.data.source.splits["val"]) > 0
+        stale = 0
+        if self.dist.is_main:
+            self.progress.line(
+                f"training {cfg.model} on {cfg.data}: {len(self.classes)} classes, "
+                + ", ".join(f"{k} {len(v)}" for k, v in self.data.source.splits.items())
+                + f"; {self.precision}, {self.device.type}"
+                + (", channels_last" if cfg.channels_last else "")
+                + f"; run folder {self.run_dir}"
+            )
+        while self.epoch < cfg.epochs:
+            stats = self.train_one_epoch()
+            val = self.evaluate("val") if has_val else {}
+            row = {
+                "epoch": self.epoch,
+                "lr": self.optimizer.param_groups[-1]["lr"],
+                **stats,
+                "val_loss": val.get("loss"),
+                "val_top1": val.get("top1"),
+                "val_top5": val.get("top5"),
+            }
+            self.history.append(row)
+            # Best = highest val top-1; ties (common on small val sets) go to the lower loss.
+            score = [val["top1"], -val["loss"]] if has_val else [-stats["train_loss"]]
+            improved = self.best["score"] is None or score > list(self.best["score"])
+            if improved:
+                self.best = {"epoch": self.epoch, "val_top1": val.get("top1"), "score": score}
+                stale = 0
+            else:
+                stale += 1
+            if self.dist.is_main:
+                self._epoch_outputs(row, improved)
+            if cfg.max_steps and self.global_step >= cfg.max_steps and self.epoch < cfg.epochs:
+                raise RunStopped(f"stopped after step {self.global_step} (--max-steps)")
+            if cfg.patience and stale >= cfg.patience:
+                self.progress.line(f"early stop: no val improvement for {cfg.patience} epochs")
+                break
+        D.barrier(self.dist)
+        return self._finish()
+
+    def _epoch_outputs(self, row: dict, improved: bool) -> None:
+        self.metrics_csv.write(self.history)
+        if self.tb is not None:
+            self.tb.log(row)
+        self.save("checkpoint-last.pt")
+        if improved:
+            self.save("checkpoint-best.pt")
+            save_bundle(self.eval_model(), self.model_meta(), self.run_dir)
+        val = (
+            f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2%}"
+            if row["val_top1"] is not None
+            else ""
+        )
+        self.progress.line(
+            f"epoch {row['epoch']:>3}/{self.cfg.epochs}  lr {row['lr']:.4g}  train loss "
+            f"{row['train_loss']:.4f} top-1 {row['train_top1']:.2%}{val}  "
+            f"{row['seconds']:.1f}s" + ("  *" if improved else "")
+        )
+
+    def _finish(self) -> dict:
+        test = None
+        if "test" in self.data.source.splits and len(self.data.source.splits["test"]):
+            best = self.run_dir / "checkpoint-best.pt"
+            model = copy.deepcopy(self.eval_model())
+            if self.dist.is_main and best.is_file():
+                state = load_checkpoint(best)
+                model.load_state_dict(state["ema"] if self.ema is not None else state["model"])
+            if self.dist.enabled:
+                for t in model.state_dict().values():
+                    torch.distributed.broadcast(t, src=0)
+            test = self.evaluate("test", model)
+        summary = {
+            "model": self.cfg.model,
+            "data": self.cfg.data,
+            "classes": list(self.classes),
+            "epochs_completed": self.epoch,
+            "best_epoch": self.best["epoch"],
+            "best_val_top1": self.best["val_top1"],
+            "test_top1": test["top1"] if test else None,
+            "test_top5": test["top5"] if test else None,
+            "train_seconds": round(self.train_seconds, 3),
+            "train_images_per_second": round(self.train_images / max(self.train_seconds, 1e-9), 2),
+            "precision": self.precision,
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "run_dir": str(self.run_dir),
+            "weights_sha256": state_checksum(unwrap_model(self.model)),
+        }
+        if self.dist.is_main:
+            atomic_write_text(
+                self.run_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False)
+            )
+            if self.tb is not None:
+                self.tb.close()
+        return summary
+
+
+def state_checksum(model: nn.Module) -> str:
+    """SHA-256 over every tensor of the state_dict (ranks of a DDP run must agree)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def evaluate_loader(model, loader, transform, device, precision, dist_info=None) -> dict:
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=device)  # loss sum, top1, top5, n
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(precision, device):
+            out = model(transform(x))
+        out = out.float()
+        loss = F.cross_entropy(out, y, reduction="sum")
+        sums += torch.cat([loss.view(1), accuracy_counts(out, y), sums.new_tensor([y.shape[0]])])
+    model.train(was_training)
+    if dist_info is not None:
+        sums = D.all_reduce_sum(sums, dist_info)
+    s = sums.cpu().tolist()
+    n = max(s[3], 1.0)
+    return {"loss": s[0] / n, "top1": s[1] / n, "top5": s[2] / n, "num_samples": int(s[3])}

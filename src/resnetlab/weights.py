@@ -1,0 +1,208 @@
+"""Weights in and out, safely.
+
+Loading never runs code: ``.safetensors`` files, or ``torch.load(weights_only=True)`` for
+``.pth``/``.pt`` with no fallback to unsafe unpickling. Saving writes our bundle:
+``model.safetensors`` (weights) + ``model.json`` (everything needed to rebuild and preprocess).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .io import atomic_write_bytes, atomic_write_text
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be loaded as asked; the message names the file and the fix."""
+
+
+def clean_state_dict(state: dict) -> dict:
+    """Drop ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes from keys."""
+    out = {}
+    for key, value in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
+    """``torch.load`` that only reads tensors and plain values; a code-running pickle is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file (0 bytes); the save was interrupted or failed")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise WeightsError(
+            f"{path}: refused: the file holds objects other than tensors and plain values "
+            f"({first[:200]}). resnetlab never unpickles code; re-save the weights as a "
+            "state_dict or .safetensors."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{path}: cannot be read ({str(exc).splitlines()[0][:200] if str(exc) else exc!r}); "
+            "the file is truncated or not a PyTorch file"
+        ) from None
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state_dict from ``.safetensors`` or a torchvision-layout ``.pth`` (also our checkpoints
+    and ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such file")
+        try:
+            return clean_state_dict(load_file(str(path)))
+        except (SafetensorError, OSError) as exc:
+            raise WeightsError(f"{path}: not a valid safetensors file ({exc})") from None
+    obj = safe_torch_load(path)
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path}: does not hold a state_dict (a mapping of names to tensors)")
+    return clean_state_dict(obj)
+
+
+def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Fit a pretrained first conv to ``in_chans``: 1 channel sums the RGB filters (a grey image
+    then gives the response the RGB filter gave); more channels repeat and rescale."""
+    have = weight.shape[1]
+    if have == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // have)
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (have / in_chans)
+
+
+def first_conv_key(state: dict) -> str | None:
+    for key in ("conv1.weight", "conv1.0.weight"):
+        if key in state:
+            return key
+    return None
+
+
+def load_into(
+    model: nn.Module, state: dict, source: str, skip_classifier: bool = False
+) -> dict[str, list[str]]:
+    """Load ``state`` into ``model``: adapt the first conv to the model's input channels, drop
+    the classifier when its shape differs (fine-tuning to new classes). Other mismatches are
+    an error that lists the missing and unexpected keys."""
+    state = clean_state_dict(state)
+    own = model.state_dict()
+    key = first_conv_key(state)
+    if key and key in own and state[key].shape[1] != own[key].shape[1]:
+        state[key] = adapt_first_conv(state[key], own[key].shape[1])
+    dropped = []
+    for k in ("fc.weight", "fc.bias"):
+        if k in state and (skip_classifier or k not in own or state[k].shape != own[k].shape):
+            dropped.append(k)
+            state.pop(k)
+    missing = [k for k in own if k not in state and k not in ("fc.weight", "fc.bias")]
+    unexpected = [k for k in state if k not in own]
+    shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shape:
+        lines = []
+        if missing:
+            lines.append(f"missing keys ({len(missing)}): {', '.join(missing[:10])}")
+        if unexpected:
+            lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}")
+        if shape:
+            lines.append(f"shape mismatches: {'; '.join(shape[:5])}")
+        name = getattr(model, "model_name", type(model).__name__)
+        raise WeightsError(f"{source}: weights do not fit {name}:\n  " + "\n  ".join(lines))
+    model.load_state_dict(state, strict=False)
+    return {"dropped": dropped}
+
+
+def torchvision_weights(model_name: str):
+    """The torchvision ``Weights`` enum member (DEFAULT) for one of our ImageNet names."""
+    from torchvision.models import get_model_weights
+
+    try:
+        return get_model_weights(model_name).DEFAULT
+    except (ValueError, KeyError):
+        raise WeightsError(
+            f"torchvision publishes no ImageNet weights for {model_name!r}; use --weights PATH"
+        ) from None
+
+
+def load_torchvision_state(model_name: str) -> tuple[dict, dict]:
+    """Download (through torch's hub cache) torchvision's weights; returns (state, meta)."""
+    w = torchvision_weights(model_name)
+    try:
+        state = w.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsError(
+            f"cannot fetch torchvision weights for {model_name} from {w.url} ({exc}); when "
+            "offline, download the file elsewhere and pass --weights PATH"
+        ) from None
+    meta = {
+        "classes": list(w.meta.get("categories", [])),
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "source": w.url,
+    }
+    return state, meta
+
+
+def save_bundle(model: nn.Module, meta: dict, folder: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` atomically into ``folder``."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    model = unwrap_model(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / "model.safetensors", save(state, metadata={"format": "pt"}))
+    atomic_write_text(folder / "model.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return folder / "model.safetensors"
+
+
+def load_bundle_meta(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{p}: not valid JSON ({exc})") from None
+    for key in ("model", "num_classes", "in_chans", "classes"):
+        if key not in meta:
+            raise WeightsError(f"{p}: missing {key!r}; it is not a resnetlab model.json")
+    return meta
