@@ -217,3 +217,47 @@ def test_cli_train_and_resume(tmp_path, folder, capsys):
     assert summary["epochs_completed"] == 2
     assert main(argv) == 2
     assert "already holds files" in capsys.readouterr().err
+
+
+def test_recipe_options_run(tmp_path, folder):
+    cfg = _cfg(tmp_path, folder, optimizer="adamw", lr=3e-3, schedule="onecycle", mixup=0.2,
+               cutmix=1.0, ema_decay=0.9, clip_grad=1.0, tensorboard=True, patience=1,
+               auto_augment="trivial", random_erasing=0.25, epochs=3)  # fmt: skip
+    t = Trainer(cfg, verbose=False)
+    summary = t.fit()
+    run = tmp_path / "runs" / "run"
+    assert list(run.glob("events.out.tfevents*"))
+    assert 1 <= summary["epochs_completed"] <= 3
+    ck = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    assert ck["ema"] is not None and all(torch.isfinite(v).all() for v in ck["ema"].values()
+                                         if v.is_floating_point())  # fmt: skip
+
+
+def test_lr_schedules_shape():
+    from resnetlab.train.optim import lr_factor
+
+    cfg = resolve_config({"schedule": "multistep", "epochs": 4, "warmup_epochs": 0.0})
+    f = lr_factor(cfg, 10)
+    assert [f(s) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cfg = resolve_config({"schedule": "cosine", "epochs": 4, "warmup_epochs": 1.0})
+    f = lr_factor(cfg, 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(39) < 0.01
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    from resnetlab.train.optim import param_groups
+
+    model = create_model("resnet20")
+    groups = {g["name"]: g for g in param_groups(model, resolve_config({}))}
+    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    assert model.bn1.weight in groups["backbone_no_decay"]["params"]
+    assert model.conv1.weight in groups["backbone"]["params"]
+    assert model.fc.bias in groups["head_no_decay"]["params"]
+
+
+def test_lr_find(tmp_path, folder):
+    from resnetlab.train.lr_find import lr_find
+
+    result = lr_find(_cfg(tmp_path, folder, name="lrf"), num_steps=12)
+    assert len(result["lrs"]) >= 5 and result["suggestion"] > 0
+    assert (tmp_path / "runs" / "lrf" / "lr_find.png").stat().st_size > 1000

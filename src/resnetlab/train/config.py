@@ -47,10 +47,10 @@ class TrainConfig:
     unfreeze_schedule: list[int] = field(default_factory=list)
     # recipe
     recipe: str | None = None
-    epochs: int = 30
-    batch_size: int = 128
+    epochs: int = 20
+    batch_size: int = 64
     optimizer: str = "sgd"
-    lr: float = 0.1
+    lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -59,7 +59,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
     ema_decay: float = 0.0

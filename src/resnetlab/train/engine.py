@@ -326,6 +326,35 @@ class Trainer:
         self.step_losses.extend(values.tolist())
         pending.clear()
 
+    def train_step(self, x, y, tf, i: int):
+        """Forward, backward, optimizer step for batch ``i`` of the current epoch."""
+        cfg, model = self.cfg, self.train_model
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 3)
+        x = tf(x, torch.Generator(device=self.device).manual_seed(seed))
+        x, ya, yb, lam = self._mix(x, y, mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4))
+        with autocast(self.precision, self.device):
+            out = model(x)
+        out = out.float()
+        loss = self.criterion(out, ya)
+        if lam < 1.0:
+            loss = lam * loss + (1 - lam) * self.criterion(out, yb)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if cfg.clip_grad:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
+        return loss, out, ya
+
     def train_one_epoch(self) -> dict:
         cfg, model, loader = self.cfg, self.train_model, self.train_loader
         frozen = frozen_groups(unwrap_model(model), cfg, self.epoch)
@@ -341,34 +370,8 @@ class Trainer:
         total = len(loader)
         self.progress.start(self.epoch + 1, cfg.epochs, total, self.step_in_epoch)
         start, images = time.perf_counter(), 0
-        params = [p for p in model.parameters()]
         for i, (x, y) in enumerate(loader, start=self.step_in_epoch):
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            g = torch.Generator(device=self.device).manual_seed(
-                mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 3)
-            )
-            x = tf(x, g)
-            x, ya, yb, lam = self._mix(x, y, mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4))
-            with autocast(self.precision, self.device):
-                out = model(x)
-            out = out.float()
-            loss = self.criterion(out, ya)
-            if lam < 1.0:
-                loss = lam * loss + (1 - lam) * self.criterion(out, yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                if cfg.clip_grad:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                if cfg.clip_grad:
-                    nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                self.optimizer.step()
+            loss, out, ya = self.train_step(x, y, tf, i)
             self.scheduler.step()
             if self.ema is not None:
                 self._update_ema()
