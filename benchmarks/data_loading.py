@@ -80,8 +80,11 @@ def main() -> None:
     ref_small = v2.Compose([v2.ToImage(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
                             v2.ToDtype(torch.float32, scale=True),
                             v2.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
-    small_pipe = build_pipeline(DataConfig(data=str(small), preset="cifar", input_size=32,
-                                           batch_size=128, val_ratio=0.0, test_ratio=0.0))  # fmt: skip
+    small_cfg = DataConfig(
+        data=str(small), preset="cifar", input_size=32, batch_size=128, val_ratio=0.0,
+        test_ratio=0.0,
+    )  # fmt: skip
+    small_pipe = build_pipeline(small_cfg)
     results["small_32"] = alternate(
         {
             "reference_imagefolder_2_workers": drain_reference(small, 32, 128, ref_small),
