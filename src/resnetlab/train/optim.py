@@ -50,11 +50,19 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
+    # The fused kernels update every parameter in one pass (~10 % faster steps for resnet18
+    # on the CPU, see benchmarks/); fp32 parameters on CPU or CUDA only.
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
+                for p in model.parameters())  # fmt: skip
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+            groups,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            fused=fused or None,
         )
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused or None)
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
