@@ -6,6 +6,7 @@ preprocessing and class names always come from the model's own metadata.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,10 +94,8 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
     in_chans = int(conv.shape[1]) if conv is not None else 3
     classes = [str(i) for i in range(num_classes)]
     if num_classes == 1000:
-        try:
+        with contextlib.suppress(WeightsError):
             classes = list(torchvision_weights(name).meta["categories"])
-        except WeightsError:
-            pass
     from .models import get_model_entry
 
     size = get_model_entry(name).input_size[1]

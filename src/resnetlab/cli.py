@@ -200,6 +200,121 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    r = evaluate_run(
+        args.run, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
+        top_losses=args.top_losses, precision=args.precision,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(r, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{r['split']} split of {r['data']}: {r['num_samples']} images" + (
+        " (flip TTA)" if r["tta"] else ""))  # fmt: skip
+    print(f"top-1 {r['top1']:.2%}   top-5 {r['top5']:.2%}   loss {r['loss']:.4f}\n")
+    rows = [
+        [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
+        for name, m in r["per_class"].items()
+    ]
+    print(_format_table(["class", "precision", "recall", "F1", "support"], rows, right_from=1))
+    print()
+    for key, path in r["files"].items():
+        print(f"{key.replace('_', ' '):22} {path}")
+    return 0
+
+
+@command("predict")
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from .predict import build_predictor, expand_inputs
+
+    run, inputs = args.run, list(args.inputs)
+    if args.model:  # no run: every positional is an input
+        inputs = ([run] if run else []) + inputs
+        run = None
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise UserError("no input images: give image files, folders or globs")
+    predictor = build_predictor(
+        run, model=args.model, weights=args.weights, backend=args.backend,
+        batch_size=args.batch_size, precision=args.precision,
+    )  # fmt: skip
+    rows = predictor.predict_paths(paths, topk=args.topk)
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif args.csv:
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "rank", "label", "index", "prob", "error"])
+        for r in rows:
+            if r["error"]:
+                w.writerow([r["path"], "", "", "", "", r["error"]])
+            for rank, t in enumerate(r["topk"], start=1):
+                w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}", ""])
+    else:
+        for r in rows:
+            if r["error"]:
+                print(f"{r['path']}: ERROR {r['error']}")
+                continue
+            tops = ", ".join(f"{t['label']} {t['prob']:.1%}" for t in r["topk"])
+            print(f"{r['path']}: {tops}")
+    bad = sum(1 for r in rows if r["error"])
+    if bad:
+        print(f"resnetlab predict: {bad} of {len(rows)} file(s) could not be read", file=sys.stderr)
+    return 1 if bad else 0
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    real = None
+    if args.verify:
+        real = _real_batch(args.run)
+    r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real)
+    print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']})")
+    if args.verify:
+        for name, diff in r["max_abs_diff"].items():
+            print(f"verified {name}: max |difference| {diff:.2e}")
+    return 0
+
+
+def _real_batch(run: str):
+    """A few preprocessed images from the run's own data, for export verification."""
+    from .bundle import load_model
+
+    loaded = load_model(run)
+    if loaded.run_dir is None or not (loaded.run_dir / "config.yaml").is_file():
+        return None
+    import yaml
+
+    from .data import DataConfig, build_pipeline
+
+    config = yaml.safe_load((loaded.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    meta = loaded.meta
+    pipe = build_pipeline(DataConfig(
+        data=config["data"], input_size=int(meta["input_size"][-1]), preset=meta["preset"],
+        mean=meta["mean"], std=meta["std"], batch_size=8, in_chans=int(meta["in_chans"]),
+        num_workers=0, val_ratio=config.get("val_ratio", 0.1),
+        test_ratio=config.get("test_ratio", 0.1),
+    ))  # fmt: skip
+    split = "test" if "test" in pipe.source.splits else "val"
+    loader = pipe.loader(split, train=False)
+    x, _ = next(iter(loader))
+    return pipe.batch_transform(False, loader.geometric, channels_last=False)(x)
+
+
+@command("report")
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.run, data=args.data, top_losses=args.top_losses)
+    print(f"wrote {path}")
+    return 0
+
+
 def _print_train_summary(s: dict) -> None:
     def pct(v):
         return "-" if v is None else f"{v:.2%}"
@@ -215,8 +330,11 @@ def _print_train_summary(s: dict) -> None:
     )
     print(f"run folder        {run}")
     print("next:")
+    print(f"  resnetlab evaluate {run}")
+    print(f"  resnetlab predict {run} IMAGE_OR_FOLDER")
+    print(f"  resnetlab report {run}")
+    print(f"  resnetlab export {run} --format onnx --verify")
     print(f"  resnetlab train --resume {run} --epochs {s['epochs_completed'] + 10}")
-    print(f"  resnetlab train --config {run}/config.yaml --name rerun")
 
 
 def _parse_kwargs(items: list[str]) -> dict:
@@ -281,6 +399,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_train_parser(sub)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class metrics, confusion matrix")
+    p.add_argument("run", help="run folder, model.safetensors or checkpoint")
+    p.add_argument("--data", help="DATA to evaluate on (default: the run's own)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="default: test, else val")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tta", action="store_true", help="average with the horizontally flipped")
+    p.add_argument("--top-losses", type=int, default=0, metavar="N",
+                   help="gallery PNG of the N most confidently wrong images")  # fmt: skip
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("predict", help="top-k labels for images, folders or globs")
+    p.add_argument("run", nargs="?", help="run folder or model file (omit with --model)")
+    p.add_argument("inputs", nargs="*", help="image files, folders, globs")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--model", help="with --weights: predict without a run folder")
+    p.add_argument("--weights", help="torchvision, or a .pth/.safetensors file")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+
+    p = sub.add_parser("export", help="ONNX or TorchScript file, optionally verified")
+    p.add_argument("run")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", help="file to write (default: RUN/model.onnx or RUN/model.ts)")
+    p.add_argument("--verify", action="store_true", help="compare outputs with PyTorch")
+
+    p = sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples")
+    p.add_argument("run")
+    p.add_argument("--data", help="DATA to evaluate on (default: the run's own)")
+    p.add_argument("--top-losses", type=int, default=12)
     return parser
 
 

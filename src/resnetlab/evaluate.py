@@ -1,0 +1,154 @@
+"""Evaluation: top-1/top-5, loss, per-class precision/recall/F1, confusion matrix, top losses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .bundle import load_model, model_on
+from .data import DataConfig, DataError, DataPipeline, load_source
+from .io import atomic_write_text
+from .train.precision import autocast, default_device, resolve_precision
+
+
+def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
+    """Precision, recall, F1, support per class from a confusion matrix (rows: true)."""
+    out = {}
+    for i, name in enumerate(classes):
+        tp = float(cm[i, i])
+        predicted, actual = float(cm[:, i].sum()), float(cm[i, :].sum())
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
+    return out
+
+
+def _label_map(model_classes: list[str], data_classes: list[str]) -> torch.Tensor:
+    """Data label index -> model output index, by class name."""
+    index = {c: i for i, c in enumerate(model_classes)}
+    missing = [c for c in data_classes if c not in index]
+    if missing:
+        raise DataError(
+            f"the data has classes the model was not trained on: {', '.join(missing[:10])}"
+        )
+    return torch.tensor([index[c] for c in data_classes], dtype=torch.long)
+
+
+def evaluate_run(
+    run: str,
+    data: str | None = None,
+    split: str | None = None,
+    batch_size: int = 64,
+    tta: bool = False,
+    top_losses: int = 0,
+    out_dir: str | Path | None = None,
+    precision: str = "auto",
+) -> dict:
+    """Evaluate a trained model on a split of ``data`` (default: the data it was trained on)."""
+    loaded = load_model(run)
+    meta = loaded.meta
+    if data is None:
+        cfg_path = loaded.run_dir / "config.yaml" if loaded.run_dir else None
+        if cfg_path is None or not cfg_path.is_file():
+            raise ValueError("give --data: this model file has no run folder to take it from")
+        import yaml
+
+        config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        data = config["data"]
+        # The same split the run trained with: same ratios, same seed.
+        ratios = {k: config[k] for k in ("val_ratio", "test_ratio", "seed") if k in config}
+    else:
+        ratios = {}
+    source = load_source(data, channels=int(meta["in_chans"]), **ratios)
+    if split is None:
+        split = "test" if "test" in source.splits else "val"
+    if split not in source.splits:
+        raise DataError(f"{data} has no {split!r} split (it has {', '.join(source.splits)})")
+    cfg = DataConfig(
+        data=data, input_size=int(meta["input_size"][-1]), preset=meta.get("preset", "auto"),
+        mean=list(meta["mean"]), std=list(meta["std"]), batch_size=batch_size, num_workers=2,
+        in_chans=int(meta["in_chans"]),
+    )  # fmt: skip
+    pipe = DataPipeline(source, cfg)
+    label_map = _label_map(loaded.classes, source.classes)
+    device = default_device()
+    prec = resolve_precision(precision, device)
+    model = model_on(loaded.model, device)
+    loader = pipe.loader(split, train=False)
+    tf = pipe.batch_transform(False, loader.geometric)
+
+    all_logits, all_targets = [], []
+    with torch.inference_mode():
+        for x, y in loader:
+            x = tf(x.to(device))
+            with autocast(prec, device):
+                logits = model(x).float()
+                if tta:
+                    logits = (logits + model(x.flip(3)).float()) / 2
+            all_logits.append(logits.cpu())
+            all_targets.append(label_map[y])
+    logits = torch.cat(all_logits)
+    targets = torch.cat(all_targets)
+    n_cls = len(loaded.classes)
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    pred = logits.argmax(1)
+    k = min(5, n_cls)
+    top5 = logits.topk(k, dim=1).indices.eq(targets.view(-1, 1)).any(1)
+    cm = np.zeros((n_cls, n_cls), dtype=np.int64)
+    np.add.at(cm, (targets.numpy(), pred.numpy()), 1)
+    n = len(targets)
+    result = {
+        "run": str(run),
+        "data": data,
+        "split": split,
+        "top1": float((pred == targets).float().mean()) if n else 0.0,
+        "top5": float(top5.float().mean()) if n else 0.0,
+        "loss": float(losses.mean()) if n else 0.0,
+        "num_samples": n,
+        "classes": list(loaded.classes),
+        "per_class": per_class_metrics(cm, loaded.classes),
+        "confusion_matrix": cm.tolist(),
+        "tta": tta,
+    }
+    out = Path(out_dir) if out_dir else (loaded.run_dir or loaded.source.parent) / f"eval-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    from .report.plots import plot_confusion, plot_top_losses
+
+    plot_confusion(cm, loaded.classes, out / "confusion_matrix.png")
+    result["files"] = {"confusion_matrix_png": str(out / "confusion_matrix.png")}
+    if top_losses:
+        probs = logits.softmax(1)
+        wrong = (pred != targets).nonzero().flatten()
+        order = wrong[losses[wrong].argsort(descending=True)][:top_losses]
+        items = []
+        split_data = source.splits[split]
+        for i in order.tolist():
+            items.append({
+                "index": i,
+                "path": str(split_data.paths[i]) if split_data.paths else None,
+                "true": loaded.classes[int(targets[i])],
+                "pred": loaded.classes[int(pred[i])],
+                "prob": float(probs[i, pred[i]]),
+                "loss": float(losses[i]),
+            })  # fmt: skip
+        result["top_losses"] = items
+        images = [_display_image(split_data, it["index"]) for it in items]
+        plot_top_losses(images, items, out / "top_losses.png")
+        result["files"]["top_losses_png"] = str(out / "top_losses.png")
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False))
+    result["files"]["metrics_json"] = str(out / "metrics.json")
+    return result
+
+
+def _display_image(split, index: int) -> np.ndarray:
+    from .data.images import open_image
+
+    if split.images is not None:
+        a = split.images[index].permute(1, 2, 0).numpy()
+        return a[:, :, 0] if a.shape[2] == 1 else a
+    return np.asarray(open_image(split.paths[index]))

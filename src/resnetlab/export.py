@@ -1,0 +1,158 @@
+"""Export to ONNX (dynamic batch, preprocessing metadata inside) or TorchScript, verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundle import LoadedModel, load_model
+
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _metadata(loaded: LoadedModel) -> dict[str, str]:
+    m = loaded.meta
+    return {
+        "resnetlab.model": str(m["model"]),
+        "resnetlab.classes": json.dumps(m["classes"], ensure_ascii=False),
+        "resnetlab.input_size": json.dumps(m["input_size"]),
+        "resnetlab.mean": json.dumps(m["mean"]),
+        "resnetlab.std": json.dumps(m["std"]),
+        "resnetlab.preset": str(m.get("preset", "imagenet")),
+    }
+
+
+def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
+    import onnx
+
+    model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
+    c, h, w = loaded.meta["input_size"]
+    example = torch.randn(2, c, h, w)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    for key, value in _metadata(loaded).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
+    model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
+    c, h, w = loaded.meta["input_size"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(model, torch.randn(1, c, h, w))
+    extra = {"resnetlab.json": json.dumps(loaded.meta, ensure_ascii=False)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files=extra)
+    os.replace(tmp, path)
+    return path
+
+
+def check_external_data(path: Path) -> None:
+    """External tensor files must lie inside the model's own folder (no absolute paths, no
+    ``..``): a crafted model could otherwise make the runtime read any file."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    root = path.parent.resolve()
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if os.path.isabs(location) or root not in target.parents:
+            raise ExportError(
+                f"{path}: tensor {tensor.name!r} points at external data {location!r} outside "
+                f"{root}; refusing to load it"
+            )
+
+
+def onnx_session(path: str | os.PathLike):
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    check_external_data(path)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None = None) -> dict:
+    """Max |difference| of logits between PyTorch and the exported file on random inputs and,
+    when given, real preprocessed images; fails above ``TOLERANCE``."""
+    model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
+    c, h, w = loaded.meta["input_size"]
+    g = torch.Generator().manual_seed(0)
+    inputs = {"random batch 1": torch.randn(1, c, h, w, generator=g),
+              "random batch 5": torch.randn(5, c, h, w, generator=g)}  # fmt: skip
+    if real is not None and len(real):
+        inputs["real images"] = real.float()
+    if fmt == "onnx":
+        session = onnx_session(path)
+
+        def run(x):
+            return session.run(None, {"input": x.numpy()})[0]
+    else:
+        scripted = torch.jit.load(str(path))
+
+        def run(x):
+            with torch.inference_mode():
+                return scripted(x).numpy()
+
+    report = {}
+    for name, x in inputs.items():
+        with torch.inference_mode():
+            ref = model(x).numpy()
+        diff = float(np.abs(run(x) - ref).max())
+        report[name] = diff
+        if not np.isfinite(diff) or diff > TOLERANCE:
+            raise ExportError(
+                f"{path}: {fmt} output differs from PyTorch by {diff:.3g} on {name} "
+                f"(tolerance {TOLERANCE:g})"
+            )
+    return report
+
+
+def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
+           do_verify: bool = False, real: torch.Tensor | None = None) -> dict:  # fmt: skip
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    loaded = load_model(run)
+    base = loaded.run_dir or loaded.source.parent
+    path = Path(out) if out else Path(base) / ("model.onnx" if fmt == "onnx" else "model.ts")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (export_onnx if fmt == "onnx" else export_torchscript)(loaded, path)
+    result = {"path": str(path), "format": fmt, "bytes": path.stat().st_size}
+    if do_verify:
+        result["max_abs_diff"] = verify(loaded, path, fmt, real)
+    return result

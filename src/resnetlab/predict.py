@@ -1,0 +1,182 @@
+"""Prediction: top-k labels for images, batched, with torch or onnxruntime.
+
+The preprocessing comes from the model's metadata (input size, mean/std, preset), the same
+evaluation transform that validation used during training, so predictions match evaluation.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .bundle import LoadedModel, load_model, model_on, pretrained_model
+from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
+from .data.transforms import BatchTransform, file_transform
+from .train.precision import autocast, default_device, resolve_precision
+
+BACKENDS = ("torch", "onnx")
+
+
+class Predictor:
+    """``Predictor("runs/x")``; ``predict_paths([...])``, ``predict_images([...])``.
+
+    Thread-safe: ``serve`` calls it from several request handlers at once.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | LoadedModel,
+        backend: str = "torch",
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        batch_size: int = 32,
+        onnx_path: str | os.PathLike | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        self.loaded = source if isinstance(source, LoadedModel) else load_model(source)
+        meta = self.loaded.meta
+        self.meta, self.classes = meta, self.loaded.classes
+        self.channels = int(meta["in_chans"])
+        self.input_size = int(meta["input_size"][-1])
+        self.preset = meta.get("preset", "imagenet")
+        self.batch_size = batch_size
+        self.backend = backend
+        self.device = torch.device(device) if device else default_device()
+        self.precision = (
+            resolve_precision(precision, self.device) if backend == "torch" else ("fp32")
+        )
+        self._decode_tf = file_transform(self.preset, self.input_size, train=False)
+        self._batch_tf = BatchTransform(
+            self.preset, self.input_size, meta["mean"], meta["std"], train=False,
+            geometric=False, channels_last=backend == "torch",
+        )  # fmt: skip
+        self._lock = threading.Lock()
+        if backend == "torch":
+            self.model = model_on(self.loaded.model.eval(), self.device)
+            self.session = None
+        else:
+            from .export import onnx_session
+
+            path = onnx_path or self._default_onnx_path()
+            self.session = onnx_session(path)
+            self.model = None
+
+    def _default_onnx_path(self) -> Path:
+        base = self.loaded.run_dir or self.loaded.source.parent
+        path = Path(base) / "model.onnx"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: no ONNX model; run `resnetlab export {base} --format onnx` first"
+            )
+        return path
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["model"])
+
+    # ------------------------------------------------------------------------- inference
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """Decoded image -> uint8 (C, H, W) at the model's input size."""
+        return self._decode_tf(img)
+
+    def logits(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 batch (N, C, H, W) -> float32 logits on the CPU."""
+        x = self._batch_tf(batch_uint8.to(self.device))
+        if self.session is not None:
+            out = self.session.run(None, {"input": x.cpu().numpy().astype(np.float32)})[0]
+            return torch.from_numpy(out)
+        with self._lock, torch.inference_mode(), autocast(self.precision, self.device):
+            out = self.model(x)
+        return out.float().cpu()
+
+    def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(batch_uint8), dim=1)
+
+    def topk_rows(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
+        k = max(1, min(k, probs.shape[1]))
+        values, indices = probs.topk(k, dim=1)
+        return [
+            [
+                {"label": self.classes[i], "index": int(i), "prob": float(p)}
+                for p, i in zip(v.tolist(), ix.tolist())
+            ]
+            for v, ix in zip(values, indices)
+        ]
+
+    def predict_images(self, images: Sequence[Image.Image], topk: int = 5) -> list[list[dict]]:
+        rows: list[list[dict]] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            batch = torch.stack([self.preprocess(to_channels(im, self.channels)) for im in chunk])
+            rows += self.topk_rows(self.probabilities(batch), topk)
+        return rows
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike], topk: int = 5) -> list[dict]:
+        """One row per path, in order: ``{"path", "topk", "error"}``; a bad file gets an error
+        row and the others still get predictions."""
+        rows: list[dict] = []
+        for start in range(0, len(paths), self.batch_size):
+            chunk = paths[start : start + self.batch_size]
+            tensors, ok, errors = [], [], {}
+            for i, p in enumerate(chunk):
+                try:
+                    tensors.append(self.preprocess(open_image(p, self.channels)))
+                    ok.append(i)
+                except ImageDecodeError as exc:
+                    errors[i] = exc.reason
+            results = self.topk_rows(self.probabilities(torch.stack(tensors)), topk) if ok else []
+            by_index = dict(zip(ok, results))
+            for i, p in enumerate(chunk):
+                rows.append({"path": str(p), "topk": by_index.get(i, []), "error": errors.get(i)})
+        return rows
+
+
+def to_channels(img: Image.Image, channels: int) -> Image.Image:
+    want = "RGB" if channels == 3 else "L"
+    return img if img.mode == want else img.convert(want)
+
+
+def expand_inputs(items: Iterable[str]) -> list[str]:
+    """Files as given; folders walked recursively for images (junk skipped); globs expanded.
+
+    A name that matches nothing is kept, so it gets its own error row."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.is_file() and is_image_file(f) and not is_junk(f, p)
+            )
+            out += found
+        elif not p.exists() and glob.has_magic(item):
+            out += sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+        else:
+            out.append(item)
+    return out
+
+
+def build_predictor(
+    run: str | None,
+    model: str | None = None,
+    weights: str | None = None,
+    **kwargs,
+) -> Predictor:
+    """From a run (folder / file), or from ``model`` + ``weights`` with no run at all."""
+    if run:
+        return Predictor(run, **kwargs)
+    if not (model and weights):
+        raise ValueError("give a RUN folder or model file, or --model NAME --weights SOURCE")
+    return Predictor(pretrained_model(model, weights), **kwargs)

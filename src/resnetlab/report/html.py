@@ -1,0 +1,150 @@
+"""``resnetlab report RUN``: one HTML file, plots embedded, readable offline."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import platform
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write_text
+from .plots import plot_curves
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#1d2430;line-height:1.45}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #dde3ea;padding-bottom:.3rem;margin-top:2rem}
+.muted{color:#5b6777}table{border-collapse:collapse;margin:.5rem 0}
+td,th{border:1px solid #dde3ea;padding:.25rem .6rem;text-align:right}
+th{background:#f3f6f9}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eef1f4}pre{background:#f6f8fa;padding:.8rem;
+overflow:auto;font-size:.85rem}.cards{display:flex;gap:1rem;flex-wrap:wrap}
+.card{border:1px solid #dde3ea;border-radius:8px;padding:.6rem 1rem;min-width:150px}
+.card b{display:block;font-size:1.4rem}
+"""
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _read_history(run: Path) -> list[dict]:
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items()})
+    return rows
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def build_report(run: str | Path, data: str | None = None, top_losses: int = 12) -> Path:
+    """Evaluate the run's best model and write ``RUN/report.html``."""
+    from ..bundle import load_model
+    from ..evaluate import evaluate_run
+    from ..summary import format_summary, summarize
+
+    run = Path(run)
+    if not (run / "model.json").is_file():
+        raise FileNotFoundError(f"{run}: not a run folder (no model.json); give a run folder")
+    meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
+    summary = (
+        json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        if (run / "summary.json").is_file()
+        else {}
+    )
+    config = (
+        (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
+    )
+    history = _read_history(run)
+    figures = run / "report-files"
+    figures.mkdir(exist_ok=True)
+    ev = evaluate_run(str(run), data=data, top_losses=top_losses, out_dir=figures)
+    curves = plot_curves(history, figures / "curves.png", meta["model"]) if history else None
+    loaded = load_model(run)
+    model_text = format_summary(meta["model"], summarize(loaded.model, tuple(meta["input_size"]),
+                                                          depth=1))  # fmt: skip
+
+    e = html.escape
+    cards = [
+        ("model", meta["model"]),
+        (f"{ev['split']} top-1", _pct(ev["top1"])),
+        (f"{ev['split']} top-5", _pct(ev["top5"])),
+        ("best val top-1", _pct(summary.get("best_val_top1"))),
+        ("epochs", str(summary.get("epochs_completed", len(history)))),
+        ("classes", str(len(meta["classes"]))),
+    ]
+    per_class_rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+        f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
+        for name, m in ev["per_class"].items()
+    )
+    history_rows = "".join(
+        "<tr>" + "".join(
+            f"<td>{'' if r.get(k) is None else (int(r[k]) if k == 'epoch' else f'{r[k]:.4g}')}</td>"
+            for k in ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
+        ) + "</tr>"
+        for r in history
+    )  # fmt: skip
+    env = {
+        "generated": datetime.now().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "precision": summary.get("precision", "-"),
+        "device": summary.get("device", "-"),
+        "train images/s": summary.get("train_images_per_second", "-"),
+    }
+    sections = [
+        f"<h1>{e(run.name)}</h1>"
+        f"<p class=muted>{e(meta['model'])} on {e(str(ev['data']))} · {ev['num_samples']} "
+        f"{e(ev['split'])} images evaluated</p>",
+        '<section id="overview"><h2>Overview</h2><div class="cards">'
+        + "".join(f'<div class="card">{e(k)}<b>{e(v)}</b></div>' for k, v in cards)
+        + "</div></section>",
+        '<section id="curves"><h2>Learning curves</h2>'
+        + (_img(curves, "learning curves") if curves else "<p>no metrics.csv</p>")
+        + f"<table><tr><th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th>"
+        f"<th>val loss</th><th>val top-1</th><th>seconds</th></tr>{history_rows}</table>"
+        "</section>",
+        '<section id="confusion"><h2>Confusion matrix</h2>'
+        + _img(Path(ev["files"]["confusion_matrix_png"]), "confusion matrix")
+        + "</section>",
+        '<section id="per-class"><h2>Per-class metrics</h2><table><tr><th>class</th>'
+        "<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+        + per_class_rows
+        + "</table></section>",
+        '<section id="top-losses"><h2>Top losses</h2>'
+        + (
+            _img(Path(ev["files"]["top_losses_png"]), "top losses")
+            if "top_losses_png" in ev["files"]
+            else "<p>none</p>"
+        )  # fmt: skip
+        + "</section>",
+        f'<section id="model"><h2>Model</h2><pre>{e(model_text)}</pre></section>',
+        f'<section id="config"><h2>Configuration</h2><pre>{e(config)}</pre></section>',
+        '<section id="environment"><h2>Environment</h2><table>'
+        + "".join(f"<tr><td>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in env.items())
+        + "</table></section>",
+    ]
+    page = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>resnetlab report: {e(run.name)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+    out = run / "report.html"
+    atomic_write_text(out, page)
+    return out

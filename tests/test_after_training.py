@@ -1,0 +1,242 @@
+"""evaluate / predict / export / report on a run trained on a Unicode-named image folder."""
+
+import csv
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datagen import make_folder
+from resnetlab import create_model
+from resnetlab.bundle import load_model
+from resnetlab.cli import main
+from resnetlab.evaluate import evaluate_run
+from resnetlab.export import ExportError, onnx_session
+from resnetlab.predict import Predictor
+from resnetlab.train import Trainer, resolve_config
+
+CLASSES = ["当归", "枸杞 子", "café"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("herbs")
+    data = make_folder(root / "data", {c: 16 for c in CLASSES}, size=(40, 36))
+    cfg = resolve_config(dict(
+        data=str(data), model="resnet20", model_kwargs={"widths": [8, 16, 16]}, input_size=32,
+        epochs=6, batch_size=8, out=str(root / "runs"), name="herbs", num_workers=0,
+        val_ratio=0.25, test_ratio=0.25, lr=0.05,
+    ))  # fmt: skip
+    Trainer(cfg, verbose=False).fit()
+    return root / "runs" / "herbs", data
+
+
+def test_evaluate_matches_direct_computation(run, capsys):
+    run_dir, data = run
+    assert main(["evaluate", str(run_dir), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["split"] == "test" and r["classes"] == sorted(CLASSES)
+    assert set(r) >= {"top1", "top5", "loss", "num_samples", "per_class", "confusion_matrix"}
+    # Direct: the same test files through the Predictor, argmax against the folder name.
+    from resnetlab.data import load_source
+
+    source = load_source(str(data), val_ratio=0.25, test_ratio=0.25, seed=0)
+    split = source.splits["test"]
+    test_files = [str(p) for p in split.paths]
+    pred = Predictor(run_dir, precision="fp32").predict_paths(test_files, topk=1)
+    truth = [source.classes[i] for i in split.labels.tolist()]
+    direct = np.mean([p["topk"][0]["label"] == t for p, t in zip(pred, truth)])
+    assert r["num_samples"] == len(test_files) == 12
+    ev32 = evaluate_run(str(run_dir), precision="fp32")
+    assert ev32["top1"] == pytest.approx(direct)
+    cm = np.array(ev32["confusion_matrix"])
+    assert cm.sum() == 12 and np.trace(cm) == round(direct * 12)
+    for i, name in enumerate(ev32["classes"]):
+        m = ev32["per_class"][name]
+        assert m["support"] == cm[i].sum()
+        if cm[:, i].sum():
+            assert m["precision"] == pytest.approx(cm[i, i] / cm[:, i].sum())
+    assert (run_dir / "eval-test" / "confusion_matrix.png").is_file()
+
+
+def test_evaluate_top_losses_and_tta(run, capsys):
+    run_dir, data = run
+    assert main(["evaluate", str(run_dir), "--data", str(data), "--split", "val", "--tta",
+                 "--top-losses", "4"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "val split" in out and "(flip TTA)" in out and "top-1" in out
+    assert (run_dir / "eval-val" / "top_losses.png").is_file()
+
+
+def _images(tmp_path, data):
+    folder = tmp_path / "photos ü"
+    folder.mkdir()
+    files = []
+    for c in CLASSES:
+        src = next((data / c).glob("*.png"))
+        dst = folder / f"{c} 照片.png"
+        shutil.copy(src, dst)
+        files.append(dst)
+    bad = folder / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    empty = folder / "empty.png"
+    empty.write_bytes(b"")
+    return folder, files, bad, empty
+
+
+def test_predict_rows_errors_and_exit_code(run, tmp_path, capsys):
+    run_dir, data = run
+    folder, files, bad, empty = _images(tmp_path, data)
+    argv = [
+        "predict",
+        str(run_dir),
+        str(files[0]),
+        str(bad),
+        str(files[1]),
+        "--json",
+        "--topk",
+        "2",
+    ]
+    assert main(argv) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == [str(files[0]), str(bad), str(files[1])]
+    assert rows[1]["error"] and "not an image" in rows[1]["error"] and rows[1]["topk"] == []
+    assert rows[0]["error"] is None and len(rows[0]["topk"]) == 2
+    assert rows[0]["topk"][0]["label"] in CLASSES
+    assert abs(sum(t["prob"] for t in rows[0]["topk"])) <= 1.0 + 1e-6
+    # A folder is walked; CSV output round-trips the Unicode names.
+    assert main(["predict", str(run_dir), str(folder), "--csv", "--topk", "1"]) == 1
+    out = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    paths = {r["path"] for r in out}
+    assert {str(f) for f in files} <= paths and str(empty) in paths
+    assert any(r["error"].startswith("empty file") for r in out if r["path"] == str(empty))
+    assert main(["predict", str(run_dir), str(files[2])]) == 0
+
+
+def test_predict_same_probabilities_alone_and_batched(run, tmp_path):
+    run_dir, data = run
+    _, files, _, _ = _images(tmp_path, data)
+    p = Predictor(run_dir, precision="fp32", batch_size=8)
+    batched = p.predict_paths([str(f) for f in files] * 3, topk=3)
+    alone = [p.predict_paths([str(f)], topk=3)[0] for f in files]
+    for a, b in zip(alone, batched[:3]):
+        for x, y in zip(a["topk"], b["topk"]):
+            assert x["label"] == y["label"] and abs(x["prob"] - y["prob"]) < 1e-5
+
+
+def test_predict_without_run_uses_imagenet_names(tmp_path, capsys):
+    weights = tmp_path / "r18.pth"
+    torch.save(create_model("resnet18").state_dict(), weights)
+    img = tmp_path / "dog.jpg"
+    Image.new("RGB", (300, 240), (120, 90, 60)).save(img)
+    assert main(["predict", "--model", "resnet18", "--weights", str(weights), str(img),
+                 "--json", "--topk", "5"]) == 0  # fmt: skip
+    rows = json.loads(capsys.readouterr().out)
+    import torchvision
+
+    names = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
+    assert len(rows[0]["topk"]) == 5 and all(t["label"] in names for t in rows[0]["topk"])
+    assert rows[0]["topk"][0]["label"] == names[rows[0]["topk"][0]["index"]]
+
+
+def test_export_onnx_verified_with_metadata(run, capsys):
+    run_dir, data = run
+    assert main(["export", str(run_dir), "--format", "onnx", "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "verified real images" in out and "verified random batch 5" in out
+    import onnx
+
+    model = onnx.load(str(run_dir / "model.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["resnetlab.classes"]) == sorted(CLASSES)
+    assert json.loads(props["resnetlab.input_size"]) == [3, 32, 32]
+    session = onnx_session(run_dir / "model.onnx")
+    out3 = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert out3.shape == (3, 3)  # dynamic batch axis
+    # The onnx backend agrees with torch fp32.
+    files = [str(p) for p in sorted(data.rglob("*.png"))[:6]]
+    a = Predictor(run_dir, precision="fp32").predict_paths(files, topk=3)
+    b = Predictor(run_dir, backend="onnx").predict_paths(files, topk=3)
+    for x, y in zip(a, b):
+        assert [t["index"] for t in x["topk"]] == [t["index"] for t in y["topk"]]
+        assert all(abs(s["prob"] - t["prob"]) < 1e-4 for s, t in zip(x["topk"], y["topk"]))
+
+
+def test_export_torchscript(run, tmp_path, capsys):
+    run_dir, _ = run
+    out = tmp_path / "m.ts"
+    assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(out),
+                 "--verify"]) == 0  # fmt: skip
+    assert "verified" in capsys.readouterr().out
+    scripted = torch.jit.load(str(out))
+    assert scripted(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_onnx_external_data_outside_folder_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"\0" * 16)
+    inner = tmp_path / "model"
+    inner.mkdir()
+    t = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    node = helper.make_node("Identity", ["w"], ["y"])
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", 1, [4])], [t])
+    onnx.save(helper.make_model(graph), str(inner / "m.onnx"))
+    with pytest.raises(ExportError, match="outside"):
+        onnx_session(inner / "m.onnx")
+
+
+def test_load_model_from_every_form(run):
+    run_dir, _ = run
+    for path in (run_dir, run_dir / "model.safetensors", run_dir / "checkpoint-best.pt"):
+        loaded = load_model(path)
+        assert loaded.classes == sorted(CLASSES)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def test_report_renders_in_chromium(run, tmp_path):
+    run_dir, _ = run
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    for section in ("Learning curves", "Confusion matrix", "Per-class metrics", "Top losses",
+                    "Model", "Configuration", "Environment", "枸杞 子"):  # fmt: skip
+        assert section in page
+    assert "http://" not in page and "https://" not in page  # self-contained, works offline
+    chromium = _chromium()
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing; `make test` installs it with apt-get")
+        pytest.skip("chromium not installed (make test installs it)")
+    from browser import chrome_driver
+
+    shot = tmp_path / "report.png"
+    with chrome_driver() as driver:
+        driver.get((run_dir / "report.html").as_uri())
+        headings = [h.text for h in driver.find_elements("css selector", "h2")]
+        assert headings[:4] == ["Overview", "Learning curves", "Confusion matrix",
+                                "Per-class metrics"]  # fmt: skip
+        images = driver.find_elements("css selector", "img")
+        assert len(images) >= 3
+        assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+        driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
