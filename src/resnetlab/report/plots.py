@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 # Fonts tried after DejaVu Sans for glyphs it lacks (CJK class names), when installed.
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Droid Sans Fallback",
              "Microsoft YaHei", "PingFang SC", "Arial Unicode MS")  # fmt: skip
