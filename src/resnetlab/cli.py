@@ -315,6 +315,74 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("experiment")
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments.degradation import run_degradation
+
+    overrides = {}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    if args.lr:
+        overrides["lr"] = args.lr
+    if args.precision:
+        overrides["precision"] = args.precision
+    r = run_degradation(
+        data=args.data, depths=tuple(args.depths), epochs=args.epochs, seeds=args.seeds,
+        out=args.out, recipe=args.recipe, overrides=overrides,
+    )  # fmt: skip
+    print()
+    header = ["model", "depth", "params", "final train err", "final test err", "time (s)"]
+    rows = [
+        [t["model"], str(t["depth"]), f"{t['params']:,}",
+         _pm(t["final_train_error"], t["final_train_error_std"]),
+         _pm(t["final_test_error"], t["final_test_error_std"]), f"{t['seconds']:.0f}"]
+        for t in r["table"]
+    ]  # fmt: skip
+    print(_format_table(header, rows, right_from=1))
+    print()
+    print(r["verdict"]["text"])
+    print(f"\nfigure {r['figure']}; table and summary beside it")
+    return 0
+
+
+def _pm(v, s) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2%}" + (f" ± {s:.2%}" if s else "")
+
+
+@command("tune")
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .experiments.tune import run_tune
+
+    base = {"data": args.data, "model": args.model, "epochs": args.epochs}
+    if args.config:
+        from .train.config import load_yaml
+
+        base = {**load_yaml(args.config), **base}
+    r = run_tune(base, trials=args.trials, timeout=args.timeout, out=args.out,
+                 storage=args.storage, seed=args.seed)  # fmt: skip
+    print(f"best trial {r['best_trial']}: val top-1 {r['best_value']:.2%}")
+    for k, v in r["best_params"].items():
+        print(f"  {k:16} {v:.4g}" if isinstance(v, float) else f"  {k:16} {v}")
+    print(f"trials: {r['trials']}")
+    print(f"wrote {r['best_yaml']} (train with: resnetlab train --config {r['best_yaml']})")
+    print(f"plot  {r['plot']}")
+    return 0
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import serve
+
+    serve(
+        args.run, host=args.host, port=args.port, backend=args.backend,
+        precision=args.precision, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue, max_body_mb=args.max_body_mb, workers=args.workers,
+    )  # fmt: skip
+    return 0
+
+
 def _print_train_summary(s: dict) -> None:
     def pct(v):
         return "-" if v is None else f"{v:.2%}"
@@ -429,6 +497,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="file to write (default: RUN/model.onnx or RUN/model.ts)")
     p.add_argument("--verify", action="store_true", help="compare outputs with PyTorch")
+
+    p = sub.add_parser("experiment", help="experiments; `degradation`: plain vs residual")
+    p.add_argument("name", choices=["degradation"])
+    p.add_argument("--data", default="digits")
+    p.add_argument("--depths", type=int, nargs="+", default=[20, 56])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=1, help="runs per net; reports mean ± std")
+    p.add_argument("--recipe", help="e.g. paper-cifar")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--out", help="output folder (default runs/degradation-TIME)")
+
+    p = sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per trial")
+    p.add_argument("--trials", type=int, default=10, help="finished trials wanted in total")
+    p.add_argument("--timeout", type=float, help="seconds for this invocation")
+    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    p.add_argument("--out", default="runs/tune")
+    p.add_argument("--config", help="base settings YAML")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("serve", help="HTTP API + upload page for a trained model")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="fp32 (default) gives the same probabilities alone or batched")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=16, help="1 turns micro-batching off")
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-queue", type=int, default=64, help="beyond this: 503 + Retry-After")
+    p.add_argument("--max-body-mb", type=float, default=10.0)
+    p.add_argument("--workers", type=int, default=2, help="image-decoding threads")
 
     p = sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples")
     p.add_argument("run")

@@ -457,7 +457,9 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- fit
 
-    def fit(self) -> dict:
+    def fit(self, on_epoch_end=None) -> dict:
+        """Train to ``cfg.epochs``; ``on_epoch_end(row)`` is called after each epoch (it may
+        raise to stop, e.g. a pruned hyper-parameter trial)."""
         cfg = self.cfg
         has_val = "val" in self.data.source.splits and len(self.data.source.splits["val"]) > 0
         stale = 0
@@ -491,6 +493,8 @@ class Trainer:
                 stale += 1
             if self.dist.is_main:
                 self._epoch_outputs(row, improved)
+            if on_epoch_end is not None:
+                on_epoch_end(row)
             if cfg.max_steps and self.global_step >= cfg.max_steps and self.epoch < cfg.epochs:
                 raise RunStopped(f"stopped after step {self.global_step} (--max-steps)")
             if cfg.patience and stale >= cfg.patience:

@@ -1,0 +1,1 @@
+"""Experiments: the degradation study and hyper-parameter search."""

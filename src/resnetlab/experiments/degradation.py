@@ -1,0 +1,196 @@
+"""The degradation experiment of He et al. 2016 (arXiv:1512.03385, Fig. 1 and Fig. 6).
+
+A deeper *plain* network trains to a higher training error than a shallower one, although it
+could copy the shallower net and set its extra layers to identity. Residual twins with the
+same layers, recipe and seed do not degrade. Each depth is trained as a plain net and as a
+residual net; the figure plots training and held-out error against iterations.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+from ..io import atomic_write_text
+from ..summary import count_params
+from ..train import TrainConfig, Trainer, resolve_config
+
+PLAIN_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def _train(cfg: TrainConfig, verbose: bool) -> tuple[dict, Trainer]:
+    trainer = Trainer(cfg, verbose=False)
+    if verbose:
+        print(f"  training {cfg.model} (seed {cfg.seed}) ...", flush=True)
+    return trainer.fit(), trainer
+
+
+def run_degradation(
+    data: str = "digits",
+    depths: tuple[int, ...] = (20, 56),
+    epochs: int = 12,
+    seeds: int = 1,
+    out: str | Path | None = None,
+    recipe: str | None = None,
+    overrides: dict | None = None,
+    verbose: bool = True,
+) -> dict:
+    for d in depths:
+        if d not in PLAIN_DEPTHS:
+            raise ValueError(f"--depths {d}: plain twins exist for {PLAIN_DEPTHS}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    out = Path(out or f"runs/degradation-{datetime.now():%Y%m%d-%H%M%S}")
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} already holds files; pick another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    base = resolve_config({"data": data, "epochs": epochs, **(overrides or {})}, recipe=recipe)
+    runs = []
+    for depth in depths:
+        for kind in ("plain", "residual"):
+            name = f"{'plain' if kind == 'plain' else 'resnet'}{depth}"
+            for seed in range(seeds):
+                cfg = replace(base, model=name, seed=base.seed + seed, out=str(out),
+                              name=f"{name}-seed{base.seed + seed}")  # fmt: skip
+                start = time.perf_counter()
+                summary, trainer = _train(cfg, verbose)
+                history = trainer.history
+                runs.append({
+                    "depth": depth, "kind": kind, "model": name, "seed": cfg.seed,
+                    "params": count_params(trainer.model),
+                    "steps_per_epoch": len(trainer.train_loader),
+                    "train_error": [1 - r["train_top1"] for r in history],
+                    "val_error": [1 - r["val_top1"] if r["val_top1"] is not None else None
+                                  for r in history],
+                    "test_error": 1 - summary["test_top1"] if summary["test_top1"] is not None
+                    else None,
+                    "seconds": time.perf_counter() - start,
+                })  # fmt: skip
+    table = _table(runs)
+    verdict = _verdict(table, depths)
+    fig = out / "degradation.png"
+    _figure(runs, fig, data)
+    result = {"data": data, "depths": list(depths), "epochs": epochs, "seeds": seeds,
+              "runs": runs, "table": table, "verdict": verdict, "figure": str(fig)}  # fmt: skip
+    atomic_write_text(out / "results.json", json.dumps(result, indent=2))
+    atomic_write_text(out / "results.csv", _csv(table))
+    atomic_write_text(out / "summary.md", _markdown(result))
+    return result
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _table(runs: list[dict]) -> list[dict]:
+    rows = []
+    for key in dict.fromkeys((r["depth"], r["kind"]) for r in runs):
+        group = [r for r in runs if (r["depth"], r["kind"]) == key]
+        train_m, train_s = _mean_std([r["train_error"][-1] for r in group])
+        tests = [r["test_error"] for r in group if r["test_error"] is not None]
+        test_m, test_s = _mean_std(tests) if tests else (None, None)
+        rows.append({
+            "model": group[0]["model"], "depth": key[0], "kind": key[1],
+            "params": group[0]["params"], "seeds": len(group),
+            "final_train_error": train_m, "final_train_error_std": train_s,
+            "final_test_error": test_m, "final_test_error_std": test_s,
+            "seconds": statistics.fmean(r["seconds"] for r in group),
+        })  # fmt: skip
+    return rows
+
+
+def _verdict(table: list[dict], depths) -> dict:
+    if len(depths) < 2:
+        return {"plain_degraded": None, "residual_degraded": None, "text": "one depth only"}
+    lo, hi = min(depths), max(depths)
+
+    def err(kind, depth):
+        return next(r["final_train_error"] for r in table if r["kind"] == kind
+                    and r["depth"] == depth)  # fmt: skip
+
+    p_lo, p_hi, r_lo, r_hi = (
+        err("plain", lo),
+        err("plain", hi),
+        err("residual", lo),
+        err("residual", hi),
+    )
+    plain = p_hi > p_lo
+    residual = r_hi > r_lo
+    text = (
+        f"The deeper plain net (plain{hi}) ended with {'higher' if plain else 'no higher'} "
+        f"training error than plain{lo}: {p_hi:.2%} vs {p_lo:.2%}"
+        f"{' - the degradation problem.' if plain else ' - no degradation at this budget.'} "
+        f"The residual nets {'did' if residual else 'did not'} degrade: resnet{hi} "
+        f"{r_hi:.2%} vs resnet{lo} {r_lo:.2%}."
+    )
+    return {"plain_degraded": plain, "residual_degraded": residual, "text": text}
+
+
+def _csv(table: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(table[0]))
+    w.writeheader()
+    w.writerows(table)
+    return buf.getvalue()
+
+
+def _pct(v, s=None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2%}" + (f" ± {s:.2%}" if s else "")
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"# Degradation experiment on {result['data']}",
+        "",
+        f"{result['epochs']} epochs per net, {result['seeds']} seed(s) each; plain nets have "
+        "the same layers as their residual twins, without shortcuts (option A: same params).",
+        "",
+        "| model | depth | params | final train error | final test error | time (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["table"]:
+        lines.append(
+            f"| {r['model']} | {r['depth']} | {r['params']:,} | "
+            f"{_pct(r['final_train_error'], r['final_train_error_std'])} | "
+            f"{_pct(r['final_test_error'], r['final_test_error_std'])} | {r['seconds']:.0f} |"
+        )
+    lines += ["", result["verdict"]["text"], "", "![degradation](degradation.png)", ""]
+    return "\n".join(lines)
+
+
+def _figure(runs: list[dict], path: Path, data: str) -> None:
+    from ..report.plots import _plt
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110)
+    depths = sorted({r["depth"] for r in runs})
+    colors = dict(zip(depths, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for kind, style in (("plain", "--"), ("residual", "-")):
+        for depth in depths:
+            group = [r for r in runs if r["kind"] == kind and r["depth"] == depth]
+            if not group:
+                continue
+            n = len(group[0]["train_error"])
+            iters = [(i + 1) * group[0]["steps_per_epoch"] for i in range(n)]
+            label = f"{'plain' if kind == 'plain' else 'ResNet'}-{depth}"
+            for ax, key in ((axes[0], "train_error"), (axes[1], "val_error")):
+                ys = [statistics.fmean(r[key][i] for r in group) * 100 for i in range(n)]
+                ax.plot(iters, ys, style, color=colors[depth], label=label, linewidth=1.8)
+    for ax, title in ((axes[0], "training error"), (axes[1], "held-out (val) error")):
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("error (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"plain (dashed) vs residual (solid) on {data}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""HTTP prediction service (FastAPI + uvicorn) with micro-batching and a web page."""

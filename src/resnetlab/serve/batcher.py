@@ -1,0 +1,82 @@
+"""Micro-batching: concurrent requests share one forward pass.
+
+Requests wait in a bounded queue; one worker takes the first waiting image, gathers more for
+at most ``max_wait_ms`` or until ``max_batch``, runs them as one batch, and answers each.
+A full queue is refused at once (the caller answers 503), so memory stays flat under overload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+
+class QueueFull(Exception):
+    pass
+
+
+class MicroBatcher:
+    def __init__(self, infer, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 64):
+        """``infer(uint8 batch) -> probabilities`` runs in one background thread."""
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+        self.infer = infer
+        self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self.task: asyncio.Task | None = None
+        self.batches = 0
+        self.images = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Answer everything already queued, then stop."""
+        while not self.queue.empty():
+            await asyncio.sleep(0.01)
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, image: torch.Tensor) -> torch.Tensor:
+        fut = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((image, fut))
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            items = [first]
+            deadline = time.monotonic() + self.max_wait
+            while len(items) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    items.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            live = [(img, fut) for img, fut in items if not fut.cancelled()]
+            if not live:
+                continue
+            batch = torch.stack([img for img, _ in live])
+            try:
+                probs = await loop.run_in_executor(self.executor, self.infer, batch)
+            except Exception as exc:  # answer every waiter with the failure
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            self.batches += 1
+            self.images += len(live)
+            for (_, fut), row in zip(live, probs):
+                if not fut.done():
+                    fut.set_result(row)
