@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["data_loading.py", "train_throughput.py"]
+BENCHMARKS = ["data_loading.py", "train_throughput.py", "predict_throughput.py", "serve_load.py"]
 
 if __name__ == "__main__":
     for name in BENCHMARKS:

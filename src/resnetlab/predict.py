@@ -10,6 +10,7 @@ import glob
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ class Predictor:
         precision: str = "auto",
         batch_size: int = 32,
         onnx_path: str | os.PathLike | None = None,
+        decode_threads: int = 2,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -50,6 +52,7 @@ class Predictor:
         self.input_size = int(meta["input_size"][-1])
         self.preset = meta.get("preset", "imagenet")
         self.batch_size = batch_size
+        self.decode_threads = max(1, decode_threads)
         self.backend = backend
         self.device = torch.device(device) if device else default_device()
         self.precision = (
@@ -122,23 +125,31 @@ class Predictor:
             rows += self.topk_rows(self.probabilities(batch), topk)
         return rows
 
+    def _decode(self, path) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return self.preprocess(open_image(path, self.channels)), None
+        except ImageDecodeError as exc:
+            return None, exc.reason
+
     def predict_paths(self, paths: Sequence[str | os.PathLike], topk: int = 5) -> list[dict]:
         """One row per path, in order: ``{"path", "topk", "error"}``; a bad file gets an error
-        row and the others still get predictions."""
+        row and the others still get predictions. Files of the next batch are decoded in
+        background threads while the model runs on the current one."""
+        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         rows: list[dict] = []
-        for start in range(0, len(paths), self.batch_size):
-            chunk = paths[start : start + self.batch_size]
-            tensors, ok, errors = [], [], {}
-            for i, p in enumerate(chunk):
-                try:
-                    tensors.append(self.preprocess(open_image(p, self.channels)))
-                    ok.append(i)
-                except ImageDecodeError as exc:
-                    errors[i] = exc.reason
-            results = self.topk_rows(self.probabilities(torch.stack(tensors)), topk) if ok else []
-            by_index = dict(zip(ok, results))
-            for i, p in enumerate(chunk):
-                rows.append({"path": str(p), "topk": by_index.get(i, []), "error": errors.get(i)})
+        with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
+            pending = pool.map(self._decode, chunks[0]) if chunks else None
+            for n, chunk in enumerate(chunks):
+                decoded = list(pending)
+                if n + 1 < len(chunks):
+                    pending = pool.map(self._decode, chunks[n + 1])
+                ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
+                probs = self.probabilities(torch.stack([decoded[i][0] for i in ok])) if ok else None
+                results = dict(zip(ok, self.topk_rows(probs, topk))) if ok else {}
+                for i, p in enumerate(chunk):
+                    rows.append(
+                        {"path": str(p), "topk": results.get(i, []), "error": decoded[i][1]}
+                    )
         return rows
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -43,7 +43,6 @@ class DataConfig:
     cache: str = "auto"
     download: bool = False
     in_chans: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if self.preset != "auto" and self.preset not in PRESETS:

@@ -22,22 +22,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
-class TrainConfig:
-    # data
-    data: str = "digits"
-    input_size: int | None = None
-    preset: str = "auto"
-    auto_augment: str = "none"
-    random_erasing: float = 0.0
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    val_ratio: float = 0.1
-    test_ratio: float = 0.1
-    max_bad_fraction: float = 0.01
-    cache: str = "auto"
-    download: bool = False
-    in_chans: int | None = None
-    num_workers: int = 2
+class TrainConfig(DataConfig):
+    """Every setting of a run: the data settings (inherited from ``DataConfig``), model,
+    recipe and system, flat so that flags and YAML keys map one to one."""
+
     # model
     model: str = "resnet20"
     model_kwargs: dict = field(default_factory=dict)
@@ -48,7 +36,7 @@ class TrainConfig:
     # recipe
     recipe: str | None = None
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = 64  # DataConfig's field, with the demo recipe's default
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -79,8 +67,7 @@ class TrainConfig:
     tensorboard: bool = False
 
     def data_config(self) -> DataConfig:
-        keys = {f.name for f in fields(DataConfig)} & {f.name for f in fields(self)}
-        return DataConfig(**{k: getattr(self, k) for k in keys})
+        return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -119,7 +106,7 @@ class TrainConfig:
             bad(f"--warmup-epochs must be between 0 and --epochs, got {self.warmup_epochs}")
         if any(e < 1 for e in self.unfreeze_schedule):
             bad(f"--unfreeze-schedule epochs must be >= 1, got {self.unfreeze_schedule}")
-        self.data_config().check()
+        super().check()
 
     @property
     def resolved_mode(self) -> str:
