@@ -261,3 +261,20 @@ def test_lr_find(tmp_path, folder):
     result = lr_find(_cfg(tmp_path, folder, name="lrf"), num_steps=12)
     assert len(result["lrs"]) >= 5 and result["suggestion"] > 0
     assert (tmp_path / "runs" / "lrf" / "lr_find.png").stat().st_size > 1000
+
+
+def test_pretrained_rgb_weights_on_greyscale_digits(tmp_path):
+    src, path = _pretrained_file(tmp_path, "pth")
+    cfg = resolve_config(dict(data="digits", model="resnet18", weights=str(path), epochs=1,
+                              max_steps=3, out=str(tmp_path), name="g", num_workers=0))  # fmt: skip
+    t = Trainer(cfg, verbose=False)
+    assert t.data.channels == 1 and len(t.data.mean) == 1
+    assert t.data.mean[0] == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)
+    assert torch.allclose(t.model.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+    assert cfg.resolved_mode == "finetune"
+
+
+def test_torchvision_weights_for_a_cifar_model_is_a_clear_error(tmp_path):
+    cfg = resolve_config(dict(weights="torchvision", out=str(tmp_path), name="x"))
+    with pytest.raises(WeightsError, match="no ImageNet weights for 'resnet20'"):
+        Trainer(cfg, verbose=False)

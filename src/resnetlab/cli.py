@@ -109,8 +109,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 @command("stats")
 def cmd_stats(args: argparse.Namespace) -> int:
+    import logging
+
     from .data import dataset_stats, load_source
 
+    logging.getLogger("resnetlab.data").setLevel(logging.ERROR)  # listed below instead
     source = load_source(
         args.data,
         val_ratio=args.val_ratio,
@@ -129,11 +132,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("  (" + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()) + ")")
     counts = report["classes"]
     print(f"classes   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
-    width = max(len(c) for c in counts) if counts else 0
+    width = max(map(_width, counts)) if counts else 0
     top = max(counts.values()) if counts else 1
     for name, n in counts.items():
         bar = "#" * max(1, round(30 * n / top)) if n else ""
-        print(f"  {name.ljust(width)}  {n:7,}  {bar}")
+        print(f"  {_ljust(name, width)}  {n:7,}  {bar}")
     sz = report["sizes"]
     print(
         f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"
@@ -425,12 +428,27 @@ def _natural_key(name: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
+def _width(text: str) -> int:
+    """Columns a string takes in a terminal (CJK characters take two)."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in str(text))
+
+
+def _ljust(text: str, width: int) -> str:
+    return str(text) + " " * max(0, width - _width(text))
+
+
+def _rjust(text: str, width: int) -> str:
+    return " " * max(0, width - _width(text)) + str(text)
+
+
 def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    widths = [max(_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def fmt(cells):
         return "  ".join(
-            str(c).rjust(w) if i >= right_from else str(c).ljust(w)
+            _rjust(c, w) if i >= right_from else _ljust(c, w)
             for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 

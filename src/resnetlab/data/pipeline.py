@@ -66,7 +66,11 @@ class DataConfig:
 class DataPipeline:
     """A loaded source plus everything needed to batch it: preset, size, normalisation."""
 
-    def __init__(self, source: Source, cfg: DataConfig, seed: int = 0) -> None:
+    def __init__(
+        self, source: Source, cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None
+    ) -> None:
+        """``default_norm`` (RGB mean, std), e.g. a pretrained model's, replaces statistics
+        computed from the training split when --mean/--std are not given."""
         self.source, self.cfg, self.seed = source, cfg, seed
         self.preset = default_preset(source.kind) if cfg.preset == "auto" else cfg.preset
         self.input_size = cfg.input_size or (224 if self.preset == "imagenet" else 32)
@@ -74,6 +78,11 @@ class DataPipeline:
         self._maybe_cache()
         if cfg.mean is not None and cfg.std is not None:
             self.mean, self.std = list(cfg.mean), list(cfg.std)
+        elif default_norm is not None:
+            mean, std = (list(map(float, v)) for v in default_norm)
+            if self.channels == 1:  # greyscale input to an RGB-trained model: the average
+                mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+            self.mean, self.std = mean, std
         else:
             self.mean, self.std = self._train_stats()
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -140,7 +149,7 @@ class DataPipeline:
         )
 
 
-def build_pipeline(cfg: DataConfig, seed: int = 0) -> DataPipeline:
+def build_pipeline(cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None):
     cfg.check()
     source = load_source(
         cfg.data,
@@ -151,4 +160,4 @@ def build_pipeline(cfg: DataConfig, seed: int = 0) -> DataPipeline:
         channels=cfg.in_chans,
         max_bad_fraction=cfg.max_bad_fraction,
     )
-    return DataPipeline(source, cfg, seed)
+    return DataPipeline(source, cfg, seed, default_norm)

@@ -52,6 +52,7 @@ def run_tune(
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     base_cfg = resolve_config(base)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage,
@@ -79,13 +80,17 @@ def run_tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
-        summary = trainer.fit(on_epoch_end=report)
+        try:
+            summary = trainer.fit(on_epoch_end=report)
+        except optuna.TrialPruned as exc:
+            if verbose:
+                print(f"trial {trial.number}: {exc} {params}", flush=True)
+            raise
         if verbose:
             print(f"trial {trial.number}: val top-1 {summary['best_val_top1']:.2%} {params}",
                   flush=True)  # fmt: skip
         return summary["best_val_top1"] if summary["best_val_top1"] is not None else 0.0
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if remaining:
         study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(ValueError,))
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]

@@ -153,20 +153,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
 
     def _build_data(self) -> DataPipeline:
-        dcfg = self.cfg.data_config()
-        if self.cfg.weights and dcfg.mean is None:
-            # Pretrained weights expect the normalisation they were trained with.
-            dcfg.mean, dcfg.std = list(IMAGENET_MEAN), list(IMAGENET_STD)
-            if dcfg.in_chans == 1:
-                dcfg.mean, dcfg.std = (
-                    [float(np.mean(IMAGENET_MEAN))],
-                    [float(np.mean(IMAGENET_STD))],
-                )
-        pipe = build_pipeline(dcfg, seed=self.cfg.seed)
-        if self.cfg.weights and dcfg.mean is not None and len(dcfg.mean) != pipe.channels:
-            pipe.mean = pipe.mean[:1] * pipe.channels if pipe.channels == 3 else pipe.mean[:1]
-            pipe.std = pipe.std[:1] * pipe.channels if pipe.channels == 3 else pipe.std[:1]
-        return pipe
+        # Pretrained weights expect the normalisation they were trained with (ImageNet's),
+        # unless --mean/--std say otherwise.
+        norm = (IMAGENET_MEAN, IMAGENET_STD) if self.cfg.weights else None
+        return build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm)
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
