@@ -138,3 +138,11 @@ def test_bytes_input_and_tensor():
 )
 def test_junk_detection(path, junk):
     assert is_junk(path) is junk
+
+
+def test_jpeg_draft_keeps_both_sides_above_min_side(tmp_path):
+    p = _save(tmp_path, Image.new("RGB", (1600, 1200), (10, 200, 30)), "big.jpg", quality=90)
+    img = open_image(p, min_side=256)
+    assert img.size == (400, 300)  # decoded at 1/4 scale: both sides still >= 256
+    assert open_image(p, min_side=700).size == (1600, 1200)  # 1/2 would give 600 < 700
+    assert img.getpixel((10, 10))[1] > 180

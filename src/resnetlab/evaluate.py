@@ -113,6 +113,8 @@ def evaluate_run(
         "classes": list(loaded.classes),
         "per_class": per_class_metrics(cm, loaded.classes),
         "confusion_matrix": cm.tolist(),
+        # Rows divided by their totals: the recall of each true class across predictions.
+        "confusion_matrix_normalized": (cm / np.maximum(cm.sum(1, keepdims=True), 1)).tolist(),
         "tta": tta,
     }
     out = Path(out_dir) if out_dir else (loaded.run_dir or loaded.source.parent) / f"eval-{split}"

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .bundle import LoadedModel, load_model, model_on, pretrained_model
 from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
-from .data.transforms import BatchTransform, file_transform
+from .data.transforms import BatchTransform, eval_resize_size, file_transform
 from .train.precision import autocast, default_device, resolve_precision
 
 BACKENDS = ("torch", "onnx")
@@ -59,6 +59,10 @@ class Predictor:
             resolve_precision(precision, self.device) if backend == "torch" else ("fp32")
         )
         self._decode_tf = file_transform(self.preset, self.input_size, train=False)
+        # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.
+        self.min_side = (
+            eval_resize_size(self.input_size) if self.preset == "imagenet" else self.input_size
+        )
         self._batch_tf = BatchTransform(
             self.preset, self.input_size, meta["mean"], meta["std"], train=False,
             geometric=False, channels_last=backend == "torch",
@@ -127,7 +131,7 @@ class Predictor:
 
     def _decode(self, path) -> tuple[torch.Tensor | None, str | None]:
         try:
-            return self.preprocess(open_image(path, self.channels)), None
+            return self.preprocess(open_image(path, self.channels, min_side=self.min_side)), None
         except ImageDecodeError as exc:
             return None, exc.reason
 

@@ -109,7 +109,10 @@ def create_app(
         return response
 
     def decode(data: bytes):
-        return predictor.preprocess(open_image(data, predictor.channels, max_pixels=max_pixels))
+        img = open_image(
+            data, predictor.channels, max_pixels=max_pixels, min_side=predictor.min_side
+        )
+        return predictor.preprocess(img)
 
     @app.post("/predict")
     async def predict(request: Request, topk: int = 5):
