@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import re
 import time
 from datetime import datetime
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .. import __version__
 from ..data import DataPipeline, build_pipeline
@@ -40,6 +38,8 @@ from .checkpoint import (
 )
 from .config import TrainConfig, dump_yaml
 from .loggers import MetricsCSV, Progress, TensorBoard
+from .metrics import evaluate_loader, state_checksum
+from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
 from .precision import autocast, default_device, resolve_precision
 
@@ -65,14 +65,6 @@ class RunStopped(Exception):
 def _run_name(cfg: TrainConfig) -> str:
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.split(":")[-1]).name or cfg.data)
     return f"{cfg.model}-{tag.strip('-') or 'data'}-{datetime.now():%Y%m%d-%H%M%S}"
-
-
-def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """(top-1 correct, top-k correct) as a device tensor; no host sync."""
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit = top.eq(target.view(-1, 1))
-    return torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()]).float()
 
 
 class Trainer:
@@ -173,8 +165,8 @@ class Trainer:
             else:
                 state, source = read_state_dict(cfg.weights), cfg.weights
             info = load_into(model, state, source, skip_classifier=True)
-            log.info("loaded %s (new classifier for %d classes)", source, len(self.classes))
-            self.loaded_weights = {"source": source, **info}
+            log.info("loaded %s (new classifier for %d classes; dropped %s)", source,
+                     len(self.classes), ", ".join(info["dropped"]) or "nothing")  # fmt: skip
         if cfg.sync_bn and self.device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
         if self.dist.enabled and cfg.sync_bn:
@@ -276,29 +268,6 @@ class Trainer:
 
     # -------------------------------------------------------------------------- loops
 
-    def _mix(self, x, y, step_seed: int):
-        """Mixup / CutMix (one of them per batch when both are on), seeded per step."""
-        cfg = self.cfg
-        if not (cfg.mixup > 0 or cfg.cutmix > 0):
-            return x, y, y, 1.0
-        rng = np.random.default_rng(step_seed)
-        use_cutmix = cfg.cutmix > 0 and (cfg.mixup == 0 or rng.random() < 0.5)
-        alpha = cfg.cutmix if use_cutmix else cfg.mixup
-        lam = float(rng.beta(alpha, alpha))
-        perm = torch.from_numpy(rng.permutation(x.shape[0])).to(x.device)
-        if use_cutmix:
-            h, w = x.shape[-2:]
-            ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-            cy, cx = int(rng.integers(h)), int(rng.integers(w))
-            t, b = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-            le, r = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-            x = x.clone()
-            x[:, :, t:b, le:r] = x[perm][:, :, t:b, le:r]
-            lam = 1 - (b - t) * (r - le) / (h * w)
-        else:
-            x = lam * x + (1 - lam) * x[perm]
-        return x, y, y[perm], lam
-
     def _check_finite(self, pending: list[torch.Tensor]) -> None:
         if not pending:
             return
@@ -323,7 +292,8 @@ class Trainer:
         y = y.to(self.device, non_blocking=True)
         seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 3)
         x = tf(x, torch.Generator(device=self.device).manual_seed(seed))
-        x, ya, yb, lam = self._mix(x, y, mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4))
+        seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4)
+        x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, seed)
         with autocast(self.precision, self.device):
             out = model(x)
         out = out.float()
@@ -548,34 +518,3 @@ class Trainer:
             if self.tb is not None:
                 self.tb.close()
         return summary
-
-
-def state_checksum(model: nn.Module) -> str:
-    """SHA-256 over every tensor of the state_dict (ranks of a DDP run must agree)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@torch.inference_mode()
-def evaluate_loader(model, loader, transform, device, precision, dist_info=None) -> dict:
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(4, device=device)  # loss sum, top1, top5, n
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(precision, device):
-            out = model(transform(x))
-        out = out.float()
-        loss = F.cross_entropy(out, y, reduction="sum")
-        sums += torch.cat([loss.view(1), accuracy_counts(out, y), sums.new_tensor([y.shape[0]])])
-    model.train(was_training)
-    if dist_info is not None:
-        sums = D.all_reduce_sum(sums, dist_info)
-    s = sums.cpu().tolist()
-    n = max(s[3], 1.0)
-    return {"loss": s[0] / n, "top1": s[1] / n, "top5": s[2] / n, "num_samples": int(s[3])}

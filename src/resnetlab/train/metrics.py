@@ -1,0 +1,49 @@
+"""Evaluation loop and run-level checks shared by the engine and the tools after training."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import distributed as D
+from .precision import autocast
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """(top-1 correct, top-k correct) as a device tensor; no host sync."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top.eq(target.view(-1, 1))
+    return torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum()]).float()
+
+
+def state_checksum(model: nn.Module) -> str:
+    """SHA-256 over every tensor of the state_dict (ranks of a DDP run must agree)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def evaluate_loader(model, loader, transform, device, precision, dist_info=None) -> dict:
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, device=device)  # loss sum, top1, top5, n
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(precision, device):
+            out = model(transform(x))
+        out = out.float()
+        loss = F.cross_entropy(out, y, reduction="sum")
+        sums += torch.cat([loss.view(1), accuracy_counts(out, y), sums.new_tensor([y.shape[0]])])
+    model.train(was_training)
+    if dist_info is not None:
+        sums = D.all_reduce_sum(sums, dist_info)
+    s = sums.cpu().tolist()
+    n = max(s[3], 1.0)
+    return {"loss": s[0] / n, "top1": s[1] / n, "top5": s[2] / n, "num_samples": int(s[3])}
