@@ -24,10 +24,8 @@ def command(name: str):
 
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import create_model, get_model_entry, list_models
-    from .summary import _flop_counts, count_params, human
+    from .models import get_model_entry, list_models
+    from .summary import human, model_info
 
     names = sorted(
         list_models(args.pattern, family=args.family),
@@ -35,24 +33,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     )
     if not names:
         raise UserError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
-    rows = []
-    for name in names:
-        entry = get_model_entry(name)
-        # Built on the meta device: shapes only, no memory, no init time.
-        with torch.device("meta"):
-            model = create_model(name).eval()
-            flops, _ = _flop_counts(model, torch.zeros(1, *entry.input_size))
-        rows.append(
-            {
-                "model": name,
-                "family": entry.family,
-                "params": count_params(model),
-                "macs": flops // 2,
-                "input_size": list(entry.input_size),
-                "paper": entry.paper,
-                "description": entry.description,
-            }
-        )
+    rows = [model_info(name) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -81,7 +62,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             "\npaper: He et al. 2016 (arXiv:1512.03385), Table 6 - CIFAR-10 test error, "
             "10 classes; option-A shortcuts."
         )
-    print(f"\n{len(rows)} models. MACs: multiply-accumulates for one image at the input shown.")
+    print(f"\n{len(rows)} model{'s' if len(rows) != 1 else ''}. MACs: multiply-accumulates for one image at the input shown.")
     return 0
 
 
@@ -271,42 +252,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export
+    from .export import export, real_inputs
 
-    real = None
-    if args.verify:
-        real = _real_batch(args.run)
+    real = real_inputs(args.run) if args.verify else None
     r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real)
     print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']})")
     if args.verify:
         for name, diff in r["max_abs_diff"].items():
             print(f"verified {name}: max |difference| {diff:.2e}")
     return 0
-
-
-def _real_batch(run: str):
-    """A few preprocessed images from the run's own data, for export verification."""
-    from .bundle import load_model
-
-    loaded = load_model(run)
-    if loaded.run_dir is None or not (loaded.run_dir / "config.yaml").is_file():
-        return None
-    import yaml
-
-    from .data import DataConfig, build_pipeline
-
-    config = yaml.safe_load((loaded.run_dir / "config.yaml").read_text(encoding="utf-8"))
-    meta = loaded.meta
-    pipe = build_pipeline(DataConfig(
-        data=config["data"], input_size=int(meta["input_size"][-1]), preset=meta["preset"],
-        mean=meta["mean"], std=meta["std"], batch_size=8, in_chans=int(meta["in_chans"]),
-        num_workers=0, val_ratio=config.get("val_ratio", 0.1),
-        test_ratio=config.get("test_ratio", 0.1),
-    ))  # fmt: skip
-    split = "test" if "test" in pipe.source.splits else "val"
-    loader = pipe.loader(split, train=False)
-    x, _ = next(iter(loader))
-    return pipe.batch_transform(False, loader.geometric, channels_last=False)(x)
 
 
 @command("report")

@@ -66,6 +66,26 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     return flops // 2
 
 
+def model_info(name: str) -> dict:
+    """Parameters and MACs of a registered model at its default input size. Built on the meta
+    device: shapes only, no memory and no initialisation time."""
+    from .models import create_model, get_model_entry
+
+    entry = get_model_entry(name)
+    with torch.device("meta"):
+        model = create_model(name).eval()
+        flops, _ = _flop_counts(model, torch.zeros(1, *entry.input_size))
+    return {
+        "model": name,
+        "family": entry.family,
+        "params": count_params(model),
+        "macs": flops // 2,
+        "input_size": list(entry.input_size),
+        "paper": entry.paper,
+        "description": entry.description,
+    }
+
+
 def summarize(
     model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224), depth: int = 2
 ) -> ModelSummary:
