@@ -62,7 +62,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             "\npaper: He et al. 2016 (arXiv:1512.03385), Table 6 - CIFAR-10 test error, "
             "10 classes; option-A shortcuts."
         )
-    print(f"\n{len(rows)} model{'s' if len(rows) != 1 else ''}. MACs: multiply-accumulates for one image at the input shown.")
+    plural = "s" if len(rows) != 1 else ""
+    print(
+        f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at the input shown."
+    )
     return 0
 
 
