@@ -240,3 +240,17 @@ def test_report_renders_in_chromium(run, tmp_path):
         assert errors == []
         driver.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_evaluate_uses_the_runs_bad_file_tolerance(tmp_path):
+    data = make_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(36, 36))
+    (data / "a" / "broken.png").write_bytes(b"")
+    settings = dict(data=str(data), model_kwargs={"widths": [4, 8, 8]}, epochs=1, batch_size=8)
+    settings.update(input_size=32, max_bad_fraction=0.1, num_workers=0, val_ratio=0.2)
+    cfg = resolve_config(dict(settings, test_ratio=0.2, out=str(tmp_path), name="r"))
+    Trainer(cfg, verbose=False).fit()
+    assert evaluate_run(str(tmp_path / "r"))["num_samples"] == 4
+    from resnetlab.data import DataError
+
+    with pytest.raises(DataError, match="max-bad-fraction"):
+        evaluate_run(str(tmp_path / "r"), max_bad_fraction=0.0)

@@ -194,6 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     r = evaluate_run(
         args.run, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
         top_losses=args.top_losses, precision=args.precision,
+        max_bad_fraction=args.max_bad_fraction,
     )  # fmt: skip
     if args.json:
         print(json.dumps(r, indent=2, ensure_ascii=False))
@@ -452,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-losses", type=int, default=0, metavar="N",
                    help="gallery PNG of the N most confidently wrong images")  # fmt: skip
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--max-bad-fraction", type=float, help="unreadable files tolerated (default: the run's)"
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("predict", help="top-k labels for images, folders or globs")

@@ -48,8 +48,10 @@ def evaluate_run(
     top_losses: int = 0,
     out_dir: str | Path | None = None,
     precision: str = "auto",
+    max_bad_fraction: float | None = None,
 ) -> dict:
-    """Evaluate a trained model on a split of ``data`` (default: the data it was trained on)."""
+    """Evaluate a trained model on a split of ``data`` (default: the data it was trained on,
+    split as it was then, with the run's --max-bad-fraction)."""
     loaded = load_model(run)
     meta = loaded.meta
     if data is None:
@@ -60,11 +62,14 @@ def evaluate_run(
 
         config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
         data = config["data"]
-        # The same split the run trained with: same ratios, same seed.
-        ratios = {k: config[k] for k in ("val_ratio", "test_ratio", "seed") if k in config}
+        # The same split the run trained with: same ratios, same seed, same tolerance.
+        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
+        options = {k: config[k] for k in keys if k in config}
     else:
-        ratios = {}
-    source = load_source(data, channels=int(meta["in_chans"]), **ratios)
+        options = {}
+    if max_bad_fraction is not None:
+        options["max_bad_fraction"] = max_bad_fraction
+    source = load_source(data, channels=int(meta["in_chans"]), **options)
     if split is None:
         split = "test" if "test" in source.splits else "val"
     if split not in source.splits:
