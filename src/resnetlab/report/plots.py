@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,9 @@ import numpy as np
 # Fonts tried after DejaVu Sans for glyphs it lacks (CJK class names), when installed.
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Droid Sans Fallback",
              "Microsoft YaHei", "PingFang SC", "Arial Unicode MS")  # fmt: skip
+
+
+CJK_FILES = re.compile(r"(notosanscjk|notoserifcjk|wqy|droidsansfallback|uming|ukai)", re.I)
 
 
 def _plt():
@@ -20,6 +25,13 @@ def _plt():
     from matplotlib import font_manager
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed & set(CJK_FONTS):
+        # Matplotlib's font cache predates fonts installed later: look for CJK ones once.
+        for path in font_manager.findSystemFonts():
+            if CJK_FILES.search(Path(path).name):
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    font_manager.fontManager.addfont(path)
+        installed = {f.name for f in font_manager.fontManager.ttflist}
     plt.rcParams["font.family"] = ["DejaVu Sans", *(f for f in CJK_FONTS if f in installed)]
     return plt
 

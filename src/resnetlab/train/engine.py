@@ -107,6 +107,8 @@ class Trainer:
             world_size=self.dist.world_size,
             pin_memory=self.device.type == "cuda",
         )
+        if len(self.data.source.splits["train"]) < 2:
+            raise ValueError(f"{cfg.data}: training needs at least 2 images (BatchNorm)")
         if len(self.train_loader) == 0:
             raise ValueError(
                 f"{cfg.data}: {len(self.data.source.splits['train'])} training images make no "
