@@ -55,9 +55,8 @@ class Predictor:
         self.decode_threads = max(1, decode_threads)
         self.backend = backend
         self.device = torch.device(device) if device else default_device()
-        self.precision = (
-            resolve_precision(precision, self.device) if backend == "torch" else ("fp32")
-        )
+        # onnxruntime runs the exported fp32 graph.
+        self.precision = resolve_precision(precision, self.device) if backend == "torch" else "fp32"
         self._decode_tf = file_transform(self.preset, self.input_size, train=False)
         # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.
         self.min_side = (
