@@ -254,3 +254,19 @@ def test_evaluate_uses_the_runs_bad_file_tolerance(tmp_path):
 
     with pytest.raises(DataError, match="max-bad-fraction"):
         evaluate_run(str(tmp_path / "r"), max_bad_fraction=0.0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20"])
+def test_fold_batchnorm_keeps_outputs(name):
+    from resnetlab.predict import fold_batchnorm
+
+    model = create_model(name).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
