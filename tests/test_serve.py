@@ -201,20 +201,42 @@ def test_overload_gets_fast_503_with_retry_after(run):
 
 
 def test_graceful_shutdown_finishes_in_flight_request(run):
-    s = Server(run, "--max-wait-ms", "800")  # a lone request waits 0.8 s for company
+    s = Server(run)
     result = {}
+    sigterm_sent = threading.Event()
+
+    def slow_body():
+        yield _png()[:20]
+        sigterm_sent.wait(10)  # the request is half uploaded when the server is told to stop
+        time.sleep(0.3)
+        yield _png()[20:]
 
     def call():
-        result["r"] = s.request("POST", "/predict", _png())
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        headers = {"Transfer-Encoding": "chunked", "Content-Type": "image/png"}
+        conn.request("POST", "/predict", body=slow_body(), encode_chunked=True, headers=headers)
+        r = conn.getresponse()
+        result["status"], result["body"] = r.status, json.loads(r.read())
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.3)
+    time.sleep(0.5)
     s.proc.send_signal(signal.SIGTERM)
+    sigterm_sent.set()
     t.join(timeout=30)
-    assert result["r"][0] == 200
+    assert result["status"] == 200 and result["body"]["topk"]
     # uvicorn re-raises SIGTERM after its graceful shutdown, the conventional exit status.
     assert s.proc.wait(timeout=20) in (0, -signal.SIGTERM)
+
+
+def test_lone_request_does_not_wait_for_a_batch(run):
+    # With a one-minute batching window, a lone request that waited for company would run
+    # into the client's 30 s timeout; it must be answered at once instead.
+    s = Server(run, "--max-wait-ms", "60000")
+    try:
+        assert s.request("POST", "/predict", _png())[0] == 200
+    finally:
+        s.stop()
 
 
 def test_web_page_in_chromium(server, tmp_path):

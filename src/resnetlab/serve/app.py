@@ -108,11 +108,12 @@ def create_app(
     from concurrent.futures import ThreadPoolExecutor
 
     decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
-    state: dict = {}
+    state: dict = {"arriving": 0}  # requests being read or decoded, not yet queued
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(predictor.probabilities, max_batch, max_wait_ms, max_queue)
+        batcher = MicroBatcher(predictor.probabilities, max_batch, max_wait_ms, max_queue,
+                               more_coming=lambda: state["arriving"] > 0)  # fmt: skip
         batcher.start()
         state["batcher"] = batcher
         yield
@@ -137,6 +138,19 @@ def create_app(
     async def predict(request: Request, topk: int = 5):
         if not 1 <= topk <= len(predictor.classes):
             raise HTTPError(400, f"topk must be between 1 and {len(predictor.classes)}")
+        state["arriving"] += 1
+        try:
+            image = await _read_image(request)
+        finally:
+            state["arriving"] -= 1
+        try:
+            probs = await state["batcher"].submit(image)
+        except QueueFull:
+            raise HTTPError(503, "server busy: too many requests queued, retry shortly",
+                            {"Retry-After": "1"}) from None  # fmt: skip
+        return {"topk": predictor.topk_rows(probs.unsqueeze(0), topk)[0], "model": predictor.name}
+
+    async def _read_image(request: Request):
         body = await read_capped(request, max_body)
         data, ctype = await image_bytes(request, body)
         if not data:
@@ -150,12 +164,7 @@ def create_app(
             if "exceeds the limit" in exc.reason or "bomb" in exc.reason:
                 raise HTTPError(413, exc.reason) from None
             raise HTTPError(400, f"cannot decode the image: {exc.reason}") from None
-        try:
-            probs = await state["batcher"].submit(image)
-        except QueueFull:
-            raise HTTPError(503, "server busy: too many requests queued, retry shortly",
-                            {"Retry-After": "1"}) from None  # fmt: skip
-        return {"topk": predictor.topk_rows(probs.unsqueeze(0), topk)[0], "model": predictor.name}
+        return image
 
     @app.get("/health")
     async def health():

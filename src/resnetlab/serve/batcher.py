@@ -19,11 +19,22 @@ class QueueFull(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, infer, max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 64):
-        """``infer(uint8 batch) -> probabilities`` runs in one background thread."""
+    def __init__(
+        self,
+        infer,
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        more_coming=None,
+    ):
+        """``infer(uint8 batch) -> probabilities`` runs in one background thread.
+
+        ``more_coming()`` tells whether requests are on their way (still being read or
+        decoded): only then is it worth waiting for them; a lone request runs at once."""
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
         self.infer = infer
+        self.more_coming = more_coming or (lambda: True)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=max_queue)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
@@ -58,7 +69,7 @@ class MicroBatcher:
             deadline = time.monotonic() + self.max_wait
             while len(items) < self.max_batch:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (self.queue.empty() and not self.more_coming()):
                     break
                 try:
                     items.append(await asyncio.wait_for(self.queue.get(), remaining))
