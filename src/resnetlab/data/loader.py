@@ -7,7 +7,6 @@ So a run resumed at batch k of epoch e sees exactly the batches an uninterrupted
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
@@ -22,7 +21,6 @@ from .images import open_image
 from .sources import Split
 from .transforms import auto_augment_batch, eval_resize_size, file_transform
 
-log = logging.getLogger(__name__)
 
 # Data sets decoded into memory when their uint8 cache stays below this size.
 MEMORY_CACHE_BYTES = 2 * 2**30
