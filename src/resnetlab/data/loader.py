@@ -21,7 +21,6 @@ from .images import open_image
 from .sources import Split
 from .transforms import auto_augment_batch, eval_resize_size, file_transform
 
-
 # Data sets decoded into memory when their uint8 cache stays below this size.
 MEMORY_CACHE_BYTES = 2 * 2**30
 
