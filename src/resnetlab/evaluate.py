@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.nn import functional as F
 
-from .bundle import load_model, model_on
+from .bundle import LoadedModel, load_model, model_on
 from .data import DataConfig, DataError, DataPipeline, load_source
 from .io import atomic_write_text
 from .train.precision import autocast, default_device, resolve_precision
@@ -39,6 +40,37 @@ def _label_map(model_classes: list[str], data_classes: list[str]) -> torch.Tenso
     return torch.tensor([index[c] for c in data_classes], dtype=torch.long)
 
 
+def run_pipeline(
+    loaded: LoadedModel,
+    data: str | None = None,
+    batch_size: int = 64,
+    max_bad_fraction: float | None = None,
+    num_workers: int = 2,
+) -> DataPipeline:
+    """The data a model is evaluated on, preprocessed as its metadata says. Without ``data``:
+    the run's own data, split exactly as in training (same ratios, seed and tolerance of
+    unreadable files)."""
+    meta = loaded.meta
+    options = {}
+    if data is None:
+        cfg_path = loaded.run_dir / "config.yaml" if loaded.run_dir else None
+        if cfg_path is None or not cfg_path.is_file():
+            raise ValueError("give --data: this model file has no run folder to take it from")
+        config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        data = config["data"]
+        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
+        options = {k: config[k] for k in keys if k in config}
+    if max_bad_fraction is not None:
+        options["max_bad_fraction"] = max_bad_fraction
+    source = load_source(data, channels=int(meta["in_chans"]), **options)
+    cfg = DataConfig(
+        data=data, input_size=int(meta["input_size"][-1]), preset=meta.get("preset", "auto"),
+        mean=list(meta["mean"]), std=list(meta["std"]), batch_size=batch_size,
+        num_workers=num_workers, in_chans=int(meta["in_chans"]),
+    )  # fmt: skip
+    return DataPipeline(source, cfg)
+
+
 def evaluate_run(
     run: str,
     data: str | None = None,
@@ -53,33 +85,14 @@ def evaluate_run(
     """Evaluate a trained model on a split of ``data`` (default: the data it was trained on,
     split as it was then, with the run's --max-bad-fraction)."""
     loaded = load_model(run)
-    meta = loaded.meta
-    if data is None:
-        cfg_path = loaded.run_dir / "config.yaml" if loaded.run_dir else None
-        if cfg_path is None or not cfg_path.is_file():
-            raise ValueError("give --data: this model file has no run folder to take it from")
-        import yaml
-
-        config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        data = config["data"]
-        # The same split the run trained with: same ratios, same seed, same tolerance.
-        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
-        options = {k: config[k] for k in keys if k in config}
-    else:
-        options = {}
-    if max_bad_fraction is not None:
-        options["max_bad_fraction"] = max_bad_fraction
-    source = load_source(data, channels=int(meta["in_chans"]), **options)
+    pipe = run_pipeline(loaded, data, batch_size, max_bad_fraction)
+    source = pipe.source
     if split is None:
         split = "test" if "test" in source.splits else "val"
     if split not in source.splits:
-        raise DataError(f"{data} has no {split!r} split (it has {', '.join(source.splits)})")
-    cfg = DataConfig(
-        data=data, input_size=int(meta["input_size"][-1]), preset=meta.get("preset", "auto"),
-        mean=list(meta["mean"]), std=list(meta["std"]), batch_size=batch_size, num_workers=2,
-        in_chans=int(meta["in_chans"]),
-    )  # fmt: skip
-    pipe = DataPipeline(source, cfg)
+        raise DataError(
+            f"{pipe.cfg.data} has no {split!r} split (it has {', '.join(source.splits)})"
+        )
     label_map = _label_map(loaded.classes, source.classes)
     device = default_device()
     prec = resolve_precision(precision, device)
@@ -109,7 +122,7 @@ def evaluate_run(
     n = len(targets)
     result = {
         "run": str(run),
-        "data": data,
+        "data": pipe.cfg.data,
         "split": split,
         "top1": float((pred == targets).float().mean()) if n else 0.0,
         "top5": float(top5.float().mean()) if n else 0.0,

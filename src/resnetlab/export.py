@@ -146,21 +146,12 @@ def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None 
 def real_inputs(run: str | os.PathLike, count: int = 8) -> torch.Tensor | None:
     """A few preprocessed images from the data the run was trained on (for ``verify``);
     None when the model has no run folder to say what that data was."""
-    import yaml
-
-    from .data import DataConfig, build_pipeline
+    from .evaluate import run_pipeline
 
     loaded = load_model(run)
     if loaded.run_dir is None or not (loaded.run_dir / "config.yaml").is_file():
         return None
-    config = yaml.safe_load((loaded.run_dir / "config.yaml").read_text(encoding="utf-8"))
-    meta = loaded.meta
-    pipe = build_pipeline(DataConfig(
-        data=config["data"], input_size=int(meta["input_size"][-1]), preset=meta["preset"],
-        mean=meta["mean"], std=meta["std"], batch_size=count, in_chans=int(meta["in_chans"]),
-        num_workers=0, val_ratio=config.get("val_ratio", 0.1),
-        test_ratio=config.get("test_ratio", 0.1),
-    ), seed=config.get("seed", 0))  # fmt: skip
+    pipe = run_pipeline(loaded, batch_size=count, num_workers=0)
     split = "test" if "test" in pipe.source.splits else "val"
     loader = pipe.loader(split, train=False)
     x, _ = next(iter(loader))
