@@ -270,3 +270,13 @@ def test_fold_batchnorm_keeps_outputs(name):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_export_verify_failure_is_a_clear_error(run, tmp_path, capsys, monkeypatch):
+    import resnetlab.export
+
+    monkeypatch.setattr(resnetlab.export, "TOLERANCE", 0.0)
+    run_dir, _ = run
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), "--out", str(out), "--verify"]) == 2
+    assert "differs from PyTorch" in capsys.readouterr().err

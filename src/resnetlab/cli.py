@@ -256,10 +256,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export, real_inputs
+    from .export import ExportError, export, real_inputs
 
     real = real_inputs(args.run) if args.verify else None
-    r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real)
+    try:
+        r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real)
+    except ExportError as exc:
+        raise UserError(str(exc)) from None
     print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']})")
     if args.verify:
         for name, diff in r["max_abs_diff"].items():

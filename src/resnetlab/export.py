@@ -109,7 +109,8 @@ def onnx_session(path: str | os.PathLike):
 
 def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None = None) -> dict:
     """Max |difference| of logits between PyTorch and the exported file on random inputs and,
-    when given, real preprocessed images; fails above ``TOLERANCE``."""
+    when given, real preprocessed images; fails above ``TOLERANCE`` (scaled by the largest
+    logit when that exceeds 1)."""
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
     c, h, w = loaded.meta["input_size"]
     g = torch.Generator().manual_seed(0)
@@ -135,10 +136,13 @@ def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None 
             ref = model(x).numpy()
         diff = float(np.abs(run(x) - ref).max())
         report[name] = diff
-        if not np.isfinite(diff) or diff > TOLERANCE:
+        # 1e-4 absolute for logits up to 1; beyond that relative to their size (a confident
+        # model's logits reach tens, where float32 reordering alone moves them by ~1e-5 each).
+        limit = TOLERANCE * max(1.0, float(np.abs(ref).max()))
+        if not np.isfinite(diff) or diff > limit:
             raise ExportError(
                 f"{path}: {fmt} output differs from PyTorch by {diff:.3g} on {name} "
-                f"(tolerance {TOLERANCE:g})"
+                f"(tolerance {limit:.2g})"
             )
     return report
 
