@@ -72,7 +72,7 @@ def run_pipeline(
 
 
 def evaluate_run(
-    run: str,
+    run: str | LoadedModel,
     data: str | None = None,
     split: str | None = None,
     batch_size: int = 64,
@@ -84,7 +84,7 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained model on a split of ``data`` (default: the data it was trained on,
     split as it was then, with the run's --max-bad-fraction)."""
-    loaded = load_model(run)
+    loaded = run if isinstance(run, LoadedModel) else load_model(run)
     pipe = run_pipeline(loaded, data, batch_size, max_bad_fraction)
     source = pipe.source
     if split is None:
@@ -121,7 +121,7 @@ def evaluate_run(
     np.add.at(cm, (targets.numpy(), pred.numpy()), 1)
     n = len(targets)
     result = {
-        "run": str(run),
+        "run": str(loaded.run_dir or loaded.source) if run is loaded else str(run),
         "data": pipe.cfg.data,
         "split": split,
         "top1": float((pred == targets).float().mean()) if n else 0.0,

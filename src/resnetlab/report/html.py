@@ -70,11 +70,12 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
     history = _read_history(run)
     figures = run / "report-files"
     figures.mkdir(exist_ok=True)
-    ev = evaluate_run(str(run), data=data, top_losses=top_losses, out_dir=figures)
-    curves = plot_curves(history, figures / "curves.png", meta["model"]) if history else None
     loaded = load_model(run)
+    # Summarised before evaluation moves the model to the evaluation device.
     model_text = format_summary(meta["model"], summarize(loaded.model, tuple(meta["input_size"]),
                                                           depth=1))  # fmt: skip
+    ev = evaluate_run(loaded, data=data, top_losses=top_losses, out_dir=figures)
+    curves = plot_curves(history, figures / "curves.png", meta["model"]) if history else None
 
     e = html.escape
     cards = [
