@@ -47,7 +47,7 @@ class MicroBatcher:
 
     async def stop(self) -> None:
         """Answer everything already queued, then stop."""
-        while not self.queue.empty():
+        while not self.queue.empty() and self.task is not None and not self.task.done():
             await asyncio.sleep(0.01)
         if self.task is not None:
             self.task.cancel()

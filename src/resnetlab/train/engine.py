@@ -130,6 +130,7 @@ class Trainer:
             self._prepare_run_dir()
         self.train_model = self._wrap(self.model)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self._eval_loaders: dict = {}
 
     # ----------------------------------------------------------------------------- setup
 
@@ -406,8 +407,11 @@ class Trainer:
     def evaluate(self, split: str, model: nn.Module | None = None) -> dict:
         """Loss, top-1, top-5 on a split (sharded across ranks, reduced)."""
         model = model or self.eval_model()
-        loader = self.data.loader(split, train=False, rank=self.dist.rank,
-                                  world_size=self.dist.world_size)  # fmt: skip
+        if split not in self._eval_loaders:  # built once: file loaders keep their workers
+            self._eval_loaders[split] = self.data.loader(
+                split, train=False, rank=self.dist.rank, world_size=self.dist.world_size
+            )
+        loader = self._eval_loaders[split]
         return evaluate_loader(
             model,
             loader,
