@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,8 +62,9 @@ def summarize(samples: list[float]) -> dict:
 
 
 def alternate(runs: dict, repetitions: int, warmup: int = 1) -> dict:
-    """Call each ``runs[name]() -> images`` in turn, ``repetitions`` times after ``warmup``;
-    images/s per repetition, so both paths see the same machine noise."""
+    """Call each ``runs[name]()`` in turn, ``repetitions`` times after ``warmup``; images/s per
+    repetition, so both paths see the same machine noise. A run returns its image count, or a
+    ``Worker`` reply (images and the seconds the worker itself measured)."""
     for _ in range(warmup):
         for fn in runs.values():
             fn()
@@ -69,9 +72,64 @@ def alternate(runs: dict, repetitions: int, warmup: int = 1) -> dict:
     for _ in range(repetitions):
         for name, fn in runs.items():
             t0 = time.perf_counter()
-            images = fn()
-            rates[name].append(images / (time.perf_counter() - t0))
+            done = fn()
+            seconds = time.perf_counter() - t0
+            if isinstance(done, dict):
+                done, seconds = done["images"], done["seconds"]
+            rates[name].append(done / seconds)
     return {name: summarize(r) for name, r in rates.items()}
+
+
+REPLY = "@@bench "
+
+
+class Worker:
+    """One side of a comparison in its own Python process, started the way a user starts it.
+
+    Process-wide state (thread pools, the allocator settings the ``resnetlab`` command applies)
+    then belongs to that side alone. Calling the worker runs its job once and returns
+    ``{"images", "seconds", ...}`` as measured inside the worker.
+    """
+
+    def __init__(self, script: str | Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--worker", *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        self._reply()  # ready
+
+    def _reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(REPLY):
+                return json.loads(line[len(REPLY) :])
+        raise RuntimeError(f"benchmark worker {self.proc.args} exited with {self.proc.wait()}")
+
+    def __call__(self) -> dict:
+        self.proc.stdin.write("run\n")
+        return self._reply()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def serve_worker(job) -> None:
+    """The worker's side of ``Worker``: ``job() -> images`` or ``(images, extra dict)``."""
+
+    def reply(payload: dict) -> None:
+        sys.stdout.write(REPLY + json.dumps(payload) + "\n")
+        sys.stdout.flush()
+
+    reply({"ready": True})
+    for line in sys.stdin:
+        if line.strip() != "run":
+            continue
+        t0 = time.perf_counter()
+        done = job()
+        seconds = time.perf_counter() - t0
+        images, extra = done if isinstance(done, tuple) else (done, {})
+        reply({"images": images, "seconds": seconds, **extra})
 
 
 def write_result(name: str, payload: dict) -> Path:

@@ -1,15 +1,18 @@
 """Prediction speed: `resnetlab predict` defaults vs the tutorial's predict script.
 
 Reference: PIL + torchvision transforms (Resize 256, CenterCrop 224, ToTensor, Normalize) and
-torchvision's resnet18 in eager fp32, batch 16, one image decoded after another. Ours: the
-Predictor's defaults (bf16 autocast where the CPU has it, channels_last, decoding the next
-batch in 2 threads while the model runs), and the onnxruntime backend beside it. Both use
+torchvision's resnet18 in eager fp32, batch 16, one image decoded after another, in a plain
+Python process. Ours: what ``resnetlab predict`` runs by default (bf16 autocast where the CPU
+has it, BatchNorm folded into the convolutions, channels_last, decoding the next batch in 2
+threads while the model runs, the allocator setting of ``resnetlab.runtime``), and the
+onnxruntime backend beside it. Each runs in its own process; the passes alternate. All use
 the same weights (a resnet18 trained for one epoch on the benchmark's own images, so its
 predictions are confident and top-1 agreement is meaningful).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -21,9 +24,10 @@ from PIL import Image
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import alternate, make_jpeg_folder, write_result  # noqa: E402
+from common import Worker, alternate, make_jpeg_folder, serve_worker, write_result  # noqa: E402
 from resnetlab.export import export  # noqa: E402
 from resnetlab.predict import Predictor  # noqa: E402
+from resnetlab.runtime import tune_allocator  # noqa: E402
 from resnetlab.train import Trainer, resolve_config  # noqa: E402
 from resnetlab.weights import load_bundle_meta, read_state_dict  # noqa: E402
 
@@ -45,16 +49,45 @@ def reference_predict(paths, run: Path):
             x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths[i : i + BATCH]])
             with torch.no_grad():
                 top1 += model(x).argmax(1).tolist()
-        return top1
+        return len(paths), {"top1": top1}
 
     return run_all
 
 
+def ours_predict(paths, run: Path, backend: str):
+    tune_allocator()  # as the `resnetlab` command does at start
+    predictor = Predictor(run, backend=backend)  # the defaults, batch size included
+
+    def run_all():
+        rows = predictor.predict_paths(paths, topk=1)
+        top1 = [r["topk"][0]["index"] for r in rows]
+        return len(paths), {"top1": top1, "batch_size": predictor.batch_size,
+                            "precision": predictor.precision}  # fmt: skip
+
+    return run_all
+
+
+def worker(side: str, folder: Path, run: Path) -> None:
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    if side == "reference":
+        serve_worker(reference_predict(paths, run))
+    else:
+        serve_worker(ours_predict(paths, run, "onnx" if side == "ours_onnx" else "torch"))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--worker", nargs=3, metavar=("SIDE", "FOLDER", "RUN"))
+    args = parser.parse_args()
+    if args.worker:
+        side, folder, run = args.worker
+        worker(side, Path(folder), Path(run))
+        return
     tmp = Path(tempfile.mkdtemp(prefix="resnetlab-predict-bench-"))
     folder = make_jpeg_folder(tmp / "photos", classes=4, per_class=64,
                               sizes=[(320, 240), (256, 256), (500, 375), (240, 320)])  # fmt: skip
-    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    images = len(list(folder.rglob("*.jpg")))
     cfg = resolve_config(dict(data=str(folder), model="resnet18", input_size=224, epochs=1,
                               batch_size=32, val_ratio=0.0, test_ratio=0.0, lr=0.01,
                               out=str(tmp / "runs"), name="r18"))  # fmt: skip
@@ -62,36 +95,33 @@ def main() -> None:
     run = tmp / "runs" / "r18"
     export(run, "onnx")
 
-    ref = reference_predict(paths, run)
-    ours = Predictor(run)  # the defaults, batch size included
-    onnx = Predictor(run, backend="onnx")
-    preds = {}
+    replies: dict[str, dict] = {}
 
-    def timed(name, fn):
+    def keep(name: str, worker: Worker):
         def call():
-            preds[name] = fn()
-            return len(paths)
+            replies[name] = worker()
+            return replies[name]
 
         return call
 
-    def top1(p):
-        return lambda: [r["topk"][0]["index"] for r in p.predict_paths(paths, topk=1)]
-
-    results = alternate(
-        {"reference": timed("reference", ref), "ours": timed("ours", top1(ours)),
-         "ours_onnx": timed("ours_onnx", top1(onnx))},
-        repetitions=3,
-    )  # fmt: skip
+    sides = ("reference", "ours", "ours_onnx")
+    workers = {side: Worker(__file__, side, str(folder), str(run)) for side in sides}
+    try:
+        results = alternate({side: keep(side, w) for side, w in workers.items()}, args.reps)
+    finally:
+        for w in workers.values():
+            w.close()
     base = results["reference"]["median"]
-    for name in ("ours", "ours_onnx"):
+    reference_top1 = np.array(replies["reference"]["top1"])
+    for name in sides[1:]:
         results[name]["ratio_vs_reference"] = results[name]["median"] / base
         results[name]["top1_agreement"] = float(
-            np.mean(np.array(preds[name]) == np.array(preds["reference"]))
+            np.mean(np.array(replies[name]["top1"]) == reference_top1)
         )
     write_result("predict_throughput", {
-        "images": len(paths), "reference_batch_size": BATCH, "ours_batch_size": ours.batch_size,
-        "unit": "images/s",
-        "ours_precision": ours.precision, "results": results,
+        "images": images, "repetitions": args.reps, "reference_batch_size": BATCH,
+        "ours_batch_size": replies["ours"]["batch_size"], "unit": "images/s",
+        "ours_precision": replies["ours"]["precision"], "results": results,
     })  # fmt: skip
     for name, r in results.items():
         extra = (f"  x{r['ratio_vs_reference']:.2f}, top-1 agreement {r['top1_agreement']:.1%}"

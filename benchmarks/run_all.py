@@ -1,6 +1,7 @@
-"""`make bench`: every benchmark in turn; each writes benchmarks/results/<name>.json."""
+"""`make bench`: every benchmark in turn, each in its own process (no state carries over);
+each writes benchmarks/results/<name>.json."""
 
-import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +9,10 @@ HERE = Path(__file__).parent
 BENCHMARKS = ["data_loading.py", "train_throughput.py", "predict_throughput.py", "serve_load.py"]
 
 if __name__ == "__main__":
+    failed = []
     for name in BENCHMARKS:
         print(f"== {name}", flush=True)
-        sys.argv = [str(HERE / name)]
-        runpy.run_path(str(HERE / name), run_name="__main__")
+        if subprocess.run([sys.executable, str(HERE / name)]).returncode != 0:
+            failed.append(name)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")

@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from .runtime import tune_allocator
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -608,6 +610,7 @@ def _add_split_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     try:
         return COMMANDS[args.command](args)
     except (UserError, ValueError, FileNotFoundError, FileExistsError) as exc:
