@@ -5,7 +5,8 @@ torchvision's resnet18 in eager fp32, batch 16, one image decoded after another,
 Python process. Ours: what ``resnetlab predict`` runs by default (bf16 autocast where the CPU
 has it, BatchNorm folded into the convolutions, channels_last, decoding the next batch in 2
 threads while the model runs, the allocator setting of ``resnetlab.runtime``), and the
-onnxruntime backend beside it. Each runs in its own process; the passes alternate. All use
+onnxruntime backends beside it: the fp32 export and the int8 one (``export --int8``,
+calibrated on 64 training images). Each runs in its own process; the passes alternate. All use
 the same weights (a resnet18 trained for one epoch on the benchmark's own images, so its
 predictions are confident and top-1 agreement is meaningful).
 """
@@ -72,7 +73,8 @@ def worker(side: str, folder: Path, run: Path) -> None:
     if side == "reference":
         serve_worker(reference_predict(paths, run))
     else:
-        serve_worker(ours_predict(paths, run, "onnx" if side == "ours_onnx" else "torch"))
+        backend = {"ours": "torch", "ours_onnx": "onnx", "ours_onnx_int8": "onnx-int8"}[side]
+        serve_worker(ours_predict(paths, run, backend))
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def main() -> None:
                               out=str(tmp / "runs"), name="r18"))  # fmt: skip
     Trainer(cfg, verbose=False).fit()
     run = tmp / "runs" / "r18"
-    export(run, "onnx")
+    export(run, "onnx", int8=True)
 
     replies: dict[str, dict] = {}
 
@@ -104,7 +106,7 @@ def main() -> None:
 
         return call
 
-    sides = ("reference", "ours", "ours_onnx")
+    sides = ("reference", "ours", "ours_onnx", "ours_onnx_int8")
     workers = {side: Worker(__file__, side, str(folder), str(run)) for side in sides}
     try:
         results = alternate({side: keep(side, w) for side, w in workers.items()}, args.reps)
@@ -126,7 +128,7 @@ def main() -> None:
     for name, r in results.items():
         extra = (f"  x{r['ratio_vs_reference']:.2f}, top-1 agreement {r['top1_agreement']:.1%}"
                  if "ratio_vs_reference" in r else "")  # fmt: skip
-        print(f"{name:10} {r['median']:8.1f} img/s{extra}")
+        print(f"{name:14} {r['median']:8.1f} img/s{extra}")
 
 
 if __name__ == "__main__":

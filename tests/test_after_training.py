@@ -280,3 +280,42 @@ def test_export_verify_failure_is_a_clear_error(run, tmp_path, capsys, monkeypat
     out = tmp_path / "m.onnx"
     assert main(["export", str(run_dir), "--out", str(out), "--verify"]) == 2
     assert "differs from PyTorch" in capsys.readouterr().err
+
+
+def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monkeypatch):
+    import onnx
+
+    import resnetlab.export
+
+    src, data = run
+    run_dir = tmp_path / "herbs"
+    shutil.copytree(src, run_dir)
+    (run_dir / "model.onnx").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="--int8"):
+        Predictor(run_dir, backend="onnx-int8")
+    assert main(["export", str(run_dir), "--int8", "--calibration", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 16 train images" in out and "int8 on test (12 images)" in out
+    model = onnx.load(str(run_dir / "model.int8.onnx"))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["resnetlab.classes"]) == sorted(CLASSES)
+    assert json.loads(props["resnetlab.quantization"])["calibration_images"] == 16
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 19  # every convolution's weights (and the classifier's)
+    # The fp32 figure it reports is the model's test accuracy, computed another way.
+    r = resnetlab.export.quantize_int8(run_dir, run_dir / "model.onnx", tmp_path / "q.onnx", 16)
+    assert r["fp32_top1"] == pytest.approx(evaluate_run(str(run_dir), precision="fp32")["top1"])
+    assert r["delta_points"] == pytest.approx(100 * (r["int8_top1"] - r["fp32_top1"]))
+    # predict / serve use it through the onnx-int8 backend.
+    files = [str(p) for p in sorted(data.rglob("*.png"))[:8]]
+    q = Predictor(run_dir, backend="onnx-int8")
+    assert q.precision == "int8"
+    rows = q.predict_paths(files, topk=3)
+    assert all(len(r["topk"]) == 3 and r["error"] is None for r in rows)
+    assert all(abs(sum(t["prob"] for t in r["topk"]) - 1) < 1e-3 for r in rows)  # 3 classes
+    # --verify holds the int8 model to a top-1 agreement bound; a failure is a clear error.
+    monkeypatch.setattr(resnetlab.export, "INT8_MIN_AGREEMENT", 1.01)
+    assert main(["export", str(run_dir), "--int8", "--verify"]) == 2
+    assert "int8 top-1 agrees with fp32 on only" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--format", "torchscript", "--int8"]) == 2
+    assert "--int8 needs --format onnx" in capsys.readouterr().err

@@ -262,13 +262,23 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     real = real_inputs(args.run) if args.verify else None
     try:
-        r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real)
+        r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real,
+                   int8=args.int8, calibration=args.calibration, data=args.data)  # fmt: skip
     except ExportError as exc:
         raise UserError(str(exc)) from None
     print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']})")
     if args.verify:
         for name, diff in r["max_abs_diff"].items():
             print(f"verified {name}: max |difference| {diff:.2e}")
+    if args.int8:
+        q = r["int8"]
+        print(
+            f"wrote {q['path']} ({q['bytes'] / 2**20:.1f} MiB, int8; calibrated on "
+            f"{q['calibration_images']} {q['calibration_split']} images)\n"
+            f"int8 on {q['measured_on']}: top-1 {q['int8_top1']:.2%} vs fp32 {q['fp32_top1']:.2%} "
+            f"({q['delta_points']:+.2f} points), top-1 agreement {q['top1_agreement']:.2%}"
+        )
+        print(f"  resnetlab predict {args.run} IMAGES --backend onnx-int8")
     return 0
 
 
@@ -468,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="image files, folders, globs")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--model", help="with --weights: predict without a run folder")
     p.add_argument("--weights", help="torchvision, or a .pth/.safetensors file")
@@ -481,6 +491,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("--out", help="file to write (default: RUN/model.onnx or RUN/model.ts)")
     p.add_argument("--verify", action="store_true", help="compare outputs with PyTorch")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write model.int8.onnx (static int8) and measure its accuracy change",
+    )
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=64,
+        metavar="N",
+        help="training images that calibrate the int8 ranges (default 64)",
+    )
+    p.add_argument("--data", help="images for --int8 when the model has no run folder")
 
     p = sub.add_parser("experiment", help="experiments; `degradation`: plain vs residual")
     p.add_argument("name", choices=["degradation"])
@@ -509,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
     p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
                    help="fp32 (default) gives the same probabilities alone or batched")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=16, help="1 turns micro-batching off")

@@ -1,4 +1,6 @@
-"""Export to ONNX (dynamic batch, preprocessing metadata inside) or TorchScript, verified."""
+"""Export to ONNX (dynamic batch, preprocessing metadata inside) or TorchScript, verified;
+optionally an int8 ONNX model, calibrated on the run's training images, with its accuracy
+change measured on held-out images."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from .bundle import LoadedModel, load_model
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
+INT8_NAME = "model.int8.onnx"
+INT8_MIN_AGREEMENT = 0.99  # --verify: top-1 of the int8 model agrees with fp32 on 99 % of images
 
 
 class ExportError(RuntimeError):
@@ -156,16 +160,109 @@ def real_inputs(run: str | os.PathLike, count: int = 8) -> torch.Tensor | None:
     if loaded.run_dir is None or not (loaded.run_dir / "config.yaml").is_file():
         return None
     pipe = run_pipeline(loaded, batch_size=count, num_workers=0)
-    split = "test" if "test" in pipe.source.splits else "val"
-    loader = pipe.loader(split, train=False)
+    loader = pipe.loader(_held_out_split(pipe), train=False)
     x, _ = next(iter(loader))
     return pipe.batch_transform(False, loader.geometric, channels_last=False)(x)
 
 
+def _held_out_split(pipe) -> str:
+    for split in ("test", "val", "train"):
+        if split in pipe.source.splits:
+            return split
+    raise ExportError(f"{pipe.source.name} has no images to measure the int8 model on")
+
+
+def _image_batches(pipe, split: str, limit: int, batch_size: int = 32):
+    """(float NCHW inputs, labels) batches of ``split`` with the evaluation preprocessing."""
+    loader = pipe.loader(split, train=False)
+    tf = pipe.batch_transform(False, loader.geometric, channels_last=False)
+    seen = 0
+    for x, y in loader:
+        for start in range(0, len(x), batch_size):
+            if seen >= limit:
+                return
+            xs, ys = x[start : start + batch_size], y[start : start + batch_size]
+            xs, ys = xs[: limit - seen], ys[: limit - seen]
+            seen += len(xs)
+            yield tf(xs).float().contiguous().numpy(), ys.numpy()
+
+
+def quantize_int8(run: str | os.PathLike, fp32_path: Path, path: Path, calibration: int = 64,
+                  measure: int = 1024, data: str | None = None) -> dict:  # fmt: skip
+    """Static int8 quantization of an exported fp32 ONNX model with onnxruntime: weights
+    per output channel (int8), activations per tensor (uint8) with ranges calibrated on
+    ``calibration`` training images. Then both models score up to ``measure`` held-out images
+    (test split, else val) so the change in accuracy is known, not assumed."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .evaluate import run_pipeline
+
+    if calibration < 1:
+        raise ValueError(f"--calibration must be at least 1 image, got {calibration}")
+    loaded = load_model(run)
+    pipe = run_pipeline(loaded, data=data, batch_size=64, num_workers=0)
+    calib_split = "train" if "train" in pipe.source.splits else _held_out_split(pipe)
+    batches = [{"input": x} for x, _ in _image_batches(pipe, calib_split, calibration, 16)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(batches)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    tmp_pre = path.with_name(f".{path.name}.pre.tmp")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        quant_pre_process(str(fp32_path), str(tmp_pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(tmp_pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        info = {"scheme": "static int8: weights per channel, uint8 activations",
+                "calibration_images": sum(len(b["input"]) for b in batches),
+                "calibration_split": calib_split}  # fmt: skip
+        for key, value in {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)}.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp_pre, tmp):
+            leftover.unlink(missing_ok=True)
+
+    split = _held_out_split(pipe)
+    fp32, int8 = onnx_session(fp32_path), onnx_session(path)
+    n = fp32_correct = int8_correct = agree = 0
+    for x, y in _image_batches(pipe, split, measure):
+        a = fp32.run(None, {"input": x})[0].argmax(1)
+        b = int8.run(None, {"input": x})[0].argmax(1)
+        n += len(y)
+        fp32_correct += int((a == y).sum())
+        int8_correct += int((b == y).sum())
+        agree += int((a == b).sum())
+    n = max(n, 1)
+    return {**info, "measured_on": f"{split} ({n} images)", "fp32_top1": fp32_correct / n,
+            "int8_top1": int8_correct / n, "delta_points": 100 * (int8_correct - fp32_correct) / n,
+            "top1_agreement": agree / n}  # fmt: skip
+
+
 def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-           do_verify: bool = False, real: torch.Tensor | None = None) -> dict:  # fmt: skip
+           do_verify: bool = False, real: torch.Tensor | None = None, int8: bool = False,
+           calibration: int = 64, data: str | None = None) -> dict:  # fmt: skip
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if int8 and fmt != "onnx":
+        raise ValueError("--int8 needs --format onnx (onnxruntime runs the int8 model)")
     loaded = load_model(run)
     base = loaded.run_dir or loaded.source.parent
     path = Path(out) if out else Path(base) / ("model.onnx" if fmt == "onnx" else "model.ts")
@@ -174,4 +271,14 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
     result = {"path": str(path), "format": fmt, "bytes": path.stat().st_size}
     if do_verify:
         result["max_abs_diff"] = verify(loaded, path, fmt, real)
+    if int8:
+        int8_path = path.with_name(INT8_NAME) if not out else path.with_suffix(".int8.onnx")
+        report = quantize_int8(run, path, int8_path, calibration=calibration, data=data)
+        result["int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size, **report}
+        if do_verify and report["top1_agreement"] < INT8_MIN_AGREEMENT:
+            raise ExportError(
+                f"{int8_path}: int8 top-1 agrees with fp32 on only "
+                f"{report['top1_agreement']:.1%} of {report['measured_on']} (needs "
+                f"{INT8_MIN_AGREEMENT:.0%}); try more --calibration images or use the fp32 model"
+            )
     return result

@@ -22,7 +22,7 @@ from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
 from .data.transforms import BatchTransform, eval_resize_size, file_transform
 from .train.precision import autocast, default_device, resolve_precision
 
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "onnx-int8")
 
 
 class Predictor:
@@ -55,8 +55,12 @@ class Predictor:
         self.decode_threads = max(1, decode_threads)
         self.backend = backend
         self.device = torch.device(device) if device else default_device()
-        # onnxruntime runs the exported fp32 graph.
-        self.precision = resolve_precision(precision, self.device) if backend == "torch" else "fp32"
+        # onnxruntime runs the exported fp32 graph, or the int8 one `export --int8` wrote.
+        self.precision = (
+            resolve_precision(precision, self.device)
+            if backend == "torch"
+            else ("int8" if backend == "onnx-int8" else "fp32")
+        )
         self._decode_tf = file_transform(self.preset, self.input_size, train=False)
         # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.
         self.min_side = (
@@ -78,11 +82,15 @@ class Predictor:
             self.model = None
 
     def _default_onnx_path(self) -> Path:
+        from .export import INT8_NAME
+
         base = self.loaded.run_dir or self.loaded.source.parent
-        path = Path(base) / "model.onnx"
+        int8 = self.backend == "onnx-int8"
+        path = Path(base) / (INT8_NAME if int8 else "model.onnx")
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path}: no ONNX model; run `resnetlab export {base} --format onnx` first"
+                f"{path}: no {'int8 ' if int8 else ''}ONNX model; run `resnetlab export {base} "
+                f"--format onnx{' --int8' if int8 else ''}` first"
             )
         return path
 
