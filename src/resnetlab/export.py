@@ -192,7 +192,8 @@ def quantize_int8(run: str | os.PathLike, fp32_path: Path, path: Path, calibrati
     """Static int8 quantization of an exported fp32 ONNX model with onnxruntime: weights
     per output channel (int8), activations per tensor (uint8) with ranges calibrated on
     ``calibration`` training images. Then both models score up to ``measure`` held-out images
-    (test split, else val) so the change in accuracy is known, not assumed."""
+    (test split, else val; a run with neither is scored on its training images, and the report
+    says so) so the change in accuracy is known, not assumed."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
