@@ -319,3 +319,11 @@ def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monke
     assert "int8 top-1 agrees with fp32 on only" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--format", "torchscript", "--int8"]) == 2
     assert "--int8 needs --format onnx" in capsys.readouterr().err
+    # A bare model file has no data to calibrate on: a clear error before anything is written.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(run_dir / name, bare / name)
+    assert main(["export", str(bare / "model.safetensors"), "--int8"]) == 2
+    assert "give --data" in capsys.readouterr().err
+    assert sorted(p.name for p in bare.iterdir()) == ["model.json", "model.safetensors"]

@@ -265,6 +265,12 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
     if int8 and fmt != "onnx":
         raise ValueError("--int8 needs --format onnx (onnxruntime runs the int8 model)")
     loaded = load_model(run)
+    has_run_data = loaded.run_dir is not None and (loaded.run_dir / "config.yaml").is_file()
+    if int8 and data is None and not has_run_data:
+        raise ValueError(
+            f"{run}: --int8 calibrates on images and this model has no run folder to take them "
+            "from; give --data (the data set it was trained on)"
+        )
     base = loaded.run_dir or loaded.source.parent
     path = Path(out) if out else Path(base) / ("model.onnx" if fmt == "onnx" else "model.ts")
     path.parent.mkdir(parents=True, exist_ok=True)
