@@ -11,18 +11,23 @@ PROBE = """
 import resource, sys, torch
 from resnetlab.runtime import tune_allocator
 print(tune_allocator() if sys.argv[1] == "tuned" else False)
+torch.set_num_threads(1)  # one thread, one malloc arena: the count is the allocator's alone
 def step():
     x = torch.ones(8 << 20)  # 32 MiB, far above glibc's default mmap threshold
     return float(x[0])
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(10):  # the heap settles into its steady size
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faulting = 0
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faulting += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before > 1000
+print(faulting)
 """
 
 
-def faults(mode: str, env: dict | None = None) -> tuple[str, int]:
+def faulting_steps(mode: str, env: dict | None = None) -> tuple[str, int]:
+    """Of 20 steps that each allocate and free 32 MiB, how many faulted pages in afresh."""
     out = subprocess.run(
         [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env
     ).stdout.split()
@@ -31,19 +36,20 @@ def faults(mode: str, env: dict | None = None) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc setting")
 def test_tuned_allocator_reuses_freed_memory():
-    applied, tuned = faults("tuned")
-    _, default = faults("default")
+    applied, tuned = faulting_steps("tuned")
+    _, default = faulting_steps("default")
     assert applied == "True"
-    # Untuned, each 32 MiB buffer is mapped and faulted in afresh (about 8,000 pages a step).
-    assert default > 20 * 4000
-    assert tuned < default / 20
+    # Untuned, every step maps its 32 MiB afresh and faults in about 8,000 pages; tuned, the
+    # freed block is reused (an occasional step still lands on new pages as the heap shifts).
+    assert default >= 18
+    assert tuned <= 4
 
 
 def test_tuning_can_be_turned_off(monkeypatch):
     import os
 
     env = dict(os.environ, RESNETLAB_MALLOC_TUNING="0")
-    applied, _ = faults("tuned", env)
+    applied, _ = faulting_steps("tuned", env)
     assert applied == "False"
 
 
