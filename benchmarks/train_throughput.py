@@ -100,7 +100,7 @@ def worker(side: str, case: str, tmp: Path) -> None:
     else:
         if side == "ours":
             tune_allocator()
-        job, precision = ours_runner(tmp / folder, model, size, batch, preset, tmp / side)
+        job, _ = ours_runner(tmp / folder, model, size, batch, preset, tmp / side)
     serve_worker(job)
 
 

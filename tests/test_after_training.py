@@ -144,15 +144,18 @@ def test_predict_without_run_uses_imagenet_names(tmp_path, capsys):
     assert rows[0]["topk"][0]["label"] == names[rows[0]["topk"][0]["index"]]
 
 
+def _onnx_metadata(path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
 def test_export_onnx_verified_with_metadata(run, capsys):
     run_dir, data = run
     assert main(["export", str(run_dir), "--format", "onnx", "--verify"]) == 0
     out = capsys.readouterr().out
     assert "verified real images" in out and "verified random batch 5" in out
-    import onnx
-
-    model = onnx.load(str(run_dir / "model.onnx"))
-    props = {p.key: p.value for p in model.metadata_props}
+    props = _onnx_metadata(run_dir / "model.onnx")
     assert json.loads(props["resnetlab.classes"]) == sorted(CLASSES)
     assert json.loads(props["resnetlab.input_size"]) == [3, 32, 32]
     session = onnx_session(run_dir / "model.onnx")
@@ -297,7 +300,7 @@ def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monke
     out = capsys.readouterr().out
     assert "calibrated on 16 train images" in out and "int8 on test (12 images)" in out
     model = onnx.load(str(run_dir / "model.int8.onnx"))
-    props = {p.key: p.value for p in model.metadata_props}
+    props = _onnx_metadata(run_dir / "model.int8.onnx")
     assert json.loads(props["resnetlab.classes"]) == sorted(CLASSES)
     assert json.loads(props["resnetlab.quantization"])["calibration_images"] == 16
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
