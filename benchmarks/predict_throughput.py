@@ -3,8 +3,10 @@
 Reference: PIL + torchvision transforms (Resize 256, CenterCrop 224, ToTensor, Normalize) and
 torchvision's resnet18 in eager fp32, batch 16, one image decoded after another, in a plain
 Python process. Ours: what ``resnetlab predict`` runs by default (bf16 autocast where the CPU
-has it, BatchNorm folded into the convolutions, channels_last, decoding the next batch in 2
-threads while the model runs, the allocator setting of ``resnetlab.runtime``), and the
+has it, BatchNorm folded into the convolutions, channels_last, one stream per intra-op thread,
+each decoding its own batch and running the model on it, the allocator setting of
+``resnetlab.runtime``); ``ours_one_stream`` is the same with ``--streams 1`` (all threads on
+one batch while 2 threads decode the next), to show what the streams are worth; and the
 onnxruntime backends beside it: the fp32 export and the int8 one (``export --int8``,
 calibrated on 64 training images). Each runs in its own process; the passes alternate. All use
 the same weights (a resnet18 trained for one epoch on the benchmark's own images, so its
@@ -55,15 +57,16 @@ def reference_predict(paths, run: Path):
     return run_all
 
 
-def ours_predict(paths, run: Path, backend: str):
+def ours_predict(paths, run: Path, backend: str, streams: int | None = None):
     tune_allocator()  # as the `resnetlab` command does at start
-    predictor = Predictor(run, backend=backend)  # the defaults, batch size included
+    predictor = Predictor(run, backend=backend, streams=streams)  # otherwise the defaults
 
     def run_all():
         rows = predictor.predict_paths(paths, topk=1)
         top1 = [r["topk"][0]["index"] for r in rows]
         return len(paths), {"top1": top1, "batch_size": predictor.batch_size,
-                            "precision": predictor.precision}  # fmt: skip
+                            "precision": predictor.precision,
+                            "streams": predictor.stream_count(len(paths))}  # fmt: skip
 
     return run_all
 
@@ -72,6 +75,8 @@ def worker(side: str, folder: Path, run: Path) -> None:
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))
     if side == "reference":
         serve_worker(reference_predict(paths, run))
+    elif side == "ours_one_stream":
+        serve_worker(ours_predict(paths, run, "torch", streams=1))
     else:
         backend = {"ours": "torch", "ours_onnx": "onnx", "ours_onnx_int8": "onnx-int8"}[side]
         serve_worker(ours_predict(paths, run, backend))
@@ -106,7 +111,7 @@ def main() -> None:
 
         return call
 
-    sides = ("reference", "ours", "ours_onnx", "ours_onnx_int8")
+    sides = ("reference", "ours", "ours_one_stream", "ours_onnx", "ours_onnx_int8")
     workers = {side: Worker(__file__, side, str(folder), str(run)) for side in sides}
     try:
         results = alternate({side: keep(side, w) for side, w in workers.items()}, args.reps)
@@ -123,7 +128,8 @@ def main() -> None:
     write_result("predict_throughput", {
         "images": images, "repetitions": args.reps, "reference_batch_size": BATCH,
         "ours_batch_size": replies["ours"]["batch_size"], "unit": "images/s",
-        "ours_precision": replies["ours"]["precision"], "results": results,
+        "ours_precision": replies["ours"]["precision"], "ours_streams": replies["ours"]["streams"],
+        "results": results,
     })  # fmt: skip
     for name, r in results.items():
         extra = (f"  x{r['ratio_vs_reference']:.2f}, top-1 agreement {r['top1_agreement']:.1%}"

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -127,6 +128,41 @@ def test_predict_same_probabilities_alone_and_batched(run, tmp_path):
     for a, b in zip(alone, batched[:3]):
         for x, y in zip(a["topk"], b["topk"]):
             assert x["label"] == y["label"] and abs(x["prob"] - y["prob"]) < 1e-5
+
+
+def test_predict_streams_match_one_stream(run, tmp_path, capsys):
+    run_dir, data = run
+    _, files, bad, _ = _images(tmp_path, data)
+    paths = [str(f) for f in files] * 4 + [str(bad), str(files[0])]  # 14, one unreadable
+    one = Predictor(run_dir, precision="fp32", batch_size=4, streams=1)
+    two = Predictor(run_dir, precision="fp32", batch_size=4, streams=2)
+    sizes: list[int] = []
+    rows = two._rows
+    two._rows = lambda chunk, *rest: sizes.append(len(chunk)) or rows(chunk, *rest)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that a stream's count (1) differs from the caller's
+    try:
+        a, b = one.predict_paths(paths, topk=3), two.predict_paths(paths, topk=3)
+        assert torch.get_num_threads() == 2
+        later: list[int] = []  # a thread started afterwards gets the caller's count too
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert later == [2]
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["path"] for r in b] == paths
+    assert "not an image" in b[12]["error"] and b[12]["topk"] == []
+    for x, y in zip(a, b):
+        assert x["error"] == y["error"] and [t["label"] for t in x["topk"]] == [
+            t["label"] for t in y["topk"]
+        ]
+        assert all(abs(s["prob"] - t["prob"]) < 1e-5 for s, t in zip(x["topk"], y["topk"]))
+    # 14 files in batches of at most 4: four batches (a multiple of the 2 streams), even sizes.
+    assert sorted(sizes) == [3, 3, 4, 4]
+    assert two.stream_count(1) == 1 and Predictor(run_dir, streams=3).stream_count(2) == 2
+    assert main(["predict", str(run_dir), str(files[0]), "--streams", "0"]) == 2
+    assert "--streams must be at least 1" in capsys.readouterr().err
 
 
 def test_predict_without_run_uses_imagenet_names(tmp_path, capsys):

@@ -230,7 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError("no input images: give image files, folders or globs")
     predictor = build_predictor(
         run, model=args.model, weights=args.weights, backend=args.backend,
-        batch_size=args.batch_size, precision=args.precision,
+        batch_size=args.batch_size, precision=args.precision, streams=args.streams,
     )  # fmt: skip
     rows = predictor.predict_paths(paths, topk=args.topk)
     if args.json:
@@ -478,6 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", help="image files, folders, globs")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--streams", type=int,
+        help="batches run side by side on the CPU, each with its share of the threads "
+        "(default: one per thread, at most 4)",
+    )  # fmt: skip
     p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--model", help="with --weights: predict without a run folder")

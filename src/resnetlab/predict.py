@@ -6,7 +6,9 @@ evaluation transform that validation used during training, so predictions match 
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -23,6 +25,8 @@ from .data.transforms import BatchTransform, eval_resize_size, file_transform
 from .train.precision import autocast, default_device, resolve_precision
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+# Streams beyond this share too few threads each, and hold a batch of activations apiece.
+MAX_AUTO_STREAMS = 4
 
 
 class Predictor:
@@ -40,11 +44,14 @@ class Predictor:
         batch_size: int = 32,
         onnx_path: str | os.PathLike | None = None,
         decode_threads: int = 2,
+        streams: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
         if batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        if streams is not None and streams < 1:
+            raise ValueError(f"--streams must be at least 1, got {streams}")
         self.loaded = source if isinstance(source, LoadedModel) else load_model(source)
         meta = self.loaded.meta
         self.meta, self.classes = meta, self.loaded.classes
@@ -53,6 +60,7 @@ class Predictor:
         self.preset = meta.get("preset", "imagenet")
         self.batch_size = batch_size
         self.decode_threads = max(1, decode_threads)
+        self.streams = streams
         self.backend = backend
         self.device = torch.device(device) if device else default_device()
         # onnxruntime runs the exported fp32 graph, or the int8 one `export --int8` wrote.
@@ -106,11 +114,16 @@ class Predictor:
 
     def logits(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 batch (N, C, H, W) -> float32 logits on the CPU."""
+        return self._logits(batch_uint8, self._lock)
+
+    def _logits(self, batch_uint8: torch.Tensor, lock) -> torch.Tensor:
         x = self._batch_tf(batch_uint8.to(self.device))
         if self.session is not None:
             out = self.session.run(None, {"input": x.cpu().numpy().astype(np.float32)})[0]
             return torch.from_numpy(out)
-        with self._lock, torch.inference_mode(), autocast(self.precision, self.device):
+        # One call at a time uses every intra-op thread; only the streams of predict_paths
+        # run side by side (no lock), each with its share of the threads.
+        with lock, torch.inference_mode(), autocast(self.precision, self.device):
             out = self.model(x)
         return out.float().cpu()
 
@@ -142,11 +155,48 @@ class Predictor:
         except ImageDecodeError as exc:
             return None, exc.reason
 
+    def stream_count(self, batches: int) -> int:
+        """How many batches :meth:`predict_paths` runs side by side on the CPU.
+
+        Each stream decodes its batch and runs the model with its share of the intra-op
+        threads, so no thread waits at the barrier of a convolution while decoding takes its
+        core (the throughput mode of OpenVINO and ``torch.backends.xeon.run_cpu``). One batch,
+        a GPU, or onnxruntime (its own thread pool) run as one stream."""
+        if self.streams is not None:
+            wanted = self.streams
+        elif self.backend != "torch" or self.device.type != "cpu":
+            wanted = 1
+        else:
+            wanted = min(torch.get_num_threads(), MAX_AUTO_STREAMS)
+        return max(1, min(wanted, batches))
+
+    def _rows(self, chunk, decoded, topk: int, lock) -> list[dict]:
+        ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
+        results = {}
+        if ok:
+            logits = self._logits(torch.stack([decoded[i][0] for i in ok]), lock)
+            results = dict(zip(ok, self.topk_rows(torch.softmax(logits, dim=1), topk)))
+        return [
+            {"path": str(p), "topk": results.get(i, []), "error": decoded[i][1]}
+            for i, p in enumerate(chunk)
+        ]
+
     def predict_paths(self, paths: Sequence[str | os.PathLike], topk: int = 5) -> list[dict]:
         """One row per path, in order: ``{"path", "topk", "error"}``; a bad file gets an error
-        row and the others still get predictions. Files of the next batch are decoded in
-        background threads while the model runs on the current one."""
+        row and the others still get predictions.
+
+        With one stream, the files of the next batch are decoded in background threads while
+        the model runs on the current one; with several (see :meth:`stream_count`), each
+        stream takes the next batch, decodes it and runs the model on it."""
         chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        streams = self.stream_count(len(chunks))
+        if streams > 1:
+            # Batches of equal size, as many as a multiple of the streams, so that no stream
+            # ends on a batch alone (with its share of the threads) while the others idle.
+            n = min(len(paths), -(-len(chunks) // streams) * streams)
+            bounds = [round(i * len(paths) / n) for i in range(n + 1)]
+            chunks = [paths[a:b] for a, b in zip(bounds, bounds[1:])]
+            return self._predict_streams(chunks, topk, streams)
         rows: list[dict] = []
         with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
             pending = pool.map(self._decode, chunks[0]) if chunks else None
@@ -154,14 +204,31 @@ class Predictor:
                 decoded = list(pending)
                 if n + 1 < len(chunks):
                     pending = pool.map(self._decode, chunks[n + 1])
-                ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
-                probs = self.probabilities(torch.stack([decoded[i][0] for i in ok])) if ok else None
-                results = dict(zip(ok, self.topk_rows(probs, topk))) if ok else {}
-                for i, p in enumerate(chunk):
-                    rows.append(
-                        {"path": str(p), "topk": results.get(i, []), "error": decoded[i][1]}
-                    )
+                rows += self._rows(chunk, decoded, topk, self._lock)
         return rows
+
+    def _predict_streams(self, chunks: list, topk: int, streams: int) -> list[dict]:
+        threads = torch.get_num_threads()
+        per_stream = max(1, threads // streams)
+        next_chunk = itertools.count()  # next() on it is atomic: each batch goes to one stream
+        done: list[list[dict] | None] = [None] * len(chunks)
+
+        def stream() -> None:
+            # Sets this thread's OpenMP team size; the calling thread's stays as it was.
+            torch.set_num_threads(per_stream)
+            while (n := next(next_chunk)) < len(chunks):
+                decoded = [self._decode(p) for p in chunks[n]]
+                done[n] = self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
+
+        try:
+            with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="stream") as pool:
+                for future in [pool.submit(stream) for _ in range(streams)]:
+                    future.result()
+        finally:
+            # torch also keeps the last count as the default for threads started later:
+            # put back this thread's.
+            torch.set_num_threads(threads)
+        return [row for rows in done for row in rows]
 
 
 def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
