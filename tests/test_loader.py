@@ -127,3 +127,51 @@ def test_bad_config_values():
     ]:
         with pytest.raises(DataError, match=msg):
             build_pipeline(DataConfig(**kwargs))
+
+
+@pytest.mark.parametrize("preset", ["imagenet", "cifar", "small"])
+def test_eval_transform_equals_torchvision(preset):
+    """The torch-only evaluation transform gives torchvision's numbers, byte for byte."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from resnetlab.data.transforms import eval_resize_size, file_transform, resize_uint8
+
+    size = 32 if preset != "imagenet" else 48
+    ops = [v2.ToImage()]
+    if preset == "imagenet":
+        ops += [v2.Resize(eval_resize_size(size)), v2.CenterCrop(size)]
+    else:
+        ops += [v2.Resize((size, size))]
+    reference, ours = v2.Compose(ops), file_transform(preset, size, train=False)
+    rng = np.random.default_rng(0)
+    # Portrait, landscape, square, odd sides, smaller than the target (upscaled), exact size.
+    for w, h in [(97, 61), (61, 97), (80, 80), (33, 201), (20, 13), (size, size), (55, 54)]:
+        for channels in (3, 1):
+            a = rng.integers(0, 256, (h, w, channels) if channels == 3 else (h, w), np.uint8)
+            img = Image.fromarray(a)
+            expected, got = reference(img), ours(img)
+            assert got.dtype == torch.uint8 and got.shape == (channels, size, size)
+            assert torch.equal(got, expected.as_subclass(torch.Tensor)), (preset, w, h, channels)
+    # The per-batch random crop resizes with the same kernel as torchvision's functional.
+    crop = torch.from_numpy(rng.integers(0, 256, (2, 3, 70, 50), np.uint8))[1, :, 5:60, 3:41]
+    assert torch.equal(resize_uint8(crop, 24, 24), v2.functional.resize(crop, [24, 24]))
+
+
+def test_commands_that_do_not_train_skip_the_torchvision_import():
+    """Importing torchvision costs seconds; `predict`, `serve` and `--help` do not need it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from resnetlab.cli import build_parser\n"
+        "build_parser()\n"
+        "import resnetlab.predict, resnetlab.data\n"
+        "from resnetlab.data.transforms import file_transform\n"
+        "file_transform('imagenet', 224, train=False)\n"
+        "print('torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -3,15 +3,21 @@
 Per-batch augmentation works on uint8 batches already on the training device, so for data held
 in memory the 2 CPU cores never decode or augment image by image. Randomness comes from an
 explicit generator, seeded per (run seed, epoch, batch): a resumed run sees the same batches.
+
+torchvision is imported only where a training transform needs it: importing it costs about
+2.5 s here (it loads torch._dynamo), which `predict`, `serve` and `models` do not need to pay.
+The evaluation transform computes the same numbers as torchvision's with torch alone.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
-from torchvision.transforms import v2
 
 PRESETS = ("imagenet", "cifar", "small")
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")
@@ -32,6 +38,8 @@ def eval_resize_size(input_size: int) -> int:
 def _auto_augment(name: str | None) -> list:
     if name in (None, "none"):
         return []
+    from torchvision.transforms import v2
+
     if name == "trivial":
         return [v2.TrivialAugmentWide()]
     if name == "randaugment":
@@ -39,19 +47,17 @@ def _auto_augment(name: str | None) -> list:
     raise ValueError(f"auto_augment={name!r} is not one of {', '.join(AUTO_AUGMENTS)}")
 
 
-def file_transform(
-    preset: str, input_size: int, train: bool, auto_augment: str | None = None
-) -> v2.Compose:
+def file_transform(preset: str, input_size: int, train: bool, auto_augment: str | None = None):
     """PIL image -> uint8 (C, input_size, input_size) tensor; normalisation happens per batch."""
     if preset not in PRESETS:
         raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
-    ops: list = [v2.ToImage()]
     if not train:
         if preset == "imagenet":
-            ops += [v2.Resize(eval_resize_size(input_size)), v2.CenterCrop(input_size)]
-        else:
-            ops += [v2.Resize((input_size, input_size))]
-        return v2.Compose(ops)
+            return EvalTransform(input_size, resize_short_side=eval_resize_size(input_size))
+        return EvalTransform(input_size)
+    from torchvision.transforms import v2
+
+    ops: list = [v2.ToImage()]
     if preset == "imagenet":
         ops += [v2.RandomResizedCrop(input_size), v2.RandomHorizontalFlip()]
     elif preset == "cifar":
@@ -66,6 +72,60 @@ def file_transform(
             v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
         ]
     return v2.Compose(ops + _auto_augment(auto_augment))
+
+
+class EvalTransform:
+    """PIL image -> uint8 (C, size, size): the shorter side resized to ``resize_short_side``
+    and the center ``size`` square cut out (ImageNet evaluation), or both sides resized to
+    ``size``. Bilinear with antialiasing; the same numbers as torchvision's
+    ``v2.Compose([ToImage(), Resize(...), CenterCrop(size)])`` (a test holds them equal)."""
+
+    def __init__(self, size: int, resize_short_side: int | None = None) -> None:
+        self.size, self.short_side = size, resize_short_side
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        a = np.array(img, dtype=np.uint8)  # a copy, (H, W) or (H, W, C)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        x = torch.from_numpy(a).permute(2, 0, 1)  # (C, H, W), channels-last in memory
+        h, w = x.shape[-2:]
+        if self.short_side is None:
+            new_h = new_w = self.size
+        else:  # the longer side follows, rounded down
+            short, long = (w, h) if w <= h else (h, w)
+            new_short, new_long = self.short_side, int(self.short_side * long / short)
+            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+        if (new_h, new_w) != (h, w):
+            x = resize_uint8(x, new_h, new_w)
+        if self.short_side is not None:
+            top = int(round((new_h - self.size) / 2.0))
+            left = int(round((new_w - self.size) / 2.0))
+            x = x[:, top : top + self.size, left : left + self.size]
+        return x
+
+    def __repr__(self) -> str:
+        how = f"short side {self.short_side}, center {self.size}" if self.short_side else ""
+        return f"EvalTransform({how or f'{self.size}x{self.size}'})"
+
+
+def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a uint8 (C, H, W) image, kept in uint8 where torch has
+    a native uint8 kernel for this CPU (AVX2/AVX-512 or Arm), else through float and rounded."""
+    c, h, w = x.shape
+    x = x.unsqueeze(0)
+    if x.is_contiguous(memory_format=torch.channels_last) and x.numel() != x.stride(0):
+        # Give the single image a batch stride, so interpolate keeps the channels-last
+        # layout (its fast uint8 path) instead of allocating a contiguous output.
+        x = x.as_strided((1, c, h, w), (x.numel(), *x.stride()[1:]))
+    native = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or (
+        platform.machine() in ("aarch64", "arm64")
+    )
+    if x.device.type == "cpu" and native:
+        out = F.interpolate(x, size=[height, width], mode="bilinear", antialias=True)
+    else:
+        out = F.interpolate(x.float(), size=[height, width], mode="bilinear", antialias=True)
+        out = out.round_().to(torch.uint8)
+    return out[0]
 
 
 def auto_augment_batch(x: torch.Tensor, name: str | None) -> torch.Tensor:
@@ -137,8 +197,6 @@ class BatchTransform:
         return x
 
     def _random_resized_crop_uint8(self, x: torch.Tensor, g) -> torch.Tensor:
-        from torchvision.transforms.v2 import functional as TF
-
         n, _, h, w = x.shape
         size = self.input_size
         area = (0.08 + 0.92 * self._rand(n, x, g)) * h * w
@@ -153,7 +211,7 @@ class BatchTransform:
         for i in range(n):
             t, le = int(top[i]), int(left[i])
             crop = x[i, :, t : t + int(ch[i]), le : le + int(cw[i])]
-            img = TF.resize(crop, [size, size], antialias=True)
+            img = resize_uint8(crop, size, size)
             out[i] = img.flip(-1) if flip[i] else img
         return out
 
