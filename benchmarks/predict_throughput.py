@@ -60,13 +60,14 @@ def reference_predict(paths, run: Path):
 def ours_predict(paths, run: Path, backend: str, streams: int | None = None):
     tune_allocator()  # as the `resnetlab` command does at start
     predictor = Predictor(run, backend=backend, streams=streams)  # otherwise the defaults
+    streams_used = predictor.stream_count(-(-len(paths) // predictor.batch_size))
 
     def run_all():
         rows = predictor.predict_paths(paths, topk=1)
         top1 = [r["topk"][0]["index"] for r in rows]
         return len(paths), {"top1": top1, "batch_size": predictor.batch_size,
                             "precision": predictor.precision,
-                            "streams": predictor.stream_count(len(paths))}  # fmt: skip
+                            "streams": streams_used}  # fmt: skip
 
     return run_all
 

@@ -58,12 +58,12 @@ def reference_runner(model: nn.Module, folder: Path, transform, batch: int):
 
 
 def ours_runner(
-    folder: Path, model: str, input_size: int, batch: int, preset: str, out: Path, compile: bool
+    folder: Path, model: str, input_size: int, batch: int, preset: str, out: Path, use_compile: bool
 ):
     cfg = resolve_config(
         dict(data=str(folder), model=model, input_size=input_size, batch_size=batch,
              preset=preset, val_ratio=0.0, test_ratio=0.0, epochs=1000, out=str(out),
-             name=f"bench-{model}", compile=compile),
+             name=f"bench-{model}", compile=use_compile),
     )  # fmt: skip
     trainer = Trainer(cfg, verbose=False)
 
@@ -103,8 +103,8 @@ def worker(side: str, case: str, tmp: Path) -> None:
     else:
         if side != "ours_default_malloc":
             tune_allocator()
-        compile = side == "ours_compile"  # compiled during the untimed warm-up epoch
-        job, _ = ours_runner(tmp / folder, model, size, batch, preset, tmp / side, compile)
+        use_compile = side == "ours_compile"  # compiled during the untimed warm-up epoch
+        job, _ = ours_runner(tmp / folder, model, size, batch, preset, tmp / side, use_compile)
     serve_worker(job)
 
 
