@@ -165,6 +165,28 @@ def test_predict_streams_match_one_stream(run, tmp_path, capsys):
     assert "--streams must be at least 1" in capsys.readouterr().err
 
 
+def test_predict_streams_stop_on_an_error(run, tmp_path):
+    """An unexpected error in one stream (or Ctrl-C in the caller) ends the others after the
+    batch they are on, instead of predicting every remaining file first."""
+    run_dir, data = run
+    _, files, _, _ = _images(tmp_path, data)
+    paths = [str(files[0])] * 40
+    p = Predictor(run_dir, precision="fp32", batch_size=1, streams=2)
+    calls = []
+    decode = p._decode
+
+    def failing(path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise RuntimeError("disk went away")
+        return decode(path)
+
+    p._decode = failing
+    with pytest.raises(RuntimeError, match="disk went away"):
+        p.predict_paths(paths, topk=1)
+    assert len(calls) < 10
+
+
 def test_predict_without_run_uses_imagenet_names(tmp_path, capsys):
     weights = tmp_path / "r18.pth"
     torch.save(create_model("resnet18").state_dict(), weights)

@@ -212,18 +212,28 @@ class Predictor:
         per_stream = max(1, threads // streams)
         next_chunk = itertools.count()  # next() on it is atomic: each batch goes to one stream
         done: list[list[dict] | None] = [None] * len(chunks)
+        stop = threading.Event()  # an error or Ctrl-C: the other streams end after their batch
 
         def stream() -> None:
             # Sets this thread's OpenMP team size; the calling thread's stays as it was.
             torch.set_num_threads(per_stream)
-            while (n := next(next_chunk)) < len(chunks):
-                decoded = [self._decode(p) for p in chunks[n]]
-                done[n] = self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
+            try:
+                while not stop.is_set() and (n := next(next_chunk)) < len(chunks):
+                    decoded = [self._decode(p) for p in chunks[n]]
+                    done[n] = self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
+            except BaseException:
+                stop.set()
+                raise
 
         try:
             with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="stream") as pool:
-                for future in [pool.submit(stream) for _ in range(streams)]:
-                    future.result()
+                futures = [pool.submit(stream) for _ in range(streams)]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    stop.set()
+                    raise
         finally:
             # torch also keeps the last count as the default for threads started later:
             # put back this thread's.
