@@ -58,3 +58,18 @@ def test_cli_models_paper_view(capsys):
 def test_cli_errors_are_clear(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly():
+    """`resnetlab models | head -1`: the reader goes away; no traceback, SIGPIPE's status."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "resnetlab", "models", "resnet18"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    proc.stdout.close()  # before it writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

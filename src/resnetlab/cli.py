@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -640,7 +641,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tune_allocator()
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is handled below, not at exit
+        return status
+    except BrokenPipeError:
+        # `resnetlab predict … | head`: the reader has gone; stop quietly, as `yes | head` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
     except (UserError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 from pathlib import Path
@@ -20,6 +21,9 @@ CJK_FILES = re.compile(r"(notosanscjk|notoserifcjk|wqy|droidsansfallback|uming|u
 def _plt():
     import matplotlib
 
+    # Some CJK fonts come in one weight only (WenQuanYi Zen Hei: 500); matplotlib then logs
+    # a warning per text item that it used that weight. Nothing is wrong: keep stderr clean.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import font_manager
