@@ -240,6 +240,28 @@ def test_export_torchscript(run, tmp_path, capsys):
     assert scripted(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 
+def test_export_replaces_only_its_own_files(run, tmp_path, capsys):
+    """An earlier export is rebuilt in place; weights, checkpoints or anyone else's file at the
+    output path are refused and left byte for byte as they were."""
+    run_dir, _ = run
+    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.ts")):
+        out = tmp_path / name
+        for _ in range(2):  # the second run replaces the first export
+            assert main(["export", str(run_dir), "--format", fmt, "--out", str(out)]) == 0
+    weights = (run_dir / "model.safetensors").read_bytes()
+    other = tmp_path / "theirs.onnx"
+    other.write_bytes(b"somebody else's model")
+    for target, fmt in ((run_dir / "model.safetensors", "onnx"), (other, "onnx"),
+                        (run_dir / "checkpoint-last.pt", "torchscript")):  # fmt: skip
+        before = target.read_bytes()
+        capsys.readouterr()
+        assert main(["export", str(run_dir), "--format", fmt, "--out", str(target)]) == 2
+        assert "not a resnetlab export; it is left as it is" in capsys.readouterr().err
+        assert target.read_bytes() == before
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 def test_onnx_external_data_outside_folder_refused(tmp_path):
     import onnx
     from onnx import TensorProto, helper

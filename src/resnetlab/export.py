@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,32 @@ def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
     torch.jit.save(scripted, str(tmp), _extra_files=extra)
     os.replace(tmp, path)
     return path
+
+
+def is_resnetlab_export(path: Path) -> bool:
+    """An ONNX or TorchScript file this project wrote (it carries our metadata)."""
+    try:
+        if zipfile.is_zipfile(path):  # TorchScript: a zip with our extra file
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("extra/resnetlab.json") for n in z.namelist())
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return any(p.key.startswith("resnetlab.") for p in proto.metadata_props)
+    except Exception:  # anything unreadable as either is not ours
+        return False
+
+
+def check_replaceable(path: Path) -> None:
+    """Exports are rebuilt from the model, so an earlier export may be replaced; any other
+    file at the output path (weights, a checkpoint, somebody else's model) is left alone."""
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a folder; give a file name with --out")
+    if path.exists() and not is_resnetlab_export(path):
+        raise FileExistsError(
+            f"{path} already exists and is not a resnetlab export; it is left as it is: "
+            "choose another --out, or move it away first"
+        )
 
 
 def check_external_data(path: Path) -> None:
@@ -273,13 +300,18 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
         )
     base = loaded.run_dir or loaded.source.parent
     path = Path(out) if out else Path(base) / ("model.onnx" if fmt == "onnx" else "model.ts")
+    int8_path = None
+    if int8:
+        int8_path = path.with_name(INT8_NAME) if not out else path.with_suffix(".int8.onnx")
+    for target in (path, int8_path):
+        if target is not None:
+            check_replaceable(target)
     path.parent.mkdir(parents=True, exist_ok=True)
     (export_onnx if fmt == "onnx" else export_torchscript)(loaded, path)
     result = {"path": str(path), "format": fmt, "bytes": path.stat().st_size}
     if do_verify:
         result["max_abs_diff"] = verify(loaded, path, fmt, real)
-    if int8:
-        int8_path = path.with_name(INT8_NAME) if not out else path.with_suffix(".int8.onnx")
+    if int8_path is not None:
         report = quantize_int8(run, path, int8_path, calibration=calibration, data=data)
         result["int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size, **report}
         if do_verify and report["top1_agreement"] < INT8_MIN_AGREEMENT:
