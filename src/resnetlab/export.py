@@ -37,6 +37,14 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
     }
 
 
+def _set_metadata(proto, items: dict[str, str]) -> None:
+    """Replace an ONNX model's metadata_props with ``items``."""
+    del proto.metadata_props[:]
+    for key, value in items.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
     import onnx
 
@@ -59,9 +67,7 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
             verbose=False,
         )
     proto = program.model_proto
-    for key, value in _metadata(loaded).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    _set_metadata(proto, _metadata(loaded))
     onnx.save(proto, str(tmp))
     os.replace(tmp, path)
     return path
@@ -214,8 +220,14 @@ def _image_batches(pipe, split: str, limit: int, batch_size: int = 32):
             yield tf(xs).float().contiguous().numpy(), ys.numpy()
 
 
-def quantize_int8(run: str | os.PathLike, fp32_path: Path, path: Path, calibration: int = 64,
-                  measure: int = 1024, data: str | None = None) -> dict:  # fmt: skip
+def quantize_int8(
+    run: str | os.PathLike | LoadedModel,
+    fp32_path: Path,
+    path: Path,
+    calibration: int = 64,
+    measure: int = 1024,
+    data: str | None = None,
+) -> dict:
     """Static int8 quantization of an exported fp32 ONNX model with onnxruntime: weights
     per output channel (int8), activations per tensor (uint8) with ranges calibrated on
     ``calibration`` training images. Then both models score up to ``measure`` held-out images
@@ -234,7 +246,7 @@ def quantize_int8(run: str | os.PathLike, fp32_path: Path, path: Path, calibrati
 
     if calibration < 1:
         raise ValueError(f"--calibration must be at least 1 image, got {calibration}")
-    loaded = load_model(run)
+    loaded = run if isinstance(run, LoadedModel) else load_model(run)
     pipe = run_pipeline(loaded, data=data, batch_size=64, num_workers=0)
     calib_split = "train" if "train" in pipe.source.splits else _held_out_split(pipe)
     batches = [{"input": x} for x, _ in _image_batches(pipe, calib_split, calibration, 16)]
@@ -255,13 +267,10 @@ def quantize_int8(run: str | os.PathLike, fp32_path: Path, path: Path, calibrati
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )  # fmt: skip
         proto = onnx.load(str(tmp))
-        del proto.metadata_props[:]
         info = {"scheme": "static int8: weights per channel, uint8 activations",
                 "calibration_images": sum(len(b["input"]) for b in batches),
                 "calibration_split": calib_split}  # fmt: skip
-        for key, value in {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        _set_metadata(proto, {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)})
         onnx.save(proto, str(tmp))
         os.replace(tmp, path)
     finally:
@@ -312,7 +321,7 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
     if do_verify:
         result["max_abs_diff"] = verify(loaded, path, fmt, real)
     if int8_path is not None:
-        report = quantize_int8(run, path, int8_path, calibration=calibration, data=data)
+        report = quantize_int8(loaded, path, int8_path, calibration=calibration, data=data)
         result["int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size, **report}
         if do_verify and report["top1_agreement"] < INT8_MIN_AGREEMENT:
             raise ExportError(
