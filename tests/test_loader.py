@@ -6,7 +6,7 @@ import torch
 from datagen import make_folder
 from resnetlab.data import DataConfig, build_pipeline
 from resnetlab.data.loader import EpochSampler
-from resnetlab.data.transforms import BatchTransform
+from resnetlab.data.transforms import BatchTransform, stack_images
 
 
 def test_sampler_drop_last_and_eval_covers_all():
@@ -80,6 +80,29 @@ def test_batch_transform_shapes(preset):
         tf = BatchTransform(preset, 32, (0.5,) * 3, (0.25,) * 3, train, True, 0.5)
         y = tf(x, torch.Generator().manual_seed(1))
         assert y.shape == (5, 3, 32, 32) and torch.isfinite(y).all()
+
+
+def test_channels_last_batches_normalise_as_contiguous_ones():
+    # Decoded images are (H, W, C) in memory; predict and serve stack them channels-last.
+    hwc = [torch.randint(0, 256, (30, 28, 3), dtype=torch.uint8) for _ in range(4)]
+    images = [im.permute(2, 0, 1)[:, 1:25, 2:26] for im in hwc]  # center crops, as decoded
+    batch = stack_images(images)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack(images))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    for preset, size in (("imagenet", 24), ("small", 20)):
+        tf = BatchTransform(preset, size, mean, std, train=False, geometric=False)
+        expected = tf(torch.stack(images))
+        assert torch.equal(tf(batch), expected)
+        want = (torch.stack(images).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / (
+            torch.tensor(std).view(1, 3, 1, 1)
+        )
+        if size == 24:
+            torch.testing.assert_close(expected, want)
+    floats = torch.stack(images).float()
+    before = floats.clone()
+    BatchTransform("imagenet", 24, mean, std, train=False, geometric=False)(floats)
+    assert torch.equal(floats, before)  # the caller's float batch is left as it was
 
 
 def test_cifar_crop_is_a_shift():

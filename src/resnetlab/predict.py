@@ -21,7 +21,7 @@ from PIL import Image
 
 from .bundle import LoadedModel, load_model, model_on, pretrained_model
 from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
-from .data.transforms import BatchTransform, eval_resize_size, file_transform
+from .data.transforms import BatchTransform, eval_resize_size, file_transform, stack_images
 from .train.precision import autocast, default_device, resolve_precision
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -145,7 +145,7 @@ class Predictor:
         rows: list[list[dict]] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch = torch.stack([self.preprocess(to_channels(im, self.channels)) for im in chunk])
+            batch = stack_images([self.preprocess(to_channels(im, self.channels)) for im in chunk])
             rows += self.topk_rows(self.probabilities(batch), topk)
         return rows
 
@@ -174,7 +174,7 @@ class Predictor:
         ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
         results = {}
         if ok:
-            logits = self._logits(torch.stack([decoded[i][0] for i in ok]), lock)
+            logits = self._logits(stack_images([decoded[i][0] for i in ok]), lock)
             results = dict(zip(ok, self.topk_rows(torch.softmax(logits, dim=1), topk)))
         return [
             {"path": str(p), "topk": results.get(i, []), "error": decoded[i][1]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -128,6 +129,20 @@ def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return out[0]
 
 
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """uint8 (C, H, W) images of one size -> a channels-last (N, C, H, W) batch.
+
+    Decoded images are (H, W, C) in memory; copying each into a channels-last batch moves
+    whole rows, where ``torch.stack`` (a contiguous NCHW batch) transposes every pixel."""
+    first = images[0]
+    batch = torch.empty(
+        (len(images), *first.shape), dtype=first.dtype, memory_format=torch.channels_last
+    )
+    for slot, img in zip(batch, images):
+        slot.copy_(img)
+    return batch
+
+
 def auto_augment_batch(x: torch.Tensor, name: str | None) -> torch.Tensor:
     """Apply TrivialAugment / RandAugment image by image to a uint8 batch (CPU)."""
     ops = _auto_augment(name)
@@ -174,6 +189,7 @@ class BatchTransform:
             # kernels are several times faster than a float grid_sample over the batch.
             x = self._random_resized_crop_uint8(x, generator)
             random_geometry, h, w = False, size, size
+        original = x
         x = x.float()  # 0..255 until normalised; every geometric op below is linear
         if random_geometry:
             x = self._random_geometry(x, generator)
@@ -184,17 +200,29 @@ class BatchTransform:
             x = x[:, :, top : top + size, top : top + size]
         elif (h, w) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=h > size)
-        # (x / 255 - mean) / std as two in-place passes (x is a fresh float tensor here).
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device)
-        if x.dtype != torch.float32 or not x.is_contiguous():
-            x = x.contiguous()
-        x.mul_(scale.view(1, c, 1, 1)).sub_(shift.view(1, c, 1, 1))
+        x = self._normalize(x, original)
         if self.train and self.random_erasing > 0:
             x = self._erase(x, generator)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _normalize(self, x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """(x / 255 - mean) / std as two in-place passes over a float batch (copied first if
+        it is the caller's tensor)."""
+        n, c, h, w = x.shape
+        if x is original or x.dtype != torch.float32:
+            x = x.to(torch.float32, copy=True)
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device)
+        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device)
+        if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
+            # Channels-last: per-channel factors along a row of W * C values, so each pass
+            # is vectorised (broadcasting along a last dimension of C is not).
+            rows = x.permute(0, 2, 3, 1).view(n * h, w * c)
+            rows.mul_(scale.repeat(w)).sub_(shift.repeat(w))
+            return x
+        x = x.contiguous()
+        return x.mul_(scale.view(1, c, 1, 1)).sub_(shift.view(1, c, 1, 1))
 
     def _random_resized_crop_uint8(self, x: torch.Tensor, g) -> torch.Tensor:
         n, _, h, w = x.shape

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..data.transforms import stack_images
+
 
 class QueueFull(Exception):
     pass
@@ -78,7 +80,7 @@ class MicroBatcher:
             live = [(img, fut) for img, fut in items if not fut.cancelled()]
             if not live:
                 continue
-            batch = torch.stack([img for img, _ in live])
+            batch = stack_images([img for img, _ in live])
             try:
                 probs = await loop.run_in_executor(self.executor, self.infer, batch)
             except Exception as exc:  # answer every waiter with the failure
