@@ -1,8 +1,11 @@
 import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from resnetlab import create_model
+from resnetlab import create_model, list_models
 from resnetlab.cli import main
-from resnetlab.summary import count_macs, summarize
+from resnetlab.models.registry import ZOO_STATS
+from resnetlab.summary import compute_model_stats, count_macs, summarize
 
 
 @pytest.mark.parametrize(
@@ -12,6 +15,27 @@ from resnetlab.summary import count_macs, summarize
 def test_macs_match_published_figures(name, size, expected):
     macs = count_macs(create_model(name), (3, size, size))
     assert abs(macs - expected) / expected < 0.01
+
+
+def test_zoo_table_holds_every_model_and_its_counts():
+    assert sorted(ZOO_STATS) == list_models()
+    for name in list_models():
+        assert compute_model_stats(name) == ZOO_STATS[name], name
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "resnet50d", "resnet20"])
+def test_macs_agree_with_torch_flop_counter(name):
+    model = create_model(name, num_classes=7).eval()
+    size = (3, 64, 64) if name != "resnet20" else (3, 32, 32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *size))
+    assert count_macs(model, size) * 2 == counter.get_total_flops()
+    rows = summarize(model, size, depth=2).rows
+    by_module = counter.get_flop_counts()
+    root = type(model).__name__
+    for r in rows:
+        assert r.macs * 2 == sum(by_module.get(f"{root}.{r.name}", {}).values()), r.name
 
 
 def test_summary_rows_add_up():

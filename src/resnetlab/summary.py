@@ -1,17 +1,19 @@
 """Model inspection: parameter counts, MACs, and a per-layer table.
 
-MACs come from PyTorch's own ``torch.utils.flop_counter`` (which counts FLOPs of convolutions
-and matrix products, 2 per multiply-accumulate); norms, activations and pooling are not counted,
-the same convention as the figures in the ResNet papers and torchvision's weight metadata.
+MACs are those of the convolutions and linear layers, counted from their output shapes during
+one forward pass; norms, activations and pooling are not counted, the same convention as the
+figures in the ResNet papers, torchvision's weight metadata and ``torch.utils.flop_counter``
+(a test holds the two counts equal).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass
@@ -41,18 +43,39 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _flop_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
-    """Total FLOPs and FLOPs per module path (dotted names relative to ``model``)."""
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    root = type(model).__name__
+def _mac_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """Total MACs of ``model(x)`` and MACs per module path (dotted names relative to
+    ``model``; a module's count includes its children's)."""
+    leaves: dict[str, int] = {}
+
+    def conv_macs(m: nn.Conv2d, _inp, out: torch.Tensor, name: str) -> None:
+        per_output = (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        leaves[name] = leaves.get(name, 0) + out.numel() * per_output
+
+    def linear_macs(m: nn.Linear, _inp, out: torch.Tensor, name: str) -> None:
+        leaves[name] = leaves.get(name, 0) + out.numel() * m.in_features
+
+    hooks = []
+    for name, module in model.named_modules():
+        count = (
+            conv_macs if isinstance(module, nn.modules.conv._ConvNd)
+            else linear_macs if isinstance(module, nn.Linear) else None
+        )  # fmt: skip
+        if count is not None:
+            hooks.append(module.register_forward_hook(functools.partial(count, name=name)))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
     per_module: dict[str, int] = {}
-    for key, ops in counter.get_flop_counts().items():
-        if key == root or not key.startswith(root + "."):
-            continue
-        per_module[key[len(root) + 1 :]] = int(sum(ops.values()))
-    return int(counter.get_total_flops()), per_module
+    for name, macs in leaves.items():
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            per_module[prefix] = per_module.get(prefix, 0) + macs
+    return sum(leaves.values()), per_module
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
@@ -60,30 +83,41 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
     was_training = model.training
     model.eval()
     try:
-        flops, _ = _flop_counts(model, torch.zeros(1, *input_size))
+        macs, _ = _mac_counts(model, torch.zeros(1, *input_size))
     finally:
         model.train(was_training)
-    return flops // 2
+    return macs
 
 
 def model_info(name: str) -> dict:
-    """Parameters and MACs of a registered model at its default input size. Built on the meta
-    device: shapes only, no memory and no initialisation time."""
+    """Parameters and MACs of a registered model at its default input size and class count:
+    the zoo's table where it has the model (tests recompute every entry), else counted."""
+    from .models import get_model_entry
+    from .models.registry import ZOO_STATS
+
+    entry = get_model_entry(name)
+    params, macs = ZOO_STATS.get(name) or compute_model_stats(name)
+    return {
+        "model": name,
+        "family": entry.family,
+        "params": params,
+        "macs": macs,
+        "input_size": list(entry.input_size),
+        "paper": entry.paper,
+        "description": entry.description,
+    }
+
+
+def compute_model_stats(name: str) -> tuple[int, int]:
+    """(parameters, MACs) of a registered model at its default input size and class count,
+    built on the meta device: shapes only, no memory and no initialisation."""
     from .models import create_model, get_model_entry
 
     entry = get_model_entry(name)
     with torch.device("meta"):
         model = create_model(name).eval()
-        flops, _ = _flop_counts(model, torch.zeros(1, *entry.input_size))
-    return {
-        "model": name,
-        "family": entry.family,
-        "params": count_params(model),
-        "macs": flops // 2,
-        "input_size": list(entry.input_size),
-        "paper": entry.paper,
-        "description": entry.description,
-    }
+    macs, _ = _mac_counts(model, torch.zeros(1, *entry.input_size, device="meta"))
+    return count_params(model), macs
 
 
 def summarize(
@@ -106,7 +140,7 @@ def summarize(
     model.eval()
     try:
         x = torch.zeros(1, *input_size)
-        flops, per_module = _flop_counts(model, x)
+        macs, per_module = _mac_counts(model, x)
     finally:
         for h in hooks:
             h.remove()
@@ -121,7 +155,7 @@ def summarize(
                     type=type(module).__name__,
                     output_shape=shapes[name],
                     params=count_params(module),
-                    macs=per_module.get(name, 0) // 2,
+                    macs=per_module.get(name, 0),
                     depth=name.count("."),
                 )
             )
@@ -130,7 +164,7 @@ def summarize(
         input_size=tuple(input_size),
         total_params=count_params(model),
         trainable_params=count_params(model, trainable_only=True),
-        macs=flops // 2,
+        macs=macs,
     )
 
 

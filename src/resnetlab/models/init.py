@@ -18,6 +18,8 @@ def init_weights(model: nn.Module, scheme: str = "kaiming") -> None:
     """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"init={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
+    if any(p.is_meta for p in model.parameters()):
+        return  # built on the meta device for its shapes: there are no values to set
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             if scheme == "kaiming":

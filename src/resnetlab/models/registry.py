@@ -168,3 +168,34 @@ def _register_zoo() -> None:
 
 
 _register_zoo()
+
+
+# (parameters, MACs) of every zoo model at its default input size and class count, so that
+# `resnetlab models` prints them without building 24 networks; tests/test_summary.py
+# recomputes each entry and checks the counting against torch.utils.flop_counter.
+ZOO_STATS: dict[str, tuple[int, int]] = {
+    "plain110": (1_727_962, 252_887_680),
+    "plain18": (11_515_688, 1_794_805_760),
+    "plain20": (269_722, 40_551_040),
+    "plain32": (464_154, 68_862_592),
+    "plain34": (21_623_848, 3_644_493_824),
+    "plain44": (658_586, 97_174_144),
+    "plain56": (853_018, 125_485_696),
+    "resnet101": (44_549_160, 7_801_405_440),
+    "resnet110": (1_727_962, 252_887_680),
+    "resnet1202": (19_421_274, 2_829_238_912),
+    "resnet152": (60_192_808, 11_513_626_624),
+    "resnet18": (11_689_512, 1_814_073_344),
+    "resnet20": (269_722, 40_551_040),
+    "resnet32": (464_154, 68_862_592),
+    "resnet34": (21_797_672, 3_663_761_408),
+    "resnet44": (658_586, 97_174_144),
+    "resnet50": (25_557_032, 4_089_184_256),
+    "resnet50d": (25_576_264, 4_328_824_832),
+    "resnet56": (853_018, 125_485_696),
+    "resnext101_32x8d": (88_791_336, 16_414_015_488),
+    "resnext101_64x4d": (83_455_272, 15_460_270_080),
+    "resnext50_32x4d": (25_028_904, 4_230_479_872),
+    "wide_resnet101_2": (126_886_696, 22_753_050_624),
+    "wide_resnet50_2": (68_883_240, 11_398_021_120),
+}
