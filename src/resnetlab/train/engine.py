@@ -190,6 +190,10 @@ class Trainer:
                 ),
             )  # fmt: skip
         if self.cfg.compile:
+            if self.device.type == "cpu":
+                # The compiler's C++ toolchain probe warns that no CUDA runtime is found, on
+                # every CPU-only machine; nothing on a CPU run needs one.
+                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
             wrapped = torch.compile(wrapped)
         return wrapped
 
