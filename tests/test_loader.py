@@ -94,6 +94,9 @@ def test_channels_last_batches_normalise_as_contiguous_ones():
         tf = BatchTransform(preset, size, mean, std, train=False, geometric=False)
         expected = tf(torch.stack(images))
         assert torch.equal(tf(batch), expected)
+        assert tf(batch).is_contiguous(memory_format=torch.channels_last)
+        nchw = BatchTransform(preset, size, mean, std, False, False, channels_last=False)
+        assert nchw(batch).is_contiguous() and torch.equal(nchw(batch), expected)
         want = (torch.stack(images).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / (
             torch.tensor(std).view(1, 3, 1, 1)
         )

@@ -203,9 +203,9 @@ class BatchTransform:
         x = self._normalize(x, original)
         if self.train and self.random_erasing > 0:
             x = self._erase(x, generator)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # The layout asked for, whatever the input's (onnxruntime reads NCHW memory).
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     def _normalize(self, x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
         """(x / 255 - mean) / std as two in-place passes over a float batch (copied first if
