@@ -181,7 +181,7 @@ class BatchTransform:
         self.channels_last = channels_last
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n, c, h, w = x.shape
+        h, w = x.shape[-2:]
         size = self.input_size
         random_geometry = self.geometric and self.train
         if random_geometry and self.preset == "imagenet" and x.device.type == "cpu":
@@ -189,8 +189,9 @@ class BatchTransform:
             # kernels are several times faster than a float grid_sample over the batch.
             x = self._random_resized_crop_uint8(x, generator)
             random_geometry, h, w = False, size, size
-        original = x
-        x = x.float()  # 0..255 until normalised; every geometric op below is linear
+        # A float batch of our own (a float input is copied), 0..255 until normalised in
+        # place; every geometric op below is linear.
+        x = x.to(torch.float32, copy=x.dtype == torch.float32)
         if random_geometry:
             x = self._random_geometry(x, generator)
         elif self.geometric and self.preset == "imagenet" and (h, w) != (size, size):
@@ -200,19 +201,16 @@ class BatchTransform:
             x = x[:, :, top : top + size, top : top + size]
         elif (h, w) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=h > size)
-        x = self._normalize(x, original)
+        x = self._normalize(x)
         if self.train and self.random_erasing > 0:
             x = self._erase(x, generator)
         # The layout asked for, whatever the input's (onnxruntime reads NCHW memory).
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
 
-    def _normalize(self, x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-        """(x / 255 - mean) / std as two in-place passes over a float batch (copied first if
-        it is the caller's tensor)."""
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(x / 255 - mean) / std as two in-place passes over our own float batch."""
         n, c, h, w = x.shape
-        if x is original or x.dtype != torch.float32:
-            x = x.to(torch.float32, copy=True)
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=x.device)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std)], device=x.device)
         if c > 1 and x.is_contiguous(memory_format=torch.channels_last):
