@@ -1,5 +1,7 @@
 """Every registered model: shapes at two input sizes, gradients, finiteness, API."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -198,3 +200,30 @@ def test_resnet50d_structure():
     ]  # fmt: skip
     assert isinstance(model.layer2[0].downsample[0], nn.AvgPool2d)
     assert model.layer2[0].downsample[1].stride == (1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_stem_pools_before_relu_with_identical_results(dtype):
+    # In training the stem runs max-pool before ReLU (cheaper); outputs and every gradient
+    # must equal the conv-BN-ReLU-pool order exactly, ties and all-negative windows included.
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=3).train()
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 3, 40, 36).round()  # integers: many equal values inside pool windows
+    x[0, :, :12] = -3.0  # whole windows at or below zero after BN
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        a = model.forward_stem(xa)
+        r = reference
+        b = r.maxpool(r.relu(r.bn1(r.conv1(xb))))
+    assert a.dtype == dtype and torch.equal(a, b)
+    grad = torch.randn_like(a)
+    a.backward(grad)
+    b.backward(grad)
+    assert torch.equal(xa.grad, xb.grad)
+    assert torch.equal(model.conv1.weight.grad, reference.conv1.weight.grad)
+    assert torch.equal(model.bn1.weight.grad, reference.bn1.weight.grad)
+    assert torch.equal(model.bn1.running_mean, reference.bn1.running_mean)
+    model.eval()
+    with torch.no_grad():  # evaluation keeps the usual order
+        assert torch.equal(model.forward_stem(x), reference.eval().forward_stem(x))

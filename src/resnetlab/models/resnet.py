@@ -144,7 +144,14 @@ class ResNet(ClassifierNet):
         return nn.Sequential(*layers)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.bn1(self.conv1(x))
+        if self.training and torch.is_grad_enabled():
+            # ReLU and max-pooling commute (max(relu(a), relu(b)) == relu(max(a, b)), ties
+            # included), so pooling first gives the same outputs and gradients while the ReLU
+            # and its backward touch a quarter of the values. Evaluation and export keep the
+            # conv-BN-ReLU-pool order that inference fusions and quantisers recognise.
+            return self.relu(self.maxpool(x))
+        return self.maxpool(self.relu(x))
 
     def stem_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1]
