@@ -405,10 +405,16 @@ def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monke
     rows = q.predict_paths(files, topk=3)
     assert all(len(r["topk"]) == 3 and r["error"] is None for r in rows)
     assert all(abs(sum(t["prob"] for t in r["topk"]) - 1) < 1e-3 for r in rows)  # 3 classes
-    # --verify holds the int8 model to a top-1 agreement bound; a failure is a clear error.
+    # --verify holds the int8 model to a top-1 agreement bound; a failure is a clear error,
+    # and the int8 file exported earlier stays as it was.
+    before = (run_dir / "model.int8.onnx").read_bytes()
     monkeypatch.setattr(resnetlab.export, "INT8_MIN_AGREEMENT", 1.01)
     assert main(["export", str(run_dir), "--int8", "--verify"]) == 2
-    assert "int8 top-1 agrees with fp32 on only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.int8.onnx not written: int8 top-1 agrees with fp32 on only" in err
+    assert "model.onnx (fp32) is written and verified" in err
+    assert (run_dir / "model.int8.onnx").read_bytes() == before
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
     assert main(["export", str(run_dir), "--format", "torchscript", "--int8"]) == 2
     assert "--int8 needs --format onnx" in capsys.readouterr().err
     # A bare model file has no data to calibrate on: a clear error before anything is written.

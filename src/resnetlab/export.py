@@ -231,12 +231,15 @@ def quantize_int8(
     calibration: int = 64,
     measure: int = 1024,
     data: str | None = None,
+    min_agreement: float | None = None,
 ) -> dict:
     """Static int8 quantization of an exported fp32 ONNX model with onnxruntime: weights
     per output channel (int8), activations per tensor (uint8) with ranges calibrated on
     ``calibration`` training images. Then both models score up to ``measure`` held-out images
     (test split, else val; a run with neither is scored on its training images, and the report
-    says so) so the change in accuracy is known, not assumed."""
+    says so) so the change in accuracy is known, not assumed. With ``min_agreement``, a model
+    whose top-1 agrees with fp32 on fewer images is an ``ExportError`` and ``path`` is left as
+    it was (an earlier export there stays)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -276,13 +279,25 @@ def quantize_int8(
                 "calibration_split": calib_split}  # fmt: skip
         _set_metadata(proto, {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)})
         onnx.save(proto, str(tmp))
+        report = {**info, **_compare_int8(pipe, fp32_path, tmp, measure)}
+        if min_agreement is not None and report["top1_agreement"] < min_agreement:
+            raise ExportError(
+                f"{path} not written: int8 top-1 agrees with fp32 on only "
+                f"{report['top1_agreement']:.1%} of {report['measured_on']} (needs "
+                f"{min_agreement:.0%}); {fp32_path} (fp32) is written and verified. Try more "
+                "--calibration images, or use the fp32 model"
+            )
         os.replace(tmp, path)
     finally:
         for leftover in (tmp_pre, tmp):
             leftover.unlink(missing_ok=True)
+    return report
 
+
+def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int) -> dict:
+    """Top-1 of both models and their agreement on up to ``measure`` held-out images."""
     split = _held_out_split(pipe)
-    fp32, int8 = onnx_session(fp32_path), onnx_session(path)
+    fp32, int8 = onnx_session(fp32_path), onnx_session(int8_path)
     n = fp32_correct = int8_correct = agree = 0
     for x, y in _image_batches(pipe, split, measure):
         a = fp32.run(None, {"input": x})[0].argmax(1)
@@ -292,7 +307,7 @@ def quantize_int8(
         int8_correct += int((b == y).sum())
         agree += int((a == b).sum())
     n = max(n, 1)
-    return {**info, "measured_on": f"{split} ({n} images)", "fp32_top1": fp32_correct / n,
+    return {"measured_on": f"{split} ({n} images)", "fp32_top1": fp32_correct / n,
             "int8_top1": int8_correct / n, "delta_points": 100 * (int8_correct - fp32_correct) / n,
             "top1_agreement": agree / n}  # fmt: skip
 
@@ -325,12 +340,7 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
     if do_verify:
         result["max_abs_diff"] = verify(loaded, path, fmt, real)
     if int8_path is not None:
-        report = quantize_int8(loaded, path, int8_path, calibration=calibration, data=data)
+        report = quantize_int8(loaded, path, int8_path, calibration=calibration, data=data,
+                               min_agreement=INT8_MIN_AGREEMENT if do_verify else None)  # fmt: skip
         result["int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size, **report}
-        if do_verify and report["top1_agreement"] < INT8_MIN_AGREEMENT:
-            raise ExportError(
-                f"{int8_path}: int8 top-1 agrees with fp32 on only "
-                f"{report['top1_agreement']:.1%} of {report['measured_on']} (needs "
-                f"{INT8_MIN_AGREEMENT:.0%}); try more --calibration images or use the fp32 model"
-            )
     return result
