@@ -3,6 +3,7 @@
 import contextlib
 import json
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -169,7 +170,8 @@ def test_finetune_in_chans_1_and_unfreeze_schedule(tmp_path, folder):
     assert lrs["backbone"] == pytest.approx(lrs["head"] * 0.5)
 
 
-def test_malicious_weights_refused(tmp_path, folder):
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+def test_malicious_weights_refused(tmp_path, folder, writer):
     marker = tmp_path / "ran"
 
     class Evil:
@@ -179,11 +181,22 @@ def test_malicious_weights_refused(tmp_path, folder):
             return (os.system, (f"touch {marker}",))
 
     bad = tmp_path / "evil.pth"
-    with open(bad, "wb") as f:
-        pickle.dump({"conv1.weight": Evil()}, f)
-    with pytest.raises(WeightsError, match="refused"):
+    if writer == "pickle":
+        with open(bad, "wb") as f:
+            pickle.dump({"conv1.weight": Evil()}, f)
+    else:
+        torch.save({"conv1.weight": Evil()}, bad)
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        pytest.raises(WeightsError, match="refused") as err,
+    ):
+        warnings.simplefilter("always")
         Trainer(_cfg(tmp_path, folder, model="resnet18", model_kwargs={}, weights=str(bad)))
     assert not marker.exists()
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]  # only our error shows
+    assert "weights_only" not in str(err.value)  # no advice to load it unsafely instead
+    if writer == "torch.save":
+        assert "posix.system" in str(err.value)  # what was refused
 
 
 def test_weights_that_do_not_fit_list_keys(tmp_path, folder):

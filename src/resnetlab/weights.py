@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +49,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+def _unpickler_reason(message: str) -> str:
+    """What PyTorch's safe reader objected to, without its advice to load the file unsafely."""
+    text = message.split("Check the documentation")[0]
+    if "WeightsUnpickler error:" in text:
+        text = text.partition("WeightsUnpickler error:")[2]
+    else:
+        text = " ".join(p for p in text.split("\n\n") if "weights_only" not in p)
+    reason = " ".join(text.split()).rstrip(".")
+    return reason[:200] or "unsafe content"
+
+
 def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
     """``torch.load`` that only reads tensors and plain values; a code-running pickle is refused."""
     path = Path(path)
@@ -56,13 +68,19 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file (0 bytes); the save was interrupted or failed")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A pickle written with protocol 3+ makes PyTorch warn that its safe reader "might
+            # not support all instructions": it either loads or is refused below, so the
+            # warning tells the user nothing they can act on.
+            warnings.filterwarnings(
+                "ignore", message="Detected pickle protocol", category=UserWarning
+            )
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
         raise WeightsError(
             f"{path}: refused: the file holds objects other than tensors and plain values "
-            f"({first[:200]}). resnetlab never unpickles code; re-save the weights as a "
-            "state_dict or .safetensors."
+            f"({_unpickler_reason(str(exc))}). resnetlab never unpickles code; re-save the "
+            "weights as a state_dict or .safetensors."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsError(
