@@ -285,6 +285,11 @@ def test_pretrained_rgb_weights_on_greyscale_digits(tmp_path):
     assert t.data.mean[0] == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)
     assert torch.allclose(t.model.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
     assert cfg.resolved_mode == "finetune"
+    # What was loaded and how it was fitted is said once, under the run's first line.
+    assert t.weights_note == (
+        f"weights {path}: a new classifier for 10 classes; "
+        "first conv from 3 to 1 input channels (its RGB filters summed)"
+    )
 
 
 def test_torchvision_weights_for_a_cifar_model_is_a_clear_error(tmp_path):

@@ -141,7 +141,9 @@ def load_into(
     state = clean_state_dict(state)
     own = model.state_dict()
     key = first_conv_key(state)
+    adapted = None
     if key and key in own and state[key].shape[1] != own[key].shape[1]:
+        adapted = (state[key].shape[1], own[key].shape[1])
         state[key] = adapt_first_conv(state[key], own[key].shape[1])
     dropped = []
     for k in ("fc.weight", "fc.bias"):
@@ -166,7 +168,7 @@ def load_into(
         name = getattr(model, "model_name", type(model).__name__)
         raise WeightsError(f"{source}: weights do not fit {name}:\n  " + "\n  ".join(lines))
     model.load_state_dict(state, strict=False)
-    return {"dropped": dropped}
+    return {"dropped": dropped, "adapted": adapted}
 
 
 def torchvision_weights(model_name: str):

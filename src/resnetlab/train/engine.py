@@ -82,6 +82,7 @@ class Trainer:
             device = torch.device("cuda", self.dist.local_rank)
         self.device = device or default_device()
         self.resume_state = None
+        self.weights_note = ""
         if resume is not None:
             path = resolve_checkpoint_path(resume)
             self.resume_state = load_checkpoint(path)
@@ -168,8 +169,12 @@ class Trainer:
             else:
                 state, source = read_state_dict(cfg.weights), cfg.weights
             info = load_into(model, state, source, skip_classifier=True)
-            log.info("loaded %s (new classifier for %d classes; dropped %s)", source,
-                     len(self.classes), ", ".join(info["dropped"]) or "nothing")  # fmt: skip
+            note = f"weights {source}: a new classifier for {len(self.classes)} classes"
+            if info["adapted"]:
+                have, want = info["adapted"]
+                how = "its RGB filters summed" if want == 1 else "repeated and rescaled"
+                note += f"; first conv from {have} to {want} input channels ({how})"
+            self.weights_note = note
         if cfg.sync_bn and self.device.type != "cuda":
             raise ValueError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
         if self.dist.enabled and cfg.sync_bn:
@@ -441,6 +446,8 @@ class Trainer:
                 + (", channels_last" if cfg.channels_last else "")
                 + f"; run folder {self.run_dir}"
             )
+            if self.weights_note:
+                self.progress.line(self.weights_note)
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
             val = self.evaluate("val") if has_val else {}
