@@ -117,6 +117,26 @@ def test_cifar_crop_is_a_shift():
     assert set(y.round().unique().tolist()) <= set(range(251))
 
 
+@pytest.mark.parametrize("path", ["uint8 crops (CPU)", "one affine warp (GPU)"])
+def test_imagenet_random_crop_keeps_up_and_down_and_flips_left_right(path):
+    # Dark at the top, bright at the bottom; the left half marked in another channel.
+    h, w = 96, 128
+    x = torch.zeros(32, 3, h, w, dtype=torch.uint8)
+    x[:, 0] = torch.linspace(0, 255, h).to(torch.uint8).view(h, 1)
+    x[:, 1, :, : w // 2] = 255
+    tf = BatchTransform("imagenet", 32, (0,) * 3, (1 / 255,) * 3, True, True)
+    g = torch.Generator().manual_seed(0)
+    # The GPU path warps the whole batch at once; run it here on the CPU.
+    y = tf(x, g) if path.startswith("uint8") else tf._random_geometry(x.float(), g)
+    assert y.shape == (32, 3, 32, 32)
+    red, green = y[:, 0], y[:, 1]
+    assert (red[:, -1].mean(1) > red[:, 0].mean(1)).all()  # never upside down
+    whole_left = green[:, :, :16].mean((1, 2)) - green[:, :, 16:].mean((1, 2))
+    marked_left = (whole_left > 1).sum().item()
+    marked_right = (whole_left < -1).sum().item()
+    assert marked_left > 3 and marked_right > 3  # both orientations occur
+
+
 @pytest.mark.parametrize("cache", ["memory", "none"])
 def test_folder_pipeline_workers_give_identical_batches(tmp_path, cache):
     make_folder(tmp_path, {"a": 12, "b": 12})
