@@ -43,7 +43,6 @@ from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
 from .precision import autocast, default_device, resolve_precision
 
-log = logging.getLogger(__name__)
 LOG_EVERY = 20  # steps between progress updates (each one is a host sync on CUDA)
 
 
