@@ -27,11 +27,20 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8.0) or newer, or ROCm. ``torch.cuda.is_bf16_supported()``
+    also says yes on older GPUs that only emulate bf16, where it is far slower than fp16."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto``: bf16 on CPUs with native bf16, bf16/fp16 AMP on CUDA, fp32 elsewhere."""
+    """``auto``: bf16 on CPUs with native bf16, AMP on CUDA (bf16 from Ampere on, fp16
+    before), fp32 elsewhere."""
     if requested == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if cuda_has_native_bf16(device) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
         raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")

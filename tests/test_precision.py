@@ -1,0 +1,47 @@
+"""Which numeric path `--precision auto` picks for the device at hand."""
+
+import pytest
+import torch
+
+from resnetlab.train import precision
+from resnetlab.train.precision import resolve_precision
+
+
+@pytest.mark.parametrize(
+    ("capability", "want"), [((7, 5), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")]
+)
+def test_auto_on_cuda_is_bf16_only_where_the_gpu_has_it(monkeypatch, capability, want):
+    # A T4 or V100 emulates bf16 (torch.cuda.is_bf16_supported() still says yes): fp16 there.
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == want
+    assert resolve_precision("fp32", torch.device("cuda", 0)) == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ("fpu avx512f avx512_bf16", "bf16"),
+        ("fpu amx_bf16 amx_tile", "bf16"),
+        ("fpu avx2 fma", "fp32"),
+    ],
+)
+def test_auto_on_cpu_is_bf16_only_with_native_bf16(monkeypatch, tmp_path, flags, want):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = open
+    monkeypatch.setattr(precision.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k),
+    )
+    precision.cpu_has_native_bf16.cache_clear()
+    try:
+        assert resolve_precision("auto", torch.device("cpu")) == want
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()
+
+
+def test_fp16_on_the_cpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
