@@ -3,29 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import re
+import unicodedata
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-# Fonts tried after DejaVu Sans for glyphs it lacks (CJK class names), when installed.
-CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "WenQuanYi Zen Hei", "Droid Sans Fallback",
-             "Microsoft YaHei", "PingFang SC", "Arial Unicode MS")  # fmt: skip
+log = logging.getLogger(__name__)
+
+# Fonts tried after DejaVu Sans for glyphs it lacks (CJK class names), when installed;
+# Simplified Chinese first: most users with CJK class names label in Chinese.
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK JP", "Noto Sans CJK KR",
+             "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei", "PingFang SC",
+             "Arial Unicode MS")  # fmt: skip
 
 
-CJK_FILES = re.compile(r"(notosanscjk|notoserifcjk|wqy|droidsansfallback|uming|ukai)", re.I)
+CJK_FILES = re.compile(r"(notosanscjk|notoserifcjk|sourcehansans|wqy|droidsansfallback|uming|ukai)",
+                       re.I)  # fmt: skip
+
+CJK_HINT = (
+    "class names in Chinese, Japanese or Korean are drawn as boxes: no CJK font is installed; "
+    "install fonts-noto-cjk (Debian/Ubuntu: sudo apt-get install fonts-noto-cjk) or "
+    "Noto Sans CJK (other systems)"
+)
+
+# Matplotlib's warning for each character no font in the family list has.
+_MISSING_GLYPH = re.compile(r"^Glyph \d+ .*missing from (font|current font)")
+_hinted = False
 
 
-def _plt():
-    import matplotlib
-
-    # Some CJK fonts come in one weight only (WenQuanYi Zen Hei: 500); matplotlib then logs
-    # a warning per text item that it used that weight. Nothing is wrong: keep stderr clean.
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+@functools.cache
+def cjk_fonts() -> tuple[str, ...]:
+    """Installed CJK font families matplotlib can draw with, preferred first; () when none."""
     from matplotlib import font_manager
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
@@ -36,19 +51,96 @@ def _plt():
                 with contextlib.suppress(OSError, RuntimeError, ValueError):
                     font_manager.fontManager.addfont(path)
         installed = {f.name for f in font_manager.fontManager.ttflist}
-    plt.rcParams["font.family"] = ["DejaVu Sans", *(f for f in CJK_FONTS if f in installed)]
+    return tuple(f for f in CJK_FONTS if f in installed)
+
+
+def font_families() -> list[str]:
+    """DejaVu Sans (matplotlib's default, so Latin text looks as always), then CJK fallbacks."""
+    return ["DejaVu Sans", *cjk_fonts()]
+
+
+def _plt():
+    """pyplot on the Agg backend, with the CJK fallback fonts; every plot here starts with it."""
+    import matplotlib
+
+    # Some CJK fonts come in one weight only (WenQuanYi Zen Hei: 500); matplotlib then logs
+    # a warning per text item that it used that weight. Nothing is wrong: keep stderr clean.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["font.family"] = font_families()
     return plt
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
-    """Loss, top-1 and learning rate against epoch."""
+@contextlib.contextmanager
+def _glyph_check() -> Iterator[None]:
+    """Without a CJK font, turn matplotlib's warning per missing character into one hint.
+
+    With a CJK font, the warnings pass through: a glyph missing then is a real gap (emoji…).
+    """
+    global _hinted
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    missing = False
+    for w in caught:
+        if not cjk_fonts() and _MISSING_GLYPH.match(str(w.message)):
+            missing = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if missing and not _hinted:
+        _hinted = True
+        log.warning(CJK_HINT)
+
+
+def _columns(text: str) -> int:
+    # Wide (CJK) characters take about two Latin letters' width.
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def wrap_label(text: str, width: int = 30) -> str:
+    """Break *text* into lines of at most *width* columns: between words, or between any two
+    wide characters (Chinese has no spaces); a longer Latin word is cut."""
+    pieces: list[str] = []
+    for token in re.findall(r"\s+|\S+", text):
+        if token.isspace() or _columns(token) == len(token):
+            pieces.extend([token[i : i + width] for i in range(0, len(token), width)])
+        else:
+            pieces.extend(token)  # wide characters may break anywhere
+    lines, line = [], ""
+    for p in pieces:
+        if p.isspace():
+            line += p if line else ""
+        elif line.strip() and _columns(line + p) > width:
+            lines.append(line.rstrip())
+            line = p
+        else:
+            line += p
+    lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _plt()
+    try:
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def curves_figure(history: list[dict], title: str = ""):
+    """Loss, top-1 and learning rate against epoch (a matplotlib Figure)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     epochs = [r["epoch"] for r in history]
 
     def col(key):
         return [r.get(key) if r.get(key) not in ("", None) else np.nan for r in history]
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=100, layout="constrained")
     axes[0].plot(epochs, col("train_loss"), label="train", marker=".")
     axes[0].plot(epochs, col("val_loss"), label="val", marker=".")
     axes[0].set_title("loss")
@@ -59,61 +151,74 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:
         ax.set_xlabel("epoch")
+        # Epochs are whole: no tick at 1.2, 1.4 … on short runs.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
+    """Loss, top-1 and learning rate against epoch, saved as PNG."""
+    with _glyph_check():
+        return _save(curves_figure(history, title), path)
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
     """Row-normalised heat map (recall per true class), counts written in each cell."""
-    plt = _plt()
-    n = len(classes)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    side = min(16, max(4, 0.5 * n + 2))
-    fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    if n <= 40:
-        ax.set_xticks(range(n), labels=classes, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(n), labels=classes, fontsize=8)
-    if n <= 25:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    color = "white" if norm[i, j] > 0.5 else "black"
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                            color=color)  # fmt: skip
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    with _glyph_check():
+        plt = _plt()
+        n = len(classes)
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        side = min(16, max(4, 0.5 * n + 2))
+        fig, ax = plt.subplots(figsize=(side + 1, side), dpi=100)
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+        if n <= 40:
+            ax.set_xticks(range(n), labels=classes, rotation=60, ha="right", fontsize=8)
+            ax.set_yticks(range(n), labels=classes, fontsize=8)
+        if n <= 25:
+            for i in range(n):
+                for j in range(n):
+                    if cm[i, j]:
+                        color = "white" if norm[i, j] > 0.5 else "black"
+                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                                color=color)  # fmt: skip
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title("confusion matrix")
+        fig.tight_layout()
+        return _save(fig, path)
 
 
-def plot_top_losses(images: list[np.ndarray], items: list[dict], path: Path) -> Path:
-    """The most confidently wrong images, captioned true / predicted (probability)."""
+def top_losses_figure(images: list[np.ndarray], items: list[dict]):
+    """The most confidently wrong images, captioned true / predicted (a matplotlib Figure)."""
     plt = _plt()
     n = max(1, len(images))
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    # Constrained layout leaves each row room for its captions, which may wrap to several
+    # lines; tight_layout let them run into the images above.
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.6 * rows), dpi=100, squeeze=False,
+                             layout="constrained")  # fmt: skip
+    fig.get_layout_engine().set(w_pad=0.08, h_pad=0.1)  # inches between panels
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, it in zip(axes.flat, images, items):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        ax.set_title(f"true {it['true']}\npred {it['pred']} ({it['prob']:.0%})", fontsize=9)
+        caption = f"{wrap_label('true ' + str(it['true']))}\n"
+        caption += wrap_label(f"pred {it['pred']} ({it['prob']:.0%})")
+        ax.set_title(caption, fontsize=9)
     if not images:
         axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle("top losses: most confidently wrong")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def plot_top_losses(images: list[np.ndarray], items: list[dict], path: Path) -> Path:
+    """The most confidently wrong images, captioned true / predicted (probability), as PNG."""
+    with _glyph_check():
+        return _save(top_losses_figure(images, items), path)
