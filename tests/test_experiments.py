@@ -70,3 +70,60 @@ def test_tune_resumes_without_repeating_and_best_yaml_trains(tmp_path, capsys):
     assert main(["train", "--config", str(out / "best.yaml"), "--epochs", "1", "--out",
                  str(tmp_path / "runs"), "--name", "best", "--quiet"]) == 0  # fmt: skip
     assert (tmp_path / "runs" / "best" / "model.safetensors").is_file()
+
+
+def _study_trials(out):
+    import optuna
+
+    storage = f"sqlite:///{(out / 'study.db').resolve()}"
+    return optuna.load_study(study_name="resnetlab-tune", storage=storage).trials
+
+
+def test_tune_continued_study_samples_new_points_and_skips_duplicates(tmp_path):
+    from resnetlab.experiments.tune import run_tune
+
+    out = tmp_path / "tune"
+    base = {**TINY, "epochs": 1}
+    run_tune(base, trials=2, out=out, verbose=False)
+    # A restarted sampler with the same seed would draw trial 0's point again.
+    run_tune(base, trials=3, out=out, verbose=False)
+    trials = _study_trials(out)
+    assert [t.state.name for t in trials].count("FAIL") == 0
+    assert trials[2].params not in [t.params for t in trials[:2]]
+    # A finished point proposed again (here: queued) is skipped, not trained or counted.
+    import optuna
+
+    study = optuna.load_study(study_name="resnetlab-tune", storage=f"sqlite:///{out}/study.db")
+    study.enqueue_trial(trials[0].params)
+    r = run_tune(base, trials=4, out=out, verbose=False)
+    trials = _study_trials(out)
+    skipped = [t for t in trials if t.user_attrs.get("duplicate_of") is not None]
+    assert [t.user_attrs["duplicate_of"] for t in skipped] == [0]
+    assert skipped[0].state.name == "FAIL" and not (out / f"trial-{skipped[0].number:03d}").exists()
+    assert r["trials"]["COMPLETE"] + r["trials"]["PRUNED"] == 4
+
+
+def test_tune_continued_study_keeps_its_settings(tmp_path, capsys):
+    from resnetlab.experiments.tune import run_tune
+
+    out = tmp_path / "tune"
+    run_tune({**TINY, "epochs": 1}, trials=1, out=out, verbose=False)
+    with pytest.raises(ValueError, match=r"run with epochs 1, not 2; continue it with --epochs 1"):
+        run_tune({**TINY, "epochs": 2}, trials=2, out=out, verbose=False)
+    with pytest.raises(ValueError, match=r"run with model 'resnet20', not 'resnet32'"):
+        run_tune({**TINY, "model": "resnet32"}, trials=2, out=out, verbose=False)
+    assert len(_study_trials(out)) == 1  # refused before any trial ran
+    # Not given (None, as the CLI passes flags left out): the study's own settings.
+    base = {**TINY, "data": None, "model": None, "epochs": None}
+    r = run_tune(base, trials=2, out=out, verbose=False)
+    assert r["trials"]["COMPLETE"] + r["trials"]["PRUNED"] == 2
+    for n in (0, 1):
+        cfg = yaml.safe_load((out / f"trial-{n:03d}" / "config.yaml").read_text())
+        assert (cfg["epochs"], cfg["model"]) == (1, "resnet20")
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["epochs"] == 1 and best["lr"] == r["best_params"]["lr"]
+    # The CLI prints the refusal as one line.
+    argv = ["tune", "--epochs", "3", "--trials", "2", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "this study was run with epochs 1, not 3" in err
