@@ -15,17 +15,29 @@ import torch
 from ..io import atomic_write_text
 from .plots import plot_curves
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
-max-width:1100px;padding:0 1rem;color:#1d2430;line-height:1.45}
-h1{margin-bottom:.2rem}h2{border-bottom:1px solid #dde3ea;padding-bottom:.3rem;margin-top:2rem}
-.muted{color:#5b6777}table{border-collapse:collapse;margin:.5rem 0}
-td,th{border:1px solid #dde3ea;padding:.25rem .6rem;text-align:right}
-th{background:#f3f6f9}td:first-child,th:first-child{text-align:left}
-img{max-width:100%;border:1px solid #eef1f4}pre{background:#f6f8fa;padding:.8rem;
-overflow:auto;font-size:.85rem}.cards{display:flex;gap:1rem;flex-wrap:wrap}
-.card{border:1px solid #dde3ea;border-radius:8px;padding:.6rem 1rem;min-width:150px}
-.card b{display:block;font-size:1.4rem}
+# Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
+# (Simplified Chinese first), so the page never falls back to boxes or to a Japanese face
+# where a CJK font is installed (Debian: fonts-noto-cjk; Windows: YaHei; macOS: PingFang).
+FONTS = (
+    'system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","DejaVu Sans","Noto Sans CJK SC",'
+    '"Source Han Sans SC","Noto Sans CJK TC","Noto Sans CJK JP","Noto Sans CJK KR",'
+    '"PingFang SC","Microsoft YaHei","WenQuanYi Zen Hei",sans-serif'
+)
+MONO_FONTS = (
+    'ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,"Noto Sans Mono CJK SC","Noto Sans CJK SC",'
+    '"Microsoft YaHei",monospace'
+)
+CSS = f"""
+body{{font-family:{FONTS};margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#1d2430;line-height:1.45}}
+h1{{margin-bottom:.2rem}}h2{{border-bottom:1px solid #dde3ea;padding-bottom:.3rem;margin-top:2rem}}
+.muted{{color:#5b6777}}table{{border-collapse:collapse;margin:.5rem 0}}
+td,th{{border:1px solid #dde3ea;padding:.25rem .6rem;text-align:right}}
+th{{background:#f3f6f9}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%;border:1px solid #eef1f4}}pre{{background:#f6f8fa;padding:.8rem;
+overflow:auto;font-size:.85rem;font-family:{MONO_FONTS}}}.cards{{display:flex;gap:1rem;flex-wrap:wrap}}
+.card{{border:1px solid #dde3ea;border-radius:8px;padding:.6rem 1rem;min-width:150px}}
+.card b{{display:block;font-size:1.4rem}}
 """
 
 
@@ -45,8 +57,9 @@ def _read_history(run: Path) -> list[dict]:
     return rows
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{v:.2%}"
+def _pct(v: float | None) -> str:
+    # One format for every accuracy on the page, cards and tables alike.
+    return "-" if v is None else f"{v:.1%}"
 
 
 def build_report(run: str | Path, data: str | None = None, top_losses: int = 12) -> Path:
@@ -87,13 +100,22 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
         ("classes", str(len(meta["classes"]))),
     ]
     per_class_rows = "".join(
-        f"<tr><td>{e(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-        f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
+        f"<tr><td>{e(name)}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
+        f"<td>{_pct(m['f1'])}</td><td>{m['support']}</td></tr>"
         for name, m in ev["per_class"].items()
     )
+
+    def cell(r: dict, k: str) -> str:
+        v = r.get(k)
+        if v is None:
+            return ""
+        if k == "epoch":
+            return str(int(v))
+        return _pct(v) if k.endswith("top1") else f"{v:.4g}"
+
     history_rows = "".join(
         "<tr>" + "".join(
-            f"<td>{'' if r.get(k) is None else (int(r[k]) if k == 'epoch' else f'{r[k]:.4g}')}</td>"
+            f"<td>{cell(r, k)}</td>"
             for k in ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
         ) + "</tr>"
         for r in history

@@ -99,7 +99,7 @@ def _columns(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-def wrap_label(text: str, width: int = 30) -> str:
+def wrap_label(text: str, width: int = 34) -> str:
     """Break *text* into lines of at most *width* columns: between words, or between any two
     wide characters (Chinese has no spaces); a longer Latin word is cut."""
     pieces: list[str] = []
