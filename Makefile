@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: run test bench lint format clean browser
+.PHONY: run test bench lint format clean browser fonts
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,7 +25,15 @@ browser:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
-test: $(STAMP) browser
+# Chinese/Japanese/Korean class names (the herbal-medicine data) in the plots and the report
+# page need a CJK font; install Debian's Noto Sans CJK, the one they prefer, when missing.
+fonts:
+	@fc-list :lang=zh family 2>/dev/null | grep -q 'Noto Sans CJK' || { \
+	  echo "installing Debian's fonts-noto-cjk for CJK class names in plots and reports"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fonts-noto-cjk; }
+
+test: $(STAMP) browser fonts
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/pytest
