@@ -66,7 +66,7 @@ def test_foreign_and_truncated_files(tmp_path):
                      "classes": [], "rng": capture_rng()}, good)  # fmt: skip
     assert load_checkpoint(good)["epoch"] == 1
     good.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(WeightsError, match="c.pt: cannot be read"):
+    with pytest.raises(WeightsError, match="c.pt: the file is damaged"):
         load_checkpoint(good)
     empty = tmp_path / "e.pt"
     empty.write_bytes(b"")

@@ -28,11 +28,12 @@ def command(name: str):
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_model_entry, list_models
+    from .models.registry import natural_key
     from .summary import human, model_info
 
     names = sorted(
         list_models(args.pattern, family=args.family),
-        key=lambda n: (get_model_entry(n).family != "imagenet", _natural_key(n)),
+        key=lambda n: (get_model_entry(n).family != "imagenet", natural_key(n)),
     )
     if not names:
         raise UserError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
@@ -87,10 +88,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
             f"--in-chans {in_chans} disagrees with --input-size {input_size[0]} "
             f"{input_size[1]} {input_size[2]}; give one or make them match"
         )
-    if min(input_size[1:]) < 32:
-        raise UserError(f"--input-size {input_size[1]}x{input_size[2]} is below the 32x32 minimum")
+    if min(input_size) < 1:
+        raise UserError(f"--input-size {' '.join(map(str, input_size))}: sizes must be at least 1")
     model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0])
     print(format_summary(args.model, summarize(model, input_size, depth=args.depth)))
+    if min(input_size[1:]) < entry.total_stride:
+        print(
+            f"\nnote: {args.model} shrinks its input {entry.total_stride}-fold; at "
+            f"{input_size[1]}x{input_size[2]} its last stage works on 1x1 maps"
+        )
     return 0
 
 
@@ -147,8 +153,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from .train import NonFiniteLoss, RunStopped, Trainer, resolve_config
-    from .train.distributed import cleanup
+    from .train import Trainer, resolve_config
     from .weights import WeightsError
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -159,7 +164,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if "model_kwargs" in overrides:
         overrides["model_kwargs"] = _parse_kwargs(overrides["model_kwargs"])
+    if args.resume and (args.config or args.lr_find):
+        flag = "--config" if args.config else "--lr-find"
+        raise UserError(f"--resume continues a run with its saved settings; {flag} cannot join it")
     try:
+        if args.resume:
+            trainer = Trainer(resume=args.resume, verbose=not args.quiet, overrides=overrides)
+            return _fit_and_report(trainer, args)
         cfg = resolve_config(overrides, config_file=args.config)
         if args.lr_find:
             from .train.lr_find import lr_find
@@ -167,17 +178,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = lr_find(cfg)
             print(f"suggested --lr {result['suggestion']:.3g}  (plot: {result['plot']})")
             return 0
-        trainer = Trainer(cfg, resume=args.resume, verbose=not args.quiet)
+        return _fit_and_report(Trainer(cfg, verbose=not args.quiet), args)
+    except (WeightsError, FileExistsError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _fit_and_report(trainer, args: argparse.Namespace) -> int:
+    from .train import NonFiniteLoss, RunStopped
+    from .train.distributed import cleanup
+
+    try:
         try:
             summary = trainer.fit()
         finally:
             cleanup(trainer.dist)
     except RunStopped as exc:
-        print(f"resnetlab train: {exc}; continue with --resume", file=sys.stderr)
-        return 0
+        print(
+            f"resnetlab train: {exc}; continue with: resnetlab train --resume {exc.run_dir}",
+            file=sys.stderr,
+        )
+        return 130 if exc.interrupted else 0
     except NonFiniteLoss as exc:
-        raise UserError(str(exc)) from None
-    except (WeightsError, FileExistsError) as exc:
         raise UserError(str(exc)) from None
     if trainer.dist.enabled:
         print(
@@ -226,6 +247,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model:  # no run: every positional is an input
         inputs = ([run] if run else []) + inputs
         run = None
+    if run and not args.model and _looks_like_image(run):
+        raise UserError(
+            f"{run} is an image, not a run: give the run folder (or model file) first, "
+            f"e.g. resnetlab predict runs/NAME {run}"
+        )
+    if not inputs:
+        raise UserError("no input images: resnetlab predict RUN IMAGE_OR_FOLDER_OR_GLOB ...")
     paths = expand_inputs(inputs)
     if not paths:
         raise UserError("no input images: give image files, folders or globs")
@@ -375,11 +403,20 @@ def _print_train_summary(s: dict) -> None:
     )
     print(f"run folder        {run}")
     print("next:")
-    print(f"  resnetlab evaluate {run}")
+    held_out = s["best_val_top1"] is not None or s["test_top1"] is not None
+    if held_out:  # both need images the model did not train on
+        print(f"  resnetlab evaluate {run}")
     print(f"  resnetlab predict {run} IMAGE_OR_FOLDER")
-    print(f"  resnetlab report {run}")
+    if held_out:
+        print(f"  resnetlab report {run}")
     print(f"  resnetlab export {run} --format onnx --verify")
     print(f"  resnetlab train --resume {run} --epochs {s['epochs_completed'] + 10}")
+
+
+def _looks_like_image(path: str) -> bool:
+    from .data.images import is_image_file
+
+    return is_image_file(path) and not os.path.isdir(path)
 
 
 def _parse_kwargs(items: list[str]) -> dict:
@@ -393,13 +430,6 @@ def _parse_kwargs(items: list[str]) -> dict:
             raise UserError(f"--model-kwargs {item!r} is not key=value")
         out[key.replace("-", "_")] = yaml.safe_load(value)
     return out
-
-
-def _natural_key(name: str) -> tuple:
-    """Family prefix first, then depth as a number: resnet18 < resnet34 < resnet101."""
-    import re
-
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
 
 
 def _width(text: str) -> int:

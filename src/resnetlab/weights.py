@@ -82,10 +82,11 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu"):
             f"({_unpickler_reason(str(exc))}). resnetlab never unpickles code; re-save the "
             "weights as a state_dict or .safetensors."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError):
+        # PyTorch's own text here is a long reader message about zip central directories;
+        # what the user needs is which file and that it is damaged.
         raise WeightsError(
-            f"{path}: cannot be read ({str(exc).splitlines()[0][:200] if str(exc) else exc!r}); "
-            "the file is truncated or not a PyTorch file"
+            f"{path}: the file is damaged (truncated, or not a PyTorch file) and cannot be read"
         ) from None
 
 

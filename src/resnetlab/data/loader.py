@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -146,6 +147,10 @@ class _SeededBatches:
 
 
 def _worker_init(worker_id: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group. The main process stops after its
+    # current step and saves a checkpoint; a worker that died on the same signal would break
+    # the batch it is fetching, so workers leave SIGINT to the main process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Distinct, reproducible numpy/python streams per worker (torch's own is already distinct).
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)

@@ -180,5 +180,55 @@ def resolve_config(
     return cfg
 
 
+# What a resumed run may change: its length and how it is run, not what it computes.
+# ``max_steps`` belongs to one invocation (stop after N steps), so a bare --resume drops it.
+RESUME_MAY_CHANGE = ("epochs", "max_steps", "patience", "checkpoint_every", "num_workers",
+                     "tensorboard", "compile")  # fmt: skip
+# Taken from the folder being resumed, never compared.
+_RUN_PLACE = ("out", "name")
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def explicit_settings(cfg: TrainConfig) -> dict:
+    """The settings of ``cfg`` that differ from the defaults: what a caller asked for."""
+    default = TrainConfig()
+    return {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)
+            if getattr(cfg, f.name) != getattr(default, f.name)}  # fmt: skip
+
+
+def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -> TrainConfig:
+    """The configuration of a resumed run: every saved setting, except those in
+    ``RESUME_MAY_CHANGE`` that ``given`` names. Any other given setting that differs from the
+    saved one is refused in one line, so a flag is never silently ignored."""
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in saved.items() if k in names}
+    refused = [
+        f"{_flag(k)} {v!r} (the run has {values.get(k)!r})"
+        for k, v in given.items()
+        if k not in RESUME_MAY_CHANGE + _RUN_PLACE and k in names and v != values.get(k)
+    ]
+    if refused:
+        may = ", ".join(_flag(k) for k in RESUME_MAY_CHANGE)
+        raise ValueError(
+            f"--resume continues {run} with its saved settings; {'; '.join(refused)} cannot "
+            f"change (a resumed run may change only {may}). For other settings start a new "
+            f"run: resnetlab train --config {Path(run) / 'config.yaml'} --name NEW ..."
+        )
+    values.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
+    if "max_steps" not in given:
+        values["max_steps"] = None
+    cfg = TrainConfig(**values)
+    if cfg.epochs < epochs_done:
+        raise ValueError(
+            f"--epochs {cfg.epochs}: {run} has already completed {epochs_done} epochs; "
+            f"give more than {epochs_done} to train further"
+        )
+    cfg.check()
+    return cfg
+
+
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import re
+import signal
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..data import DataPipeline, build_pipeline
+from ..data import DataError, DataPipeline, build_pipeline
 from ..data.loader import mix_seed
 from ..io import atomic_write_text
 from ..models import create_model
@@ -29,14 +32,8 @@ from ..weights import (
     unwrap_model,
 )
 from . import distributed as D
-from .checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    resolve_checkpoint_path,
-    restore_rng,
-    save_checkpoint,
-)
-from .config import TrainConfig, dump_yaml
+from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
+from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .loggers import MetricsCSV, Progress, TensorBoard
 from .metrics import evaluate_loader, state_checksum
 from .mixing import mix_batch
@@ -58,7 +55,20 @@ class NonFiniteLoss(RuntimeError):
 
 
 class RunStopped(Exception):
-    """Training stopped on purpose (--max-steps) after a resumable checkpoint."""
+    """Training stopped on purpose (--max-steps, or Ctrl-C) after a resumable checkpoint."""
+
+    def __init__(self, message: str, run_dir: Path, interrupted: bool = False) -> None:
+        super().__init__(message)
+        self.run_dir, self.interrupted = run_dir, interrupted
+
+
+# Files a run writes before its first checkpoint: a folder holding only these (a run stopped
+# during start-up) may be taken over by the same command instead of being refused.
+_STARTUP_FILES = ("config.yaml", "metrics.csv")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
 
 
 def _run_name(cfg: TrainConfig) -> str:
@@ -71,11 +81,15 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: TrainConfig | None = None,
         resume: str | Path | None = None,
         verbose: bool = True,
         device: torch.device | None = None,
+        overrides: dict | None = None,
     ) -> None:
+        """``resume``: a run folder or checkpoint to continue with its saved settings; only
+        the settings in ``overrides`` (the flags given; by default those of ``cfg`` that differ
+        from the defaults) may change, and only those a resumed run can change."""
         self.dist = D.init_distributed()
         if self.dist.enabled and torch.cuda.is_available():
             device = torch.device("cuda", self.dist.local_rank)
@@ -83,13 +97,15 @@ class Trainer:
         self.resume_state = None
         self.weights_note = ""
         if resume is not None:
-            path = resolve_checkpoint_path(resume)
-            self.resume_state = load_checkpoint(path)
-            saved = TrainConfig(**self.resume_state["config"])
-            # Only the length of the run may change on resume; the rest is the saved recipe.
-            saved.epochs, saved.max_steps = cfg.epochs, cfg.max_steps
-            saved.out, saved.name = str(path.parent.parent), path.parent.name
-            cfg = saved
+            path, self.resume_state = load_for_resume(resume)
+            if overrides is None:
+                overrides = explicit_settings(cfg) if cfg is not None else {}
+            cfg = resume_config(
+                self.resume_state["config"], overrides, int(self.resume_state["epoch"]), path.parent
+            )
+            cfg.out, cfg.name = str(path.parent.parent), path.parent.name
+        elif cfg is None:
+            raise ValueError("Trainer needs a TrainConfig, or a run to resume")
         cfg.check()
         self.cfg = cfg
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -98,6 +114,11 @@ class Trainer:
         self._seed_everything()
         self.data = self._build_data()
         self.classes = self.data.classes
+        if len(self.classes) < 2:
+            raise DataError(
+                f"{cfg.data}: only one class ({self.classes[0]!r}); a classifier needs at least "
+                "2 classes (one folder per class)"
+            )
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
         self.train_loader = self.data.loader(
@@ -131,6 +152,7 @@ class Trainer:
         self.train_model = self._wrap(self.model)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self._eval_loaders: dict = {}
+        self._stop_requested = False
 
     # ----------------------------------------------------------------------------- setup
 
@@ -203,7 +225,9 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         d = self.run_dir
-        if self.resume_state is None and d.exists() and any(d.iterdir()):
+        held = [p.name for p in d.iterdir()] if d.is_dir() else []
+        reusable = all(n in _STARTUP_FILES or n.startswith("events.out.tfevents") for n in held)
+        if self.resume_state is None and held and not reusable:
             raise FileExistsError(
                 f"{d} already holds files; resume it with --resume {d}, or pick another --name"
             )
@@ -372,13 +396,14 @@ class Trainer:
             ):
                 self._check_finite(pending)
                 self.save("checkpoint-last.pt", sums)
-            if cfg.max_steps and self.global_step >= cfg.max_steps and i + 1 < total:
+            stop = self._stop_reason()
+            if stop and i + 1 < total:
                 self._check_finite(pending)
                 self.train_seconds += time.perf_counter() - start
                 self.train_images += images * self.dist.world_size
                 self.save("checkpoint-last.pt", sums)
                 self.progress.close()
-                raise RunStopped(f"stopped after step {self.global_step} (--max-steps)")
+                raise RunStopped(stop, self.run_dir, interrupted=self._stop_requested)
         self._check_finite(pending)
         self.progress.close()
         # DDP syncs parameters, but each rank's BN running statistics last saw its own batch:
@@ -431,15 +456,49 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- fit
 
+    def _stop_reason(self) -> str | None:
+        if self._stop_requested:
+            return (
+                f"interrupted at step {self.global_step} (epoch {self.epoch + 1}); checkpoint saved"
+            )
+        if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
+            return f"stopped after step {self.global_step} (--max-steps)"
+        return None
+
+    @contextlib.contextmanager
+    def _ctrl_c_saves(self):
+        """The first Ctrl-C ends the run after its current step with a resumable checkpoint;
+        a second one stops at once. Single-process runs only: under DDP every rank would have
+        to agree on the step to stop at."""
+        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.progress.line("stopping after this step (Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def fit(self, on_epoch_end=None) -> dict:
         """Train to ``cfg.epochs``; ``on_epoch_end(row)`` is called after each epoch (it may
         raise to stop, e.g. a pruned hyper-parameter trial)."""
+        with self._ctrl_c_saves():
+            return self._fit(on_epoch_end)
+
+    def _fit(self, on_epoch_end=None) -> dict:
         cfg = self.cfg
         has_val = "val" in self.data.source.splits and len(self.data.source.splits["val"]) > 0
         stale = 0
         if self.dist.is_main:
             self.progress.line(
-                f"training {cfg.model} on {cfg.data}: {len(self.classes)} classes, "
+                f"training {cfg.model} on {cfg.data}: {_count(len(self.classes), 'class')}, "
                 + ", ".join(f"{k} {len(v)}" for k, v in self.data.source.splits.items())
                 + f"; {self.precision}, {self.device.type}"
                 + (", channels_last" if cfg.channels_last else "")
@@ -447,6 +506,12 @@ class Trainer:
             )
             if self.weights_note:
                 self.progress.line(self.weights_note)
+            if not has_val:
+                self.progress.line(
+                    "warning: no validation images (too few per class to hold any out); the "
+                    "best epoch is the one with the lowest training loss, and `evaluate` needs "
+                    "--data with images of its own"
+                )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
             val = self.evaluate("val") if has_val else {}
@@ -471,8 +536,9 @@ class Trainer:
                 self._epoch_outputs(row, improved)
             if on_epoch_end is not None:
                 on_epoch_end(row)
-            if cfg.max_steps and self.global_step >= cfg.max_steps and self.epoch < cfg.epochs:
-                raise RunStopped(f"stopped after step {self.global_step} (--max-steps)")
+            stop = self._stop_reason()
+            if stop and self.epoch < cfg.epochs:
+                raise RunStopped(stop, self.run_dir, interrupted=self._stop_requested)
             if cfg.patience and stale >= cfg.patience:
                 self.progress.line(f"early stop: no val improvement for {cfg.patience} epochs")
                 break
