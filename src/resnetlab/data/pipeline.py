@@ -15,7 +15,7 @@ from .loader import (
     decode_to_memory,
     fits_in_memory,
 )
-from .sources import DataError, Source, Split, load_source
+from .sources import DataError, Source, Split, check_ratios, load_source
 from .stats import channel_stats
 from .transforms import AUTO_AUGMENTS, PRESETS, BatchTransform, default_preset, file_transform
 
@@ -53,8 +53,9 @@ class DataConfig:
             )
         if self.cache not in CACHE_MODES:
             raise DataError(f"--cache {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
-        if self.input_size is not None and self.input_size < 32:
-            raise DataError(f"--input-size {self.input_size} is below the 32-pixel minimum")
+        if self.input_size is not None and self.input_size < 1:
+            raise DataError(f"--input-size must be at least 1, got {self.input_size}")
+        check_ratios(self.val_ratio, self.test_ratio)
         if self.batch_size < 1:
             raise DataError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.num_workers < 0:

@@ -111,6 +111,18 @@ def stratified_split(
 # ---------------------------------------------------------------------------------- digits
 
 
+def check_ratios(val_ratio: float, test_ratio: float) -> None:
+    """Held-out fractions: each in [0, 1), together below 1 (something must be left to train)."""
+    for flag, r in (("--val-ratio", val_ratio), ("--test-ratio", test_ratio)):
+        if not 0.0 <= r < 1.0:
+            raise DataError(f"{flag} must be in [0, 1), got {r:g} (e.g. 0.1 holds out 10 %)")
+    if val_ratio + test_ratio >= 1.0:
+        raise DataError(
+            f"--val-ratio {val_ratio:g} and --test-ratio {test_ratio:g} leave nothing to train "
+            "on; together they must be below 1"
+        )
+
+
 def load_digits_source() -> Source:
     """scikit-learn's 1,797 real 8x8 handwritten digits (0-16 grey levels), 70/15/15 split."""
     from sklearn.datasets import load_digits
@@ -201,9 +213,6 @@ def _build_file_source(
             sizes=[results[i] for i in keep],
         )
     if bad:
-        log.warning("%d of %d files cannot be read and are skipped:", len(bad), total)
-        for b in bad:
-            log.warning("  %s: %s", b.path, b.reason)
         if total and len(bad) / total > max_bad_fraction:
             listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad[:20])
             more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
@@ -212,6 +221,10 @@ def _build_file_source(
                 f"more than --max-bad-fraction {max_bad_fraction:g}:\n  {listing}{more}\n"
                 "Fix or remove them, or raise --max-bad-fraction to skip them."
             )
+        # Listed once: here when they are skipped, in the error above when they stop the run.
+        log.warning("%d of %d files cannot be read and are skipped:", len(bad), total)
+        for b in bad:
+            log.warning("  %s: %s", b.path, b.reason)
     for split, s in splits.items():
         counts = torch.bincount(s.labels, minlength=len(classes)) if len(s) else None
         if split == "train" and counts is not None:
@@ -331,6 +344,7 @@ def load_source(
     """Parse a DATA string and load it. ``channels`` forces 1 (greyscale) or 3 (RGB)."""
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise DataError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
+    check_ratios(val_ratio, test_ratio)
     kind, _, rest = data.partition(":")
     from .formats import load_cifar_source, load_mnist_source  # they build on this module
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import re
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -33,6 +34,14 @@ class ModelEntry:
     def input_size(self) -> tuple[int, int, int]:
         """Default (C, H, W): 224 for the ImageNet family, 32 for the CIFAR family."""
         return (3, 224, 224) if self.family == "imagenet" else (3, 32, 32)
+
+    @property
+    def total_stride(self) -> int:
+        """How many times the network shrinks its input before pooling: the ImageNet stem
+        (stride-2 conv, stride-2 pool) and three stride-2 stages make 32; the CIFAR family's
+        two stride-2 stages make 4. Any input of at least 1x1 runs (padding keeps every map
+        at least 1x1); below this size the last stage sees 1x1 maps."""
+        return 32 if self.family == "imagenet" else 4
 
     @property
     def default_num_classes(self) -> int:
@@ -68,12 +77,21 @@ def register_model(
 
 
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
-    """Every registered name matching a shell-style ``pattern``, sorted."""
+    """Every registered name matching a shell-style ``pattern``, sorted with depths as numbers
+    (resnet18 < resnet34 < resnet101)."""
     return sorted(
-        n
-        for n, e in _REGISTRY.items()
-        if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+        (
+            n
+            for n, e in _REGISTRY.items()
+            if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+        ),
+        key=natural_key,
     )
+
+
+def natural_key(name: str) -> tuple:
+    """Digits compare as numbers: ``resnet18`` before ``resnet101``."""
+    return tuple((1, int(t), "") if t.isdigit() else (0, 0, t) for t in re.split(r"(\d+)", name))
 
 
 def get_model_entry(name: str) -> ModelEntry:
