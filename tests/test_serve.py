@@ -12,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from PIL import Image
@@ -41,6 +43,12 @@ class Server:
                *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = self.proc.stdout.readline()
+        # The URL is printed only once the port accepts connections.
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+            self.listening_at_banner = True
+        except OSError:
+            self.listening_at_banner = False
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -101,6 +109,7 @@ def _multipart(data: bytes, name="x.png", ctype="image/png"):
 
 def test_banner_binds_loopback_by_default(server):
     assert f"http://127.0.0.1:{server.port}/" in server.banner
+    assert server.listening_at_banner
 
 
 def test_health_model_and_page(server):
@@ -167,9 +176,56 @@ def test_pixel_bomb_refused(server):
     assert status == 413 and "pixels" in r["error"]
 
 
-def test_topk_out_of_range(server):
+def test_topk_above_the_classes_gives_all_and_below_one_is_refused(server):
     status, r, _ = server.request("POST", "/predict?topk=11", _png(), {"Content-Type": "image/png"})
-    assert status == 400 and "topk" in r["error"]
+    assert status == 200 and sorted(t["index"] for t in r["topk"]) == list(range(10))
+    assert abs(sum(t["prob"] for t in r["topk"]) - 1) < 1e-4
+    for topk in ("0", "-3"):
+        status, r, _ = server.request(
+            "POST", f"/predict?topk={topk}", _png(), {"Content-Type": "image/png"}
+        )
+        assert status == 400 and f"topk must be at least 1, got {topk}" in r["error"]
+
+
+def test_413_reaches_a_client_that_sends_the_whole_body_first(server):
+    """urllib (like requests) writes the whole body before it reads the answer; the server
+    reads and drops the rest of a refused body so that such a client sees the 413 instead of
+    a connection reset."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/predict", data=b"\0" * (24 * 10**6),
+        headers={"Content-Type": "image/png"}, method="POST",
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=60)
+    assert caught.value.code == 413
+    assert "24,000,000 bytes exceeds" in json.loads(caught.value.read())["error"]
+    assert server.request("POST", "/predict", _png(), {"Content-Type": "image/png"})[0] == 200
+
+
+def _serve_cli(run, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "resnetlab", "serve", str(run), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1"])
+def test_invalid_port_is_a_one_line_error(run, port):
+    r = _serve_cli(run, "--port", port)
+    assert r.returncode == 2 and "http://" not in r.stdout
+    assert r.stderr == (
+        f"resnetlab serve: error: --port {port} is not a port number; give one from 1 to 65535\n"
+    )
+
+
+def test_busy_port_is_a_one_line_error_and_no_url(run):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = _serve_cli(run, "--port", str(port))
+    assert r.returncode == 2 and "http://" not in r.stdout
+    assert r.stderr == (
+        f"resnetlab serve: error: port {port} is in use; pick another with --port\n"
+    )
 
 
 def test_same_probabilities_alone_and_under_concurrency(server):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
 from ..predict import Predictor
@@ -20,6 +23,11 @@ PAGE = Path(__file__).with_name("page.html")
 # Formats a browser may send that we never decode: answered 415, not 400.
 REFUSED_TYPES = ("application/pdf", "application/postscript", "image/svg+xml", "text/")
 REFUSED_MAGIC = (b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6", b"<svg", b"<?xml", b"8BPS")
+# A client that sends its whole body before reading the answer (urllib, requests) gets a
+# connection reset, not the 413, when the server closes while the body is still arriving. So
+# the rest of a refused body is read and dropped, up to this many bytes past the cap, without
+# keeping it (the lingering close of nginx and Apache); a larger body is cut off.
+DRAIN_BYTES = 64 * 2**20
 
 
 class HTTPError(Exception):
@@ -27,21 +35,49 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-async def read_capped(request: Request, cap: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``cap`` bytes (chunked uploads too)."""
+async def read_capped(request: Request, cap: int, drain: int = DRAIN_BYTES) -> bytes:
+    """The body, refused with 413 as soon as it passes ``cap`` bytes (chunked uploads too).
+
+    Before the 413, up to ``drain`` more bytes of the body are read and dropped, so that a
+    client still sending it can read the answer; memory holds one chunk at a time."""
     length = request.headers.get("content-length")
+    stream = request.stream()
     if length is not None:
         if not length.isdigit():
             raise HTTPError(400, "invalid Content-Length")
         if int(length) > cap:
-            raise HTTPError(413, f"body of {int(length):,} bytes exceeds the {cap:,}-byte limit")
+            # A client that asked `Expect: 100-continue` has not sent the body and waits for
+            # this answer; reading would tell it to send everything first.
+            waiting = request.headers.get("expect", "").lower() == "100-continue"
+            if not waiting and int(length) <= cap + drain:
+                await _discard(stream, drain)
+            raise HTTPError(413, f"body of {int(length):,} bytes exceeds the {cap:,}-byte limit",
+                            {"Connection": "close"})  # fmt: skip
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > cap:
-            raise HTTPError(413, f"body exceeds the {cap:,}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in stream:
+            total += len(chunk)
+            if total > cap:
+                await _discard(stream, cap + drain - total)
+                raise HTTPError(
+                    413, f"body exceeds the {cap:,}-byte limit", {"Connection": "close"}
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise HTTPError(400, "the client closed the connection before the body ended") from None
     return b"".join(chunks)
+
+
+async def _discard(stream, limit: int) -> None:
+    """Read and drop what is left of ``stream``, at most ``limit`` bytes."""
+    seen = 0
+    try:
+        async for chunk in stream:
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except ClientDisconnect:  # nobody left to answer
+        return
 
 
 async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str | None]:
@@ -136,11 +172,17 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request, topk: int = 5):
-        if not 1 <= topk <= len(predictor.classes):
-            raise HTTPError(400, f"topk must be between 1 and {len(predictor.classes)}")
         state["arriving"] += 1
         try:
-            image = await _read_image(request)
+            # The body is read before any refusal, so that a client still sending it sees the
+            # answer instead of a connection reset.
+            body = await read_capped(request, max_body)
+            if topk < 1:
+                raise HTTPError(
+                    400, f"topk must be at least 1, got {topk} (a topk above the "
+                    f"{len(predictor.classes)} classes gives all of them)",
+                )  # fmt: skip
+            image = await _decode_upload(request, body)
         finally:
             state["arriving"] -= 1
         try:
@@ -148,10 +190,10 @@ def create_app(
         except QueueFull:
             raise HTTPError(503, "server busy: too many requests queued, retry shortly",
                             {"Retry-After": "1"}) from None  # fmt: skip
+        # topk above the number of classes means all of them (the page asks for 5).
         return {"topk": predictor.topk_rows(probs.unsqueeze(0), topk)[0], "model": predictor.name}
 
-    async def _read_image(request: Request):
-        body = await read_capped(request, max_body)
+    async def _decode_upload(request: Request, body: bytes):
         data, ctype = await image_bytes(request, body)
         if not data:
             raise HTTPError(400, "empty upload: send an image as the body or as 'file'")
@@ -189,6 +231,34 @@ def create_app(
     return app
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``; a bad or busy port is a one-line ``ValueError``.
+
+    The server binds here, before the URL is printed, so that the URL is only shown once it
+    answers, and a busy port is said plainly instead of in uvicorn's traceback."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a port number; give one from 1 to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restarted server can take its port back at once (TIME_WAIT); a port
+    # another program listens on is still refused.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(f"port {port} is in use; pick another with --port") from None
+        if exc.errno == errno.EACCES:
+            raise ValueError(
+                f"port {port} needs administrator rights here; pick one above 1023 with --port"
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"cannot listen on {host} port {port}: {reason}; check --host") from None
+    return sock
+
+
 def serve(
     run: str,
     host: str = "127.0.0.1",
@@ -203,13 +273,19 @@ def serve(
 ) -> None:
     import uvicorn
 
-    predictor = Predictor(run, backend=backend, precision=precision, batch_size=max_batch)
-    import torch
+    # The port first: a typo or a busy port is reported before the model is loaded.
+    sock = listen(host, port)
+    try:
+        predictor = Predictor(run, backend=backend, precision=precision, batch_size=max_batch)
+        import torch
 
-    c, h, w = predictor.meta["input_size"]
-    predictor.probabilities(torch.zeros(max_batch, c, h, w, dtype=torch.uint8))  # warm-up
-    app = create_app(predictor, max_batch, max_wait_ms, max_queue, int(max_body_mb * 2**20),
-                     decode_threads=workers)  # fmt: skip
+        c, h, w = predictor.meta["input_size"]
+        predictor.probabilities(torch.zeros(max_batch, c, h, w, dtype=torch.uint8))  # warm-up
+        app = create_app(predictor, max_batch, max_wait_ms, max_queue, int(max_body_mb * 2**20),
+                         decode_threads=workers)  # fmt: skip
+    except BaseException:
+        sock.close()
+        raise
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -217,4 +293,6 @@ def serve(
         f"{predictor.backend}, {predictor.precision}) at http://{shown}:{port}/",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=10)  # fmt: skip
+    uvicorn.Server(config).run(sockets=[sock])
