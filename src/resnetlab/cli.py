@@ -360,7 +360,9 @@ def _pm(v, s) -> str:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .experiments.tune import run_tune
 
-    base = {"data": args.data, "model": args.model, "epochs": args.epochs}
+    # Flags not given stay out: a continued study keeps its saved value (defaults for a new one).
+    flags = {"data": args.data, "model": args.model, "epochs": args.epochs}
+    base = {k: v for k, v in flags.items() if v is not None}
     if args.config:
         from .train.config import load_yaml
 
@@ -554,9 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/degradation-TIME)")
 
     p = sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--epochs", type=int, default=8, help="epochs per trial")
+    p.add_argument("--data", help="DATA (default digits; a continued study keeps its own)")
+    p.add_argument("--model", help="default resnet20; a continued study keeps its own")
+    p.add_argument("--epochs", type=int, help="per trial (default 8; a continued study: its own)")
     p.add_argument("--trials", type=int, default=10, help="finished trials wanted in total")
     p.add_argument("--timeout", type=float, help="seconds for this invocation")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/study.db)")
