@@ -67,8 +67,8 @@ def test_herbal_medicine_journey(cli, tmp_path):
 
     # train with the defaults: 2 of 98 files unreadable is above the 1 % default; one error
     # naming them and the flag, nothing written.
-    argv = ["train", "--data", data, "--model", "resnet18", "--weights", pth,
-            "--input-size", "32", "--epochs", "2", "--batch-size", "16", "--name", "herbs"]  # fmt: skip
+    argv = ["train", "--data", data, "--model", "resnet18", "--weights", pth, "--input-size",
+            "32", "--epochs", "2", "--batch-size", "16", "--name", "herbs"]  # fmt: skip
     p = cli(*argv, ok=False)
     assert "empty.jpg" in p.stderr and "--max-bad-fraction" in p.stderr
     assert not (tmp_path / "runs" / "herbs").exists()
