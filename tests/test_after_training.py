@@ -425,3 +425,39 @@ def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monke
     assert main(["export", str(bare / "model.safetensors"), "--int8"]) == 2
     assert "give --data" in capsys.readouterr().err
     assert sorted(p.name for p in bare.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_predict_topk_above_the_classes_gives_all_and_below_one_is_an_error(run, tmp_path, capsys):
+    run_dir, data = run
+    _, files, _, _ = _images(tmp_path, data)
+    p = Predictor(run_dir, precision="fp32")
+    rows = p.predict_paths([str(files[0])], topk=10)
+    assert sorted(t["label"] for t in rows[0]["topk"]) == sorted(CLASSES)
+    assert len(p.predict_images([Image.open(files[0])], topk=10)[0]) == 3
+    for k in (0, -3):
+        with pytest.raises(ValueError, match=f"topk must be .* at least 1, got {k}; give"):
+            p.predict_paths([str(files[0])], topk=k)
+        with pytest.raises(ValueError, match=f"topk must be .* at least 1, got {k}; give"):
+            p.predict_images([Image.open(files[0])], topk=k)
+        assert main(["predict", str(run_dir), str(files[0]), "--topk", str(k)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"resnetlab predict: error: topk must be a whole number of at "
+                              f"least 1, got {k}") and err.count("\n") == 1  # fmt: skip
+    assert main(["predict", str(run_dir), str(files[0]), "--topk", "7", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)[0]["topk"]) == 3
+
+
+def test_predict_glob_that_matches_nothing_gets_an_error_row(run, tmp_path, capsys):
+    run_dir, data = run
+    folder, files, _, _ = _images(tmp_path, data)
+    pattern = str(tmp_path / "holiday-*.jpg")
+    matching = str(folder / "café*.png")  # a glob that matches is still expanded
+    assert main(["predict", str(run_dir), str(files[0]), pattern, matching, "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == [str(files[0]), pattern, str(files[2])]
+    assert rows[1] == {"path": pattern, "topk": [], "error": "no file matches this pattern"}
+    assert rows[0]["error"] is None and rows[2]["error"] is None and rows[2]["topk"]
+    # A missing plain file still says that it cannot be read.
+    missing = str(tmp_path / "gone.png")
+    assert main(["predict", str(run_dir), missing, "--json"]) == 1
+    assert "cannot read" in json.loads(capsys.readouterr().out)[0]["error"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import itertools
+import operator
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,7 @@ from .train.precision import autocast, default_device, resolve_precision
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
 MAX_AUTO_STREAMS = 4
+NO_MATCH = "no file matches this pattern"
 
 
 class Predictor:
@@ -131,7 +133,9 @@ class Predictor:
         return torch.softmax(self.logits(batch_uint8), dim=1)
 
     def topk_rows(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
-        k = max(1, min(k, probs.shape[1]))
+        """The ``k`` most probable classes of each row; a ``k`` above the number of classes
+        gives all of them."""
+        k = min(check_topk(k), probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         return [
             [
@@ -142,6 +146,7 @@ class Predictor:
         ]
 
     def predict_images(self, images: Sequence[Image.Image], topk: int = 5) -> list[list[dict]]:
+        check_topk(topk)
         rows: list[list[dict]] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
@@ -153,6 +158,9 @@ class Predictor:
         try:
             return self.preprocess(open_image(path, self.channels, min_side=self.min_side)), None
         except ImageDecodeError as exc:
+            # A pattern kept by expand_inputs because nothing matched it.
+            if glob.has_magic(str(path)) and not os.path.lexists(path):
+                return None, NO_MATCH
             return None, exc.reason
 
     def stream_count(self, batches: int) -> int:
@@ -188,6 +196,7 @@ class Predictor:
         With one stream, the files of the next batch are decoded in background threads while
         the model runs on the current one; with several (see :meth:`stream_count`), each
         stream takes the next batch, decodes it and runs the model on it."""
+        check_topk(topk)  # before any file is decoded
         chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         streams = self.stream_count(len(chunks))
         if streams > 1:
@@ -256,6 +265,21 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
         return model
 
 
+def check_topk(k: int) -> int:
+    """``k`` when it is a whole number of at least 1; otherwise a ``ValueError`` that says
+    what to give."""
+    try:
+        n = operator.index(k)
+    except TypeError:
+        n = 0
+    if n < 1:
+        raise ValueError(
+            f"topk must be a whole number of at least 1, got {k!r}; give --topk 1 or more "
+            "(more than the model's classes gives all of them)"
+        )
+    return n
+
+
 def to_channels(img: Image.Image, channels: int) -> Image.Image:
     want = "RGB" if channels == 3 else "L"
     return img if img.mode == want else img.convert(want)
@@ -264,7 +288,8 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
 def expand_inputs(items: Iterable[str]) -> list[str]:
     """Files as given; folders walked recursively for images (junk skipped); globs expanded.
 
-    A name that matches nothing is kept, so it gets its own error row."""
+    A name that matches nothing is kept, so it gets its own error row: a missing file says
+    so, a pattern that matches no file says ``no file matches this pattern``."""
     out: list[str] = []
     for item in items:
         p = Path(item)
@@ -276,7 +301,8 @@ def expand_inputs(items: Iterable[str]) -> list[str]:
             )
             out += found
         elif not p.exists() and glob.has_magic(item):
-            out += sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            matches = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            out += matches or [item]
         else:
             out.append(item)
     return out
