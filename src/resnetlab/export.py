@@ -4,6 +4,7 @@ change measured on held-out images."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -25,9 +26,32 @@ class ExportError(RuntimeError):
     pass
 
 
+class StaleExportError(ValueError):
+    """An exported file made from other weights than the model now holds."""
+
+
+WEIGHTS_KEY = "resnetlab.weights_sha256"
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer (names, dtypes, shapes, values).
+
+    Stored in each ONNX export, so that predict and serve can tell an export made from
+    other weights (say, before ``train --resume`` rewrote the run) from a current one."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu")
+        # Layout and precision of the copy in memory are not part of the weights.
+        t = (t.float() if t.is_floating_point() else t).contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _metadata(loaded: LoadedModel) -> dict[str, str]:
     m = loaded.meta
     return {
+        WEIGHTS_KEY: weights_fingerprint(loaded.model),
         "resnetlab.model": str(m["model"]),
         "resnetlab.classes": json.dumps(m["classes"], ensure_ascii=False),
         "resnetlab.input_size": json.dumps(m["input_size"]),
@@ -144,6 +168,22 @@ def onnx_session(path: str | os.PathLike):
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def stale_reason(session, path: Path, loaded: LoadedModel) -> str | None:
+    """Why the export at ``path`` (open as onnxruntime ``session``) does not hold the weights
+    of ``loaded``, or None when it does."""
+    recorded = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
+    if recorded is None:
+        # An export from before the fingerprint was stored: judged by age, as make would.
+        try:
+            older = path.stat().st_mtime < loaded.source.stat().st_mtime
+        except OSError:  # weights not from a file (torchvision): nothing to compare with
+            return None
+        return f"{path} is older than {loaded.source}" if older else None
+    if recorded != weights_fingerprint(loaded.model):
+        return f"{path} was exported from other weights than {loaded.source} holds now"
+    return None
 
 
 def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None = None) -> dict:

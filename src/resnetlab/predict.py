@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import itertools
+import logging
 import operator
 import os
 import threading
@@ -29,6 +30,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
 MAX_AUTO_STREAMS = 4
 NO_MATCH = "no file matches this pattern"
+log = logging.getLogger("resnetlab.predict")
 
 
 class Predictor:
@@ -85,11 +87,39 @@ class Predictor:
             self.model = model_on(fold_batchnorm(self.loaded.model), self.device)
             self.session = None
         else:
-            from .export import onnx_session
-
-            path = onnx_path or self._default_onnx_path()
-            self.session = onnx_session(path)
+            self.session = self._onnx_session(onnx_path)
             self.model = None
+
+    def _onnx_session(self, onnx_path: str | os.PathLike | None):
+        """The onnxruntime session, checked against the weights the model holds now.
+
+        A stale fp32 export in the run's own place (``RUN/model.onnx``, which ``export``
+        rebuilds anyway) is exported again, with a log line; a stale int8 model (its accuracy
+        has to be measured again) or a file given by path is refused, never used silently."""
+        from .export import (
+            StaleExportError,
+            export_onnx,
+            is_resnetlab_export,
+            onnx_session,
+            stale_reason,
+        )
+
+        path = Path(onnx_path) if onnx_path else self._default_onnx_path()
+        session = onnx_session(path)
+        reason = stale_reason(session, path, self.loaded)
+        if reason is None:
+            return session
+        base = self.loaded.run_dir or self.loaded.source.parent
+        if onnx_path is None and self.backend == "onnx" and is_resnetlab_export(path):
+            log.warning("%s; exporting it again", reason)
+            export_onnx(self.loaded, path)
+            return onnx_session(path)
+        again = f"resnetlab export {base} --format onnx"
+        if onnx_path is not None:
+            again += f" --out {path}"
+        elif self.backend == "onnx-int8":
+            again += " --int8"
+        raise StaleExportError(f"{reason}; re-run `{again}`")
 
     def _default_onnx_path(self) -> Path:
         from .export import INT8_NAME
