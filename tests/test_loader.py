@@ -166,7 +166,7 @@ def test_bad_config_values():
     from resnetlab.data import DataError
 
     for kwargs, msg in [
-        ({"input_size": 16}, "32-pixel"),
+        ({"input_size": 0}, "at least 1"),
         ({"preset": "mnist"}, "--preset"),
         ({"auto_augment": "autoaug"}, "--auto-augment"),
         ({"batch_size": 0}, "--batch-size"),
