@@ -17,8 +17,9 @@ from datagen import make_folder
 from resnetlab import create_model
 from resnetlab.bundle import load_model
 from resnetlab.cli import main
+from resnetlab.errors import ExportError
 from resnetlab.evaluate import evaluate_run
-from resnetlab.export import ExportError, onnx_session
+from resnetlab.export import onnx_session
 from resnetlab.predict import Predictor
 from resnetlab.train import Trainer, resolve_config
 

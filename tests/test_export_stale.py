@@ -12,7 +12,8 @@ import torch
 from datagen import make_folder
 from resnetlab.bundle import load_model
 from resnetlab.cli import main
-from resnetlab.export import WEIGHTS_KEY, StaleExportError
+from resnetlab.errors import StaleExportError
+from resnetlab.export import WEIGHTS_KEY
 from resnetlab.predict import Predictor
 from resnetlab.train import Trainer, resolve_config
 from resnetlab.weights import save_bundle

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from resnetlab.train import precision
-from resnetlab.train.precision import resolve_precision
+from resnetlab import device as precision
+from resnetlab.device import resolve_precision
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datagen import make_folder
-from resnetlab.report import plots
+from resnetlab import plots
 from resnetlab.train import Trainer, resolve_config
 
 # The herbal-medicine users' names: Latin and Chinese mixed, long enough to wrap.

@@ -8,13 +8,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .errors import ConfigError, ResnetlabError
 from .runtime import tune_allocator
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad value, missing file); printed without a traceback."""
 
 
 def command(name: str):
@@ -36,7 +33,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         key=lambda n: (get_model_entry(n).family != "imagenet", natural_key(n)),
     )
     if not names:
-        raise UserError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
+        raise ConfigError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
     rows = [model_info(name) for name in names]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -84,12 +81,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     if input_size is None:
         input_size = (in_chans or 3, *entry.input_size[1:])
     elif in_chans is not None and in_chans != input_size[0]:
-        raise UserError(
+        raise ConfigError(
             f"--in-chans {in_chans} disagrees with --input-size {input_size[0]} "
             f"{input_size[1]} {input_size[2]}; give one or make them match"
         )
     if min(input_size) < 1:
-        raise UserError(f"--input-size {' '.join(map(str, input_size))}: sizes must be at least 1")
+        raise ConfigError(
+            f"--input-size {' '.join(map(str, input_size))}: sizes must be at least 1"
+        )
     model = create_model(args.model, num_classes=args.num_classes, in_chans=input_size[0])
     print(format_summary(args.model, summarize(model, input_size, depth=args.depth)))
     if min(input_size[1:]) < entry.total_stride:
@@ -154,7 +153,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from .train import Trainer, resolve_config
-    from .weights import WeightsError
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     overrides = {
@@ -166,25 +164,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["model_kwargs"] = _parse_kwargs(overrides["model_kwargs"])
     if args.resume and (args.config or args.lr_find):
         flag = "--config" if args.config else "--lr-find"
-        raise UserError(f"--resume continues a run with its saved settings; {flag} cannot join it")
-    try:
-        if args.resume:
-            trainer = Trainer(resume=args.resume, verbose=not args.quiet, overrides=overrides)
-            return _fit_and_report(trainer, args)
-        cfg = resolve_config(overrides, config_file=args.config)
-        if args.lr_find:
-            from .train.lr_find import lr_find
+        raise ConfigError(
+            f"--resume continues a run with its saved settings; {flag} cannot join it"
+        )
+    if args.resume:
+        trainer = Trainer(resume=args.resume, verbose=not args.quiet, overrides=overrides)
+        return _fit_and_report(trainer, args)
+    cfg = resolve_config(overrides, config_file=args.config)
+    if args.lr_find:
+        from .train.lr_find import lr_find
 
-            result = lr_find(cfg)
-            print(f"suggested --lr {result['suggestion']:.3g}  (plot: {result['plot']})")
-            return 0
-        return _fit_and_report(Trainer(cfg, verbose=not args.quiet), args)
-    except (WeightsError, FileExistsError) as exc:
-        raise UserError(str(exc)) from None
+        result = lr_find(cfg)
+        print(f"suggested --lr {result['suggestion']:.3g}  (plot: {result['plot']})")
+        return 0
+    return _fit_and_report(Trainer(cfg, verbose=not args.quiet), args)
 
 
 def _fit_and_report(trainer, args: argparse.Namespace) -> int:
-    from .train import NonFiniteLoss, RunStopped
+    from .train import RunStopped
     from .train.distributed import cleanup
 
     try:
@@ -198,8 +195,6 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130 if exc.interrupted else 0
-    except NonFiniteLoss as exc:
-        raise UserError(str(exc)) from None
     if trainer.dist.enabled:
         print(
             f"rank {trainer.dist.rank}/{trainer.dist.world_size}: final weights sha256 "
@@ -248,15 +243,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         inputs = ([run] if run else []) + inputs
         run = None
     if run and not args.model and _looks_like_image(run):
-        raise UserError(
+        raise ConfigError(
             f"{run} is an image, not a run: give the run folder (or model file) first, "
             f"e.g. resnetlab predict runs/NAME {run}"
         )
     if not inputs:
-        raise UserError("no input images: resnetlab predict RUN IMAGE_OR_FOLDER_OR_GLOB ...")
+        raise ConfigError("no input images: resnetlab predict RUN IMAGE_OR_FOLDER_OR_GLOB ...")
     paths = expand_inputs(inputs)
     if not paths:
-        raise UserError("no input images: give image files, folders or globs")
+        raise ConfigError("no input images: give image files, folders or globs")
     predictor = build_predictor(
         run, model=args.model, weights=args.weights, backend=args.backend,
         batch_size=args.batch_size, precision=args.precision, streams=args.streams,
@@ -287,14 +282,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportError, export, real_inputs
+    from .export import export, real_inputs
 
     real = real_inputs(args.run) if args.verify else None
-    try:
-        r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real,
-                   int8=args.int8, calibration=args.calibration, data=args.data)  # fmt: skip
-    except ExportError as exc:
-        raise UserError(str(exc)) from None
+    r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real,
+               int8=args.int8, calibration=args.calibration, data=args.data)  # fmt: skip
     print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']})")
     if args.verify:
         for name, diff in r["max_abs_diff"].items():
@@ -429,7 +421,7 @@ def _parse_kwargs(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--model-kwargs {item!r} is not key=value")
+            raise ConfigError(f"--model-kwargs {item!r} is not key=value")
         out[key.replace("-", "_")] = yaml.safe_load(value)
     return out
 
@@ -680,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `resnetlab predict … | head`: the reader has gone; stop quietly, as `yes | head` does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # SIGPIPE
-    except (UserError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except ResnetlabError as exc:  # the user's to fix: one line; anything else is a bug
         print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,8 +12,9 @@ from torch.nn import functional as F
 
 from .bundle import LoadedModel, load_model, model_on
 from .data import DataConfig, DataError, DataPipeline, load_source
+from .device import autocast, default_device, resolve_precision
+from .errors import ConfigError
 from .io import atomic_write_text
-from .train.precision import autocast, default_device, resolve_precision
 
 
 def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
@@ -55,7 +56,7 @@ def run_pipeline(
     if data is None:
         cfg_path = loaded.run_dir / "config.yaml" if loaded.run_dir else None
         if cfg_path is None or not cfg_path.is_file():
-            raise ValueError("give --data: this model file has no run folder to take it from")
+            raise ConfigError("give --data: this model file has no run folder to take it from")
         config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
         data = config["data"]
         keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
@@ -137,7 +138,7 @@ def evaluate_run(
     }
     out = Path(out_dir) if out_dir else (loaded.run_dir or loaded.source.parent) / f"eval-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    from .report.plots import plot_confusion, plot_top_losses
+    from .plots import plot_confusion, plot_top_losses
 
     plot_confusion(cm, loaded.classes, out / "confusion_matrix.png")
     result["files"] = {"confusion_matrix_png": str(out / "confusion_matrix.png")}

@@ -15,19 +15,17 @@ import numpy as np
 import torch
 
 from .bundle import LoadedModel, load_model
+from .errors import (
+    ConfigError,
+    ExportError,
+    FileConflictError,
+    MissingFileError,
+)
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 INT8_NAME = "model.int8.onnx"
 INT8_MIN_AGREEMENT = 0.99  # --verify: top-1 of the int8 model agrees with fp32 on 99 % of images
-
-
-class ExportError(RuntimeError):
-    pass
-
-
-class StaleExportError(ValueError):
-    """An exported file made from other weights than the model now holds."""
 
 
 WEIGHTS_KEY = "resnetlab.weights_sha256"
@@ -130,9 +128,9 @@ def check_replaceable(path: Path) -> None:
     """Exports are rebuilt from the model, so an earlier export may be replaced; any other
     file at the output path (weights, a checkpoint, somebody else's model) is left alone."""
     if path.is_dir():
-        raise FileExistsError(f"{path} is a folder; give a file name with --out")
+        raise FileConflictError(f"{path} is a folder; give a file name with --out")
     if path.exists() and not is_resnetlab_export(path):
-        raise FileExistsError(
+        raise FileConflictError(
             f"{path} already exists and is not a resnetlab export; it is left as it is: "
             "choose another --out, or move it away first"
         )
@@ -163,7 +161,7 @@ def onnx_session(path: str | os.PathLike):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX file")
+        raise MissingFileError(f"{path}: no such ONNX file")
     check_external_data(path)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -292,7 +290,7 @@ def quantize_int8(
     from .evaluate import run_pipeline
 
     if calibration < 1:
-        raise ValueError(f"--calibration must be at least 1 image, got {calibration}")
+        raise ConfigError(f"--calibration must be at least 1 image, got {calibration}")
     loaded = run if isinstance(run, LoadedModel) else load_model(run)
     pipe = run_pipeline(loaded, data=data, batch_size=64, num_workers=0)
     calib_split = "train" if "train" in pipe.source.splits else _held_out_split(pipe)
@@ -356,13 +354,13 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
            do_verify: bool = False, real: torch.Tensor | None = None, int8: bool = False,
            calibration: int = 64, data: str | None = None) -> dict:  # fmt: skip
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if int8 and fmt != "onnx":
-        raise ValueError("--int8 needs --format onnx (onnxruntime runs the int8 model)")
+        raise ConfigError("--int8 needs --format onnx (onnxruntime runs the int8 model)")
     loaded = load_model(run)
     has_run_data = loaded.run_dir is not None and (loaded.run_dir / "config.yaml").is_file()
     if int8 and data is None and not has_run_data:
-        raise ValueError(
+        raise ConfigError(
             f"{run}: --int8 calibrates on images and this model has no run folder to take them "
             "from; give --data (the data set it was trained on)"
         )

@@ -24,7 +24,8 @@ from PIL import Image
 from .bundle import LoadedModel, load_model, model_on, pretrained_model
 from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
 from .data.transforms import BatchTransform, eval_resize_size, file_transform, stack_images
-from .train.precision import autocast, default_device, resolve_precision
+from .device import autocast, default_device, resolve_precision
+from .errors import ConfigError, MissingFileError, StaleExportError
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
@@ -51,11 +52,11 @@ class Predictor:
         streams: int | None = None,
     ) -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+            raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
         if batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+            raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if streams is not None and streams < 1:
-            raise ValueError(f"--streams must be at least 1, got {streams}")
+            raise ConfigError(f"--streams must be at least 1, got {streams}")
         self.loaded = source if isinstance(source, LoadedModel) else load_model(source)
         meta = self.loaded.meta
         self.meta, self.classes = meta, self.loaded.classes
@@ -97,7 +98,6 @@ class Predictor:
         rebuilds anyway) is exported again, with a log line; a stale int8 model (its accuracy
         has to be measured again) or a file given by path is refused, never used silently."""
         from .export import (
-            StaleExportError,
             export_onnx,
             is_resnetlab_export,
             onnx_session,
@@ -128,7 +128,7 @@ class Predictor:
         int8 = self.backend == "onnx-int8"
         path = Path(base) / (INT8_NAME if int8 else "model.onnx")
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path}: no {'int8 ' if int8 else ''}ONNX model; run `resnetlab export {base} "
                 f"--format onnx{' --int8' if int8 else ''}` first"
             )
@@ -303,7 +303,7 @@ def check_topk(k: int) -> int:
     except TypeError:
         n = 0
     if n < 1:
-        raise ValueError(
+        raise ConfigError(
             f"topk must be a whole number of at least 1, got {k!r}; give --topk 1 or more "
             "(more than the model's classes gives all of them)"
         )
@@ -348,5 +348,5 @@ def build_predictor(
     if run:
         return Predictor(run, **kwargs)
     if not (model and weights):
-        raise ValueError("give a RUN folder or model file, or --model NAME --weights SOURCE")
+        raise ConfigError("give a RUN folder or model file, or --model NAME --weights SOURCE")
     return Predictor(pretrained_model(model, weights), **kwargs)

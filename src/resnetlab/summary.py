@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 @dataclass
 class LayerRow:
@@ -125,7 +127,7 @@ def summarize(
 ) -> ModelSummary:
     """Per-module rows down to ``depth`` levels of nesting (1: stem, stages and head only)."""
     if len(input_size) != 3 or min(input_size) < 1:
-        raise ValueError(f"input_size must be (C, H, W) with positive sizes, got {input_size}")
+        raise ConfigError(f"input_size must be (C, H, W) with positive sizes, got {input_size}")
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = []
     for name, module in model.named_modules():

@@ -16,15 +16,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import WeightsError
 from .io import atomic_write_bytes, atomic_write_text
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be loaded as asked; the message names the file and the fix."""
 
 
 def clean_state_dict(state: dict) -> dict:

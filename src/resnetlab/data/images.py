@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from ..errors import ConfigError, ImageDecodeError
+
 # Pillow's formats we accept. EPS/PDF/SVG/PSD and other formats that run external programs or
 # carry scripts are never opened.
 DECODE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -32,15 +34,6 @@ BACKGROUND = 255
 
 # Truncated files must fail, never decode to a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class ImageDecodeError(ValueError):
-    """An image that cannot be used; ``str()`` names the file and the reason."""
-
-    def __init__(self, path: str | os.PathLike | None, reason: str) -> None:
-        self.path = str(path) if path is not None else "<bytes>"
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def is_junk(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
@@ -119,7 +112,7 @@ def open_image(
     decoded at 1/2, 1/4 or 1/8 scale (in the DCT, several times faster) as long as both sides
     stay at least ``min_side``."""
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
     path = None
     if isinstance(source, (str, os.PathLike)):
         path = source
@@ -140,7 +133,7 @@ def open_image(
                 if w * h > max_pixels:
                     raise ImageDecodeError(
                         path, f"{w}x{h} pixels exceeds the limit of {max_pixels:,} (possible "
-                        "decompression bomb)"
+                        "decompression bomb)", kind="too_large"
                     )  # fmt: skip
                 if min_side and img.format == "JPEG":
                     img.draft("RGB" if channels == 3 else "L", (min_side, min_side))
@@ -152,10 +145,14 @@ def open_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(path, f"refused as a decompression bomb: {exc}") from None
+        raise ImageDecodeError(
+            path, f"refused as a decompression bomb: {exc}", kind="too_large"
+        ) from None
     except UnidentifiedImageError:
         raise ImageDecodeError(
-            path, f"not an image in a supported format ({', '.join(DECODE_FORMATS)})"
+            path,
+            f"not an image in a supported format ({', '.join(DECODE_FORMATS)})",
+            kind="unsupported",
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__

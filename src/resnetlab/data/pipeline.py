@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .load import load_source
 from .loader import (
     EpochSampler,
     FileLoader,
@@ -15,7 +16,7 @@ from .loader import (
     decode_to_memory,
     fits_in_memory,
 )
-from .sources import DataError, Source, Split, check_ratios, load_source
+from .sources import DataError, Source, Split, check_ratios
 from .stats import channel_stats
 from .transforms import AUTO_AUGMENTS, PRESETS, BatchTransform, default_preset, file_transform
 

@@ -17,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .images import ImageDecodeError, is_image_file, is_junk, open_image
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DIGITS_SEED = 0  # the digits split is fixed, whatever --seed says, so results stay comparable
-
-
-class DataError(ValueError):
-    """A data set that cannot be used as given; the message says which file and what to do."""
 
 
 @dataclass
@@ -329,61 +326,4 @@ def load_csv_source(
         source.splits = {k: full.subset(v) for k, v in parts.items()}
     elif "train" not in source.splits:
         raise DataError(f"csv:{path}: no row has split 'train'")
-    return source
-
-
-def load_source(
-    data: str = "digits",
-    val_ratio: float = 0.1,
-    test_ratio: float = 0.1,
-    seed: int = 0,
-    download: bool = False,
-    channels: int | None = None,
-    max_bad_fraction: float = 0.01,
-) -> Source:
-    """Parse a DATA string and load it. ``channels`` forces 1 (greyscale) or 3 (RGB)."""
-    if not 0.0 <= max_bad_fraction <= 1.0:
-        raise DataError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
-    check_ratios(val_ratio, test_ratio)
-    kind, _, rest = data.partition(":")
-    from .formats import load_cifar_source, load_mnist_source  # they build on this module
-
-    if data == "digits":
-        source = load_digits_source()
-    elif kind == "mnist" and rest:
-        source = load_mnist_source(Path(rest), val_ratio, seed, download)
-    elif kind in ("cifar10", "cifar100") and rest:
-        source = load_cifar_source(Path(rest), int(kind[5:]), val_ratio, seed, download)
-    elif kind == "csv" and rest:
-        source = load_csv_source(
-            Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
-        )
-    else:
-        folder = Path(data)
-        if not folder.exists():
-            raise DataError(
-                f"DATA {data!r} is not a folder or one of: digits, mnist:DIR, cifar10:DIR, "
-                "cifar100:DIR, csv:FILE"
-            )
-        source = load_folder_source(
-            folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
-        )
-    if channels is not None and channels != source.channels:
-        source = _convert_channels(source, channels)
-    return source
-
-
-def _convert_channels(source: Source, channels: int) -> Source:
-    """Greyscale <-> RGB for in-memory sources (ITU-R 601 luma, as Pillow's convert('L'))."""
-    if channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    for s in source.splits.values():
-        if s.images is None:
-            continue
-        if channels == 3:
-            s.images = s.images.expand(-1, 3, -1, -1).contiguous()
-        else:
-            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            s.images = (s.images.float() * w).sum(1, keepdim=True).round().to(torch.uint8)
-    source.channels = channels
     return source

@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from ..errors import ConfigError
+
 PRESETS = ("imagenet", "cifar", "small")
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")
 # Resize-then-center-crop ratio of the ImageNet evaluation protocol (256 -> 224).
@@ -45,13 +47,13 @@ def _auto_augment(name: str | None) -> list:
         return [v2.TrivialAugmentWide()]
     if name == "randaugment":
         return [v2.RandAugment()]
-    raise ValueError(f"auto_augment={name!r} is not one of {', '.join(AUTO_AUGMENTS)}")
+    raise ConfigError(f"auto_augment={name!r} is not one of {', '.join(AUTO_AUGMENTS)}")
 
 
 def file_transform(preset: str, input_size: int, train: bool, auto_augment: str | None = None):
     """PIL image -> uint8 (C, input_size, input_size) tensor; normalisation happens per batch."""
     if preset not in PRESETS:
-        raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
+        raise ConfigError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
     if not train:
         if preset == "imagenet":
             return EvalTransform(input_size, resize_short_side=eval_resize_size(input_size))
@@ -170,11 +172,11 @@ class BatchTransform:
         channels_last: bool = True,
     ) -> None:
         if preset not in PRESETS:
-            raise ValueError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
+            raise ConfigError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
         if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"mean {mean} and std {std} must have equal length, std > 0")
+            raise ConfigError(f"mean {mean} and std {std} must have equal length, std > 0")
         if not 0.0 <= random_erasing <= 1.0:
-            raise ValueError(f"random_erasing must be a probability, got {random_erasing}")
+            raise ConfigError(f"random_erasing must be a probability, got {random_erasing}")
         self.preset, self.input_size, self.train = preset, input_size, train
         self.geometric, self.random_erasing = geometric, random_erasing
         self.mean, self.std = tuple(mean), tuple(std)

@@ -17,7 +17,9 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+from ..errors import ConfigError, FileConflictError
 from ..io import atomic_write_text
+from ..plots import plot_degradation
 from ..summary import count_params
 from ..train import TrainConfig, Trainer, resolve_config
 
@@ -43,12 +45,12 @@ def run_degradation(
 ) -> dict:
     for d in depths:
         if d not in PLAIN_DEPTHS:
-            raise ValueError(f"--depths {d}: plain twins exist for {PLAIN_DEPTHS}")
+            raise ConfigError(f"--depths {d}: plain twins exist for {PLAIN_DEPTHS}")
     if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     out = Path(out or f"runs/degradation-{datetime.now():%Y%m%d-%H%M%S}")
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already holds files; pick another --out")
+        raise FileConflictError(f"{out} already holds files; pick another --out")
     out.mkdir(parents=True, exist_ok=True)
     base = resolve_config({"data": data, "epochs": epochs, **(overrides or {})}, recipe=recipe)
     runs = []
@@ -75,7 +77,7 @@ def run_degradation(
     table = _table(runs)
     verdict = _verdict(table, depths)
     fig = out / "degradation.png"
-    _figure(runs, fig, data)
+    plot_degradation(runs, fig, data)
     result = {"data": data, "depths": list(depths), "epochs": epochs, "seeds": seeds,
               "runs": runs, "table": table, "verdict": verdict, "figure": str(fig)}  # fmt: skip
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
@@ -168,33 +170,3 @@ def _markdown(result: dict) -> str:
         )
     lines += ["", result["verdict"]["text"], "", "![degradation](degradation.png)", ""]
     return "\n".join(lines)
-
-
-def _figure(runs: list[dict], path: Path, data: str) -> None:
-    from ..report.plots import _plt
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110)
-    depths = sorted({r["depth"] for r in runs})
-    colors = dict(zip(depths, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
-    for kind, style in (("plain", "--"), ("residual", "-")):
-        for depth in depths:
-            group = [r for r in runs if r["kind"] == kind and r["depth"] == depth]
-            if not group:
-                continue
-            n = len(group[0]["train_error"])
-            iters = [(i + 1) * group[0]["steps_per_epoch"] for i in range(n)]
-            label = f"{'plain' if kind == 'plain' else 'ResNet'}-{depth}"
-            for ax, key in ((axes[0], "train_error"), (axes[1], "val_error")):
-                ys = [statistics.fmean(r[key][i] for r in group) * 100 for i in range(n)]
-                ax.plot(iters, ys, style, color=colors[depth], label=label, linewidth=1.8)
-    for ax, title in ((axes[0], "training error"), (axes[1], "held-out (val) error")):
-        ax.set_xlabel("iterations")
-        ax.set_ylabel("error (%)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"plain (dashed) vs residual (solid) on {data}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import ConfigError, ResnetlabError, TrainingError
 from ..io import atomic_write_text
+from ..plots import plot_tune_history
 from ..train import TrainConfig, Trainer, resolve_config
 
 STUDY_NAME = "resnetlab-tune"
@@ -93,7 +95,7 @@ def _base_config(base: dict, study, out: Path, where: str, flag: str):
             f"--{key} {saved[key]}" if key in _TUNE_FLAGS else f"{key}: {saved[key]!r} in --config"
         )
         old, new = (repr(v) if isinstance(v, str) else v for v in (saved[key], now[key]))
-        raise ValueError(f"{where}: this study was run with {key} {old}, not {new}; "
+        raise ConfigError(f"{where}: this study was run with {key} {old}, not {new}; "
                          f"continue it with {fix} or use another --{flag}")  # fmt: skip
     return resolve_config({**saved, **given})
 
@@ -181,7 +183,7 @@ def run_tune(
             study.tell(trial, state=TrialState.PRUNED)
             if verbose:
                 print(f"trial {trial.number}: {exc} {params}", flush=True)
-        except ValueError as exc:  # a setting this trial cannot train with; try the next
+        except ResnetlabError as exc:  # a setting this trial cannot train with; try the next
             study.tell(trial, state=TrialState.FAIL)
             if verbose:
                 print(f"trial {trial.number}: failed: {exc} {params}", flush=True)
@@ -196,7 +198,7 @@ def run_tune(
         seen[_key(params)] = trial.number
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:
-        raise RuntimeError(f"no trial completed in {storage}; see the messages above")
+        raise TrainingError(f"no trial completed in {storage}; see the messages above")
     best = study.best_trial
     # The best trial's own settings: those of a study from before they were saved per trial
     # may differ from today's.
@@ -206,7 +208,15 @@ def run_tune(
     atomic_write_text(out / "best.yaml", yaml.safe_dump(best_cfg, sort_keys=False,
                                                         allow_unicode=True))  # fmt: skip
     history_png = out / "optimization_history.png"
-    _plot_history(study, history_png)
+    plot_tune_history(
+        [
+            (t.number, t.value if t.value is not None else max(t.intermediate_values.values()),
+             t.state.name == "COMPLETE")
+            for t in study.trials
+            if t.value is not None or t.intermediate_values
+        ],
+        history_png,
+    )  # fmt: skip
     result = {
         "storage": storage,
         "best_trial": best.number,
@@ -220,31 +230,3 @@ def run_tune(
     }
     atomic_write_text(out / "best.json", json.dumps(result, indent=2))
     return result
-
-
-def _plot_history(study, path: Path) -> None:
-    from ..report.plots import _plt
-
-    plt = _plt()
-    trials = [t for t in study.trials if t.value is not None or t.intermediate_values]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    xs, ys, best, running = [], [], [], float("-inf")
-    for t in trials:
-        value = t.value if t.value is not None else max(t.intermediate_values.values())
-        xs.append(t.number)
-        ys.append(value * 100)
-        if t.state.name == "COMPLETE":
-            running = max(running, value * 100)
-        best.append(running if running > float("-inf") else None)
-    colors = ["tab:blue" if t.state.name == "COMPLETE" else "tab:gray" for t in trials]
-    ax.scatter(xs, ys, c=colors, label="trial (grey: pruned)")
-    ax.step(xs, [b if b is not None else float("nan") for b in best], where="post",
-            color="tab:red", label="best so far")  # fmt: skip
-    ax.set_xlabel("trial")
-    ax.set_ylabel("val top-1 (%)")
-    ax.set_title("optimisation history")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "batchnorm": nn.BatchNorm2d,
     "syncbatchnorm": nn.SyncBatchNorm,
@@ -24,12 +26,12 @@ def resolve_norm_layer(norm_layer) -> Callable[[int], nn.Module]:
         try:
             return NORM_LAYERS[norm_layer.lower()]
         except KeyError:
-            raise ValueError(
+            raise ConfigError(
                 f"norm_layer={norm_layer!r} is unknown; use one of {', '.join(NORM_LAYERS)} "
                 "or a callable taking the channel count"
             ) from None
     if not callable(norm_layer):
-        raise ValueError(
+        raise ConfigError(
             f"norm_layer must be a name or a callable, got {type(norm_layer).__name__}"
         )
     return norm_layer
@@ -37,13 +39,13 @@ def resolve_norm_layer(norm_layer) -> Callable[[int], nn.Module]:
 
 def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
 def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise ConfigError(f"{name} must be True or False, got {value!r}")
     return value
 
 
@@ -61,7 +63,7 @@ class ClassifierNet(nn.Module, ABC):
     def _make_head(self, num_classes: int, drop_rate: float) -> None:
         self.num_classes = check_int("num_classes", num_classes, 0)
         if not 0.0 <= float(drop_rate) < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
+            raise ConfigError(f"drop_rate must be in [0, 1), got {drop_rate!r}")
         self.drop_rate = float(drop_rate)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError
+
 NormLayer = Callable[[int], nn.Module]
 
 
@@ -43,7 +45,7 @@ class PadShortcut(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
         super().__init__()
         if out_planes < in_planes:
-            raise ValueError(
+            raise ConfigError(
                 f"option-A shortcut cannot shrink channels ({in_planes}->{out_planes})"
             )
         self.stride = stride
@@ -98,7 +100,7 @@ class BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock supports only groups=1 and width_per_group=64")
+            raise ConfigError("BasicBlock supports only groups=1 and width_per_group=64")
         self.conv1 = conv3x3(inplanes, planes, stride, dilation=dilation)
         self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
 from .blocks import BasicBlock, PadShortcut, conv3x3, projection_shortcut
 from .init import init_weights, zero_init_last_norm
@@ -40,18 +41,18 @@ class CifarResNet(ClassifierNet):
         super().__init__()
         check_int("depth", depth, 8)
         if (depth - 2) % 6:
-            raise ValueError(f"depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...), got {depth}")
+            raise ConfigError(f"depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...), got {depth}")
         check_int("in_chans", in_chans, 1)
         if not isinstance(shortcut, str) or shortcut.upper() not in SHORTCUTS:
-            raise ValueError(f"shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
+            raise ConfigError(f"shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
         if len(widths) != 3:
-            raise ValueError(f"widths must list 3 stage widths, got {list(widths)}")
+            raise ConfigError(f"widths must list 3 stage widths, got {list(widths)}")
         for w in widths:
             check_int("each entry of widths", w, 1)
         check_bool("residual", residual)
         check_bool("zero_init_residual", zero_init_residual)
         if zero_init_residual and not residual:
-            raise ValueError(
+            raise ConfigError(
                 "zero_init_residual=True would zero every plain block; use residual=True"
             )
         norm = resolve_norm_layer(norm_layer)

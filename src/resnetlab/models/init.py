@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import ConfigError
+
 INIT_SCHEMES = ("kaiming", "normal")
 _NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.SyncBatchNorm, nn.LayerNorm)
 
@@ -17,7 +19,7 @@ def init_weights(model: nn.Module, scheme: str = "kaiming") -> None:
     scheme of the MindSpore ResNet tutorial.
     """
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"init={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
+        raise ConfigError(f"init={scheme!r} is not one of {', '.join(INIT_SCHEMES)}")
     if any(p.is_meta for p in model.parameters()):
         return  # built on the meta device for its shapes: there are no values to set
     for m in model.modules():

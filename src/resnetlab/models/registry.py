@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..errors import ConfigError
 from .cifar import CifarResNet
 from .resnet import ResNet
 
@@ -100,7 +101,7 @@ def get_model_entry(name: str) -> ModelEntry:
     except KeyError:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"unknown model {name!r}{hint} (`resnetlab models` lists all {len(_REGISTRY)})"
         ) from None
 
@@ -117,13 +118,13 @@ def create_model(
     allowed = entry.allowed_kwargs()
     for key in kwargs:
         if key in entry.fixed:
-            raise ValueError(
+            raise ConfigError(
                 f"{name} fixes {key}={entry.fixed[key]!r}; pick another model name to change it"
             )
         if key not in allowed:
             close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{name} does not accept {key!r}{hint}; it accepts: {', '.join(allowed)}"
             )
     if num_classes is None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
 from .blocks import BasicBlock, Bottleneck, conv3x3, projection_shortcut
 from .init import init_weights, zero_init_last_norm
@@ -46,10 +47,10 @@ class ResNet(ClassifierNet):
     ) -> None:
         super().__init__()
         if block not in BLOCKS:
-            raise ValueError(f"block={block!r} is not one of {', '.join(BLOCKS)}")
+            raise ConfigError(f"block={block!r} is not one of {', '.join(BLOCKS)}")
         block_cls = BLOCKS[block]
         if len(layers) != 4:
-            raise ValueError(f"layers must list 4 stage depths, got {list(layers)}")
+            raise ConfigError(f"layers must list 4 stage depths, got {list(layers)}")
         for depth in layers:
             check_int("each entry of layers", depth, 1)
         check_int("in_chans", in_chans, 1)
@@ -61,18 +62,18 @@ class ResNet(ClassifierNet):
         check_bool("stride_in_1x1", stride_in_1x1)
         check_bool("avg_down", avg_down)
         if block_cls is BasicBlock and (groups != 1 or width_per_group != 64):
-            raise ValueError("basic blocks support only groups=1 and width_per_group=64")
+            raise ConfigError("basic blocks support only groups=1 and width_per_group=64")
         if stem_type not in STEM_TYPES:
-            raise ValueError(f"stem_type={stem_type!r} is not one of {STEM_TYPES}")
+            raise ConfigError(f"stem_type={stem_type!r} is not one of {STEM_TYPES}")
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = (False, False, False)
         if len(replace_stride_with_dilation) != 3:
-            raise ValueError(
+            raise ConfigError(
                 "replace_stride_with_dilation must have 3 booleans (for layer2..layer4), "
                 f"got {list(replace_stride_with_dilation)}"
             )
         if zero_init_residual and not residual:
-            raise ValueError(
+            raise ConfigError(
                 "zero_init_residual=True would zero every plain block; use residual=True"
             )
         norm = resolve_norm_layer(norm_layer)

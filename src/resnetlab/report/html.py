@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingFileError
 from ..io import atomic_write_text
-from .plots import plot_curves
+from ..plots import plot_curves
 
 # Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
 # (Simplified Chinese first), so the page never falls back to boxes or to a Japanese face
@@ -70,7 +71,7 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
 
     run = Path(run)
     if not (run / "model.json").is_file():
-        raise FileNotFoundError(f"{run}: not a run folder (no model.json); give a run folder")
+        raise MissingFileError(f"{run}: not a run folder (no model.json); give a run folder")
     meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
     summary = (
         json.loads((run / "summary.json").read_text(encoding="utf-8"))

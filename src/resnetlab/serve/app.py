@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
+from ..errors import ConfigError
 from ..predict import Predictor
 from .batcher import MicroBatcher, QueueFull
 
@@ -203,7 +204,7 @@ def create_app(
         try:
             image = await loop.run_in_executor(decoder, decode, data)
         except ImageDecodeError as exc:
-            if "exceeds the limit" in exc.reason or "bomb" in exc.reason:
+            if exc.kind == "too_large":
                 raise HTTPError(413, exc.reason) from None
             raise HTTPError(400, f"cannot decode the image: {exc.reason}") from None
         return image
@@ -237,7 +238,7 @@ def listen(host: str, port: int) -> socket.socket:
     The server binds here, before the URL is printed, so that the URL is only shown once it
     answers, and a busy port is said plainly instead of in uvicorn's traceback."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ValueError(f"--port {port} is not a port number; give one from 1 to 65535")
+        raise ConfigError(f"--port {port} is not a port number; give one from 1 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     # As uvicorn does: a restarted server can take its port back at once (TIME_WAIT); a port
@@ -249,13 +250,13 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ValueError(f"port {port} is in use; pick another with --port") from None
+            raise ConfigError(f"port {port} is in use; pick another with --port") from None
         if exc.errno == errno.EACCES:
-            raise ValueError(
+            raise ConfigError(
                 f"port {port} needs administrator rights here; pick one above 1023 with --port"
             ) from None
         reason = exc.strerror or str(exc)
-        raise ValueError(f"cannot listen on {host} port {port}: {reason}; check --host") from None
+        raise ConfigError(f"cannot listen on {host} port {port}: {reason}; check --host") from None
     return sock
 
 

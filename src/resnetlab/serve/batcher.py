@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..data.transforms import stack_images
+from ..errors import ConfigError
 
 
 class QueueFull(Exception):
@@ -34,7 +35,7 @@ class MicroBatcher:
         ``more_coming()`` tells whether requests are on their way (still being read or
         decoded): only then is it worth waiting for them; a lone request runs at once."""
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+            raise ConfigError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
         self.infer = infer
         self.more_coming = more_coming or (lambda: True)
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0

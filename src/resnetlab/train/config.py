@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..data import DataConfig
+from ..errors import ConfigError
 
 MODES = ("auto", "scratch", "finetune", "feature-extract")
 OPTIMIZERS = ("sgd", "adamw")
@@ -74,7 +75,7 @@ class TrainConfig(DataConfig):
 
     def check(self) -> None:
         def bad(msg):
-            raise ValueError(msg)
+            raise ConfigError(msg)
 
         if self.mode not in MODES:
             bad(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
@@ -142,7 +143,7 @@ def _known(d: dict, source: str) -> dict:
         for k in unknown:
             close = difflib.get_close_matches(k, sorted(names), n=1)
             hints.append(f"{k}" + (f" (did you mean {close[0]}?)" if close else ""))
-        raise ValueError(f"{source}: unknown setting(s): {', '.join(hints)}")
+        raise ConfigError(f"{source}: unknown setting(s): {', '.join(hints)}")
     return d
 
 
@@ -151,11 +152,13 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ValueError(f"--config {p}: no such file") from None
+        raise ConfigError(f"--config {p}: no such file") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"--config {p}: not valid YAML ({exc})") from None
+        raise ConfigError(f"--config {p}: not valid YAML ({exc})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"--config {p}: expected a mapping of settings, got {type(data).__name__}")
+        raise ConfigError(
+            f"--config {p}: expected a mapping of settings, got {type(data).__name__}"
+        )
     data = {k.replace("-", "_"): v for k, v in data.items()}
     return _known(data, f"--config {p}")
 
@@ -170,7 +173,7 @@ def resolve_config(
     recipe = overrides.get("recipe") or file_values.get("recipe") or recipe
     if recipe:
         if recipe not in RECIPES:
-            raise ValueError(f"--recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+            raise ConfigError(f"--recipe {recipe!r} is not one of {', '.join(RECIPES)}")
         merged.update(RECIPES[recipe])
         merged["recipe"] = recipe
     merged.update(file_values)
@@ -212,7 +215,7 @@ def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -
     ]
     if refused:
         may = ", ".join(_flag(k) for k in RESUME_MAY_CHANGE)
-        raise ValueError(
+        raise ConfigError(
             f"--resume continues {run} with its saved settings; {'; '.join(refused)} cannot "
             f"change (a resumed run may change only {may}). For other settings start a new "
             f"run: resnetlab train --config {Path(run) / 'config.yaml'} --name NEW ..."
@@ -222,7 +225,7 @@ def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -
         values["max_steps"] = None
     cfg = TrainConfig(**values)
     if cfg.epochs < epochs_done:
-        raise ValueError(
+        raise ConfigError(
             f"--epochs {cfg.epochs}: {run} has already completed {epochs_done} epochs; "
             f"give more than {epochs_done} to train further"
         )

@@ -20,6 +20,8 @@ from torch import nn
 from .. import __version__
 from ..data import DataError, DataPipeline, build_pipeline
 from ..data.loader import mix_seed
+from ..device import autocast, default_device, resolve_precision
+from ..errors import ConfigError, FileConflictError, TrainingError
 from ..io import atomic_write_text
 from ..models import create_model
 from ..weights import (
@@ -38,12 +40,11 @@ from .loggers import MetricsCSV, Progress, TensorBoard
 from .metrics import evaluate_loader, state_checksum
 from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
-from .precision import autocast, default_device, resolve_precision
 
 LOG_EVERY = 20  # steps between progress updates (each one is a host sync on CUDA)
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(TrainingError):
     def __init__(self, step: int, last_finite: float | None) -> None:
         self.step, self.last_finite = step, last_finite
         last = f"{last_finite:.4g}" if last_finite is not None else "none"
@@ -129,9 +130,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
         if len(self.data.source.splits["train"]) < 2:
-            raise ValueError(f"{cfg.data}: training needs at least 2 images (BatchNorm)")
+            raise ConfigError(f"{cfg.data}: training needs at least 2 images (BatchNorm)")
         if len(self.train_loader) == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{cfg.data}: {len(self.data.source.splits['train'])} training images make no "
                 f"full batch of {cfg.batch_size} per process; lower --batch-size"
             )
@@ -197,7 +198,7 @@ class Trainer:
                 note += f"; first conv from {have} to {want} input channels ({how})"
             self.weights_note = note
         if cfg.sync_bn and self.device.type != "cuda":
-            raise ValueError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
+            raise ConfigError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
         if self.dist.enabled and cfg.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
@@ -228,7 +229,7 @@ class Trainer:
         held = [p.name for p in d.iterdir()] if d.is_dir() else []
         reusable = all(n in _STARTUP_FILES or n.startswith("events.out.tfevents") for n in held)
         if self.resume_state is None and held and not reusable:
-            raise FileExistsError(
+            raise FileConflictError(
                 f"{d} already holds files; resume it with --resume {d}, or pick another --name"
             )
         d.mkdir(parents=True, exist_ok=True)
@@ -238,7 +239,7 @@ class Trainer:
 
     def _restore(self, s: dict) -> None:
         if list(s["classes"]) != list(self.classes):
-            raise ValueError(
+            raise ConfigError(
                 f"the data's classes {self.classes[:5]}... differ from the checkpoint's "
                 f"{list(s['classes'])[:5]}...; resume with the data the run was trained on"
             )

@@ -7,6 +7,7 @@ import io
 import sys
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..io import atomic_write_text
 
 METRIC_COLUMNS = [
@@ -79,7 +80,7 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
-            raise ValueError(
+            raise ConfigError(
                 "--tensorboard needs the tensorboard package: pip install tensorboard"
             ) from exc
         self.writer = SummaryWriter(log_dir=str(folder))

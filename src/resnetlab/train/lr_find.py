@@ -8,6 +8,7 @@ import math
 from datetime import datetime
 
 from ..io import atomic_write_text
+from ..plots import plot_lr_find
 from .config import TrainConfig
 from .optim import apply_freezing, frozen_groups, set_train_mode
 
@@ -60,27 +61,7 @@ def lr_find(
         break
     suggestion = suggest_lr(lrs, losses)
     plot = t.run_dir / "lr_find.png"
-    _plot(lrs, losses, suggestion, plot, cfg.model)
+    plot_lr_find(lrs, losses, suggestion, plot, cfg.model)
     result = {"lrs": lrs, "losses": losses, "suggestion": suggestion, "plot": str(plot)}
     atomic_write_text(t.run_dir / "lr_find.json", json.dumps(result, indent=2))
     return result
-
-
-def _plot(lrs, losses, suggestion, path, title) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.plot(lrs, losses, color="tab:blue")
-    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2g}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
-    ax.set_title(f"LR range test: {title}")
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

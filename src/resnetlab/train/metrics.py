@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..device import autocast
 from . import distributed as D
-from .precision import autocast
 
 
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:

@@ -222,3 +222,79 @@ def plot_top_losses(images: list[np.ndarray], items: list[dict], path: Path) -> 
     """The most confidently wrong images, captioned true / predicted (probability), as PNG."""
     with _glyph_check():
         return _save(top_losses_figure(images, items), path)
+
+
+def plot_lr_find(lrs, losses, suggestion: float, path: Path, title: str) -> None:
+    """The LR range test: smoothed loss against a log learning-rate axis, the suggestion."""
+    plt = _plt()
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    ax.plot(lrs, losses, color="tab:blue")
+    ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    ax.set_title(f"LR range test: {title}")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_tune_history(trials: list[tuple[int, float, bool]], path: Path) -> None:
+    """A search's history: ``(trial number, val top-1, finished)`` per trial (unfinished ones,
+    i.e. pruned, in grey), and the best so far."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    xs, ys, best, running = [], [], [], float("-inf")
+    for number, value, complete in trials:
+        xs.append(number)
+        ys.append(value * 100)
+        if complete:
+            running = max(running, value * 100)
+        best.append(running if running > float("-inf") else None)
+    colors = ["tab:blue" if complete else "tab:gray" for _, _, complete in trials]
+    ax.scatter(xs, ys, c=colors, label="trial (grey: pruned)")
+    ax.step(xs, [b if b is not None else float("nan") for b in best], where="post",
+            color="tab:red", label="best so far")  # fmt: skip
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title("optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_degradation(runs: list[dict], path: Path, data: str) -> None:
+    """He et al.'s Figure 1/6: training and held-out error of plain (dashed) and residual
+    (solid) nets per depth, against iterations; several seeds are averaged."""
+    import statistics
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4), dpi=110)
+    depths = sorted({r["depth"] for r in runs})
+    colors = dict(zip(depths, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for kind, style in (("plain", "--"), ("residual", "-")):
+        for depth in depths:
+            group = [r for r in runs if r["kind"] == kind and r["depth"] == depth]
+            if not group:
+                continue
+            n = len(group[0]["train_error"])
+            iters = [(i + 1) * group[0]["steps_per_epoch"] for i in range(n)]
+            label = f"{'plain' if kind == 'plain' else 'ResNet'}-{depth}"
+            for ax, key in ((axes[0], "train_error"), (axes[1], "val_error")):
+                ys = [statistics.fmean(r[key][i] for r in group) * 100 for i in range(n)]
+                ax.plot(iters, ys, style, color=colors[depth], label=label, linewidth=1.8)
+    for ax, title in ((axes[0], "training error"), (axes[1], "held-out (val) error")):
+        ax.set_xlabel("iterations")
+        ax.set_ylabel("error (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"plain (dashed) vs residual (solid) on {data}")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

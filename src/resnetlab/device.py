@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+from .errors import ConfigError
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -43,7 +45,7 @@ def resolve_precision(requested: str, device: torch.device) -> str:
             return "bf16" if cuda_has_native_bf16(device) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and device.type != "cuda":
-        raise ValueError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+        raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
     return requested
 
 

@@ -1,0 +1,113 @@
+"""The package's imports run one way: each module imports only its own layer or lower ones,
+nothing imports in a cycle, and every module imports on its own in a fresh interpreter."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import resnetlab
+
+PACKAGE = Path(resnetlab.__file__).parent
+
+# Lowest first. A module may import from its own layer (without a cycle) and from any below.
+LAYERS = [
+    ("errors", "io", "runtime", "device", "plots"),  # foundations: no resnetlab imports
+    ("data", "models", "resnetlab"),  # the package root exposes the model API
+    ("weights", "summary"),
+    ("bundle", "train"),  # loading a trained model; the training engine
+    ("evaluate", "export", "backends", "predict"),
+    ("report", "serve", "experiments"),
+    ("cli", "__main__"),
+]
+LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(["resnetlab", *parts])] = path
+    return out
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """resnetlab modules that ``name`` imports, at the top or inside functions."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("resnetlab"):
+                found.add(target)
+                # ``from . import x`` may name a submodule
+                found.update(f"{target}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("resnetlab"))
+    modules = _modules()
+    return {m for m in found if m in modules and m != name}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYER[parts[1] if len(parts) > 1 else "resnetlab"]
+
+
+def test_every_module_has_a_layer():
+    for name in _modules():
+        assert _layer(name) is not None, name
+
+
+def test_imports_only_go_down_or_sideways():
+    wrong = []
+    for name, path in _modules().items():
+        for target in _imports(name, path):
+            if _layer(target) > _layer(name):
+                wrong.append(f"{name} (layer {_layer(name)}) imports {target} ({_layer(target)})")
+    assert wrong == []
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {name: _imports(name, path) for name, path in modules.items()}
+    # A package's __init__ re-exports its modules; that edge is not a cycle of its own.
+    graph = {n: {t for t in ts if not n.startswith(t + ".")} for n, ts in graph.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(nxt) :], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_each_module_imports_alone_in_a_fresh_interpreter():
+    # One interpreter (torch imported once); before each module every resnetlab module is
+    # forgotten, so each import starts from nothing, as in a fresh process.
+    names = sorted(n for n in _modules() if n != "resnetlab.__main__")  # that one runs
+    code = (
+        "import importlib, sys, torch\n"
+        f"for name in {names!r}:\n"
+        "    for m in [m for m in sys.modules if m == 'resnetlab' or m.startswith('resnetlab.')]:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module(name)\n"
+        "print('ok', len(sys.argv))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr
