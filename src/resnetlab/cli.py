@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, ResnetlabError
+from .fmt import ljust, pct, table, width
 from .runtime import tune_allocator
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -57,7 +58,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f"{p['cifar10_error']:.2f}%" if p else "-",
             ]
         table.append(cells)
-    print(_format_table(header, table, right_from=2))
+    print(table(header, table, right_from=2))
     if args.paper:
         print(
             "\npaper: He et al. 2016 (arXiv:1512.03385), Table 6 - CIFAR-10 test error, "
@@ -124,11 +125,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print("  (" + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()) + ")")
     counts = report["classes"]
     print(f"classes   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
-    width = max(map(_width, counts)) if counts else 0
+    cols = max(map(width, counts)) if counts else 0
     top = max(counts.values()) if counts else 1
     for name, n in counts.items():
         bar = "#" * max(1, round(30 * n / top)) if n else ""
-        print(f"  {_ljust(name, width)}  {n:7,}  {bar}")
+        print(f"  {ljust(name, cols)}  {n:7,}  {bar}")
     sz = report["sizes"]
     print(
         f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"
@@ -220,12 +221,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"{r['split']} split of {r['data']}: {r['num_samples']} images" + (
         " (flip TTA)" if r["tta"] else ""))  # fmt: skip
-    print(f"top-1 {r['top1']:.2%}   top-5 {r['top5']:.2%}   loss {r['loss']:.4f}\n")
+    print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}\n")
     rows = [
         [name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])]
         for name, m in r["per_class"].items()
     ]
-    print(_format_table(["class", "precision", "recall", "F1", "support"], rows, right_from=1))
+    print(table(["class", "precision", "recall", "F1", "support"], rows, right_from=1))
     print()
     for key, path in r["files"].items():
         print(f"{key.replace('_', ' '):22} {path}")
@@ -296,8 +297,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(
             f"wrote {q['path']} ({q['bytes'] / 2**20:.1f} MiB, int8; calibrated on "
             f"{q['calibration_images']} {q['calibration_split']} images)\n"
-            f"int8 on {q['measured_on']}: top-1 {q['int8_top1']:.2%} vs fp32 {q['fp32_top1']:.2%} "
-            f"({q['delta_points']:+.2f} points), top-1 agreement {q['top1_agreement']:.2%}"
+            f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
+            f"{pct(q['fp32_top1'])} "
+            f"({q['delta_points']:+.2f} points), top-1 agreement {pct(q['top1_agreement'])}"
         )
         print(f"  resnetlab predict {args.run} IMAGES --backend onnx-int8")
     return 0
@@ -331,21 +333,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     header = ["model", "depth", "params", "final train err", "final test err", "time (s)"]
     rows = [
         [t["model"], str(t["depth"]), f"{t['params']:,}",
-         _pm(t["final_train_error"], t["final_train_error_std"]),
-         _pm(t["final_test_error"], t["final_test_error_std"]), f"{t['seconds']:.0f}"]
+         pct(t["final_train_error"], std=t["final_train_error_std"]),
+         pct(t["final_test_error"], std=t["final_test_error_std"]), f"{t['seconds']:.0f}"]
         for t in r["table"]
     ]  # fmt: skip
-    print(_format_table(header, rows, right_from=1))
+    print(table(header, rows, right_from=1))
     print()
     print(r["verdict"]["text"])
     print(f"\nfigure {r['figure']}; table and summary beside it")
     return 0
-
-
-def _pm(v, s) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.2%}" + (f" ± {s:.2%}" if s else "")
 
 
 @command("tune")
@@ -361,7 +357,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         base = {**load_yaml(args.config), **base}
     r = run_tune(base, trials=args.trials, timeout=args.timeout, out=args.out,
                  storage=args.storage, seed=args.seed)  # fmt: skip
-    print(f"best trial {r['best_trial']}: val top-1 {r['best_value']:.2%}")
+    print(f"best trial {r['best_trial']}: val top-1 {pct(r['best_value'])}")
     for k, v in r["best_params"].items():
         print(f"  {k:16} {v:.4g}" if isinstance(v, float) else f"  {k:16} {v}")
     print(f"trials: {r['trials']}")
@@ -383,9 +379,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _print_train_summary(s: dict) -> None:
-    def pct(v):
-        return "-" if v is None else f"{v:.2%}"
-
     run = s["run_dir"]
     print()
     print(f"best epoch        {s['best_epoch']} of {s['epochs_completed']}")
@@ -424,33 +417,6 @@ def _parse_kwargs(items: list[str]) -> dict:
             raise ConfigError(f"--model-kwargs {item!r} is not key=value")
         out[key.replace("-", "_")] = yaml.safe_load(value)
     return out
-
-
-def _width(text: str) -> int:
-    """Columns a string takes in a terminal (CJK characters take two)."""
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in str(text))
-
-
-def _ljust(text: str, width: int) -> str:
-    return str(text) + " " * max(0, width - _width(text))
-
-
-def _rjust(text: str, width: int) -> str:
-    return " " * max(0, width - _width(text)) + str(text)
-
-
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int) -> str:
-    widths = [max(_width(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def fmt(cells):
-        return "  ".join(
-            _rjust(c, w) if i >= right_from else _ljust(c, w)
-            for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
 
 
 def build_parser() -> argparse.ArgumentParser:
