@@ -42,7 +42,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     header = ["model", "family", "params", "MACs", "input"]
     if args.paper:
         header += ["paper params", "paper C10 err"]
-    table = []
+    body = []
     for r in rows:
         cells = [
             r["model"],
@@ -57,8 +57,8 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f"{p['params_m']}M" if p else "-",
                 f"{p['cifar10_error']:.2f}%" if p else "-",
             ]
-        table.append(cells)
-    print(table(header, table, right_from=2))
+        body.append(cells)
+    print(table(header, body, right_from=2))
     if args.paper:
         print(
             "\npaper: He et al. 2016 (arXiv:1512.03385), Table 6 - CIFAR-10 test error, "
