@@ -12,13 +12,13 @@ PACKAGE = Path(resnetlab.__file__).parent
 
 # Lowest first. A module may import from its own layer (without a cycle) and from any below.
 LAYERS = [
-    ("errors", "io", "runtime", "device", "plots"),  # foundations: no resnetlab imports
+    ("errors", "io", "runtime", "device", "plots", "fmt", "options"),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "summary"),
     ("bundle", "train"),  # loading a trained model; the training engine
     ("evaluate", "export", "backends", "predict"),
     ("report", "serve", "experiments"),
-    ("cli", "__main__"),
+    ("cli", "cli_parser", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -45,3 +45,33 @@ def test_auto_on_cpu_is_bf16_only_with_native_bf16(monkeypatch, tmp_path, flags,
 def test_fp16_on_the_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_device_choice(monkeypatch):
+    from resnetlab.device import resolve_device
+    from resnetlab.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_mps_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") == resolve_device(None)
+    for spec, words in [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "MPS"),
+                        ("tpu", "is not one of"), ("cuda:x", "is not one of")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=words):
+            resolve_device(spec)
+    monkeypatch.setattr(precision, "_mps_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps")  # MPS before the CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")  # CUDA first
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="2 CUDA GPU"):
+        resolve_device("cuda:2")
+
+
+def test_precision_on_mps_and_unknown_names():
+    from resnetlab.errors import ConfigError
+
+    mps = torch.device("mps")
+    assert resolve_precision("auto", mps) == "fp32" and resolve_precision("fp16", mps) == "fp16"
+    with pytest.raises(ConfigError, match="not one of"):
+        resolve_precision("int4", torch.device("cpu"))

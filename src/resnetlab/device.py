@@ -11,6 +11,7 @@ import torch
 from .errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,13 +40,16 @@ def cuda_has_native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(requested: str, device: torch.device) -> str:
     """``auto``: bf16 on CPUs with native bf16, AMP on CUDA (bf16 from Ampere on, fp16
-    before), fp32 elsewhere."""
+    before), fp32 elsewhere (Apple's MPS included: its autocast coverage varies by macOS
+    version, and fp32 is what every version runs; ``--precision fp16`` asks for AMP there)."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision {requested!r} is not one of {', '.join(PRECISIONS)}")
     if requested == "auto":
         if device.type == "cuda":
             return "bf16" if cuda_has_native_bf16(device) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
+    if requested == "fp16" and device.type not in ("cuda", "mps"):
+        raise ConfigError("--precision fp16 needs a CUDA GPU or MPS; use bf16 or fp32 on the CPU")
     return requested
 
 
@@ -55,5 +59,38 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps") if _mps_available() else torch.device("cpu")
+
+
+def resolve_device(spec: str | None = "auto") -> torch.device:
+    """``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; one that this machine
+    does not have is a clear error, never a silent fall back to the CPU."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return default_device()
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise ConfigError("--device mps: Apple's MPS is not available here; use auto or cpu")
+        return torch.device("mps")
+    kind, _, index = spec.partition(":")
+    if kind == "cuda" and (index == "" or index.isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: no CUDA GPU is visible; use auto or cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                f"numbered from 0"
+            )
+        return torch.device(spec)
+    raise ConfigError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps")

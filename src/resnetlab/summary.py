@@ -178,6 +178,41 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def resolve_input_size(
+    model: str, input_size: tuple[int, int, int] | None, in_chans: int | None
+) -> tuple[int, int, int]:
+    """The (C, H, W) to summarise ``model`` at: the family's default size, with ``in_chans``
+    channels when given; a given size must agree with ``in_chans``."""
+    from .models import get_model_entry
+
+    if input_size is None:
+        return (in_chans or 3, *get_model_entry(model).input_size[1:])
+    input_size = tuple(input_size)
+    if in_chans is not None and in_chans != input_size[0]:
+        raise ConfigError(
+            f"--in-chans {in_chans} disagrees with --input-size {input_size[0]} "
+            f"{input_size[1]} {input_size[2]}; give one or make them match"
+        )
+    if min(input_size) < 1:
+        sizes = " ".join(map(str, input_size))
+        raise ConfigError(f"--input-size {sizes}: sizes must be at least 1")
+    return input_size
+
+
+def small_input_note(model: str, input_size: tuple[int, int, int]) -> str | None:
+    """Why a small input still runs, and what it costs (padding keeps every map >= 1x1)."""
+    from .models import get_model_entry
+
+    stride = get_model_entry(model).total_stride
+    if min(input_size[1:]) >= stride:
+        return None
+    h, w = input_size[1:]
+    return (
+        f"note: {model} shrinks its input {stride}-fold; at {h}x{w} its last stage works on "
+        "1x1 maps"
+    )
+
+
 def format_summary(model_name: str, s: ModelSummary) -> str:
     header = ("Layer", "Type", "Output shape", "Params", "MACs")
     body = [

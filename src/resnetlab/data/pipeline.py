@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import option
 from .load import load_source
 from .loader import (
     EpochSampler,
@@ -29,21 +30,34 @@ STATS_SAMPLE = 2000
 
 @dataclass
 class DataConfig:
-    data: str = "digits"
-    input_size: int | None = None  # default: 224 for the imagenet preset, else 32
-    preset: str = "auto"
-    auto_augment: str = "none"
-    random_erasing: float = 0.0
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    batch_size: int = 128
-    num_workers: int = 2
-    val_ratio: float = 0.1
-    test_ratio: float = 0.1
-    max_bad_fraction: float = 0.01
-    cache: str = "auto"
-    download: bool = False
-    in_chans: int | None = None
+    """Where the images come from and how they are prepared (the ``data`` flags of train)."""
+
+    data: str = option("digits", "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, "
+                       "csv:FILE", group="data")  # fmt: skip
+    input_size: int | None = option(
+        None, "square side fed to the model (default: 224 for the imagenet preset, else 32)",
+        group="data",
+    )  # fmt: skip
+    preset: str = option("auto", "augmentation preset", choices=("auto", *PRESETS), group="data")
+    auto_augment: str = option("none", "batch auto-augmentation", choices=AUTO_AUGMENTS,
+                               group="data")  # fmt: skip
+    random_erasing: float = option(0.0, "probability per image", group="data")
+    mean: list[float] | None = option(None, "per-channel mean (default: the training split's)",
+                                      group="data")  # fmt: skip
+    std: list[float] | None = option(None, "per-channel std", group="data")
+    batch_size: int = option(128, "images per step (per process)", group="recipe")
+    num_workers: int = option(2, "loader worker processes for files not in memory",
+                              group="system")  # fmt: skip
+    val_ratio: float = option(0.1, "held out for validation when the data has no val split",
+                              group="data")  # fmt: skip
+    test_ratio: float = option(0.1, "held out for testing from a single folder", group="data")
+    max_bad_fraction: float = option(0.01, "abort when more files than this are unreadable",
+                                     group="data")  # fmt: skip
+    cache: str = option("auto", "decode once into memory (auto: when it fits)",
+                        choices=CACHE_MODES, group="data")  # fmt: skip
+    download: bool = option(False, "fetch MNIST/CIFAR when online", group="data")
+    in_chans: int | None = option(None, "force greyscale (1) or RGB (3)", choices=(1, 3),
+                                  group="data")  # fmt: skip
 
     def check(self) -> None:
         if self.preset != "auto" and self.preset not in PRESETS:

@@ -84,3 +84,33 @@ def dataset_stats(source: Source) -> dict:
         "sizes": size_info,
         "imbalance": (max(nonzero) / min(nonzero)) if nonzero else 0.0,
     }
+
+
+def format_report(report: dict) -> str:
+    """The data set doctor's report (``dataset_stats``) as the text ``resnetlab stats`` prints."""
+    from ..fmt import ljust, width
+
+    lines = [f"data      {report['data']}  ({report['channels']} channel(s))"]
+    splits = ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())
+    lines.append(f"images    {report['num_images']:,} readable  ({splits})")
+    counts = report["classes"]
+    lines.append(f"classes   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
+    cols = max(map(width, counts)) if counts else 0
+    top = max(counts.values()) if counts else 1
+    for name, n in counts.items():
+        bar = "#" * max(1, round(30 * n / top)) if n else ""
+        lines.append(f"  {ljust(name, cols)}  {n:7,}  {bar}")
+    sz = report["sizes"]
+    lines.append(
+        f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"
+        f"{sz['median'][1]}, max {sz['max'][0]}x{sz['max'][1]} (h x w)"
+    )
+    bad = report["bad_files"]
+    lines.append(f"unreadable {len(bad)} file(s)" + (":" if bad else ""))
+    lines += [f"  {b['path']}: {b['reason']}" for b in bad]
+    if report["ignored_files"]:
+        lines.append(f"ignored   {report['ignored_files']} non-image file(s)")
+    mean = " ".join(f"{v:.4f}" for v in report["mean"])
+    std = " ".join(f"{v:.4f}" for v in report["std"])
+    lines += [f"mean      {mean}", f"std       {std}", f"suggested: --mean {mean} --std {std}"]
+    return "\n".join(lines)

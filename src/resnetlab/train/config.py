@@ -8,18 +8,35 @@ and ``resnetlab train --config RUN/config.yaml`` re-runs it.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
 
 from ..data import DataConfig
+from ..device import PRECISIONS
 from ..errors import ConfigError
+from ..options import flag_name, option
 
 MODES = ("auto", "scratch", "finetune", "feature-extract")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+# He et al. 2016 sec. 4.2 trains 64k iterations with lr /10 at 32k and 48k (50 % and 75 %),
+# SGD momentum 0.9, weight decay 1e-4 on every parameter, batch 128, lr 0.1.
+RECIPES: dict[str, dict] = {
+    "paper-cifar": dict(
+        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+        decay_norm_and_bias=True, batch_size=128, schedule="multistep", milestones=[0.5, 0.75],
+        gamma=0.1, warmup_epochs=0.0, label_smoothing=0.0,
+    ),
+    # Transfer learning: lower lr, short warmup, backbone at a tenth of the head's lr, smoothing.
+    "finetune": dict(
+        optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
+        schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, backbone_lr_mult=0.1,
+        epochs=10, batch_size=32,
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -28,44 +45,62 @@ class TrainConfig(DataConfig):
     recipe and system, flat so that flags and YAML keys map one to one."""
 
     # model
-    model: str = "resnet20"
-    model_kwargs: dict = field(default_factory=dict)
-    weights: str | None = None  # "torchvision" or a .pth / .safetensors path
-    mode: str = "auto"  # scratch without weights, finetune with
-    backbone_lr_mult: float = 1.0
-    unfreeze_schedule: list[int] = field(default_factory=list)
+    model: str = option("resnet20", "a name from `resnetlab models`", group="model")
+    model_kwargs: dict = option(factory=dict, help="e.g. shortcut=B zero_init_residual=true",
+                                metavar="KEY=VALUE", group="model")  # fmt: skip
+    weights: str | None = option(None, "torchvision, or a .pth/.safetensors file", group="model")
+    mode: str = option("auto", "auto: scratch without --weights, finetune with", choices=MODES,
+                       group="model")  # fmt: skip
+    backbone_lr_mult: float = option(1.0, "backbone lr as a fraction of the head's",
+                                     group="model")  # fmt: skip
+    unfreeze_schedule: list[int] = option(
+        factory=list, help="epochs at which one more stage unfreezes, from the top",
+        metavar="EPOCH", group="model",
+    )  # fmt: skip
     # recipe
-    recipe: str | None = None
-    epochs: int = 20
-    batch_size: int = 64  # DataConfig's field, with the demo recipe's default
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    decay_norm_and_bias: bool = False
-    schedule: str = "cosine"
-    warmup_epochs: float = 1.0
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: float = 0.0
-    clip_grad: float | None = None
-    patience: int | None = None
+    recipe: str | None = option(None, "a named recipe", choices=tuple(RECIPES),
+                                group="recipe")  # fmt: skip
+    epochs: int = option(20, "", group="recipe")
+    batch_size: int = option(64, "images per step (per process)", group="recipe")
+    optimizer: str = option("sgd", "", choices=OPTIMIZERS, group="recipe")
+    lr: float = option(0.05, "peak learning rate", group="recipe")
+    momentum: float = option(0.9, "", group="recipe")
+    nesterov: bool = option(True, "", group="recipe")
+    weight_decay: float = option(5e-4, "", group="recipe")
+    decay_norm_and_bias: bool = option(False, "weight decay on norms and biases too",
+                                       group="recipe")  # fmt: skip
+    schedule: str = option("cosine", "", choices=SCHEDULES, group="recipe")
+    warmup_epochs: float = option(1.0, "linear warmup", group="recipe")
+    milestones: list[float] = option(
+        factory=lambda: [0.5, 0.75], help="multistep: epochs, or fractions of the run below 1",
+        group="recipe",
+    )  # fmt: skip
+    gamma: float = option(0.1, "multistep: lr factor at each milestone", group="recipe")
+    label_smoothing: float = option(0.1, "", group="recipe")
+    mixup: float = option(0.0, "Beta alpha, e.g. 0.2", group="recipe")
+    cutmix: float = option(0.0, "Beta alpha, e.g. 1.0", group="recipe")
+    ema_decay: float = option(0.0, "weights EMA, e.g. 0.999", group="recipe")
+    clip_grad: float | None = option(None, "max gradient norm", group="recipe")
+    patience: int | None = option(None, "early stopping (epochs)", group="recipe")
     # system
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    sync_bn: bool = False
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0: end of epoch only
-    max_steps: int | None = None  # stop (resumably) after this many optimizer steps
-    out: str = "runs"
-    name: str | None = None
-    tensorboard: bool = False
+    precision: str = option("auto", "auto: bf16 where the CPU has it natively, AMP on CUDA",
+                            choices=PRECISIONS, group="system")  # fmt: skip
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps",
+                         group="system")  # fmt: skip
+    channels_last: bool = option(True, "", group="system")
+    compile: bool = option(False, "torch.compile the model", group="system")
+    seed: int = option(0, "", group="system")
+    deterministic: bool = option(False, "deterministic kernels (bit-exact resume)",
+                                 group="system")  # fmt: skip
+    sync_bn: bool = option(False, "SyncBatchNorm under DDP on CUDA", group="system")
+    checkpoint_every: int = option(0, "steps between mid-epoch checkpoints; 0: per epoch",
+                                   group="system")  # fmt: skip
+    max_steps: int | None = option(None, "stop resumably after N steps", group="system")
+    out: str = option("runs", "parent folder of run folders", group="system")
+    name: str | None = option(None, "run folder name (default: model-data-time)",
+                              group="system")  # fmt: skip
+    tensorboard: bool = option(False, "TensorBoard event files in the run folder",
+                               group="system")  # fmt: skip
 
     def data_config(self) -> DataConfig:
         return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
@@ -116,23 +151,6 @@ class TrainConfig(DataConfig):
         return "finetune" if self.weights else "scratch"
 
 
-# He et al. 2016 sec. 4.2 trains 64k iterations with lr /10 at 32k and 48k (50 % and 75 %),
-# SGD momentum 0.9, weight decay 1e-4 on every parameter, batch 128, lr 0.1.
-RECIPES: dict[str, dict] = {
-    "paper-cifar": dict(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-        decay_norm_and_bias=True, batch_size=128, schedule="multistep", milestones=[0.5, 0.75],
-        gamma=0.1, warmup_epochs=0.0, label_smoothing=0.0,
-    ),
-    # Transfer learning: lower lr, short warmup, backbone at a tenth of the head's lr, smoothing.
-    "finetune": dict(
-        optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4,
-        schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, backbone_lr_mult=0.1,
-        epochs=10, batch_size=32,
-    ),
-}  # fmt: skip
-
-
 def _known(d: dict, source: str) -> dict:
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(d) - names)
@@ -145,6 +163,19 @@ def _known(d: dict, source: str) -> dict:
             hints.append(f"{k}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise ConfigError(f"{source}: unknown setting(s): {', '.join(hints)}")
     return d
+
+
+def parse_kwargs(items: list[str] | dict) -> dict:
+    """``--model-kwargs key=value ...``: values parsed as YAML (numbers, booleans, lists)."""
+    if isinstance(items, dict):
+        return items
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-kwargs {item!r} is not key=value")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -170,6 +201,8 @@ def resolve_config(
     merged: dict = {}
     file_values = load_yaml(config_file) if config_file else {}
     overrides = _known(dict(overrides or {}), "command line")
+    if "model_kwargs" in overrides:
+        overrides["model_kwargs"] = parse_kwargs(overrides["model_kwargs"])
     recipe = overrides.get("recipe") or file_values.get("recipe") or recipe
     if recipe:
         if recipe not in RECIPES:
@@ -186,13 +219,9 @@ def resolve_config(
 # What a resumed run may change: its length and how it is run, not what it computes.
 # ``max_steps`` belongs to one invocation (stop after N steps), so a bare --resume drops it.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "patience", "checkpoint_every", "num_workers",
-                     "tensorboard", "compile")  # fmt: skip
+                     "tensorboard", "compile", "device")  # fmt: skip
 # Taken from the folder being resumed, never compared.
 _RUN_PLACE = ("out", "name")
-
-
-def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
 
 
 def explicit_settings(cfg: TrainConfig) -> dict:
@@ -208,13 +237,16 @@ def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -
     saved one is refused in one line, so a flag is never silently ignored."""
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in saved.items() if k in names}
+    given = dict(given)
+    if "model_kwargs" in given:
+        given["model_kwargs"] = parse_kwargs(given["model_kwargs"])
     refused = [
-        f"{_flag(k)} {v!r} (the run has {values.get(k)!r})"
+        f"{flag_name(k)} {v!r} (the run has {values.get(k)!r})"
         for k, v in given.items()
         if k not in RESUME_MAY_CHANGE + _RUN_PLACE and k in names and v != values.get(k)
     ]
     if refused:
-        may = ", ".join(_flag(k) for k in RESUME_MAY_CHANGE)
+        may = ", ".join(flag_name(k) for k in RESUME_MAY_CHANGE)
         raise ConfigError(
             f"--resume continues {run} with its saved settings; {'; '.join(refused)} cannot "
             f"change (a resumed run may change only {may}). For other settings start a new "

@@ -1,0 +1,140 @@
+"""The `resnetlab` argument parser: each sub-command's flags as a table; train's generated
+from its configuration dataclasses (help, choices and groups live on the fields)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .device import PRECISIONS
+from .options import add_options
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def _args(p: argparse.ArgumentParser, *specs: tuple) -> argparse.ArgumentParser:
+    """``(flags, {argparse keywords})`` pairs, so a parser reads as a table."""
+    for flags, kw in specs:
+        p.add_argument(*flags.split(), **kw)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .data import DataConfig
+
+    parser = argparse.ArgumentParser(
+        prog="resnetlab",
+        description="Residual networks for image classification: build, inspect, train.",
+    )
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    json_flag = ("--json", {"action": "store_true", "help": "machine-readable output"})
+    precision = ("--precision", {"default": "auto", "choices": PRECISIONS})
+    backend = ("--backend", {"choices": BACKENDS, "default": "torch"})
+    run = ("run", {"help": "run folder, model.safetensors or checkpoint"})
+    data = ("--data", {"help": "DATA to evaluate on (default: the run's own)"})
+
+    _args(sub.add_parser("models", help="list registered models with params and MACs"),
+          ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),
+          ("--family", {"choices": ["imagenet", "cifar"], "help": "only this family"}),
+          ("--paper", {"action": "store_true", "help": "show the paper's Table 6 figures"}),
+          json_flag)  # fmt: skip
+    _args(sub.add_parser("summary", help="per-layer table, parameters, MACs and FLOPs"),
+          ("model", {}),
+          ("--input-size", {"type": int, "nargs": 3, "metavar": ("C", "H", "W")}),
+          ("--in-chans", {"type": int, "help": "input channels (1 for grayscale)"}),
+          ("--num-classes", {"type": int, "help": "classifier outputs (default: family's)"}),
+          ("--depth", {"type": int, "default": 2, "help": "levels of nesting shown"}))  # fmt: skip
+    p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
+              ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
+              ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download"),
+                suppress=False)  # fmt: skip
+    _add_train_parser(sub)
+    _args(sub.add_parser("evaluate", help="top-1/top-5, per-class metrics, confusion matrix"),
+          run, data,
+          ("--split", {"choices": ["train", "val", "test"], "help": "default: test, else val"}),
+          ("--batch-size", {"type": int, "default": 64}),
+          ("--tta", {"action": "store_true", "help": "average with the horizontally flipped"}),
+          ("--top-losses", {"type": int, "default": 0, "metavar": "N",
+                            "help": "gallery PNG of the N most confidently wrong images"}),
+          precision,
+          ("--max-bad-fraction", {"type": float,
+                                  "help": "unreadable files tolerated (default: the run's)"}),
+          ("--json", {"action": "store_true"}))  # fmt: skip
+    p = _args(sub.add_parser("predict", help="top-k labels for images, folders or globs"),
+              ("run", {"nargs": "?", "help": "run folder or model file (omit with --model)"}),
+              ("inputs", {"nargs": "*", "help": "image files, folders, globs"}),
+              ("--topk", {"type": int, "default": 5,
+                          "help": "labels per image (more than the classes: all of them)"}),
+              ("--batch-size", {"type": int, "default": 32}),
+              ("--streams", {"type": int, "help": "batches run side by side on the CPU, each "
+                             "with its share of the threads (default: one per thread, at most 4)"}),
+              backend, precision,
+              ("--model", {"help": "with --weights: predict without a run folder"}),
+              ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}))  # fmt: skip
+    out = p.add_mutually_exclusive_group()
+    _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
+    _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
+          ("run", {}),
+          ("--format", {"choices": ["onnx", "torchscript"], "default": "onnx"}),
+          ("--out", {"help": "file to write (default: RUN/model.onnx or RUN/model.ts)"}),
+          ("--verify", {"action": "store_true", "help": "compare outputs with PyTorch"}),
+          ("--int8", {"action": "store_true", "help": "also write model.int8.onnx (static "
+                      "int8) and measure its accuracy change"}),
+          ("--calibration", {"type": int, "default": 64, "metavar": "N",
+                             "help": "training images that calibrate the int8 ranges"}),
+          ("--data", {"help": "images for --int8 when the model has no run folder"}))  # fmt: skip
+    _args(sub.add_parser("experiment", help="experiments; `degradation`: plain vs residual"),
+          ("name", {"choices": ["degradation"]}),
+          ("--data", {"default": "digits"}),
+          ("--depths", {"type": int, "nargs": "+", "default": [20, 56]}),
+          ("--epochs", {"type": int, "default": 12}),
+          ("--seeds", {"type": int, "default": 1, "help": "runs per net; reports mean ± std"}),
+          ("--recipe", {"help": "e.g. paper-cifar"}),
+          ("--batch-size", {"type": int}), ("--lr", {"type": float}),
+          ("--precision", {"choices": PRECISIONS}),
+          ("--out", {"help": "output folder (default runs/degradation-TIME)"}))  # fmt: skip
+    _args(sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable"),
+          ("--data", {"help": "DATA (default digits; a continued study keeps its own)"}),
+          ("--model", {"help": "default resnet20; a continued study keeps its own"}),
+          ("--epochs", {"type": int, "help": "per trial (default 8; a continued study: its own)"}),
+          ("--trials", {"type": int, "default": 10, "help": "finished trials wanted in total"}),
+          ("--timeout", {"type": float, "help": "seconds for this invocation"}),
+          ("--storage", {"help": "Optuna storage URL (default sqlite:///OUT/study.db)"}),
+          ("--out", {"default": "runs/tune"}),
+          ("--config", {"help": "base settings YAML"}),
+          ("--seed", {"type": int, "default": 0}))  # fmt: skip
+    _args(sub.add_parser("serve", help="HTTP API + upload page for a trained model"),
+          ("run", {}),
+          ("--host", {"default": "127.0.0.1", "help": "default 127.0.0.1 (this machine only)"}),
+          ("--port", {"type": int, "default": 8000}),
+          backend,
+          ("--precision", {"default": "fp32", "choices": PRECISIONS,
+                           "help": "fp32 (default) gives the same probabilities alone or batched"}),
+          ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),
+          ("--max-wait-ms", {"type": float, "default": 5.0}),
+          ("--max-queue", {"type": int, "default": 64, "help": "beyond this: 503 + Retry-After"}),
+          ("--max-body-mb", {"type": float, "default": 10.0}),
+          ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}))  # fmt: skip
+    _args(sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples"),
+          ("run", {}), data, ("--top-losses", {"type": int, "default": 12}))  # fmt: skip
+    return parser
+
+
+def _add_train_parser(sub) -> None:
+    from .train.config import TrainConfig
+
+    p = sub.add_parser(
+        "train",
+        help="train a model; writes a run folder",
+        description="Train from scratch, fine-tune or feature-extract. Flags override "
+        "--config FILE.yaml, which overrides --recipe, which overrides the defaults.",
+    )
+    add_options(p, TrainConfig)
+    run = p.add_argument_group("run")
+    _args(run,
+          ("--config", {"help": "YAML file of settings (e.g. a run's config.yaml)"}),
+          ("--resume", {"help": "run folder or checkpoint to continue"}),
+          ("--lr-find", {"action": "store_true", "help": "run an LR range test and stop"}),
+          ("--quiet", {"action": "store_true", "help": "no progress output"}))  # fmt: skip

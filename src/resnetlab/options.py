@@ -1,0 +1,102 @@
+"""Settings as data: a dataclass field carries its flag's help, choices and group, and the
+command line is generated from the fields, so a setting is written down once.
+
+``option(default, "help", choices=...)`` declares a field; ``add_options(parser, Config)``
+adds ``--name-with-dashes`` for every field, with ``argparse.SUPPRESS`` as the default so that
+only the flags a user gave reach the parsed namespace (what a resumed run must tell apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+
+
+def option(
+    default=dataclasses.MISSING,
+    help: str = "",
+    *,
+    factory=None,
+    choices: Sequence | None = None,
+    group: str | None = None,
+    metavar: str | None = None,
+    flag: bool = True,
+):
+    """A dataclass field with command-line metadata. ``flag=False``: settable from YAML only."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "group": group,
+            "metavar": metavar, "flag": flag}  # fmt: skip
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _scalar(tp):
+    """``int | None`` -> int; ``list[float]`` -> (list, float)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0]
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return list, typing.get_args(tp)[0]
+    return tp, None
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return ""
+    if value is None or value == [] or value == {}:
+        return ""
+    if isinstance(value, bool):
+        return " (default: on)" if value else ""
+    if isinstance(value, list):
+        value = " ".join(map(str, value))
+    return f" (default: {value})"
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    config_cls,
+    only: Sequence[str] | None = None,
+    suppress: bool = True,
+) -> None:
+    """One flag per field of ``config_cls`` (in field order; ``only`` these when given), in
+    argument groups named by each field's ``group``. ``suppress``: a flag not given leaves no
+    attribute (so the caller sees what was given); otherwise it gets the field's default."""
+    hints = typing.get_type_hints(config_cls)
+    made: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(config_cls):
+        meta = f.metadata
+        if not meta.get("flag", False) or (only is not None and f.name not in only):
+            continue
+        name = meta.get("group") or "options"
+        if name not in made:
+            made[name] = parser.add_argument_group(name)
+        kind, item = _scalar(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw: dict = {"default": argparse.SUPPRESS if suppress else default, "dest": f.name}
+        text = meta.get("help", "")
+        if meta.get("choices"):
+            kw["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kw["metavar"] = meta["metavar"]
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind is list:
+            kw.update(nargs="+", type=item)
+        elif kind is dict:
+            kw.update(nargs="+", type=str)
+        else:
+            kw["type"] = kind
+        kw["help"] = (text + _default_text(f)).strip() or None
+        made[name].add_argument(flag_name(f.name), **kw)
