@@ -299,6 +299,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("convert")
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    r = convert(args.file, args.model, args.out)
+    left = len(r["skipped"])
+    print(f"wrote {r['path']} ({r['tensors']} tensors from {r['framework']}, "
+          f"{r['num_classes']} classes; {left} non-model entries left out)")  # fmt: skip
+    kwargs = " ".join(f"{k}={str(v).lower()}" for k, v in r["model_kwargs"].items())
+    print(f"  resnetlab train --model {args.model} --weights {r['path']} --model-kwargs {kwargs} "
+          "--data DATA")  # fmt: skip
+    return 0
+
+
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
           ("--max-queue", {"type": int, "default": 64, "help": "beyond this: 503 + Retry-After"}),
           ("--max-body-mb", {"type": float, "default": 10.0}),
           ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}))  # fmt: skip
+    _args(sub.add_parser("convert", help="MindSpore .ckpt / Keras .h5/.keras weights to "
+                         "torchvision-layout safetensors (no foreign code run)"),
+          ("file", {}), ("--model", {"required": True, "help": "e.g. resnet50"}),
+          ("--out", {"required": True, "help": "W.safetensors to write"}))  # fmt: skip
     _args(sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples"),
           ("run", {}), data, ("--top-losses", {"type": int, "default": 12}))  # fmt: skip
     return parser
