@@ -14,7 +14,7 @@ PACKAGE = Path(resnetlab.__file__).parent
 LAYERS = [
     ("errors", "io", "runtime", "device", "plots", "fmt", "options"),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
-    ("weights", "summary"),
+    ("weights", "summary", "run", "convert"),  # run: the run folder and model metadata
     ("bundle", "train"),  # loading a trained model; the training engine
     ("evaluate", "export", "backends", "predict"),
     ("report", "serve", "experiments"),
