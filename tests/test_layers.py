@@ -12,11 +12,11 @@ PACKAGE = Path(resnetlab.__file__).parent
 
 # Lowest first. A module may import from its own layer (without a cycle) and from any below.
 LAYERS = [
-    ("errors", "io", "runtime", "device", "plots", "fmt", "options"),  # foundations
+    ("errors", "io", "runtime", "device", "plots", "fmt", "options", "calibrate"),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "summary", "run", "convert"),  # run: the run folder and model metadata
     ("bundle", "train"),  # loading a trained model; the training engine
-    ("evaluate", "export", "backends", "predict"),
+    ("evaluate", "export", "backends", "predict", "explain"),
     ("report", "serve", "experiments"),
     ("cli", "cli_parser", "__main__"),
 ]

@@ -13,76 +13,86 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import create_model
+from .models import create_model, get_model_entry
+from .run import ModelMeta, RunDir
 from .weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsError,
-    load_bundle_meta,
     load_into,
+    load_torchvision_state,
     read_state_dict,
     safe_torch_load,
+    torchvision_weights,
 )
 
 
 @dataclass
 class LoadedModel:
+    """A model ready for inference, with its metadata and where it came from."""
+
     model: nn.Module
-    meta: dict
-    source: Path
-    run_dir: Path | None  # the run folder, when the model came from one
+    meta: ModelMeta
+    source: Path  # the weights file (or URL, for torchvision's weights)
+    run: RunDir | None  # the run folder, when the model came from one
 
     @property
     def classes(self) -> list[str]:
-        return list(self.meta["classes"])
+        return list(self.meta.classes)
+
+    @property
+    def has_run_config(self) -> bool:
+        """Whether the model comes from a run folder whose configuration says what data it
+        was trained on (and how that data was split)."""
+        return self.run is not None and self.run.has_config()
+
+    @property
+    def home(self) -> RunDir:
+        """Where files made from this model go by default (exports, evaluations): its run
+        folder, else the folder of its weights file."""
+        return self.run or RunDir(self.source.parent)
 
 
-def _build(meta: dict, state: dict, source: str) -> nn.Module:
+def _build(meta: ModelMeta, state: dict, source: str) -> nn.Module:
     model = create_model(
-        meta["model"],
-        num_classes=int(meta["num_classes"]),
-        in_chans=int(meta["in_chans"]),
-        **dict(meta.get("model_kwargs") or {}),
+        meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs
     )
     load_into(model, state, source)
     return model.eval()
 
 
 def load_model(path: str | Path) -> LoadedModel:
-    """A run folder, ``model.safetensors`` (with ``model.json`` beside it), or a checkpoint."""
+    """A run folder, its weights file (with the metadata beside it), or a checkpoint."""
     p = Path(path)
     if p.is_dir():
-        if not (p / "model.safetensors").is_file():
-            raise WeightsError(
-                f"{p}: no model.safetensors; is it a run folder from `resnetlab train`?"
-            )
-        loaded = load_model(p / "model.safetensors")
-        loaded.run_dir = p
+        run = RunDir(p)
+        if not run.weights.is_file():
+            raise WeightsError(f"{p}: no {run.WEIGHTS}; is it a run folder from `resnetlab train`?")
+        loaded = load_model(run.weights)
+        loaded.run = run
         return loaded
     if not p.is_file():
         raise WeightsError(f"{p}: no such run folder or model file")
+    folder = RunDir(p.parent)
     if p.suffix == ".safetensors":
-        meta = load_bundle_meta(p.with_name("model.json"))
+        meta = folder.read_meta()
         model = _build(meta, read_state_dict(p), str(p))
-        run_dir = p.parent if (p.parent / "config.yaml").is_file() else None
-        return LoadedModel(model, meta, p, run_dir)
+        return LoadedModel(model, meta, p, folder if folder.has_config() else None)
     state = safe_torch_load(p)
     if not isinstance(state, dict) or "model_meta" not in state:
         raise WeightsError(
             f"{p}: not a resnetlab checkpoint or model file; for plain weights use "
             "--model NAME --weights FILE"
         )
-    meta = state["model_meta"]
+    meta = ModelMeta.from_json(state["model_meta"], str(p))
     weights = state["ema"] if state.get("ema") else state["model"]
-    return LoadedModel(_build(meta, weights, str(p)), meta, p, p.parent)
+    return LoadedModel(_build(meta, weights, str(p)), meta, p, folder)
 
 
 def pretrained_model(name: str, weights: str) -> LoadedModel:
     """A model from weights alone (no run): ``torchvision`` or a ``.pth``/``.safetensors`` file.
 
     Class names come from torchvision's ImageNet metadata when the head has 1000 outputs."""
-    from .weights import load_torchvision_state, torchvision_weights
-
     if weights == "torchvision":
         state, info = load_torchvision_state(name)
         source = info["source"]
@@ -96,21 +106,14 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
     if num_classes == 1000:
         with contextlib.suppress(WeightsError):
             classes = list(torchvision_weights(name).meta["categories"])
-    from .models import get_model_entry
-
     size = get_model_entry(name).input_size[1]
-    meta = {
-        "model": name,
-        "num_classes": num_classes,
-        "in_chans": in_chans,
-        "classes": classes,
-        "input_size": [in_chans, size, size],
-        "mean": list(IMAGENET_MEAN)[:in_chans] if in_chans == 3 else [0.449],
-        "std": list(IMAGENET_STD)[:in_chans] if in_chans == 3 else [0.226],
-        "preset": "imagenet" if size >= 64 else "cifar",
-        "model_kwargs": {},
-        "weights": weights,
-    }
+    meta = ModelMeta(
+        model=name, num_classes=num_classes, in_chans=in_chans, classes=classes,
+        input_size=[in_chans, size, size],
+        mean=list(IMAGENET_MEAN)[:in_chans] if in_chans == 3 else [0.449],
+        std=list(IMAGENET_STD)[:in_chans] if in_chans == 3 else [0.226],
+        weights=weights,
+    )  # fmt: skip
     return LoadedModel(_build(meta, state, source), meta, Path(source), None)
 
 

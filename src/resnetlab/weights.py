@@ -2,12 +2,12 @@
 
 Loading never runs code: ``.safetensors`` files, or ``torch.load(weights_only=True)`` for
 ``.pth``/``.pt`` with no fallback to unsafe unpickling. Saving writes our bundle:
-``model.safetensors`` (weights) + ``model.json`` (everything needed to rebuild and preprocess).
+the weights as safetensors beside their ``ModelMeta`` (everything needed to rebuild and
+preprocess), with the file names ``RunDir`` gives them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import warnings
@@ -18,6 +18,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .io import atomic_write_bytes, atomic_write_text
+from .run import ModelMeta, RunDir
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -200,27 +201,20 @@ def load_torchvision_state(model_name: str) -> tuple[dict, dict]:
     return state, meta
 
 
-def save_bundle(model: nn.Module, meta: dict, folder: str | os.PathLike) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` atomically into ``folder``."""
+def save_bundle(model: nn.Module, meta: ModelMeta, folder: str | os.PathLike) -> Path:
+    """Write the weights and their metadata atomically into ``folder``; returns the weights'
+    path."""
     from safetensors.torch import save
 
-    folder = Path(folder)
+    run = RunDir(folder)
     model = unwrap_model(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(folder / "model.safetensors", save(state, metadata={"format": "pt"}))
-    atomic_write_text(folder / "model.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    return folder / "model.safetensors"
+    atomic_write_bytes(run.weights, save(state, metadata={"format": "pt"}))
+    atomic_write_text(run.meta, meta.dumps())
+    return run.weights
 
 
 def load_bundle_meta(path: str | os.PathLike) -> dict:
-    p = Path(path)
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise WeightsError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{p}: not valid JSON ({exc})") from None
-    for key in ("model", "num_classes", "in_chans", "classes"):
-        if key not in meta:
-            raise WeightsError(f"{p}: missing {key!r}; it is not a resnetlab model.json")
-    return meta
+    """``model.json`` as a plain mapping, defaults filled in, for scripts; resnetlab itself
+    reads it as a ``ModelMeta``."""
+    return ModelMeta.read(path).to_json()

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import random
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..io import atomic_torch_save
+from ..run import RunDir
 from ..weights import WeightsError, safe_torch_load
-
-log = logging.getLogger(__name__)
 
 FORMAT = "resnetlab-checkpoint"
 VERSION = 1
@@ -57,16 +54,17 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 def resolve_checkpoint_path(run_or_file: str | Path) -> Path:
     p = Path(run_or_file)
     if p.is_dir():
-        if not (p / "checkpoint-last.pt").is_file() and (p / "config.yaml").is_file():
+        run = RunDir(p)
+        if not run.last_checkpoint.is_file() and run.has_config():
             raise WeightsError(
                 f"{p}: the run stopped before its first checkpoint; nothing to resume. Start "
-                f"it again: resnetlab train --config {p / 'config.yaml'} (the folder is reused)"
+                f"it again: resnetlab train --config {run.config} (the folder is reused)"
             )
-        p = p / "checkpoint-last.pt"
+        p = run.last_checkpoint
     if not p.is_file():
         raise WeightsError(
-            f"{p}: no checkpoint to resume from (give a run folder with checkpoint-last.pt, "
-            "or a checkpoint file)"
+            f"{p}: no checkpoint to resume from (give a run folder with "
+            f"{RunDir.LAST_CHECKPOINT}, or a checkpoint file)"
         )
     return p
 
@@ -86,31 +84,15 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
-# What ``io.atomic_write_bytes`` leaves behind when its process is killed mid-write:
-# ".<file name>.<8 random characters>.tmp".
-_STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
-
-
-def clear_stale_temp_files(run_dir: str | Path) -> list[Path]:
-    """Remove the temp files of writes that a killed process never finished (only ours)."""
-    removed = []
-    for p in Path(run_dir).iterdir():
-        if p.is_file() and _STALE_TEMP.match(p.name):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    if removed:
-        log.info("removed %d unfinished temp file(s) from %s", len(removed), run_dir)
-    return removed
-
-
 def load_for_resume(run_or_file: str | Path) -> tuple[Path, dict]:
-    """The checkpoint to continue from; a damaged one points to ``checkpoint-best.pt``."""
+    """The checkpoint to continue from; a damaged one points to the best epoch's."""
     path = resolve_checkpoint_path(run_or_file)
-    clear_stale_temp_files(path.parent)
+    run = RunDir(path.parent)
+    run.clear_stale_temp_files()
     try:
         return path, load_checkpoint(path)
     except WeightsError as exc:
-        best = path.with_name("checkpoint-best.pt")
+        best = run.best_checkpoint
         if path.name == best.name or not best.is_file():
             raise
         raise WeightsError(
