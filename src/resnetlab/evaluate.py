@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.nn import functional as F
 
 from .bundle import LoadedModel, load_model, model_on
 from .data import DataConfig, DataError, DataPipeline, load_source
-from .device import autocast, default_device, resolve_precision
+from .device import default_device, resolve_precision
 from .errors import ConfigError
 from .io import atomic_write_text
+from .train.metrics import accuracy_counts, iter_logits, split_loader
 
 
 def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
@@ -54,20 +54,19 @@ def run_pipeline(
     meta = loaded.meta
     options = {}
     if data is None:
-        cfg_path = loaded.run_dir / "config.yaml" if loaded.run_dir else None
-        if cfg_path is None or not cfg_path.is_file():
+        if not loaded.has_run_config:
             raise ConfigError("give --data: this model file has no run folder to take it from")
-        config = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        config = loaded.run.read_config()
         data = config["data"]
         keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
         options = {k: config[k] for k in keys if k in config}
     if max_bad_fraction is not None:
         options["max_bad_fraction"] = max_bad_fraction
-    source = load_source(data, channels=int(meta["in_chans"]), **options)
+    source = load_source(data, channels=meta.in_chans, **options)
     cfg = DataConfig(
-        data=data, input_size=int(meta["input_size"][-1]), preset=meta.get("preset", "auto"),
-        mean=list(meta["mean"]), std=list(meta["std"]), batch_size=batch_size,
-        num_workers=num_workers, in_chans=int(meta["in_chans"]),
+        data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
+        std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
+        in_chans=meta.in_chans,
     )  # fmt: skip
     return DataPipeline(source, cfg)
 
@@ -98,35 +97,31 @@ def evaluate_run(
     device = default_device()
     prec = resolve_precision(precision, device)
     model = model_on(loaded.model, device)
-    loader = pipe.loader(split, train=False)
-    tf = pipe.batch_transform(False, loader.geometric)
+    loader, tf = split_loader(pipe, split)
 
-    all_logits, all_targets = [], []
-    with torch.inference_mode():
-        for x, y in loader:
-            x = tf(x.to(device))
-            with autocast(prec, device):
-                logits = model(x).float()
-                if tta:
-                    logits = (logits + model(x.flip(3)).float()) / 2
-            all_logits.append(logits.cpu())
-            all_targets.append(label_map[y])
-    logits = torch.cat(all_logits)
-    targets = torch.cat(all_targets)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not tta:
+            return model(x)
+        return (model(x).float() + model(x.flip(3)).float()) / 2
+
+    all_logits, all_labels = [], []
+    for out, y in iter_logits(forward, loader, tf, device, prec):
+        all_logits.append(out.cpu())
+        all_labels.append(y.cpu())
+    logits, targets = torch.cat(all_logits), label_map[torch.cat(all_labels)]
     n_cls = len(loaded.classes)
     losses = F.cross_entropy(logits, targets, reduction="none")
     pred = logits.argmax(1)
-    k = min(5, n_cls)
-    top5 = logits.topk(k, dim=1).indices.eq(targets.view(-1, 1)).any(1)
     cm = np.zeros((n_cls, n_cls), dtype=np.int64)
     np.add.at(cm, (targets.numpy(), pred.numpy()), 1)
     n = len(targets)
+    top1, top5 = (count / max(n, 1) for count in accuracy_counts(logits, targets, 5).tolist())
     result = {
-        "run": str(loaded.run_dir or loaded.source) if run is loaded else str(run),
+        "run": str(loaded.run or loaded.source) if run is loaded else str(run),
         "data": pipe.cfg.data,
         "split": split,
-        "top1": float((pred == targets).float().mean()) if n else 0.0,
-        "top5": float(top5.float().mean()) if n else 0.0,
+        "top1": top1,
+        "top5": top5,
         "loss": float(losses.mean()) if n else 0.0,
         "num_samples": n,
         "classes": list(loaded.classes),
@@ -136,7 +131,7 @@ def evaluate_run(
         "confusion_matrix_normalized": (cm / np.maximum(cm.sum(1, keepdims=True), 1)).tolist(),
         "tta": tta,
     }
-    out = Path(out_dir) if out_dir else (loaded.run_dir or loaded.source.parent) / f"eval-{split}"
+    out = Path(out_dir) if out_dir else loaded.home.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
     from .plots import plot_confusion, plot_top_losses
 

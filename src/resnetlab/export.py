@@ -21,10 +21,13 @@ from .errors import (
     FileConflictError,
     MissingFileError,
 )
+from .evaluate import run_pipeline
+from .fmt import pct
+from .run import RunDir
+from .train.metrics import iter_logits, split_loader
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = tuple(RunDir.EXPORTS)  # onnx, torchscript
 TOLERANCE = 1e-4
-INT8_NAME = "model.int8.onnx"
 INT8_MIN_AGREEMENT = 0.99  # --verify: top-1 of the int8 model agrees with fp32 on 99 % of images
 
 
@@ -50,12 +53,12 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
     m = loaded.meta
     return {
         WEIGHTS_KEY: weights_fingerprint(loaded.model),
-        "resnetlab.model": str(m["model"]),
-        "resnetlab.classes": json.dumps(m["classes"], ensure_ascii=False),
-        "resnetlab.input_size": json.dumps(m["input_size"]),
-        "resnetlab.mean": json.dumps(m["mean"]),
-        "resnetlab.std": json.dumps(m["std"]),
-        "resnetlab.preset": str(m.get("preset", "imagenet")),
+        "resnetlab.model": m.model,
+        "resnetlab.classes": json.dumps(m.classes, ensure_ascii=False),
+        "resnetlab.input_size": json.dumps(m.input_size),
+        "resnetlab.mean": json.dumps(m.mean),
+        "resnetlab.std": json.dumps(m.std),
+        "resnetlab.preset": str(m.preset),
     }
 
 
@@ -71,7 +74,7 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
     import onnx
 
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
-    c, h, w = loaded.meta["input_size"]
+    c, h, w = loaded.meta.input_size
     example = torch.randn(2, c, h, w)
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -97,8 +100,8 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
 
 def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
-    c, h, w = loaded.meta["input_size"]
-    extra = {"resnetlab.json": json.dumps(loaded.meta, ensure_ascii=False)}
+    c, h, w = loaded.meta.input_size
+    extra = {"resnetlab.json": json.dumps(loaded.meta.to_json(), ensure_ascii=False)}
     tmp = path.with_name(f".{path.name}.tmp")
     # PyTorch marks TorchScript deprecated (the README says so and points to ONNX); the user
     # asked for this format, so its warning would only repeat that on every export.
@@ -168,6 +171,12 @@ def onnx_session(path: str | os.PathLike):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def onnx_logits(session, x: torch.Tensor) -> torch.Tensor:
+    """Logits of an onnxruntime ``session`` for a float NCHW batch (any device or layout)."""
+    batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    return torch.from_numpy(session.run(None, {"input": batch})[0])
+
+
 def stale_reason(session, path: Path, loaded: LoadedModel) -> str | None:
     """Why the export at ``path`` (open as onnxruntime ``session``) does not hold the weights
     of ``loaded``, or None when it does."""
@@ -189,7 +198,7 @@ def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None 
     when given, real preprocessed images; fails above ``TOLERANCE`` (scaled by the largest
     logit when that exceeds 1)."""
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
-    c, h, w = loaded.meta["input_size"]
+    c, h, w = loaded.meta.input_size
     g = torch.Generator().manual_seed(0)
     inputs = {"random batch 1": torch.randn(1, c, h, w, generator=g),
               "random batch 5": torch.randn(5, c, h, w, generator=g)}  # fmt: skip
@@ -199,7 +208,7 @@ def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None 
         session = onnx_session(path)
 
         def run(x):
-            return session.run(None, {"input": x.numpy()})[0]
+            return onnx_logits(session, x).numpy()
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notice
@@ -229,15 +238,13 @@ def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None 
 def real_inputs(run: str | os.PathLike, count: int = 8) -> torch.Tensor | None:
     """A few preprocessed images from the data the run was trained on (for ``verify``);
     None when the model has no run folder to say what that data was."""
-    from .evaluate import run_pipeline
-
     loaded = load_model(run)
-    if loaded.run_dir is None or not (loaded.run_dir / "config.yaml").is_file():
+    if not loaded.has_run_config:
         return None
     pipe = run_pipeline(loaded, batch_size=count, num_workers=0)
-    loader = pipe.loader(_held_out_split(pipe), train=False)
+    loader, tf = split_loader(pipe, _held_out_split(pipe), channels_last=False)
     x, _ = next(iter(loader))
-    return pipe.batch_transform(False, loader.geometric, channels_last=False)(x)
+    return tf(x)
 
 
 def _held_out_split(pipe) -> str:
@@ -247,19 +254,18 @@ def _held_out_split(pipe) -> str:
     raise ExportError(f"{pipe.source.name} has no images to measure the int8 model on")
 
 
-def _image_batches(pipe, split: str, limit: int, batch_size: int = 32):
-    """(float NCHW inputs, labels) batches of ``split`` with the evaluation preprocessing."""
-    loader = pipe.loader(split, train=False)
-    tf = pipe.batch_transform(False, loader.geometric, channels_last=False)
+def _calibration_batches(pipe, split: str, limit: int, batch_size: int = 16):
+    """Float NCHW numpy batches of at most ``limit`` images of ``split``, preprocessed as for
+    evaluation, for onnxruntime's calibration."""
+    loader, tf = split_loader(pipe, split, channels_last=False)
     seen = 0
-    for x, y in loader:
+    for x, _ in loader:
         for start in range(0, len(x), batch_size):
             if seen >= limit:
                 return
-            xs, ys = x[start : start + batch_size], y[start : start + batch_size]
-            xs, ys = xs[: limit - seen], ys[: limit - seen]
+            xs = x[start : start + batch_size][: limit - seen]
             seen += len(xs)
-            yield tf(xs).float().contiguous().numpy(), ys.numpy()
+            yield tf(xs).float().contiguous().numpy()
 
 
 def quantize_int8(
@@ -287,14 +293,12 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .evaluate import run_pipeline
-
     if calibration < 1:
         raise ConfigError(f"--calibration must be at least 1 image, got {calibration}")
     loaded = run if isinstance(run, LoadedModel) else load_model(run)
     pipe = run_pipeline(loaded, data=data, batch_size=64, num_workers=0)
     calib_split = "train" if "train" in pipe.source.splits else _held_out_split(pipe)
-    batches = [{"input": x} for x, _ in _image_batches(pipe, calib_split, calibration, 16)]
+    batches = [{"input": x} for x in _calibration_batches(pipe, calib_split, calibration)]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -321,8 +325,8 @@ def quantize_int8(
         if min_agreement is not None and report["top1_agreement"] < min_agreement:
             raise ExportError(
                 f"{path} not written: int8 top-1 agrees with fp32 on only "
-                f"{report['top1_agreement']:.1%} of {report['measured_on']} (needs "
-                f"{min_agreement:.0%}); {fp32_path} (fp32) is written and verified. Try more "
+                f"{pct(report['top1_agreement'], 1)} of {report['measured_on']} (needs "
+                f"{pct(min_agreement, 0)}); {fp32_path} (fp32) is written and verified. Try more "
                 "--calibration images, or use the fp32 model"
             )
         os.replace(tmp, path)
@@ -335,11 +339,15 @@ def quantize_int8(
 def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int) -> dict:
     """Top-1 of both models and their agreement on up to ``measure`` held-out images."""
     split = _held_out_split(pipe)
-    fp32, int8 = onnx_session(fp32_path), onnx_session(int8_path)
+    sessions = (onnx_session(fp32_path), onnx_session(int8_path))
+
+    def both(x: torch.Tensor) -> torch.Tensor:  # one pass over the images for the two models
+        return torch.stack([onnx_logits(s, x) for s in sessions])
+
+    loader, tf = split_loader(pipe, split, channels_last=False)
     n = fp32_correct = int8_correct = agree = 0
-    for x, y in _image_batches(pipe, split, measure):
-        a = fp32.run(None, {"input": x})[0].argmax(1)
-        b = int8.run(None, {"input": x})[0].argmax(1)
+    for out, y in iter_logits(both, loader, tf, limit=measure):
+        a, b = out.argmax(-1)
         n += len(y)
         fp32_correct += int((a == y).sum())
         int8_correct += int((b == y).sum())
@@ -358,17 +366,15 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
     if int8 and fmt != "onnx":
         raise ConfigError("--int8 needs --format onnx (onnxruntime runs the int8 model)")
     loaded = load_model(run)
-    has_run_data = loaded.run_dir is not None and (loaded.run_dir / "config.yaml").is_file()
-    if int8 and data is None and not has_run_data:
+    if int8 and data is None and not loaded.has_run_config:
         raise ConfigError(
             f"{run}: --int8 calibrates on images and this model has no run folder to take them "
             "from; give --data (the data set it was trained on)"
         )
-    base = loaded.run_dir or loaded.source.parent
-    path = Path(out) if out else Path(base) / ("model.onnx" if fmt == "onnx" else "model.ts")
+    path = Path(out) if out else loaded.home.export(fmt)
     int8_path = None
     if int8:
-        int8_path = path.with_name(INT8_NAME) if not out else path.with_suffix(".int8.onnx")
+        int8_path = path.with_suffix(".int8.onnx") if out else loaded.home.onnx_int8
     for target in (path, int8_path):
         if target is not None:
             check_replaceable(target)

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ConfigError, FileConflictError
+from ..fmt import pct
 from ..io import atomic_write_text
 from ..plots import plot_degradation
 from ..summary import count_params
@@ -126,14 +127,14 @@ def _verdict(table: list[dict], depths) -> dict:
     plain = p_hi > p_lo + DEGRADATION_MARGIN
     residual = r_hi > r_lo + DEGRADATION_MARGIN
     text = (
-        f"Plain nets: plain{hi} ended with {p_hi:.2%} training error against {p_lo:.2%} for "
+        f"Plain nets: plain{hi} ended with {pct(p_hi)} training error against {pct(p_lo)} for "
         f"plain{lo} - "
         + ("the deeper plain net trained worse: the degradation problem."
            if plain else "no degradation at this budget.")
-        + f" Residual nets: resnet{hi} {r_hi:.2%} against resnet{lo} {r_lo:.2%} - "
+        + f" Residual nets: resnet{hi} {pct(r_hi)} against resnet{lo} {pct(r_lo)} - "
         + ("the deeper residual net trained worse too." if residual
            else "the deeper residual net did not train worse.")
-        + f" (A difference counts when it exceeds {DEGRADATION_MARGIN:.0%}.)"
+        + f" (A difference counts when it exceeds {pct(DEGRADATION_MARGIN, 0)}.)"
     )  # fmt: skip
     return {"plain_degraded": plain, "residual_degraded": residual, "text": text}
 
@@ -144,12 +145,6 @@ def _csv(table: list[dict]) -> str:
     w.writeheader()
     w.writerows(table)
     return buf.getvalue()
-
-
-def _pct(v, s=None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.2%}" + (f" ± {s:.2%}" if s else "")
 
 
 def _markdown(result: dict) -> str:
@@ -165,8 +160,8 @@ def _markdown(result: dict) -> str:
     for r in result["table"]:
         lines.append(
             f"| {r['model']} | {r['depth']} | {r['params']:,} | "
-            f"{_pct(r['final_train_error'], r['final_train_error_std'])} | "
-            f"{_pct(r['final_test_error'], r['final_test_error_std'])} | {r['seconds']:.0f} |"
+            f"{pct(r['final_train_error'], std=r['final_train_error_std'])} | "
+            f"{pct(r['final_test_error'], std=r['final_test_error_std'])} | {r['seconds']:.0f} |"
         )
     lines += ["", result["verdict"]["text"], "", "![degradation](degradation.png)", ""]
     return "\n".join(lines)

@@ -10,8 +10,10 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError, ResnetlabError, TrainingError
+from ..fmt import pct
 from ..io import atomic_write_text
 from ..plots import plot_tune_history
+from ..run import RunDir
 from ..train import TrainConfig, Trainer, resolve_config
 
 STUDY_NAME = "resnetlab-tune"
@@ -60,8 +62,8 @@ def _mark_interrupted(study) -> int:
 
 def _run_config(out: Path, number: int) -> dict | None:
     """The complete configuration a trial's run folder was trained with, if it is here."""
-    config = out / f"trial-{number:03d}" / "config.yaml"
-    return yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+    run = RunDir(out / f"trial-{number:03d}")
+    return run.read_config() if run.has_config() else None
 
 
 def _settings(cfg) -> dict:
@@ -194,7 +196,7 @@ def run_tune(
         else:
             study.tell(trial, value)
             if verbose:
-                print(f"trial {trial.number}: val top-1 {value:.2%} {params}", flush=True)
+                print(f"trial {trial.number}: val top-1 {pct(value)} {params}", flush=True)
         seen[_key(params)] = trial.number
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if not complete:

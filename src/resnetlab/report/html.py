@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import platform
 from datetime import datetime
 from pathlib import Path
@@ -13,8 +11,10 @@ from pathlib import Path
 import torch
 
 from ..errors import MissingFileError
+from ..fmt import pct
 from ..io import atomic_write_text
 from ..plots import plot_curves
+from ..run import RunDir
 
 # Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
 # (Simplified Chinese first), so the page never falls back to boxes or to a Japanese face
@@ -47,20 +47,9 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _read_history(run: Path) -> list[dict]:
-    path = run / "metrics.csv"
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items()})
-    return rows
-
-
 def _pct(v: float | None) -> str:
     # One format for every accuracy on the page, cards and tables alike.
-    return "-" if v is None else f"{v:.1%}"
+    return pct(v, 1)
 
 
 def build_report(run: str | Path, data: str | None = None, top_losses: int = 12) -> Path:
@@ -69,36 +58,28 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
     from ..evaluate import evaluate_run
     from ..summary import format_summary, summarize
 
-    run = Path(run)
-    if not (run / "model.json").is_file():
-        raise MissingFileError(f"{run}: not a run folder (no model.json); give a run folder")
-    meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
-    summary = (
-        json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        if (run / "summary.json").is_file()
-        else {}
-    )
-    config = (
-        (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
-    )
-    history = _read_history(run)
-    figures = run / "report-files"
+    rd = RunDir(run)
+    if not rd.meta.is_file():
+        raise MissingFileError(f"{run}: not a run folder (no {rd.META}); give a run folder")
+    summary, config, history = rd.read_summary(), rd.config_text(), rd.read_metrics()
+    figures = rd.report_files
     figures.mkdir(exist_ok=True)
     loaded = load_model(run)
+    meta = loaded.meta
     # Summarised before evaluation moves the model to the evaluation device.
-    model_text = format_summary(meta["model"], summarize(loaded.model, tuple(meta["input_size"]),
-                                                          depth=1))  # fmt: skip
+    model_text = format_summary(meta.model, summarize(loaded.model, tuple(meta.input_size),
+                                                       depth=1))  # fmt: skip
     ev = evaluate_run(loaded, data=data, top_losses=top_losses, out_dir=figures)
-    curves = plot_curves(history, figures / "curves.png", meta["model"]) if history else None
+    curves = plot_curves(history, figures / "curves.png", meta.model) if history else None
 
     e = html.escape
     cards = [
-        ("model", meta["model"]),
+        ("model", meta.model),
         (f"{ev['split']} top-1", _pct(ev["top1"])),
         (f"{ev['split']} top-5", _pct(ev["top5"])),
         ("best val top-1", _pct(summary.get("best_val_top1"))),
         ("epochs", str(summary.get("epochs_completed", len(history)))),
-        ("classes", str(len(meta["classes"]))),
+        ("classes", str(len(meta.classes))),
     ]
     per_class_rows = "".join(
         f"<tr><td>{e(name)}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
@@ -131,8 +112,8 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
         "train images/s": summary.get("train_images_per_second", "-"),
     }
     sections = [
-        f"<h1>{e(run.name)}</h1>"
-        f"<p class=muted>{e(meta['model'])} on {e(str(ev['data']))} · {ev['num_samples']} "
+        f"<h1>{e(rd.name)}</h1>"
+        f"<p class=muted>{e(meta.model)} on {e(str(ev['data']))} · {ev['num_samples']} "
         f"{e(ev['split'])} images evaluated</p>",
         '<section id="overview"><h2>Overview</h2><div class="cards">'
         + "".join(f'<div class="card">{e(k)}<b>{e(v)}</b></div>' for k, v in cards)
@@ -165,10 +146,9 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
     page = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>resnetlab report: {e(run.name)}</title><style>{CSS}</style></head><body>"
+        f"<title>resnetlab report: {e(rd.name)}</title><style>{CSS}</style></head><body>"
         + "\n".join(sections)
         + "</body></html>\n"
     )
-    out = run / "report.html"
-    atomic_write_text(out, page)
-    return out
+    atomic_write_text(rd.report, page)
+    return rd.report

@@ -9,7 +9,6 @@ import logging
 import re
 import signal
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -21,9 +20,11 @@ from .. import __version__
 from ..data import DataError, DataPipeline, build_pipeline
 from ..data.loader import mix_seed
 from ..device import autocast, default_device, resolve_precision
-from ..errors import ConfigError, FileConflictError, TrainingError
+from ..errors import ConfigError, FileConflictError
+from ..fmt import pct
 from ..io import atomic_write_text
 from ..models import create_model
+from ..run import ModelMeta, RunDir
 from ..weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -37,22 +38,14 @@ from . import distributed as D
 from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .loggers import MetricsCSV, Progress, TensorBoard
-from .metrics import evaluate_loader, state_checksum
+from .metrics import evaluate_loader, split_loader, state_checksum
 from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
+from .tally import EpochTally, NonFiniteLoss
+
+__all__ = ["LOG_EVERY", "NonFiniteLoss", "RunStopped", "Trainer", "evaluate_loader"]
 
 LOG_EVERY = 20  # steps between progress updates (each one is a host sync on CUDA)
-
-
-class NonFiniteLoss(TrainingError):
-    def __init__(self, step: int, last_finite: float | None) -> None:
-        self.step, self.last_finite = step, last_finite
-        last = f"{last_finite:.4g}" if last_finite is not None else "none"
-        super().__init__(
-            f"loss became non-finite at step {step} (last finite loss: {last}); stopped. "
-            "No checkpoint was written from these weights. Try a lower --lr, --clip-grad 1.0, "
-            "or --precision fp32."
-        )
 
 
 class RunStopped(Exception):
@@ -61,11 +54,6 @@ class RunStopped(Exception):
     def __init__(self, message: str, run_dir: Path, interrupted: bool = False) -> None:
         super().__init__(message)
         self.run_dir, self.interrupted = run_dir, interrupted
-
-
-# Files a run writes before its first checkpoint: a folder holding only these (a run stopped
-# during start-up) may be taken over by the same command instead of being refused.
-_STARTUP_FILES = ("config.yaml", "metrics.csv")
 
 
 def _count(n: int, noun: str) -> str:
@@ -122,13 +110,11 @@ class Trainer:
             )
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
-        self.train_loader = self.data.loader(
-            "train",
-            train=True,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
+        self.train_loader, self.train_transform = split_loader(
+            self.data, "train", train=True, channels_last=cfg.channels_last,
+            rank=self.dist.rank, world_size=self.dist.world_size,
             pin_memory=self.device.type == "cuda",
-        )
+        )  # fmt: skip
         if len(self.data.source.splits["train"]) < 2:
             raise ConfigError(f"{cfg.data}: training needs at least 2 images (BatchNorm)")
         if len(self.train_loader) == 0:
@@ -148,6 +134,7 @@ class Trainer:
             self._restore(self.resume_state)
         self.run_dir = Path(cfg.out) / (cfg.name or _run_name(cfg))
         self.run_dir = Path(D.broadcast_object(str(self.run_dir), self.dist))
+        self.run = RunDir(self.run_dir)
         if self.dist.is_main:
             self._prepare_run_dir()
         self.train_model = self._wrap(self.model)
@@ -225,16 +212,14 @@ class Trainer:
         return wrapped
 
     def _prepare_run_dir(self) -> None:
-        d = self.run_dir
-        held = [p.name for p in d.iterdir()] if d.is_dir() else []
-        reusable = all(n in _STARTUP_FILES or n.startswith("events.out.tfevents") for n in held)
-        if self.resume_state is None and held and not reusable:
+        run, d = self.run, self.run_dir
+        if self.resume_state is None and not run.only_startup_files():
             raise FileConflictError(
                 f"{d} already holds files; resume it with --resume {d}, or pick another --name"
             )
         d.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(d / "config.yaml", dump_yaml(self.cfg))
-        self.metrics_csv = MetricsCSV(d / "metrics.csv")
+        atomic_write_text(run.config, dump_yaml(self.cfg))
+        self.metrics_csv = MetricsCSV(run.metrics)
         self.tb = TensorBoard(d) if self.cfg.tensorboard else None
 
     def _restore(self, s: dict) -> None:
@@ -261,21 +246,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------ metadata
 
-    def model_meta(self) -> dict:
-        c = self.data.channels
-        return {
-            "model": self.cfg.model,
-            "num_classes": len(self.classes),
-            "in_chans": c,
-            "classes": list(self.classes),
-            "input_size": [c, self.data.input_size, self.data.input_size],
-            "mean": [float(v) for v in self.data.mean],
-            "std": [float(v) for v in self.data.std],
-            "preset": self.data.preset,
-            "model_kwargs": dict(self.cfg.model_kwargs),
-            "weights": self.cfg.weights,
-            "resnetlab_version": __version__,
-        }
+    def model_meta(self) -> ModelMeta:
+        c, size = self.data.channels, self.data.input_size
+        return ModelMeta(
+            model=self.cfg.model, num_classes=len(self.classes), in_chans=c,
+            classes=list(self.classes), input_size=[c, size, size], mean=list(self.data.mean),
+            std=list(self.data.std), preset=self.data.preset,
+            model_kwargs=dict(self.cfg.model_kwargs), weights=self.cfg.weights,
+            resnetlab_version=__version__,
+        )  # fmt: skip
 
     def _checkpoint_state(self, sums: torch.Tensor | None = None) -> dict:
         return {
@@ -291,35 +270,20 @@ class Trainer:
             "rng": capture_rng(),
             "classes": list(self.classes),
             "config": self.cfg.to_dict(),
-            "model_meta": self.model_meta(),
+            "model_meta": self.model_meta().to_json(),
             "history": self.history,
             "best": dict(self.best),
             "train_seconds": self.train_seconds,
             "train_images": self.train_images,
         }
 
-    def save(self, name: str, sums: torch.Tensor | None = None) -> None:
+    def save(self, path: Path, sums: torch.Tensor | None = None) -> None:
+        """A checkpoint at ``path`` (one of the run's); ``sums``: the epoch's running sums,
+        for a checkpoint written mid-epoch."""
         if self.dist.is_main:
-            save_checkpoint(self._checkpoint_state(sums), self.run_dir / name)
+            save_checkpoint(self._checkpoint_state(sums), path)
 
     # -------------------------------------------------------------------------- loops
-
-    def _check_finite(self, pending: list[torch.Tensor]) -> None:
-        if not pending:
-            return
-        values = torch.stack(pending).float().cpu()
-        first_step = self.global_step - len(pending) + 1
-        bad = (~torch.isfinite(values)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            last = (
-                values[i - 1].item()
-                if i > 0
-                else (self.step_losses[-1] if self.step_losses else None)
-            )
-            raise NonFiniteLoss(first_step + i, last)
-        self.step_losses.extend(values.tolist())
-        pending.clear()
 
     def train_step(self, x, y, tf, i: int):
         """Forward, backward, optimizer step for batch ``i`` of the current epoch."""
@@ -352,60 +316,32 @@ class Trainer:
         return loss, out, ya
 
     def train_one_epoch(self) -> dict:
-        cfg, model, loader = self.cfg, self.train_model, self.train_loader
-        frozen = frozen_groups(unwrap_model(model), cfg, self.epoch)
-        apply_freezing(unwrap_model(model), frozen)
-        set_train_mode(unwrap_model(model), frozen)
-        tf = self.data.batch_transform(True, loader.geometric, cfg.channels_last)
+        cfg, loader = self.cfg, self.train_loader
+        model = unwrap_model(self.train_model)
+        frozen = frozen_groups(model, cfg, self.epoch)
+        apply_freezing(model, frozen)
+        set_train_mode(model, frozen)
         loader.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        sums = torch.zeros(3, device=self.device)  # loss * n, correct, n
-        if self.partial_sums is not None and self.step_in_epoch:
-            sums += self.partial_sums.to(self.device)
-        self.partial_sums = None
-        pending: list[torch.Tensor] = []
         total = len(loader)
         self.progress.start(self.epoch + 1, cfg.epochs, total, self.step_in_epoch)
-        start, images = time.perf_counter(), 0
+        tally = EpochTally(self.device, self.partial_sums if self.step_in_epoch else None)
+        self.partial_sums = None
         for i, (x, y) in enumerate(loader, start=self.step_in_epoch):
-            loss, out, ya = self.train_step(x, y, tf, i)
+            loss, out, ya = self.train_step(x, y, self.train_transform, i)
             self.scheduler.step()
             if self.ema is not None:
                 self._update_ema()
             self.global_step += 1
             self.step_in_epoch = i + 1
-            n = y.shape[0]
-            images += n
-            loss_d = loss.detach()
-            pending.append(loss_d)
-            with torch.no_grad():
-                correct = out.detach().argmax(1).eq(ya).sum()
-                sums += torch.stack(
-                    [loss_d * n, correct.float(), torch.tensor(float(n), device=self.device)]
-                )
-            if (i + 1) % LOG_EVERY == 0 or i + 1 == total:
-                self._check_finite(pending)
-                elapsed = time.perf_counter() - start
-                self.progress.update(
-                    LOG_EVERY if (i + 1) % LOG_EVERY == 0 else (i + 1) % LOG_EVERY,
-                    loss=f"{self.step_losses[-1]:.3f}",
-                    img_s=f"{images / max(elapsed, 1e-9):.0f}",
-                )
-            if (
-                cfg.checkpoint_every
-                and self.global_step % cfg.checkpoint_every == 0
-                and i + 1 < total
-            ):
-                self._check_finite(pending)
-                self.save("checkpoint-last.pt", sums)
-            stop = self._stop_reason()
-            if stop and i + 1 < total:
-                self._check_finite(pending)
-                self.train_seconds += time.perf_counter() - start
-                self.train_images += images * self.dist.world_size
-                self.save("checkpoint-last.pt", sums)
-                self.progress.close()
-                raise RunStopped(stop, self.run_dir, interrupted=self._stop_requested)
-        self._check_finite(pending)
+            tally.add(loss, out, ya)
+            if self.step_in_epoch % LOG_EVERY == 0 or self.step_in_epoch == total:
+                self._log_progress(tally)
+            if self.step_in_epoch < total:
+                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                    self._check_finite(tally)
+                    self.save(self.run.last_checkpoint, tally.sums)
+                self._stop_if_asked(tally)
+        self._check_finite(tally)
         self.progress.close()
         # DDP syncs parameters, but each rank's BN running statistics last saw its own batch:
         # take rank 0's so every rank evaluates (and ends with) the same model.
@@ -414,16 +350,38 @@ class Trainer:
             D.broadcast_buffers(self.ema, self.dist)
         self.epoch += 1
         self.step_in_epoch = 0
-        seconds = time.perf_counter() - start
+        return {**tally.means(self.dist), "seconds": self._account(tally)}
+
+    def _check_finite(self, tally: EpochTally) -> None:
+        tally.check_finite(self.global_step, self.step_losses)
+
+    def _log_progress(self, tally: EpochTally) -> None:
+        self._check_finite(tally)
+        steps = self.step_in_epoch % LOG_EVERY or LOG_EVERY  # the steps since the last update
+        self.progress.update(
+            steps, loss=f"{self.step_losses[-1]:.3f}", img_s=f"{tally.images_per_second():.0f}"
+        )
+
+    def _account(self, tally: EpochTally) -> float:
+        """Add the epoch's time and images (all ranks) to the run's; returns the seconds."""
+        seconds = tally.seconds
         self.train_seconds += seconds
-        self.train_images += images * self.dist.world_size
-        sums = D.all_reduce_sum(sums, self.dist).cpu()
-        count = max(sums[2].item(), 1.0)
-        return {
-            "train_loss": sums[0].item() / count,
-            "train_top1": sums[1].item() / count,
-            "seconds": seconds,
-        }
+        self.train_images += tally.images * self.dist.world_size
+        return seconds
+
+    def _stop_if_asked(self, tally: EpochTally | None = None) -> None:
+        """End the run here when --max-steps is reached or Ctrl-C was pressed. Mid-epoch
+        (``tally`` given) a resumable checkpoint with the epoch's running sums is written
+        first; at the end of an epoch its own checkpoint is already there."""
+        reason = self._stop_reason()
+        if reason is None:
+            return
+        if tally is not None:
+            self._check_finite(tally)
+            self._account(tally)
+            self.save(self.run.last_checkpoint, tally.sums)
+            self.progress.close()
+        raise RunStopped(reason, self.run_dir, interrupted=self._stop_requested)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -442,18 +400,15 @@ class Trainer:
         """Loss, top-1, top-5 on a split (sharded across ranks, reduced)."""
         model = model or self.eval_model()
         if split not in self._eval_loaders:  # built once: file loaders keep their workers
-            self._eval_loaders[split] = self.data.loader(
-                split, train=False, rank=self.dist.rank, world_size=self.dist.world_size
+            self._eval_loaders[split] = split_loader(
+                self.data,
+                split,
+                channels_last=self.cfg.channels_last,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
-        loader = self._eval_loaders[split]
-        return evaluate_loader(
-            model,
-            loader,
-            self.data.batch_transform(False, loader.geometric, self.cfg.channels_last),
-            self.device,
-            self.precision,
-            self.dist,
-        )
+        loader, transform = self._eval_loaders[split]
+        return evaluate_loader(model, loader, transform, self.device, self.precision, self.dist)
 
     # ---------------------------------------------------------------------------- fit
 
@@ -537,9 +492,8 @@ class Trainer:
                 self._epoch_outputs(row, improved)
             if on_epoch_end is not None:
                 on_epoch_end(row)
-            stop = self._stop_reason()
-            if stop and self.epoch < cfg.epochs:
-                raise RunStopped(stop, self.run_dir, interrupted=self._stop_requested)
+            if self.epoch < cfg.epochs:
+                self._stop_if_asked()
             if cfg.patience and stale >= cfg.patience:
                 self.progress.line(f"early stop: no val improvement for {cfg.patience} epochs")
                 break
@@ -550,25 +504,25 @@ class Trainer:
         self.metrics_csv.write(self.history)
         if self.tb is not None:
             self.tb.log(row)
-        self.save("checkpoint-last.pt")
+        self.save(self.run.last_checkpoint)
         if improved:
-            self.save("checkpoint-best.pt")
+            self.save(self.run.best_checkpoint)
             save_bundle(self.eval_model(), self.model_meta(), self.run_dir)
         val = (
-            f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2%}"
+            f"  val loss {row['val_loss']:.4f} top-1 {pct(row['val_top1'])}"
             if row["val_top1"] is not None
             else ""
         )
         self.progress.line(
             f"epoch {row['epoch']:>3}/{self.cfg.epochs}  lr {row['lr']:.4g}  train loss "
-            f"{row['train_loss']:.4f} top-1 {row['train_top1']:.2%}{val}  "
+            f"{row['train_loss']:.4f} top-1 {pct(row['train_top1'])}{val}  "
             f"{row['seconds']:.1f}s" + ("  *" if improved else "")
         )
 
     def _finish(self) -> dict:
         test = None
         if "test" in self.data.source.splits and len(self.data.source.splits["test"]):
-            best = self.run_dir / "checkpoint-best.pt"
+            best = self.run.best_checkpoint
             model = copy.deepcopy(self.eval_model())
             if self.dist.is_main and best.is_file():
                 state = load_checkpoint(best)
@@ -595,9 +549,7 @@ class Trainer:
             "weights_sha256": state_checksum(unwrap_model(self.model)),
         }
         if self.dist.is_main:
-            atomic_write_text(
-                self.run_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False)
-            )
+            atomic_write_text(self.run.summary, json.dumps(summary, indent=2, ensure_ascii=False))
             if self.tb is not None:
                 self.tb.close()
         return summary

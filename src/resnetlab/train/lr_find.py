@@ -23,7 +23,8 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> float:
 def lr_find(
     cfg: TrainConfig, start_lr: float = 1e-6, end_lr: float = 10.0, num_steps: int = 100
 ) -> dict:
-    """Run the range test on the configured model and data; write lr_find.png and .json."""
+    """Run the range test on the configured model and data; write its plot and JSON into
+    the run folder."""
     from .engine import Trainer
 
     name = cfg.name or f"lr-find-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -32,7 +33,6 @@ def lr_find(
     model = t.model
     apply_freezing(model, frozen_groups(model, cfg, 0))
     set_train_mode(model, frozen_groups(model, cfg, 0))
-    tf = t.data.batch_transform(True, t.train_loader.geometric, cfg.channels_last)
     mults = [g["lr"] / cfg.lr for g in t.optimizer.param_groups]
     gamma = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
     lrs, losses, smooth, best = [], [], 0.0, math.inf
@@ -42,7 +42,7 @@ def lr_find(
         for i, (x, y) in enumerate(t.train_loader):
             for g, m in zip(t.optimizer.param_groups, mults):
                 g["lr"] = lr * m
-            loss, _, _ = t.train_step(x, y, tf, i)
+            loss, _, _ = t.train_step(x, y, t.train_transform, i)
             value = loss.item()  # one sync per step is fine here: 100 steps, no training
             if not math.isfinite(value):
                 break
@@ -60,8 +60,8 @@ def lr_find(
             continue
         break
     suggestion = suggest_lr(lrs, losses)
-    plot = t.run_dir / "lr_find.png"
+    plot = t.run.lr_find_plot
     plot_lr_find(lrs, losses, suggestion, plot, cfg.model)
     result = {"lrs": lrs, "losses": losses, "suggestion": suggestion, "plot": str(plot)}
-    atomic_write_text(t.run_dir / "lr_find.json", json.dumps(result, indent=2))
+    atomic_write_text(t.run.lr_find_json, json.dumps(result, indent=2))
     return result

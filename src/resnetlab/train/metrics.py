@@ -1,8 +1,13 @@
-"""Evaluation loop and run-level checks shared by the engine and the tools after training."""
+"""The evaluation loop and run-level checks shared by the engine and the tools after training.
+
+``iter_logits`` is the one loop that runs a model over a loader for its logits: the engine's
+validation, ``evaluate`` and the int8 comparison of ``export`` all go through it.
+"""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -13,7 +18,8 @@ from . import distributed as D
 
 
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """(top-1 correct, top-k correct) as a device tensor; no host sync."""
+    """(top-1 correct, top-k correct) as a device tensor; no host sync. A ``k`` above the
+    number of classes counts every class."""
     k = min(k, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     hit = top.eq(target.view(-1, 1))
@@ -29,19 +35,53 @@ def state_checksum(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def split_loader(pipe, split: str, train: bool = False, channels_last: bool = True, **kwargs):
+    """(loader, batch transform) for ``split`` of a ``DataPipeline``: the loader's uint8
+    batches become model inputs only through the transform made for that loader (it applies
+    the geometry the loader left to the batch). ``kwargs`` go to ``pipe.loader``."""
+    loader = pipe.loader(split, train=train, **kwargs)
+    return loader, pipe.batch_transform(train, loader.geometric, channels_last)
+
+
+def iter_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    limit: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(float32 logits, labels) on ``device`` for each batch of ``loader``: inputs preprocessed
+    by ``transform``, ``forward`` run under inference mode and autocast; at most ``limit``
+    images (the last batch cut short)."""
+    device = torch.device(device)
+    seen = 0
+    for x, y in loader:
+        if limit is not None:
+            if seen >= limit:
+                return
+            x, y = x[: limit - seen], y[: limit - seen]
+            seen += len(y)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.inference_mode(), autocast(precision, device):
+            out = forward(transform(x))
+        yield out.float(), y
+
+
 @torch.inference_mode()
 def evaluate_loader(model, loader, transform, device, precision, dist_info=None) -> dict:
+    """Loss, top-1, top-5 and count over ``loader`` (summed across ranks under DDP)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=device)  # loss sum, top1, top5, n
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(precision, device):
-            out = model(transform(x))
-        out = out.float()
-        loss = F.cross_entropy(out, y, reduction="sum")
-        sums += torch.cat([loss.view(1), accuracy_counts(out, y), sums.new_tensor([y.shape[0]])])
-    model.train(was_training)
+    try:
+        for out, y in iter_logits(model, loader, transform, device, precision):
+            loss = F.cross_entropy(out, y, reduction="sum")
+            sums += torch.cat(
+                [loss.view(1), accuracy_counts(out, y), sums.new_tensor([y.shape[0]])]
+            )
+    finally:
+        model.train(was_training)
     if dist_info is not None:
         sums = D.all_reduce_sum(sums, dist_info)
     s = sums.cpu().tolist()
