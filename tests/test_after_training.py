@@ -351,7 +351,7 @@ def test_evaluate_uses_the_runs_bad_file_tolerance(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20"])
 def test_fold_batchnorm_keeps_outputs(name):
-    from resnetlab.predict import fold_batchnorm
+    from resnetlab.backends import fold_batchnorm
 
     model = create_model(name).eval()
     for m in model.modules():

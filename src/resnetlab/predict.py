@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import itertools
-import logging
 import operator
 import os
 import threading
@@ -17,21 +15,20 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from .bundle import LoadedModel, load_model, model_on, pretrained_model
+from .backends import BACKENDS, check_backend, create_backend, run_streams
+from .bundle import LoadedModel, load_model, pretrained_model
 from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
 from .data.transforms import BatchTransform, eval_resize_size, file_transform, stack_images
-from .device import autocast, default_device, resolve_precision
-from .errors import ConfigError, MissingFileError, StaleExportError
+from .errors import ConfigError
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+__all__ = ["BACKENDS", "Predictor", "build_predictor", "check_topk", "expand_inputs"]
+
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
 MAX_AUTO_STREAMS = 4
 NO_MATCH = "no file matches this pattern"
-log = logging.getLogger("resnetlab.predict")
 
 
 class Predictor:
@@ -51,8 +48,7 @@ class Predictor:
         decode_threads: int = 2,
         streams: int | None = None,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if streams is not None and streams < 1:
@@ -60,83 +56,33 @@ class Predictor:
         self.loaded = source if isinstance(source, LoadedModel) else load_model(source)
         meta = self.loaded.meta
         self.meta, self.classes = meta, self.loaded.classes
-        self.channels = int(meta["in_chans"])
-        self.input_size = int(meta["input_size"][-1])
-        self.preset = meta.get("preset", "imagenet")
+        self.channels, self.input_size, self.preset = meta.in_chans, meta.size, meta.preset
         self.batch_size = batch_size
         self.decode_threads = max(1, decode_threads)
         self.streams = streams
-        self.backend = backend
-        self.device = torch.device(device) if device else default_device()
-        # onnxruntime runs the exported fp32 graph, or the int8 one `export --int8` wrote.
-        self.precision = (
-            resolve_precision(precision, self.device)
-            if backend == "torch"
-            else ("int8" if backend == "onnx-int8" else "fp32")
-        )
+        self.backend = create_backend(backend, self.loaded, device, precision, onnx_path)
         self._decode_tf = file_transform(self.preset, self.input_size, train=False)
         # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.
         self.min_side = (
             eval_resize_size(self.input_size) if self.preset == "imagenet" else self.input_size
         )
         self._batch_tf = BatchTransform(
-            self.preset, self.input_size, meta["mean"], meta["std"], train=False,
-            geometric=False, channels_last=backend == "torch",
+            self.preset, self.input_size, meta.mean, meta.std, train=False, geometric=False,
+            channels_last=self.backend.channels_last,
         )  # fmt: skip
         self._lock = threading.Lock()
-        if backend == "torch":
-            self.model = model_on(fold_batchnorm(self.loaded.model), self.device)
-            self.session = None
-        else:
-            self.session = self._onnx_session(onnx_path)
-            self.model = None
 
-    def _onnx_session(self, onnx_path: str | os.PathLike | None):
-        """The onnxruntime session, checked against the weights the model holds now.
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
 
-        A stale fp32 export in the run's own place (``RUN/model.onnx``, which ``export``
-        rebuilds anyway) is exported again, with a log line; a stale int8 model (its accuracy
-        has to be measured again) or a file given by path is refused, never used silently."""
-        from .export import (
-            export_onnx,
-            is_resnetlab_export,
-            onnx_session,
-            stale_reason,
-        )
-
-        path = Path(onnx_path) if onnx_path else self._default_onnx_path()
-        session = onnx_session(path)
-        reason = stale_reason(session, path, self.loaded)
-        if reason is None:
-            return session
-        base = self.loaded.run_dir or self.loaded.source.parent
-        if onnx_path is None and self.backend == "onnx" and is_resnetlab_export(path):
-            log.warning("%s; exporting it again", reason)
-            export_onnx(self.loaded, path)
-            return onnx_session(path)
-        again = f"resnetlab export {base} --format onnx"
-        if onnx_path is not None:
-            again += f" --out {path}"
-        elif self.backend == "onnx-int8":
-            again += " --int8"
-        raise StaleExportError(f"{reason}; re-run `{again}`")
-
-    def _default_onnx_path(self) -> Path:
-        from .export import INT8_NAME
-
-        base = self.loaded.run_dir or self.loaded.source.parent
-        int8 = self.backend == "onnx-int8"
-        path = Path(base) / (INT8_NAME if int8 else "model.onnx")
-        if not path.is_file():
-            raise MissingFileError(
-                f"{path}: no {'int8 ' if int8 else ''}ONNX model; run `resnetlab export {base} "
-                f"--format onnx{' --int8' if int8 else ''}` first"
-            )
-        return path
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
 
     @property
     def name(self) -> str:
-        return str(self.meta["model"])
+        return self.meta.model
 
     # ------------------------------------------------------------------------- inference
 
@@ -150,14 +96,10 @@ class Predictor:
 
     def _logits(self, batch_uint8: torch.Tensor, lock) -> torch.Tensor:
         x = self._batch_tf(batch_uint8.to(self.device))
-        if self.session is not None:
-            out = self.session.run(None, {"input": x.cpu().numpy().astype(np.float32)})[0]
-            return torch.from_numpy(out)
         # One call at a time uses every intra-op thread; only the streams of predict_paths
         # run side by side (no lock), each with its share of the threads.
-        with lock, torch.inference_mode(), autocast(self.precision, self.device):
-            out = self.model(x)
-        return out.float().cpu()
+        with lock:
+            return self.backend.logits(x)
 
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(batch_uint8), dim=1)
@@ -198,11 +140,11 @@ class Predictor:
 
         Each stream decodes its batch and runs the model with its share of the intra-op
         threads, so no thread waits at the barrier of a convolution while decoding takes its
-        core (the throughput mode of OpenVINO and ``torch.backends.xeon.run_cpu``). One batch,
-        a GPU, or onnxruntime (its own thread pool) run as one stream."""
+        core (see ``backends.run_streams``). One batch, or a backend that is not
+        ``parallel`` (a GPU, onnxruntime with its own thread pool), runs as one stream."""
         if self.streams is not None:
             wanted = self.streams
-        elif self.backend != "torch" or self.device.type != "cpu":
+        elif not self.backend.parallel:
             wanted = 1
         else:
             wanted = min(torch.get_num_threads(), MAX_AUTO_STREAMS)
@@ -247,52 +189,11 @@ class Predictor:
         return rows
 
     def _predict_streams(self, chunks: list, topk: int, streams: int) -> list[dict]:
-        threads = torch.get_num_threads()
-        per_stream = max(1, threads // streams)
-        next_chunk = itertools.count()  # next() on it is atomic: each batch goes to one stream
-        done: list[list[dict] | None] = [None] * len(chunks)
-        stop = threading.Event()  # an error or Ctrl-C: the other streams end after their batch
+        def rows(n: int) -> list[dict]:
+            decoded = [self._decode(p) for p in chunks[n]]
+            return self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
 
-        def stream() -> None:
-            # Sets this thread's OpenMP team size; the calling thread's stays as it was.
-            torch.set_num_threads(per_stream)
-            try:
-                while not stop.is_set() and (n := next(next_chunk)) < len(chunks):
-                    decoded = [self._decode(p) for p in chunks[n]]
-                    done[n] = self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
-            except BaseException:
-                stop.set()
-                raise
-
-        try:
-            with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="stream") as pool:
-                futures = [pool.submit(stream) for _ in range(streams)]
-                try:
-                    for future in futures:
-                        future.result()
-                except BaseException:
-                    stop.set()
-                    raise
-        finally:
-            # torch also keeps the last count as the default for threads started later:
-            # put back this thread's.
-            torch.set_num_threads(threads)
-        return [row for rows in done for row in rows]
-
-
-def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
-    """An inference copy with every BatchNorm folded into the convolution before it.
-
-    Uses PyTorch's own FX pass; on this project's CPU benchmark it raises bf16 resnet18
-    throughput by about a fifth (one pass over each activation less). Models FX cannot trace
-    are returned unchanged."""
-    from torch.fx.experimental.optimization import fuse
-
-    model = model.eval()
-    try:
-        return fuse(model)
-    except (torch.fx.proxy.TraceError, TypeError):
-        return model
+        return [row for batch in run_streams(len(chunks), streams, rows) for row in batch]
 
 
 def check_topk(k: int) -> int:

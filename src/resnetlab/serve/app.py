@@ -218,10 +218,10 @@ def create_app(
     async def model_info():
         m = predictor.meta
         return {
-            "model": m["model"], "classes": predictor.classes,
-            "num_classes": len(predictor.classes), "input_size": m["input_size"],
-            "mean": m["mean"], "std": m["std"],
-            "precision": predictor.precision, "backend": predictor.backend,
+            "model": m.model, "classes": predictor.classes,
+            "num_classes": len(predictor.classes), "input_size": m.input_size,
+            "mean": m.mean, "std": m.std,
+            "precision": predictor.precision, "backend": predictor.backend.name,
             "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
         }  # fmt: skip
 
@@ -280,7 +280,7 @@ def serve(
         predictor = Predictor(run, backend=backend, precision=precision, batch_size=max_batch)
         import torch
 
-        c, h, w = predictor.meta["input_size"]
+        c, h, w = predictor.meta.input_size
         predictor.probabilities(torch.zeros(max_batch, c, h, w, dtype=torch.uint8))  # warm-up
         app = create_app(predictor, max_batch, max_wait_ms, max_queue, int(max_body_mb * 2**20),
                          decode_threads=workers)  # fmt: skip
@@ -291,7 +291,7 @@ def serve(
     shown = f"[{host}]" if ":" in host else host
     print(
         f"resnetlab serve: {predictor.name} ({len(predictor.classes)} classes, "
-        f"{predictor.backend}, {predictor.precision}) at http://{shown}:{port}/",
+        f"{predictor.backend.name}, {predictor.precision}) at http://{shown}:{port}/",
         flush=True,
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
