@@ -298,3 +298,64 @@ def plot_degradation(runs: list[dict], path: Path, data: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def heatmap_overlay(
+    image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, cmap: str = "turbo"
+) -> np.ndarray:
+    """An (H, W, 3) uint8 image with the (H, W) heat in [0, 1] coloured by ``cmap`` and
+    blended over it: ``(1 - alpha) * image + alpha * colour`` (uint8 (H, W, 3))."""
+    from matplotlib import colormaps  # the colormap registry only: no pyplot, no backend
+
+    from .errors import ConfigError
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha must be in [0, 1], got {alpha}")
+    colour = colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def reliability_figure(diagrams: list[tuple[str, dict]]):
+    """Reliability diagrams side by side (Guo et al. 2017, fig. 1), one per ``(title, bins)``.
+
+    ``bins`` is ``calibrate.ReliabilityBins.to_json()``: ``edges`` (bins + 1), ``accuracy``,
+    ``confidence`` (None for an empty bin), ``counts`` and optionally ``ece``. Bars show each
+    bin's accuracy; the red part is the gap to its mean confidence; the diagonal is perfect
+    calibration. Below, how many predictions fall in each bin."""
+    plt = _plt()
+    n = max(1, len(diagrams))
+    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.2), dpi=100, squeeze=False,
+                             height_ratios=[3, 1], sharex=True, layout="constrained")  # fmt: skip
+    for col, (title, bins) in enumerate(diagrams):
+        top, bottom = axes[0, col], axes[1, col]
+        edges = np.asarray(bins["edges"], dtype=float)
+        left, width = edges[:-1], np.diff(edges)
+        acc = np.array([np.nan if a is None else a for a in bins["accuracy"]], dtype=float)
+        conf = np.array([np.nan if c is None else c for c in bins["confidence"]], dtype=float)
+        filled = ~np.isnan(acc)
+        top.bar(left[filled], acc[filled], width[filled], align="edge", color="tab:blue",
+                edgecolor="black", linewidth=0.6, label="accuracy")  # fmt: skip
+        gap = conf[filled] - acc[filled]
+        top.bar(left[filled], gap, width[filled], bottom=acc[filled], align="edge",
+                color="tab:red", alpha=0.35, edgecolor="tab:red", linewidth=0.6,
+                label="gap to confidence")  # fmt: skip
+        top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfectly calibrated")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_ylabel("accuracy")
+        ece = bins.get("ece")
+        top.set_title(wrap_label(title + (f"   ECE {ece:.1%}" if ece is not None else ""), 40))
+        top.grid(alpha=0.3)
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(left, bins["counts"], width, align="edge", color="tab:gray")
+        bottom.set_xlabel("confidence (top-1 probability)")
+        bottom.set_ylabel("predictions")
+        bottom.grid(alpha=0.3)
+    return fig
+
+
+def plot_reliability(diagrams: list[tuple[str, dict]], path: Path) -> Path:
+    """Reliability diagrams (e.g. before and after temperature scaling) saved as PNG."""
+    with _glyph_check():
+        return _save(reliability_figure(diagrams), path)
