@@ -2,7 +2,8 @@
 
 ``digits`` (embedded), a folder in ImageFolder layout, ``mnist:DIR``, ``cifar10:DIR``,
 ``cifar100:DIR`` and ``csv:FILE``. Small sets come back as uint8 tensors in memory; folders and
-CSV lists as file paths checked once before training (unreadable files listed and skipped).
+CSV lists as file paths checked once before training (unreadable files listed and skipped);
+WebDataset shards (``wds:``, read in ``wds``) as a list of tar files streamed per epoch.
 """
 
 from __future__ import annotations
@@ -33,22 +34,49 @@ class BadFile:
 
 
 @dataclass
+class Shards:
+    """A split stored as WebDataset tar shards: the files in order and the samples in each.
+
+    ``class_counts`` (samples per class) and ``mean``/``std`` come from the shards' index when
+    it has them; without one the files were scanned and only the counts are known."""
+
+    files: list[Path]
+    counts: list[int]
+    class_counts: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass
 class Split:
-    """One split: labels plus either in-memory uint8 images (N, C, H, W) or file paths."""
+    """One split: labels plus either in-memory uint8 images (N, C, H, W), file paths, or
+    shards streamed from tar files (then ``labels`` is empty: they are read with the images)."""
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
     paths: list[Path] | None = None
     sizes: list[tuple[int, int]] | None = None  # (h, w) per file, from the scan
+    shards: Shards | None = None
 
     def __len__(self) -> int:
-        return int(self.labels.numel())
+        return self.shards.count if self.shards is not None else int(self.labels.numel())
 
     @property
     def in_memory(self) -> bool:
         return self.images is not None
 
+    @property
+    def streamed(self) -> bool:
+        return self.shards is not None
+
     def subset(self, index: torch.Tensor) -> Split:
+        if self.shards is not None:
+            # A shard is read front to back; picking samples by index would read every shard.
+            raise DataError("a split stored as shards cannot be subset by index")
         idx = index.tolist()
         return Split(
             labels=self.labels[index],
@@ -76,6 +104,10 @@ class Source:
         splits = [self.splits[split]] if split else list(self.splits.values())
         counts = torch.zeros(len(self.classes), dtype=torch.long)
         for s in splits:
+            if s.shards is not None:
+                if s.shards.class_counts is not None:
+                    counts += torch.tensor(s.shards.class_counts, dtype=torch.long)
+                continue
             counts += torch.bincount(s.labels, minlength=len(self.classes))
         return dict(zip(self.classes, counts.tolist()))
 
