@@ -1,5 +1,6 @@
 """``DATA`` strings to data sets: the one place that knows every form (digits, folders, CSV,
-MNIST, CIFAR); the readers live in ``sources`` (files on disk) and ``formats`` (originals)."""
+MNIST, CIFAR, WebDataset shards); the readers live in ``sources`` (files on disk), ``formats``
+(originals) and ``wds`` (shards)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .sources import (
     load_digits_source,
     load_folder_source,
 )
+from .wds import load_wds_source
 
 
 def load_source(
@@ -38,6 +40,8 @@ def load_source(
         source = load_mnist_source(Path(rest), val_ratio, seed, download)
     elif kind in ("cifar10", "cifar100") and rest:
         source = load_cifar_source(Path(rest), int(kind[5:]), val_ratio, seed, download)
+    elif kind == "wds" and rest:
+        source = load_wds_source(rest)
     elif kind == "csv" and rest:
         source = load_csv_source(
             Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
@@ -47,7 +51,7 @@ def load_source(
         if not folder.exists():
             raise DataError(
                 f"DATA {data!r} is not a folder or one of: digits, mnist:DIR, cifar10:DIR, "
-                "cifar100:DIR, csv:FILE"
+                "cifar100:DIR, csv:FILE, wds:DIR_OR_PATTERN"
             )
         source = load_folder_source(
             folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction

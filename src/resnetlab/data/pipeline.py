@@ -19,6 +19,7 @@ from .loader import (
 )
 from .sources import DataError, Source, Split, check_ratios
 from .stats import channel_stats
+from .stream import ShardLoader, stream_stats
 from .transforms import AUTO_AUGMENTS, PRESETS, BatchTransform, default_preset, file_transform
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class DataPipeline:
             return
         side = cache_size(self.preset, self.input_size)
         for name, split in self.source.splits.items():
-            if split.in_memory:
+            if split.in_memory or split.streamed:  # shards stream: they are there for size
                 continue
             if self.cfg.cache == "auto" and not fits_in_memory(split, self.channels, side):
                 continue
@@ -124,7 +125,15 @@ class DataPipeline:
             self.source.splits[name] = decode_to_memory(split, self.channels, side)
 
     def _train_stats(self) -> tuple[list[float], list[float]]:
+        if "train" not in self.source.splits:
+            raise DataError(
+                f"{self.source.name} has no train split to take --mean/--std from; give them"
+            )
         train = self.source.splits["train"]
+        if train.shards is not None:
+            if train.shards.mean is not None and len(train.shards.mean) == self.channels:
+                return list(train.shards.mean), list(train.shards.std)  # from the index
+            return stream_stats(train.shards, self.channels, STATS_SAMPLE)
         if not train.in_memory and len(train) > STATS_SAMPLE:
             g = torch.Generator().manual_seed(self.seed)
             train = train.subset(torch.randperm(len(train), generator=g)[:STATS_SAMPLE])
@@ -138,18 +147,26 @@ class DataPipeline:
                 f"{', '.join(self.source.splits)})"
             )
         data: Split = self.source.splits[split]
+        drop_last = train and len(data) > self.cfg.batch_size
+        tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment)
+        if data.shards is not None:
+            return ShardLoader(
+                data.shards, self.cfg.batch_size, shuffle=train, drop_last=drop_last, transform=tf,
+                channels=self.channels, num_classes=len(self.classes), seed=self.seed, rank=rank,
+                world_size=world_size, num_workers=self.cfg.num_workers, pin_memory=pin_memory,
+                max_bad_fraction=self.cfg.max_bad_fraction, bad_files=self.source.bad_files,
+            )  # fmt: skip
         sampler = EpochSampler(
             len(data),
             self.cfg.batch_size,
             shuffle=train,
-            drop_last=train and len(data) > self.cfg.batch_size,
+            drop_last=drop_last,
             seed=self.seed,
             rank=rank,
             world_size=world_size,
         )
         if data.in_memory:
             return TensorLoader(data, sampler, self.cfg.auto_augment if train else None)
-        tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment)
         return FileLoader(data, sampler, tf, self.channels, self.cfg.num_workers, pin_memory)
 
     def batch_transform(self, train: bool, geometric: bool, channels_last: bool = True):
