@@ -1,16 +1,19 @@
-"""Data: sources, safe decoding, transforms, loaders and statistics."""
+"""Data: sources, safe decoding, transforms, loaders, statistics and WebDataset shards."""
 
 from .images import ImageDecodeError, open_image
 from .load import load_source
 from .pipeline import DataConfig, DataPipeline, build_pipeline
+from .shard import parse_size, write_shards
 from .sources import DataError, Source, Split
 from .stats import channel_stats, dataset_stats
+from .stream import ShardLoader
 
 __all__ = [
     "DataConfig",
     "DataError",
     "DataPipeline",
     "ImageDecodeError",
+    "ShardLoader",
     "Source",
     "Split",
     "build_pipeline",
@@ -18,4 +21,6 @@ __all__ = [
     "dataset_stats",
     "load_source",
     "open_image",
+    "parse_size",
+    "write_shards",
 ]
