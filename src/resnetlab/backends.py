@@ -131,13 +131,10 @@ class OnnxBackend(Backend):
     rebuild_when_stale = True
 
     def __init__(
-        self,
-        loaded: LoadedModel,
-        device: str | torch.device | None = None,
-        precision: str = "auto",
-        path: str | os.PathLike | None = None,
+        self, loaded: LoadedModel, path: str | os.PathLike | None = None, **_: object
     ) -> None:
-        # The exported graph fixes its own precision; onnxruntime runs it on the CPU.
+        # The exported graph fixes its own precision (a device or precision asked for does
+        # not apply); onnxruntime runs it on the CPU.
         self.device = torch.device("cpu")
         self.session = self._checked_session(loaded, Path(path) if path else None)
 

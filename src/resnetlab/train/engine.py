@@ -316,6 +316,8 @@ class Trainer:
         return loss, out, ya
 
     def train_one_epoch(self) -> dict:
+        """One pass over the training data (the rest of it, after a mid-epoch resume); returns
+        the epoch's training loss, top-1 and seconds."""
         cfg, loader = self.cfg, self.train_loader
         model = unwrap_model(self.train_model)
         frozen = frozen_groups(model, cfg, self.epoch)
@@ -350,7 +352,8 @@ class Trainer:
             D.broadcast_buffers(self.ema, self.dist)
         self.epoch += 1
         self.step_in_epoch = 0
-        return {**tally.means(self.dist), "seconds": self._account(tally)}
+        seconds = self._account(tally)
+        return {**tally.means(self.dist), "seconds": seconds}
 
     def _check_finite(self, tally: EpochTally) -> None:
         tally.check_finite(self.global_step, self.step_losses)
