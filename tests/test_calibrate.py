@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from resnetlab.calibrate import (
+    MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     apply_temperature,
     calibration_summary,
@@ -50,10 +51,14 @@ def test_calibrated_logits_keep_a_temperature_near_one():
     assert fit_temperature(logits / 3, labels) == pytest.approx(1 / 3, rel=0.08)
 
 
-def test_a_validation_split_that_is_all_right_keeps_a_bounded_temperature():
-    logits = torch.tensor([[30.0, 0.0], [0.0, 30.0], [25.0, 0.0]])
-    t = fit_temperature(logits, torch.tensor([0, 1, 0]))
-    assert MIN_TEMPERATURE <= t <= 1 and math.isfinite(t)
+def test_a_validation_split_that_is_all_right_is_left_as_it_is():
+    # No mistake to learn from: the NLL only falls as T -> 0; a perfect small split must not
+    # make every later prediction 100 % sure.
+    logits = torch.tensor([[30.0, 0.0], [0.0, 30.0], [2.0, 0.0]])
+    assert fit_temperature(logits, torch.tensor([0, 1, 0])) == 1.0
+    # One mistake among them: a finite, bounded fit.
+    t = fit_temperature(logits, torch.tensor([0, 1, 1]))
+    assert MIN_TEMPERATURE <= t <= MAX_TEMPERATURE and math.isfinite(t) and t != 1.0
 
 
 def test_reliability_bins_by_hand():

@@ -22,8 +22,8 @@ from .errors import ConfigError
 
 # The paper's choice: 15 equal-width confidence bins.
 DEFAULT_BINS = 15
-# A validation split the model gets entirely right pulls T towards 0 (probabilities of
-# exactly 1) without end; such a T would say nothing about new images, so it is bounded.
+# Near-separable validation logits pull T towards 0 (probabilities of exactly 1); such a T
+# says nothing about new images, so it is bounded.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0
 
 
@@ -58,10 +58,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     As the paper does: L-BFGS, here on ``log T`` (so T stays positive without a constraint),
     from T = 1, in float64 (a few thousand rows cost nothing). Bounded to
-    [MIN_TEMPERATURE, MAX_TEMPERATURE]."""
+    [MIN_TEMPERATURE, MAX_TEMPERATURE]; 1 (no change) when every prediction is right, as on
+    a small validation split the model has learnt perfectly: there is nothing to fit."""
     _check(logits, labels, "logits")
     z = logits.detach().to(torch.float64).cpu()
     y = labels.detach().long().cpu()
+    if bool((z.argmax(1) == y).all()):
+        # Every prediction right: the NLL falls without end as T -> 0 (its derivative in
+        # 1/T is E[z] - z_label <= 0), so these samples show no over-confidence to correct.
+        # Sharpening a small, perfectly-classified validation split would be pure overfitting.
+        return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
         [log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
