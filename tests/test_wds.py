@@ -37,12 +37,12 @@ def shards(folder, tmp_path_factory):
     return out
 
 
-def _uneven(root, counts, classes=3, corrupt=()):
+def _uneven(root, counts, classes=3, corrupt=(), suffix=".tar"):
     """train-NNNNNN.tar files holding ``counts`` samples, no index (read by a scan)."""
     root.mkdir(parents=True, exist_ok=True)
     k = 0
     for s, n in enumerate(counts):
-        with webdataset.TarWriter(str(root / f"train-{s:06d}.tar"), encoder=False) as w:
+        with webdataset.TarWriter(str(root / f"train-{s:06d}{suffix}"), encoder=False) as w:
             for _ in range(n):
                 buf = io.BytesIO()
                 Image.new("RGB", (6, 5), (k % 256, 9, 9)).save(buf, "PNG")
@@ -133,6 +133,20 @@ def test_every_sample_once_per_epoch(tmp_path, world, workers):
         assert len(flat) == len(set(flat)) == world * (15 // world // 4) * 4
     assert _keys(shards, world, workers, train=True, epoch=1) == ranks
     assert _keys(shards, world, workers, train=True, epoch=0) != ranks
+
+
+def test_compressed_shards_and_persistent_workers_follow_the_epoch(tmp_path):
+    _uneven(tmp_path, [7, 6], suffix=".tar.gz")
+    shards = load_source(f"wds:{tmp_path}/train-{{000000..000001}}.tar.gz").splits["train"].shards
+    (once,) = _keys(shards, 1, 2)  # the second lane starts inside a gzipped shard
+    assert sorted(n.rsplit(":", 1)[1] for b in once for n in b) == [f"s{k:04d}" for k in range(13)]
+    loader = ShardLoader(shards, 4, shuffle=True, drop_last=True, transform=TF, channels=3,
+                         num_classes=3, num_workers=2, return_keys=True)  # fmt: skip
+    epochs = []
+    for epoch in (0, 1, 0):  # the same workers throughout: they read the epoch it is
+        loader.sampler.set_epoch(epoch)
+        epochs.append([names for _, _, names in loader])
+    assert epochs[0] == epochs[2] != epochs[1]
 
 
 def test_plan_cuts_shards_by_count_and_covers_everything():

@@ -76,10 +76,10 @@ def _sample_key(name: str) -> str | None:
     return base_plus_ext(name)[0]
 
 
-def _members(f) -> Iterator[tuple[tarfile.TarInfo, str, tarfile.TarFile]]:
-    """Regular members of an uncompressed tar with their sample key; reads headers only
-    (the data of each member is skipped by a seek)."""
-    with tarfile.open(fileobj=f, mode="r:") as tar:  # closing it leaves ``f`` open
+def _members(f, mode: str = "r:") -> Iterator[tuple[tarfile.TarInfo, str, tarfile.TarFile]]:
+    """Regular members of a tar with their sample key; of an uncompressed one (``r:``) this
+    reads the headers only (the data of each member is skipped by a seek)."""
+    with tarfile.open(fileobj=f, mode=mode) as tar:  # closing it leaves ``f`` open
         while (info := tar.next()) is not None:
             key = _sample_key(info.name) if info.isreg() else None
             if key is not None:
@@ -91,7 +91,7 @@ def scan_shard(path: Path) -> tuple[int, dict[int, int]]:
     count, classes, last = 0, {}, None
     try:
         with open(path, "rb") as f:
-            for info, key, tar in _members(f):
+            for info, key, tar in _members(f, "r:*"):  # also .tar.gz and the like
                 if key != last:
                     count, last = count + 1, key
                 if info.name.lower().endswith(".cls"):
@@ -328,19 +328,25 @@ def decode_sample(sample: dict, channels: int, num_classes: int, name: str):
 
 def read_segment(path: Path, start: int, stop: int) -> Iterator[tuple[str, dict | None]]:
     """(name, sample) for samples ``start`` to ``stop - 1`` of one shard, not decoded; a
-    shard that is shorter than its count, or breaks off, gives (name, None) for each sample
-    missing, so batch boundaries stay where the plan puts them."""
+    shard that is shorter than its count, or breaks off, gives (name, {"__missing__": why})
+    for each sample missing, so batch boundaries stay where the plan puts them. A plain
+    ``.tar`` is entered at sample ``start`` by a seek; a compressed one is read up to it."""
     wds = require_webdataset()
     done, reason = 0, "missing: the shard holds fewer samples than its index says"
     if start >= stop:
         return
+    plain = path.suffix.lower() == ".tar"
     try:
         with open(path, "rb") as f:
-            offset = sample_offset(f, start) if start else 0
+            offset = sample_offset(f, start) if start and plain else 0
             if offset is not None:
                 f.seek(offset)
+                skip = 0 if plain else start
                 files = wds.tariterators.tar_file_expander([{"url": str(path), "stream": f}])
                 for sample in wds.tariterators.group_by_keys(files):
+                    if skip:
+                        skip -= 1
+                        continue
                     yield f"{path}:{sample['__key__']}", sample
                     done += 1
                     if done == stop - start:
