@@ -163,11 +163,12 @@ def test_explain_files_writes_one_overlay_per_image(trained, tmp_path):
     assert [r["class"] for r in rows[:3]] == [CLASSES[i] for i in y]
     assert rows[3]["error"] and rows[3]["out"] is None
     names = [r["out"] and r["out"].rsplit("/", 1)[-1] for r in rows]
-    assert names == ["one.gradcam.png", "two.gradcam.png", "one.gradcam-2.png", None]
+    # "one.png" in two folders (as in ImageFolder class folders): the folder tells them apart
+    assert names == ["a_one.gradcam.png", "two.gradcam.png", "b_one.gradcam.png", None]
     with Image.open(rows[0]["out"]) as im:
         assert im.size == (224, 224) and im.mode == "RGB"  # 32 px scaled up 7 times
     again = explain_files(_loaded(trained), paths[:1], out, class_name="green")
-    assert again[0]["class"] == "green" and again[0]["out"].endswith("one.gradcam-green.png")
+    assert again[0]["class"] == "green" and again[0]["out"].endswith("/one.gradcam-green.png")
     with pytest.raises(ConfigError, match="red, green, blue"):
         explain_files(_loaded(trained), paths, out, class_name="Green")
 
@@ -178,6 +179,11 @@ def test_an_input_image_is_never_overwritten(tmp_path):
     assert output_paths([cat, earlier], tmp_path) == [
         tmp_path / "cat.gradcam-2.png",
         tmp_path / "cat.gradcam.gradcam.png",
+    ]
+    same = [tmp_path / "x" / "cat.png", tmp_path / "x" / "cat.jpg"]  # one folder, one stem
+    assert output_paths(same, tmp_path, "a/b") == [
+        tmp_path / "x_cat.gradcam-a_b.png",
+        tmp_path / "x_cat.gradcam-a_b-2.png",
     ]
 
 

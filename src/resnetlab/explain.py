@@ -287,9 +287,9 @@ class Explainer:
         return self.explain_batch(self.prepare(image)[None], target)[0]
 
 
-def _out_name(path: Path, class_name: str | None) -> str:
+def _out_name(stem: str, class_name: str | None) -> str:
     tag = "" if class_name is None else "-" + _UNSAFE.sub("_", class_name)
-    return f"{path.stem}{SUFFIX}{tag}.png"
+    return f"{stem}{SUFFIX}{tag}.png"
 
 
 def output_paths(
@@ -297,18 +297,24 @@ def output_paths(
 ) -> list[Path]:
     """Where each image's overlay goes: ``OUT/<stem>.gradcam[-<class>].png``.
 
-    Two inputs with one stem get ``-2``, ``-3`` …; an input image is never overwritten
-    (explaining the overlays of an earlier call into the same folder is allowed)."""
+    Images of one name in several folders (``cat/001.jpg``, ``dog/001.jpg``: the ImageFolder
+    layout) are told apart by their folder, ``cat_001.gradcam.png``; any name still taken
+    gets ``-2``, ``-3`` … An input image is never overwritten (explaining the overlays of an
+    earlier call into the same folder is allowed)."""
+    stems = [Path(p).stem for p in paths]
+    shared = {s for s in stems if stems.count(s) > 1}
     inputs = {os.path.abspath(p) for p in paths}
     taken: set[str] = set()
     out = []
-    for p in paths:
-        name = _out_name(Path(p), class_name)
+    for p, stem in zip(paths, stems):
+        parent = Path(os.path.abspath(p)).parent.name
+        if stem in shared and parent:
+            stem = f"{parent}_{stem}"
+        name = _out_name(stem, class_name)
         candidate, n = out_dir / name, 1
         while os.path.abspath(candidate) in inputs | taken:
             n += 1
-            stem = name[: -len(".png")]
-            candidate = out_dir / f"{stem}-{n}.png"
+            candidate = out_dir / f"{name[: -len('.png')]}-{n}.png"
         taken.add(os.path.abspath(candidate))
         out.append(candidate)
     return out
