@@ -15,7 +15,8 @@ from datagen import make_cifar, make_folder, make_mnist
 from resnetlab.cli import main
 from resnetlab.data import DataError, load_source, parse_size, write_shards
 from resnetlab.data.images import image_to_uint8, open_image
-from resnetlab.data.stream import ShardLoader
+from resnetlab.data.stats import channel_stats
+from resnetlab.data.stream import ShardLoader, stream_stats
 from resnetlab.data.transforms import file_transform
 from resnetlab.data.wds import decode_image, decode_sample, epoch_plan, read_segment
 
@@ -89,6 +90,11 @@ def test_folder_round_trip(folder, shards):
     val = original.splits["val"]
     name, sample = next(read_segment(shards / "val-000000.tar", 0, 1))
     assert sample["png"] == val.paths[0].read_bytes() and int(sample["cls"]) == int(val.labels[0])
+    # Mean/std: in the index, and the same when decoded from the shards (no index).
+    ref = channel_stats([original.splits["train"]], 3)
+    assert np.allclose(index["train_stats"]["mean"], ref[0])
+    got = stream_stats(back.splits["train"].shards, 3, limit=10**6)
+    assert np.allclose(got, ref)
     # A pattern of some training shards: that split from them, the others from the index.
     part = load_source(f"wds:{shards}/train-{{000000..000001}}.tar")
     assert part.classes == original.classes and len(part.splits["val"]) == len(val)

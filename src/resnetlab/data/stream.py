@@ -213,9 +213,11 @@ class ShardLoader:
             )
 
 
-def stream_stats(shards: Shards, channels: int, limit: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the first ``limit`` readable samples, in shard order
-    (pooled over pixels, as ``stats.channel_stats``)."""
+def shard_pixel_sums(
+    shards: Shards, channels: int, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sum and sum of squares of [0, 1] pixel values, and the pixel count, over the
+    first ``limit`` samples (all by default) in shard order; unreadable ones left out."""
     total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
     samples = (x for p, n in zip(shards.files, shards.counts) for x in read_segment(p, 0, n))
     for name, sample in islice(samples, limit):
@@ -231,6 +233,13 @@ def stream_stats(shards: Shards, channels: int, limit: int) -> tuple[list[float]
                 total_sq + np.square(a).sum(0),
                 count + len(a),
             )
+    return total, total_sq, count
+
+
+def stream_stats(shards: Shards, channels: int, limit: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the first ``limit`` samples in shard order (pooled over
+    pixels, as ``stats.channel_stats``)."""
+    total, total_sq, count = shard_pixel_sums(shards, channels, limit)
     if count == 0:
         return [0.0] * channels, [1.0] * channels
     mean = total / count
