@@ -52,13 +52,17 @@ def check_bool(name: str, value) -> bool:
 class ClassifierNet(nn.Module, ABC):
     """Stem + stages + global average pool + linear head.
 
-    Subclasses build ``self.stages`` (names of the stage attributes, in order), ``self.fc`` and
-    set ``self.num_features``. The pool is adaptive, so any input of at least 32x32 works.
+    Subclasses build the modules named in ``stage_names`` (dotted paths, in order), the
+    classifier at ``classifier_name`` (through ``_make_head``) and set ``num_features``. The
+    pool is adaptive, so any input of at least 32x32 works. ``first_conv`` and
+    ``classifier_name`` say where the input conv and the classifier live, as timm's
+    ``pretrained_cfg`` does, so weight loaders need not guess the key names.
     """
 
     stage_names: tuple[str, ...] = ()
+    first_conv: str = "conv1"
+    classifier_name: str = "fc"
     num_features: int
-    fc: nn.Module
 
     def _make_head(self, num_classes: int, drop_rate: float) -> None:
         self.num_classes = check_int("num_classes", num_classes, 0)
@@ -67,17 +71,25 @@ class ClassifierNet(nn.Module, ABC):
         self.drop_rate = float(drop_rate)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self._set_classifier(self._new_classifier(num_classes))
+
+    def _new_classifier(self, num_classes: int) -> nn.Module:
+        """A fresh classifier for ``num_classes`` outputs (0: none, features pass through)."""
+        return nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def _set_classifier(self, module: nn.Module) -> None:
+        parent, _, name = self.classifier_name.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, name, module)
 
     @abstractmethod
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input to the first stage's input."""
 
     def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of the last stage, before pooling (N, C, h, w)."""
+        """Output of the last stage (and of any final norm), before pooling (N, C, h, w)."""
         x = self.forward_stem(x)
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            x = self.get_submodule(name)(x)
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,30 +97,34 @@ class ClassifierNet(nn.Module, ABC):
         return torch.flatten(self.avgpool(self.forward_feature_map(x)), 1)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.dropout(features))
+        return self.get_classifier()(self.dropout(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
-        return self.fc
+        return self.get_submodule(self.classifier_name)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialised one for ``num_classes`` (0: no head)."""
         self.num_classes = check_int("num_classes", num_classes, 0)
         device = next(self.parameters()).device
-        self.fc = (
-            nn.Linear(self.num_features, num_classes).to(device) if num_classes else nn.Identity()
-        )
+        self._set_classifier(self._new_classifier(num_classes).to(device))
 
     @abstractmethod
     def stem_modules(self) -> list[nn.Module]:
         """The modules of the stem, for freezing."""
 
+    def tail_modules(self) -> list[nn.Module]:
+        """Modules between the last stage and the pool (a pre-activation net's final norm);
+        they belong to the last stage's parameter group."""
+        return []
+
     def parameter_groups(self) -> list[tuple[str, list[nn.Module]]]:
         """Modules in input-to-output order: stem, each stage, head (for freezing and
-        discriminative learning rates)."""
+        discriminative learning rates). Every parameter is in exactly one group."""
         groups = [("stem", self.stem_modules())]
-        groups += [(name, [getattr(self, name)]) for name in self.stage_names]
-        groups.append(("head", [self.fc]))
+        groups += [(name, [self.get_submodule(name)]) for name in self.stage_names]
+        groups[-1][1].extend(self.tail_modules())
+        groups.append(("head", [self.get_classifier()]))
         return groups

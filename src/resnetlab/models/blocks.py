@@ -1,7 +1,8 @@
-"""Residual blocks and shortcuts shared by every ResNet in the zoo.
+"""Residual blocks and shortcuts shared by every post-activation ResNet in the zoo.
 
 Attribute names (``conv1``, ``bn1``, ``conv2``, ``bn2``, ``conv3``, ``bn3``, ``downsample``)
-are torchvision's, so torchvision state_dicts load into these blocks unchanged.
+are torchvision's, so torchvision state_dicts load into these blocks unchanged; the optional
+squeeze-excitation module is timm's ``se`` (no keys when absent).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
+from .layers import create_attn, make_drop_path
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -69,14 +71,17 @@ def projection_shortcut(
     """1x1 projection + norm (option B). ``avg_down`` pools first, as in ResNet-D.
 
     ResNet-D ("Bag of Tricks", arXiv:1812.01187, sec. 4.2): a strided 1x1 conv ignores 3/4 of
-    the input, so average-pool to downsample and keep the 1x1 conv at stride 1.
+    the input, so average-pool to downsample and keep the 1x1 conv at stride 1. The pooling
+    slot stays at index 0 (an identity at stride 1), so the conv and norm are always
+    ``downsample.1`` / ``downsample.2``, as in timm's ResNet-D weights.
     """
-    if avg_down and stride > 1:
-        return nn.Sequential(
-            nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False),
-            conv1x1(in_planes, out_planes),
-            norm_layer(out_planes),
+    if avg_down:
+        pool = (
+            nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+            if stride > 1
+            else nn.Identity()
         )
+        return nn.Sequential(pool, conv1x1(in_planes, out_planes), norm_layer(out_planes))
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
 
 
@@ -97,6 +102,8 @@ class BasicBlock(nn.Module):
         norm_layer: NormLayer = nn.BatchNorm2d,
         residual: bool = True,
         stride_in_1x1: bool = False,
+        attn_layer: str | None = None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
@@ -106,9 +113,11 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = norm_layer(planes)
+        self.se = create_attn(attn_layer, planes)
         self.downsample = downsample
         self.stride = stride
         self.residual = residual
+        self.drop_path = make_drop_path(drop_path)
 
     def last_norm(self) -> nn.Module:
         return self.bn2
@@ -116,6 +125,10 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.residual:
             identity = x if self.downsample is None else self.downsample(x)
             out = out + identity
@@ -143,6 +156,8 @@ class Bottleneck(nn.Module):
         norm_layer: NormLayer = nn.BatchNorm2d,
         residual: bool = True,
         stride_in_1x1: bool = False,
+        attn_layer: str | None = None,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
@@ -153,10 +168,12 @@ class Bottleneck(nn.Module):
         self.bn2 = norm_layer(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = norm_layer(planes * self.expansion)
+        self.se = create_attn(attn_layer, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
         self.residual = residual
+        self.drop_path = make_drop_path(drop_path)
 
     def last_norm(self) -> nn.Module:
         return self.bn3
@@ -165,6 +182,10 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
         if self.residual:
             identity = x if self.downsample is None else self.downsample(x)
             out = out + identity

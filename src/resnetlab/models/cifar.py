@@ -16,6 +16,8 @@ from ..errors import ConfigError
 from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
 from .blocks import BasicBlock, PadShortcut, conv3x3, projection_shortcut
 from .init import init_weights, zero_init_last_norm
+from .layers import drop_path_rates
+from .padding import apply_pad_mode
 
 SHORTCUTS = ("A", "B")
 
@@ -37,6 +39,8 @@ class CifarResNet(ClassifierNet):
         residual: bool = True,
         init: str = "kaiming",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        pad_mode: str = "symmetric",
     ) -> None:
         super().__init__()
         check_int("depth", depth, 8)
@@ -55,12 +59,15 @@ class CifarResNet(ClassifierNet):
             raise ConfigError(
                 "zero_init_residual=True would zero every plain block; use residual=True"
             )
+        if drop_path_rate and not residual:
+            raise ConfigError("drop_path_rate drops residual branches; plain nets have none")
         norm = resolve_norm_layer(norm_layer)
         self.depth = depth
         self.in_chans = in_chans
         self.shortcut = shortcut.upper()
         self.residual = residual
         n = (depth - 2) // 6
+        rates = iter(drop_path_rates(drop_path_rate, 3 * n))
 
         self.conv1 = conv3x3(in_chans, widths[0])
         self.bn1 = norm(widths[0])
@@ -77,13 +84,22 @@ class CifarResNet(ClassifierNet):
                     else:
                         downsample = projection_shortcut(inplanes, planes, s, norm)
                 blocks.append(
-                    BasicBlock(inplanes, planes, s, downsample, norm_layer=norm, residual=residual)
+                    BasicBlock(
+                        inplanes,
+                        planes,
+                        s,
+                        downsample,
+                        norm_layer=norm,
+                        residual=residual,
+                        drop_path=next(rates),
+                    )
                 )
                 inplanes = planes
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
         self.num_features = inplanes
         self._make_head(num_classes, drop_rate)
 
+        apply_pad_mode(self, pad_mode)
         init_weights(self, init)
         if zero_init_residual:
             zero_init_last_norm(self)

@@ -2,7 +2,9 @@
 
 One builder, ``ResNet``; ResNeXt (arXiv:1611.05431) is ``groups`` + ``width_per_group``,
 Wide ResNet (arXiv:1605.07146) is ``width_per_group``, ResNet-D (arXiv:1812.01187) is a deep
-stem + average-pool downsampling. Module names match torchvision's so its weights load strictly.
+stem + average-pool downsampling, SE-ResNet (arXiv:1709.01507) is ``attn_layer="se"``. Module
+names match torchvision's (and timm's, which keeps them "for weight compat"), so both libraries'
+weights load strictly.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from ..errors import ConfigError
 from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
 from .blocks import BasicBlock, Bottleneck, conv3x3, projection_shortcut
 from .init import init_weights, zero_init_last_norm
+from .layers import check_attn_layer, drop_path_rates
+from .padding import apply_pad_mode
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
-STEM_TYPES = ("", "deep")
+STEM_TYPES = ("", "deep", "deep_tiered")
 
 
 class ResNet(ClassifierNet):
@@ -44,6 +48,9 @@ class ResNet(ClassifierNet):
         avg_down: bool = False,
         init: str = "kaiming",
         drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        attn_layer: str | None = None,
+        pad_mode: str = "symmetric",
     ) -> None:
         super().__init__()
         if block not in BLOCKS:
@@ -76,6 +83,9 @@ class ResNet(ClassifierNet):
             raise ConfigError(
                 "zero_init_residual=True would zero every plain block; use residual=True"
             )
+        if drop_path_rate and not residual:
+            raise ConfigError("drop_path_rate drops residual branches; plain nets have none")
+        check_attn_layer(attn_layer)
         norm = resolve_norm_layer(norm_layer)
 
         self.in_chans = in_chans
@@ -87,37 +97,48 @@ class ResNet(ClassifierNet):
         self.dilation = 1
         self.stride_in_1x1 = stride_in_1x1
         self.avg_down = avg_down
+        self.attn_layer = attn_layer
+        self.first_conv = "conv1"
+        rates = drop_path_rates(drop_path_rate, sum(layers))
+        stage_rates = [rates[sum(layers[:i]) : sum(layers[: i + 1])] for i in range(4)]
 
-        if stem_type == "deep":
+        if stem_type.startswith("deep"):
             # Three 3x3 convs replace the 7x7 (ResNet-C): same receptive field, cheaper, better.
+            # "deep_tiered" (timm's ResNet-T) narrows the first to 3/4 of stem_width.
+            first = 3 * (stem_width // 4) if stem_type == "deep_tiered" else stem_width
             self.conv1 = nn.Sequential(
-                conv3x3(in_chans, stem_width, stride=2),
-                norm(stem_width),
+                conv3x3(in_chans, first, stride=2),
+                norm(first),
                 nn.ReLU(inplace=True),
-                conv3x3(stem_width, stem_width),
+                conv3x3(first, stem_width),
                 norm(stem_width),
                 nn.ReLU(inplace=True),
                 conv3x3(stem_width, 2 * stem_width),
             )
             self.inplanes = 2 * stem_width
+            self.first_conv = "conv1.0"
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, stride=2, padding=3, bias=False)
             self.inplanes = stem_width
         self.bn1 = norm(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, layers[0])
-        self.layer2 = self._make_layer(128, layers[1], 2, replace_stride_with_dilation[0])
-        self.layer3 = self._make_layer(256, layers[2], 2, replace_stride_with_dilation[1])
-        self.layer4 = self._make_layer(512, layers[3], 2, replace_stride_with_dilation[2])
+        dilate = (False, *replace_stride_with_dilation)
+        for i, planes in enumerate((64, 128, 256, 512)):
+            stage = self._make_layer(planes, stage_rates[i], 2 if i else 1, dilate[i])
+            setattr(self, f"layer{i + 1}", stage)
         self.num_features = 512 * block_cls.expansion
         self._make_head(num_classes, drop_rate)
 
+        apply_pad_mode(self, pad_mode)
         init_weights(self, init)
         if zero_init_residual:
             zero_init_last_norm(self)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilate: bool = False):
+    def _make_layer(
+        self, planes: int, drop_path: list[float], stride: int = 1, dilate: bool = False
+    ) -> nn.Sequential:
+        """One stage: as many blocks as ``drop_path`` has rates (one per block)."""
         block = self._block
         previous_dilation = self.dilation
         if dilate:
@@ -135,13 +156,23 @@ class ResNet(ClassifierNet):
             norm_layer=self._norm,
             residual=self.residual,
             stride_in_1x1=self.stride_in_1x1,
+            attn_layer=self.attn_layer,
         )
-        layers = [
-            block(self.inplanes, planes, stride, downsample, dilation=previous_dilation, **common)
-        ]
-        self.inplanes = out_planes
-        for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, dilation=self.dilation, **common))
+        layers = []
+        for i, rate in enumerate(drop_path):
+            first = i == 0
+            layers.append(
+                block(
+                    self.inplanes,
+                    planes,
+                    stride if first else 1,
+                    downsample if first else None,
+                    dilation=previous_dilation if first else self.dilation,
+                    drop_path=rate,
+                    **common,
+                )
+            )
+            self.inplanes = out_planes
         return nn.Sequential(*layers)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
