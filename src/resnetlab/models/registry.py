@@ -1,7 +1,8 @@
-"""Model registry: every network is one named entry over one of two builders.
+"""Model registry: every network is one named entry over one of the family builders.
 
 An entry fixes the architecture-defining arguments (block, depths, widths); everything else is
 a keyword argument the user may set, checked here so a typo is an error and never ignored.
+The entries themselves are in ``zoo.py``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,26 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError
-from .cifar import CifarResNet
-from .resnet import ResNet
+from .zoo_stats import ZOO_STATS
 
+__all__ = [
+    "FAMILIES",
+    "TAGS",
+    "ZOO_STATS",
+    "ModelEntry",
+    "create_model",
+    "get_model_entry",
+    "list_families",
+    "list_models",
+    "model_for_timm_name",
+    "natural_key",
+    "register_model",
+]
+
+# The data set an entry is built for: its default input size and class count.
 FAMILIES = ("imagenet", "cifar")
+# Architecture families across both data sets; `list_models(family=...)` accepts these too.
+TAGS = ("resnet", "resnext", "wide", "resnet-d", "se", "preact", "plain")
 
 
 @dataclass(frozen=True)
@@ -28,8 +45,12 @@ class ModelEntry:
     family: str
     fixed: dict = field(default_factory=dict)
     description: str = ""
-    # The paper's figures where the name comes from a paper table: params (M), error (%).
+    # The paper's figures where the name comes from a paper table: params_m (M),
+    # cifar10_error (%), optionally cifar100_error (%), and source (paper and table).
     paper: dict = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    # timm's name for the same network with the same state_dict keys (None: timm has none).
+    timm_name: str | None = None
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -62,6 +83,8 @@ def register_model(
     family: str,
     description: str = "",
     paper: dict | None = None,
+    tags: tuple[str, ...] = (),
+    timm_name: str | None = None,
     **fixed,
 ) -> ModelEntry:
     """Add a named entry. A second entry with the same name is refused."""
@@ -69,7 +92,14 @@ def register_model(
         raise ValueError(f"model {name!r} is already registered")
     if family not in FAMILIES:
         raise ValueError(f"family={family!r} is not one of {FAMILIES}")
-    entry = ModelEntry(name, builder, family, dict(fixed), description, dict(paper or {}))
+    unknown_tags = set(tags) - set(TAGS)
+    if unknown_tags:
+        raise ValueError(f"{name}: tags {sorted(unknown_tags)} are not among {TAGS}")
+    if timm_name is not None and model_for_timm_name(timm_name) is not None:
+        raise ValueError(f"timm's {timm_name!r} is already {model_for_timm_name(timm_name)!r}")
+    entry = ModelEntry(
+        name, builder, family, dict(fixed), description, dict(paper or {}), tuple(tags), timm_name
+    )
     unknown = set(fixed) - set(inspect.signature(builder.__init__).parameters)
     if unknown:
         raise ValueError(f"{name}: {builder.__name__} takes no {sorted(unknown)}")
@@ -77,17 +107,32 @@ def register_model(
     return entry
 
 
+def list_families() -> tuple[str, ...]:
+    """Every name ``list_models(family=...)`` accepts: the data-set families, then the tags."""
+    return FAMILIES + TAGS
+
+
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Every registered name matching a shell-style ``pattern``, sorted with depths as numbers
-    (resnet18 < resnet34 < resnet101)."""
+    (resnet18 < resnet34 < resnet101). ``family`` is a data-set family (``imagenet``,
+    ``cifar``) or an architecture tag (``preact``, ``se``, ...; see ``list_families()``)."""
+    if family is not None and family not in list_families():
+        raise ConfigError(f"family={family!r} is not one of {', '.join(list_families())}")
     return sorted(
         (
             n
             for n, e in _REGISTRY.items()
-            if fnmatch.fnmatch(n, pattern) and (family is None or e.family == family)
+            if fnmatch.fnmatch(n, pattern) and (family is None or family in (e.family, *e.tags))
         ),
         key=natural_key,
     )
+
+
+def model_for_timm_name(timm_name: str) -> str | None:
+    """Our name for timm's model ``timm_name`` (a hub tag after a dot is ignored:
+    ``resnetv2_50.a1h_in1k`` -> ``preact_resnet50``), or None when we have no twin."""
+    base = timm_name.split(".", 1)[0]
+    return next((n for n, e in _REGISTRY.items() if e.timm_name == base), None)
 
 
 def natural_key(name: str) -> tuple:
@@ -132,89 +177,3 @@ def create_model(
     model = entry.builder(**entry.fixed, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = name
     return model
-
-
-def _register_zoo() -> None:
-    basic, bottleneck = "basic", "bottleneck"
-    imagenet = [
-        ("resnet18", basic, (2, 2, 2, 2), {}, "ResNet-18"),
-        ("resnet34", basic, (3, 4, 6, 3), {}, "ResNet-34"),
-        ("resnet50", bottleneck, (3, 4, 6, 3), {}, "ResNet-50 (v1.5)"),
-        ("resnet101", bottleneck, (3, 4, 23, 3), {}, "ResNet-101 (v1.5)"),
-        ("resnet152", bottleneck, (3, 8, 36, 3), {}, "ResNet-152 (v1.5)"),
-        ("resnext50_32x4d", bottleneck, (3, 4, 6, 3), dict(groups=32, width_per_group=4), ""),
-        ("resnext101_32x8d", bottleneck, (3, 4, 23, 3), dict(groups=32, width_per_group=8), ""),
-        ("resnext101_64x4d", bottleneck, (3, 4, 23, 3), dict(groups=64, width_per_group=4), ""),
-        ("wide_resnet50_2", bottleneck, (3, 4, 6, 3), dict(width_per_group=128), ""),
-        ("wide_resnet101_2", bottleneck, (3, 4, 23, 3), dict(width_per_group=128), ""),
-        (
-            "resnet50d",
-            bottleneck,
-            (3, 4, 6, 3),
-            dict(stem_type="deep", stem_width=32, avg_down=True),
-            "ResNet-50-D: deep stem, average-pool downsample (Bag of Tricks)",
-        ),
-    ]
-    for name, block, layers, extra, desc in imagenet:
-        register_model(name, ResNet, "imagenet", desc or name, block=block, layers=layers, **extra)
-    register_model("plain18", ResNet, "imagenet", "plain twin of resnet18", block=basic,
-                   layers=(2, 2, 2, 2), residual=False)  # fmt: skip
-    register_model("plain34", ResNet, "imagenet", "plain twin of resnet34", block=basic,
-                   layers=(3, 4, 6, 3), residual=False)  # fmt: skip
-
-    # He et al. 2016, Table 6: parameters and CIFAR-10 test error (%, best of 5 runs for
-    # resnet110, whose mean was 6.61 +/- 0.16).
-    table6 = {20: (0.27, 8.75), 32: (0.46, 7.51), 44: (0.66, 7.17), 56: (0.85, 6.97),
-              110: (1.7, 6.43), 1202: (19.4, 7.93)}  # fmt: skip
-    for depth, (params_m, error) in table6.items():
-        register_model(
-            f"resnet{depth}",
-            CifarResNet,
-            "cifar",
-            f"CIFAR ResNet-{depth} (6n+2, n={(depth - 2) // 6})",
-            paper={"params_m": params_m, "cifar10_error": error},
-            depth=depth,
-        )
-    for depth in (20, 32, 44, 56, 110):
-        register_model(
-            f"plain{depth}",
-            CifarResNet,
-            "cifar",
-            f"plain twin of resnet{depth}",
-            depth=depth,
-            residual=False,
-        )
-
-
-_register_zoo()
-
-
-# (parameters, MACs) of every zoo model at its default input size and class count, so that
-# `resnetlab models` prints them without building 24 networks; tests/test_summary.py
-# recomputes each entry and checks the counting against torch.utils.flop_counter.
-ZOO_STATS: dict[str, tuple[int, int]] = {
-    "plain110": (1_727_962, 252_887_680),
-    "plain18": (11_515_688, 1_794_805_760),
-    "plain20": (269_722, 40_551_040),
-    "plain32": (464_154, 68_862_592),
-    "plain34": (21_623_848, 3_644_493_824),
-    "plain44": (658_586, 97_174_144),
-    "plain56": (853_018, 125_485_696),
-    "resnet101": (44_549_160, 7_801_405_440),
-    "resnet110": (1_727_962, 252_887_680),
-    "resnet1202": (19_421_274, 2_829_238_912),
-    "resnet152": (60_192_808, 11_513_626_624),
-    "resnet18": (11_689_512, 1_814_073_344),
-    "resnet20": (269_722, 40_551_040),
-    "resnet32": (464_154, 68_862_592),
-    "resnet34": (21_797_672, 3_663_761_408),
-    "resnet44": (658_586, 97_174_144),
-    "resnet50": (25_557_032, 4_089_184_256),
-    "resnet50d": (25_576_264, 4_328_824_832),
-    "resnet56": (853_018, 125_485_696),
-    "resnext101_32x8d": (88_791_336, 16_414_015_488),
-    "resnext101_64x4d": (83_455_272, 15_460_270_080),
-    "resnext50_32x4d": (25_028_904, 4_230_479_872),
-    "wide_resnet101_2": (126_886_696, 22_753_050_624),
-    "wide_resnet50_2": (68_883_240, 11_398_021_120),
-}
