@@ -97,6 +97,25 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 1 if report["bad_files"] else 0
 
 
+@command("shard")
+def cmd_shard(args: argparse.Namespace) -> int:
+    from .data import load_source, parse_size, write_shards
+
+    size = parse_size(args.shard_size)  # a bad size fails before the data is read
+    source = load_source(
+        args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio, seed=args.seed,
+        download=args.download, channels=args.in_chans, max_bad_fraction=args.max_bad_fraction,
+    )  # fmt: skip
+    index = write_shards(source, args.out, shard_size_bytes=size, seed=args.seed)
+    for name, split in index["splits"].items():
+        mib = sum(s["bytes"] for s in split["shards"]) / 2**20
+        print(f"{name:5} {split['count']:>9,} images in {len(split['shards']):>5,} shard(s), "
+              f"{mib:,.1f} MiB")  # fmt: skip
+    print(f"wrote {len(index['classes'])} classes and the counts to {args.out}/index.json; "
+          f"train with: resnetlab train --data wds:{args.out}")  # fmt: skip
+    return 0
+
+
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     import logging

@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
     add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download"),
                 suppress=False)  # fmt: skip
+    p = _args(sub.add_parser("shard", help="WebDataset tar shards from any DATA, classes and "
+                             "splits kept"),
+              ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, ..., csv:FILE"}),
+              ("out", {"help": "a new or empty folder for the shards and index.json"}),
+              ("--shard-size", {"default": "1GB", "metavar": "SIZE",
+                                "help": "bytes per shard at most: 1GB, 500MB (powers of 1024)"}),
+              ("--seed", {"type": int, "default": 0,
+                          "help": "splits a single folder; orders the training samples"}),
+              )  # fmt: skip
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download",
+                                     "max_bad_fraction"), suppress=False)  # fmt: skip
     _add_train_parser(sub)
     _args(sub.add_parser("evaluate", help="top-1/top-5, per-class metrics, confusion matrix"),
           run, data,

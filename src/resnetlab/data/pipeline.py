@@ -34,7 +34,7 @@ class DataConfig:
     """Where the images come from and how they are prepared (the ``data`` flags of train)."""
 
     data: str = option("digits", "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, "
-                       "csv:FILE", group="data")  # fmt: skip
+                       "csv:FILE, wds:DIR_OR_PATTERN", group="data")  # fmt: skip
     input_size: int | None = option(
         None, "square side fed to the model (default: 224 for the imagenet preset, else 32)",
         group="data",

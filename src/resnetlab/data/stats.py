@@ -10,10 +10,13 @@ import torch
 
 from .images import image_to_uint8, open_image
 from .sources import Source, Split
+from .stream import shard_pixel_sums
 
 
 def _pixel_sums(split: Split, channels: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-channel sum and sum of squares of [0, 1] pixel values, and the pixel count."""
+    if split.shards is not None:
+        return shard_pixel_sums(split.shards, channels)
     if split.images is not None:
         x = split.images.to(torch.float64) / 255.0
         return (
