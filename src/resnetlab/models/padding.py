@@ -25,7 +25,8 @@ PAD_MODES = ("symmetric", "same")
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """(before, after) padding that makes a ``kernel`` at ``stride`` produce
     ceil(size / stride) outputs, the extra pixel after (TensorFlow's rule)."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    out = (size + stride - 1) // stride  # ceil in integers: symbolic sizes trace through
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
 
 
