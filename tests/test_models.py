@@ -34,8 +34,28 @@ def test_forward_backward_every_model(name):
     assert not missing, f"parameters without gradient: {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
+    # The state_dict (trained running statistics included) round-trips into a fresh model.
+    fresh = create_model(name, num_classes=7)
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x[:1]), model.eval()(x[:1]), atol=1e-5, rtol=1e-5)
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "plain20", "resnet50d"])
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameter_groups_hold_every_parameter_once(name):
+    with torch.device("meta"):
+        model = create_model(name)
+    grouped = [id(p) for _, mods in model.parameter_groups() for m in mods for p in m.parameters()]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    assert model.get_classifier() is model.get_submodule(model.classifier_name)
+    assert f"{model.first_conv}.weight" in model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "resnet50", "resnet20", "plain20", "resnet50d", "seresnet18", "preact_resnet18",
+     "preact_resnet20"],
+)  # fmt: skip
 def test_feature_api(name):
     model = create_model(name, num_classes=5, in_chans=1).eval()
     x = torch.randn(3, 1, 32, 32)
@@ -61,6 +81,11 @@ def test_list_models_pattern_and_family():
         "resnext101_64x4d wide_resnet50_2 wide_resnet101_2 resnet50d",
         "resnet20 resnet32 resnet44 resnet56 resnet110 resnet1202",
         "plain18 plain34 plain20 plain32 plain44 plain56 plain110",
+        "preact_resnet18 preact_resnet34 preact_resnet50 preact_resnet101 preact_resnet152",
+        "preact_resnet110 preact_resnet164 preact_resnet1001",
+        "seresnet18 seresnet34 seresnet50 seresnet101 seresnet152 seresnext26d_32x4d",
+        "seresnext50_32x4d seresnext101_32x8d",
+        "resnet18d resnet34d resnet50d resnet101d resnet152d",
     ]:
         assert set(required.split()) <= set(ALL)
 
@@ -201,6 +226,11 @@ def test_resnet50d_structure():
     ]  # fmt: skip
     assert isinstance(model.layer2[0].downsample[0], nn.AvgPool2d)
     assert model.layer2[0].downsample[1].stride == (1, 1)
+    # At stride 1 the pooling slot stays, as an identity: the projection is downsample.1/.2
+    # in every stage, as in timm's ResNet-D weights.
+    assert isinstance(model.layer1[0].downsample[0], nn.Identity)
+    keys = [k for k in model.state_dict() if k.startswith("layer1.0.downsample.")]
+    assert keys[0] == "layer1.0.downsample.1.weight" and keys[1] == "layer1.0.downsample.2.weight"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

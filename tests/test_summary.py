@@ -4,6 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab import create_model, list_models
 from resnetlab.cli import main
+from resnetlab.models import get_model_entry
 from resnetlab.models.registry import ZOO_STATS
 from resnetlab.summary import compute_model_stats, count_macs, summarize
 
@@ -23,10 +24,14 @@ def test_zoo_table_holds_every_model_and_its_counts():
         assert compute_model_stats(name) == ZOO_STATS[name], name
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "resnet50d", "resnet20"])
+@pytest.mark.parametrize(
+    "name",
+    ["resnet18", "resnext50_32x4d", "resnet50d", "resnet20", "seresnet18", "preact_resnet18",
+     "preact_resnet20"],
+)  # fmt: skip
 def test_macs_agree_with_torch_flop_counter(name):
     model = create_model(name, num_classes=7).eval()
-    size = (3, 64, 64) if name != "resnet20" else (3, 32, 32)
+    size = (3, 32, 32) if get_model_entry(name).family == "cifar" else (3, 64, 64)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, *size))
