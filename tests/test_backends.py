@@ -24,7 +24,6 @@ from resnetlab.evaluate import run_pipeline
 from resnetlab.export import export
 from resnetlab.predict import Predictor
 from resnetlab.run import ModelMeta, RunDir
-from resnetlab.train.metrics import split_loader
 from resnetlab.weights import save_bundle
 
 CLASSES = ["red", "green", "blue"]
@@ -52,7 +51,7 @@ def images(model_dir):
     """Real images of the data the int8 model was calibrated on, preprocessed."""
     loaded = load_model(model_dir / RunDir.WEIGHTS)
     pipe = run_pipeline(loaded, data=str(model_dir.parent / "data"), batch_size=16, num_workers=0)
-    loader, transform = split_loader(pipe, "train", channels_last=False)
+    loader, transform = pipe.split_loader("train", channels_last=False)
     return transform(next(iter(loader))[0])
 
 

@@ -14,7 +14,7 @@ from .data import DataConfig, DataError, DataPipeline, load_source
 from .device import default_device, resolve_precision
 from .errors import ConfigError
 from .io import atomic_write_text
-from .train.metrics import accuracy_counts, iter_logits, split_loader
+from .train.metrics import accuracy_counts, iter_logits
 
 
 def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
@@ -97,7 +97,7 @@ def evaluate_run(
     device = default_device()
     prec = resolve_precision(precision, device)
     model = model_on(loaded.model, device)
-    loader, tf = split_loader(pipe, split)
+    loader, tf = pipe.split_loader(split)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not tta:

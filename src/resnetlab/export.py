@@ -24,7 +24,7 @@ from .errors import (
 from .evaluate import run_pipeline
 from .fmt import pct
 from .run import RunDir
-from .train.metrics import iter_logits, split_loader
+from .train.metrics import iter_logits
 
 FORMATS = tuple(RunDir.EXPORTS)  # onnx, torchscript
 TOLERANCE = 1e-4
@@ -242,7 +242,7 @@ def real_inputs(run: str | os.PathLike, count: int = 8) -> torch.Tensor | None:
     if not loaded.has_run_config:
         return None
     pipe = run_pipeline(loaded, batch_size=count, num_workers=0)
-    loader, tf = split_loader(pipe, _held_out_split(pipe), channels_last=False)
+    loader, tf = pipe.split_loader(_held_out_split(pipe), channels_last=False)
     x, _ = next(iter(loader))
     return tf(x)
 
@@ -257,7 +257,7 @@ def _held_out_split(pipe) -> str:
 def _calibration_batches(pipe, split: str, limit: int, batch_size: int = 16):
     """Float NCHW numpy batches of at most ``limit`` images of ``split``, preprocessed as for
     evaluation, for onnxruntime's calibration."""
-    loader, tf = split_loader(pipe, split, channels_last=False)
+    loader, tf = pipe.split_loader(split, channels_last=False)
     seen = 0
     for x, _ in loader:
         for start in range(0, len(x), batch_size):
@@ -344,7 +344,7 @@ def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int) -> dict:
     def both(x: torch.Tensor) -> torch.Tensor:  # one pass over the images for the two models
         return torch.stack([onnx_logits(s, x) for s in sessions])
 
-    loader, tf = split_loader(pipe, split, channels_last=False)
+    loader, tf = pipe.split_loader(split, channels_last=False)
     n = fp32_correct = int8_correct = agree = 0
     for out, y in iter_logits(both, loader, tf, limit=measure):
         a, b = out.argmax(-1)

@@ -112,6 +112,13 @@ class DataPipeline:
     def classes(self) -> list[str]:
         return self.source.classes
 
+    def split_loader(self, split: str, train: bool = False, channels_last: bool = True, **kwargs):
+        """(loader, batch transform) for ``split``: the loader's uint8 batches become model
+        inputs only through the transform made for that loader (it applies the geometry the
+        loader left to the batch). ``kwargs`` go to ``loader``."""
+        loader = self.loader(split, train=train, **kwargs)
+        return loader, self.batch_transform(train, loader.geometric, channels_last)
+
     def _maybe_cache(self) -> None:
         if self.cfg.cache == "none":
             return

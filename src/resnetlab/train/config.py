@@ -17,6 +17,7 @@ from ..data import DataConfig
 from ..device import PRECISIONS
 from ..errors import ConfigError
 from ..options import flag_name, option
+from ..run import RunDir
 
 MODES = ("auto", "scratch", "finetune", "feature-extract")
 OPTIMIZERS = ("sgd", "adamw")
@@ -250,7 +251,7 @@ def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -
         raise ConfigError(
             f"--resume continues {run} with its saved settings; {'; '.join(refused)} cannot "
             f"change (a resumed run may change only {may}). For other settings start a new "
-            f"run: resnetlab train --config {Path(run) / 'config.yaml'} --name NEW ..."
+            f"run: resnetlab train --config {RunDir(run).config} --name NEW ..."
         )
     values.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
     if "max_steps" not in given:

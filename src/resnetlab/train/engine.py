@@ -19,7 +19,7 @@ from torch import nn
 from .. import __version__
 from ..data import DataError, DataPipeline, build_pipeline
 from ..data.loader import mix_seed
-from ..device import autocast, default_device, resolve_precision
+from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, FileConflictError
 from ..fmt import pct
 from ..io import atomic_write_text
@@ -38,7 +38,7 @@ from . import distributed as D
 from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .loggers import MetricsCSV, Progress, TensorBoard
-from .metrics import evaluate_loader, split_loader, state_checksum
+from .metrics import evaluate_loader, state_checksum
 from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
 from .tally import EpochTally, NonFiniteLoss
@@ -80,9 +80,6 @@ class Trainer:
         the settings in ``overrides`` (the flags given; by default those of ``cfg`` that differ
         from the defaults) may change, and only those a resumed run can change."""
         self.dist = D.init_distributed()
-        if self.dist.enabled and torch.cuda.is_available():
-            device = torch.device("cuda", self.dist.local_rank)
-        self.device = device or default_device()
         self.resume_state = None
         self.weights_note = ""
         if resume is not None:
@@ -97,6 +94,9 @@ class Trainer:
             raise ValueError("Trainer needs a TrainConfig, or a run to resume")
         cfg.check()
         self.cfg = cfg
+        if device is None and self.dist.enabled and torch.cuda.is_available():
+            device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.progress = Progress(verbose and self.dist.is_main)
         self.step_losses: list[float] = []
@@ -110,8 +110,8 @@ class Trainer:
             )
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
-        self.train_loader, self.train_transform = split_loader(
-            self.data, "train", train=True, channels_last=cfg.channels_last,
+        self.train_loader, self.train_transform = self.data.split_loader(
+            "train", train=True, channels_last=cfg.channels_last,
             rank=self.dist.rank, world_size=self.dist.world_size,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
@@ -123,7 +123,7 @@ class Trainer:
                 f"full batch of {cfg.batch_size} per process; lower --batch-size"
             )
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ema = copy.deepcopy(self.model).eval() if cfg.ema_decay > 0 else None
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial_sums = None
@@ -403,8 +403,7 @@ class Trainer:
         """Loss, top-1, top-5 on a split (sharded across ranks, reduced)."""
         model = model or self.eval_model()
         if split not in self._eval_loaders:  # built once: file loaders keep their workers
-            self._eval_loaders[split] = split_loader(
-                self.data,
+            self._eval_loaders[split] = self.data.split_loader(
                 split,
                 channels_last=self.cfg.channels_last,
                 rank=self.dist.rank,

@@ -35,14 +35,6 @@ def state_checksum(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def split_loader(pipe, split: str, train: bool = False, channels_last: bool = True, **kwargs):
-    """(loader, batch transform) for ``split`` of a ``DataPipeline``: the loader's uint8
-    batches become model inputs only through the transform made for that loader (it applies
-    the geometry the loader left to the batch). ``kwargs`` go to ``pipe.loader``."""
-    loader = pipe.loader(split, train=train, **kwargs)
-    return loader, pipe.batch_transform(train, loader.geometric, channels_last)
-
-
 def iter_logits(
     forward: Callable[[torch.Tensor], torch.Tensor],
     loader,
