@@ -18,9 +18,8 @@ from resnetlab.backends import (
     register_backend,
     run_streams,
 )
-from resnetlab.bundle import load_model
+from resnetlab.bundle import load_model, run_pipeline
 from resnetlab.errors import ConfigError
-from resnetlab.evaluate import run_pipeline
 from resnetlab.export import export
 from resnetlab.predict import Predictor
 from resnetlab.run import ModelMeta, RunDir
@@ -65,11 +64,11 @@ def _reference(folder, x):
 
 
 def test_every_registered_backend_is_here():
-    assert list(BACKENDS) == ["torch", "onnx", "onnx-int8"]
+    assert list(BACKENDS) == ["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
     assert BACKENDS["torch"] is TorchBackend and BACKENDS["onnx-int8"] is OnnxInt8Backend
 
 
-@pytest.mark.parametrize("name", ["torch", "onnx"])
+@pytest.mark.parametrize("name", ["torch", "onnx", "openvino"])
 def test_fp32_backends_give_pytorch_logits(model_dir, name):
     loaded = load_model(model_dir / RunDir.WEIGHTS)
     backend = create_backend(name, loaded, device="cpu", precision="fp32")

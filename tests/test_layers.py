@@ -16,7 +16,7 @@ LAYERS = [
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "summary", "run", "convert"),  # run: the run folder and model metadata
     ("bundle", "train"),  # loading a trained model; the training engine
-    ("evaluate", "export", "backends", "predict", "explain"),
+    ("evaluate", "export", "backends", "backend_choice", "predict", "explain"),
     ("report", "serve", "experiments"),
     ("cli", "cli_parser", "__main__"),
 ]

@@ -20,7 +20,7 @@ from typing import ClassVar, TypeVar
 import torch
 
 from .bundle import LoadedModel, model_on
-from .device import autocast, default_device, resolve_precision
+from .device import as_device, autocast, resolve_precision
 from .errors import ConfigError, MissingFileError, StaleExportError
 from .export import export_onnx, is_resnetlab_export, onnx_logits, onnx_session, stale_reason
 from .run import RunDir
@@ -108,7 +108,7 @@ class TorchBackend(Backend):
             raise ConfigError(
                 "an exported model file is for the onnx backends; torch runs the weights"
             )
-        self.device = torch.device(device) if device else default_device()
+        self.device = as_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.parallel = self.device.type == "cpu"
         self.model = model_on(fold_batchnorm(loaded.model), self.device)
@@ -145,20 +145,29 @@ class OnnxBackend(Backend):
     def _checked_session(self, loaded: LoadedModel, given: Path | None):
         """The onnxruntime session, checked against the weights the model holds now; a stale
         file is rebuilt or refused (see ``rebuild_when_stale``), never used silently."""
+        return self._checked(loaded, given)[1]
+
+    def _checked(self, loaded: LoadedModel, given: Path | None):
+        """(path, onnxruntime session) of the export to run, checked as above."""
         home = loaded.home
         again = f"resnetlab export {home} --format onnx{self.export_flags}"
         path = given or self.default_path(home)
         if given is None and not path.is_file():
-            what = "int8 ONNX" if self.precision == "int8" else "ONNX"
-            raise MissingFileError(f"{path}: no {what} model; run `{again}` first")
+            if self.rebuild_when_stale and loaded.run is not None:
+                # The fp32 graph is what `export` would write: made here on first use.
+                log.info("exporting %s for the %s backend", path, self.name)
+                export_onnx(loaded, path)
+            else:
+                what = "int8 ONNX" if self.precision == "int8" else "ONNX"
+                raise MissingFileError(f"{path}: no {what} model; run `{again}` first")
         session = onnx_session(path)
         reason = stale_reason(session, path, loaded)
         if reason is None:
-            return session
+            return path, session
         if given is None and self.rebuild_when_stale and is_resnetlab_export(path):
             log.warning("%s; exporting it again", reason)
             export_onnx(loaded, path)
-            return onnx_session(path)
+            return path, onnx_session(path)
         if given is not None:
             again = f"resnetlab export {home} --format onnx --out {path}"
         raise StaleExportError(f"{reason}; re-run `{again}`")
@@ -181,6 +190,51 @@ class OnnxInt8Backend(OnnxBackend):
     @classmethod
     def default_path(cls, run: RunDir) -> Path:
         return run.onnx_int8
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError(
+            "the openvino backends need the openvino package: pip install 'resnetlab[openvino]'"
+        ) from None
+    return openvino
+
+
+@register_backend
+class OpenVinoBackend(OnnxBackend):
+    """OpenVINO's CPU runtime, compiling the same checked fp32 ONNX graph as ``onnx``."""
+
+    name = "openvino"
+    precision = "fp32"
+    hint = "f32"  # OpenVINO would pick bf16 by itself on CPUs that have it: say f32
+
+    def __init__(
+        self, loaded: LoadedModel, path: str | os.PathLike | None = None, **_: object
+    ) -> None:
+        ov = _openvino()
+        self.device = torch.device("cpu")
+        onnx_path, _session = self._checked(loaded, Path(path) if path else None)
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # fmt: skip
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        request = self.compiled.create_infer_request()  # one per call: callers may be threads
+        request.infer({0: x})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+
+@register_backend
+class OpenVinoBf16Backend(OpenVinoBackend):
+    """OpenVINO in bf16, for CPUs with native bf16 (AVX512-BF16, AMX)."""
+
+    name = "openvino-bf16"
+    precision = "bf16"
+    hint = "bf16"
 
 
 def run_streams(count: int, streams: int, work: Callable[[int], T]) -> list[T]:

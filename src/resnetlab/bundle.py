@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import DataConfig, DataPipeline, load_source
+from .errors import ConfigError
 from .models import create_model, get_model_entry
 from .run import ModelMeta, RunDir
 from .weights import (
@@ -120,3 +122,33 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
 def model_on(model: nn.Module, device: torch.device, channels_last: bool = True) -> nn.Module:
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def run_pipeline(
+    loaded: LoadedModel,
+    data: str | None = None,
+    batch_size: int = 64,
+    max_bad_fraction: float | None = None,
+    num_workers: int = 2,
+) -> DataPipeline:
+    """The data a model is evaluated on, preprocessed as its metadata says. Without ``data``:
+    the run's own data, split exactly as in training (same ratios, seed and tolerance of
+    unreadable files)."""
+    meta = loaded.meta
+    options = {}
+    if data is None:
+        if not loaded.has_run_config:
+            raise ConfigError("give --data: this model file has no run folder to take it from")
+        config = loaded.run.read_config()
+        data = config["data"]
+        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
+        options = {k: config[k] for k in keys if k in config}
+    if max_bad_fraction is not None:
+        options["max_bad_fraction"] = max_bad_fraction
+    source = load_source(data, channels=meta.in_chans, **options)
+    cfg = DataConfig(
+        data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
+        std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
+        in_chans=meta.in_chans,
+    )  # fmt: skip
+    return DataPipeline(source, cfg)

@@ -184,9 +184,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     r = evaluate_run(
         args.run, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
-        top_losses=args.top_losses, precision=args.precision,
-        max_bad_fraction=args.max_bad_fraction,
+        top_losses=args.top_losses, precision=args.precision, backend=args.backend,
+        device=args.device, max_bad_fraction=args.max_bad_fraction,
     )  # fmt: skip
+    if r.get("backend_note"):
+        print(r["backend_note"], file=sys.stderr)
     if args.json:
         print(json.dumps(r, indent=2, ensure_ascii=False))
         return 0
@@ -218,9 +220,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise ConfigError("no input images: give image files, folders or globs")
     predictor = build_predictor(
-        run, model=args.model, weights=args.weights, backend=args.backend,
+        run, model=args.model, weights=args.weights, backend=args.backend, device=args.device,
         batch_size=args.batch_size, precision=args.precision, streams=args.streams,
     )  # fmt: skip
+    if predictor.choice is not None:
+        print(predictor.choice.note, file=sys.stderr)
     rows = predictor.predict_paths(paths, topk=args.topk)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -337,7 +341,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
 
     serve(
-        args.run, host=args.host, port=args.port, backend=args.backend,
+        args.run, host=args.host, port=args.port, backend=args.backend, device=args.device,
         precision=args.precision, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, max_body_mb=args.max_body_mb, workers=args.workers,
     )  # fmt: skip

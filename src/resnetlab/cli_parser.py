@@ -8,8 +8,6 @@ import argparse
 from .device import PRECISIONS
 from .options import add_options
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-
 
 def _args(p: argparse.ArgumentParser, *specs: tuple) -> argparse.ArgumentParser:
     """``(flags, {argparse keywords})`` pairs, so a parser reads as a table."""
@@ -29,8 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     json_flag = ("--json", {"action": "store_true", "help": "machine-readable output"})
+    from .backends import BACKENDS
+
     precision = ("--precision", {"default": "auto", "choices": PRECISIONS})
-    backend = ("--backend", {"choices": BACKENDS, "default": "torch"})
+    backend = (
+        "--backend",
+        {
+            "choices": ["auto", *BACKENDS],
+            "default": "auto",
+            "help": "auto: the fastest backend measured here whose outputs "
+            "agree with PyTorch fp32 (measured once per machine, cached)",
+        },
+    )
+    device = ("--device", {"default": "auto", "help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps"})
     run = ("run", {"help": "run folder, model.safetensors or checkpoint"})
     data = ("--data", {"help": "DATA to evaluate on (default: the run's own)"})
 
@@ -69,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
           ("--tta", {"action": "store_true", "help": "average with the horizontally flipped"}),
           ("--top-losses", {"type": int, "default": 0, "metavar": "N",
                             "help": "gallery PNG of the N most confidently wrong images"}),
-          precision,
+          backend, precision, device,
           ("--max-bad-fraction", {"type": float,
                                   "help": "unreadable files tolerated (default: the run's)"}),
           ("--json", {"action": "store_true"}))  # fmt: skip
@@ -81,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
               ("--batch-size", {"type": int, "default": 32}),
               ("--streams", {"type": int, "help": "batches run side by side on the CPU, each "
                              "with its share of the threads (default: one per thread, at most 4)"}),
-              backend, precision,
+              backend, precision, device,
               ("--model", {"help": "with --weights: predict without a run folder"}),
               ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}))  # fmt: skip
     out = p.add_mutually_exclusive_group()
@@ -120,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
           ("run", {}),
           ("--host", {"default": "127.0.0.1", "help": "default 127.0.0.1 (this machine only)"}),
           ("--port", {"type": int, "default": 8000}),
-          backend,
+          backend, device,
           ("--precision", {"default": "fp32", "choices": PRECISIONS,
                            "help": "fp32 (default) gives the same probabilities alone or batched"}),
           ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),

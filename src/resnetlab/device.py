@@ -94,3 +94,10 @@ def resolve_device(spec: str | None = "auto") -> torch.device:
             )
         return torch.device(spec)
     raise ConfigError(f"--device {spec!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def as_device(spec) -> torch.device:
+    """A ``torch.device`` as given, or ``--device``'s words (None or "auto" included)."""
+    import torch
+
+    return spec if isinstance(spec, torch.device) else resolve_device(spec)

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .bundle import LoadedModel, load_model, model_on
-from .data import DataConfig, DataError, DataPipeline, load_source
-from .device import default_device, resolve_precision
-from .errors import ConfigError
+from .backends import create_backend
+from .bundle import LoadedModel, load_model, run_pipeline
+from .data import DataError
 from .io import atomic_write_text
 from .train.metrics import accuracy_counts, iter_logits
 
@@ -41,36 +40,6 @@ def _label_map(model_classes: list[str], data_classes: list[str]) -> torch.Tenso
     return torch.tensor([index[c] for c in data_classes], dtype=torch.long)
 
 
-def run_pipeline(
-    loaded: LoadedModel,
-    data: str | None = None,
-    batch_size: int = 64,
-    max_bad_fraction: float | None = None,
-    num_workers: int = 2,
-) -> DataPipeline:
-    """The data a model is evaluated on, preprocessed as its metadata says. Without ``data``:
-    the run's own data, split exactly as in training (same ratios, seed and tolerance of
-    unreadable files)."""
-    meta = loaded.meta
-    options = {}
-    if data is None:
-        if not loaded.has_run_config:
-            raise ConfigError("give --data: this model file has no run folder to take it from")
-        config = loaded.run.read_config()
-        data = config["data"]
-        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
-        options = {k: config[k] for k in keys if k in config}
-    if max_bad_fraction is not None:
-        options["max_bad_fraction"] = max_bad_fraction
-    source = load_source(data, channels=meta.in_chans, **options)
-    cfg = DataConfig(
-        data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
-        std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
-        in_chans=meta.in_chans,
-    )  # fmt: skip
-    return DataPipeline(source, cfg)
-
-
 def evaluate_run(
     run: str | LoadedModel,
     data: str | None = None,
@@ -81,6 +50,8 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     precision: str = "auto",
     max_bad_fraction: float | None = None,
+    backend: str = "auto",
+    device: str | torch.device | None = None,
 ) -> dict:
     """Evaluate a trained model on a split of ``data`` (default: the data it was trained on,
     split as it was then, with the run's --max-bad-fraction)."""
@@ -94,18 +65,23 @@ def evaluate_run(
             f"{pipe.cfg.data} has no {split!r} split (it has {', '.join(source.splits)})"
         )
     label_map = _label_map(loaded.classes, source.classes)
-    device = default_device()
-    prec = resolve_precision(precision, device)
-    model = model_on(loaded.model, device)
-    loader, tf = pipe.split_loader(split)
+    note = None
+    if backend == "auto":
+        from .backend_choice import choose_backend
+
+        choice = choose_backend(loaded, device, precision)
+        backend, precision, note = choice.backend, choice.precision, choice.note
+    runner = create_backend(backend, loaded, device if backend == "torch" else "cpu", precision)
+    loader, tf = pipe.split_loader(split, channels_last=runner.channels_last)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if not tta:
-            return model(x)
-        return (model(x).float() + model(x.flip(3)).float()) / 2
+            return runner.logits(x)
+        return (runner.logits(x) + runner.logits(x.flip(3))) / 2
 
     all_logits, all_labels = [], []
-    for out, y in iter_logits(forward, loader, tf, device, prec):
+    # The backend applies its own precision; batches go to its device.
+    for out, y in iter_logits(forward, loader, tf, runner.device, "fp32"):
         all_logits.append(out.cpu())
         all_labels.append(y.cpu())
     logits, targets = torch.cat(all_logits), label_map[torch.cat(all_labels)]
@@ -130,6 +106,9 @@ def evaluate_run(
         # Rows divided by their totals: the recall of each true class across predictions.
         "confusion_matrix_normalized": (cm / np.maximum(cm.sum(1, keepdims=True), 1)).tolist(),
         "tta": tta,
+        "backend": runner.name,
+        "precision": runner.precision,
+        "backend_note": note,
     }
     out = Path(out_dir) if out_dir else loaded.home.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)

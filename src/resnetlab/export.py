@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import LoadedModel, load_model
+from .bundle import LoadedModel, load_model, run_pipeline
 from .errors import (
     ConfigError,
     ExportError,
     FileConflictError,
     MissingFileError,
 )
-from .evaluate import run_pipeline
 from .fmt import pct
 from .run import RunDir
 from .train.metrics import iter_logits

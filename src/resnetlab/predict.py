@@ -40,7 +40,7 @@ class Predictor:
     def __init__(
         self,
         source: str | os.PathLike | LoadedModel,
-        backend: str = "torch",
+        backend: str = "auto",
         device: str | torch.device | None = None,
         precision: str = "auto",
         batch_size: int = 32,
@@ -48,7 +48,8 @@ class Predictor:
         decode_threads: int = 2,
         streams: int | None = None,
     ) -> None:
-        check_backend(backend)
+        if backend != "auto":
+            check_backend(backend)
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
         if streams is not None and streams < 1:
@@ -60,6 +61,13 @@ class Predictor:
         self.batch_size = batch_size
         self.decode_threads = max(1, decode_threads)
         self.streams = streams
+        self.choice = None  # what --backend auto measured and chose
+        if backend == "auto":
+            from .backend_choice import choose_backend
+
+            self.choice = choose_backend(self.loaded, device, precision, min(batch_size, 16))
+            backend, precision = self.choice.backend, self.choice.precision
+            device = "cpu" if backend != "torch" else device
         self.backend = create_backend(backend, self.loaded, device, precision, onnx_path)
         self._decode_tf = file_transform(self.preset, self.input_size, train=False)
         # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.

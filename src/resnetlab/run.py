@@ -148,6 +148,9 @@ class RunDir:
     ONNX = "model.onnx"
     ONNX_INT8 = "model.int8.onnx"
     TORCHSCRIPT = "model.ts"
+    BACKEND_CHOICE = "backend.json"  # --backend auto's measurements, per machine
+    CALIBRATION = "calibration.json"  # reliability bins before/after temperature scaling
+    EXPLAIN = "explain"  # Grad-CAM overlays of `resnetlab explain`
     LR_FIND_PLOT = "lr_find.png"
     LR_FIND_JSON = "lr_find.json"
     EVAL_PREFIX = "eval-"  # eval-SPLIT/: metrics.json and plots of `evaluate`
@@ -221,6 +224,18 @@ class RunDir:
     @property
     def onnx_int8(self) -> Path:
         return self.path / self.ONNX_INT8
+
+    @property
+    def backend_choice(self) -> Path:
+        return self.path / self.BACKEND_CHOICE
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / self.CALIBRATION
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.path / self.EXPLAIN
 
     @property
     def lr_find_plot(self) -> Path:

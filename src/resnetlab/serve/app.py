@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import socket
+import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,6 +30,11 @@ REFUSED_MAGIC = (b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6", b"<svg", b"<?xml", b"8BP
 # the rest of a refused body is read and dropped, up to this many bytes past the cap, without
 # keeping it (the lingering close of nginx and Apache); a larger body is cut off.
 DRAIN_BYTES = 64 * 2**20
+
+
+# fp32 runtimes give the same probabilities alone or batched to rounding; reduced precision
+# changes with the batch's kernel choice.
+BATCH_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2, "int8": 1e-2}
 
 
 class HTTPError(Exception):
@@ -222,6 +228,8 @@ def create_app(
             "num_classes": len(predictor.classes), "input_size": m.input_size,
             "mean": m.mean, "std": m.std,
             "precision": predictor.precision, "backend": predictor.backend.name,
+            # how far one image's probabilities may move between a lone and a batched call
+            "tolerance": BATCH_TOLERANCE.get(predictor.precision, 1e-2),
             "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
         }  # fmt: skip
 
@@ -264,20 +272,24 @@ def serve(
     run: str,
     host: str = "127.0.0.1",
     port: int = 8000,
-    backend: str = "torch",
+    backend: str = "auto",
     precision: str = "fp32",
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
     max_queue: int = 64,
     max_body_mb: float = 10.0,
     workers: int = 2,
+    device: str | None = None,
 ) -> None:
     import uvicorn
 
     # The port first: a typo or a busy port is reported before the model is loaded.
     sock = listen(host, port)
     try:
-        predictor = Predictor(run, backend=backend, precision=precision, batch_size=max_batch)
+        predictor = Predictor(run, backend=backend, precision=precision, batch_size=max_batch,
+                              device=device)  # fmt: skip
+        if predictor.choice is not None:
+            print(f"resnetlab serve: {predictor.choice.note}", file=sys.stderr, flush=True)
         import torch
 
         c, h, w = predictor.meta.input_size

@@ -1,0 +1,200 @@
+"""``--backend auto``: measure the backends this machine has, keep the fastest whose outputs
+agree with PyTorch fp32, and remember the choice in the run folder.
+
+The fastest runtime differs by model and by CPU (onnxruntime leads for resnet18 on an AVX2
+CPU, OpenVINO for resnet50; bf16 wins only where the CPU has it natively and is several times
+slower where it is emulated), so no fixed choice is right everywhere. The measurement runs
+the first time a model is used on a machine (a few seconds) and is cached in
+``RUN/backend.json`` under a key of the CPU model, thread count and library versions; a
+changed weights file, another CPU or other versions are measured again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import platform
+import statistics
+import time
+
+import torch
+
+from . import __version__
+from .backends import BACKENDS, create_backend
+from .bundle import LoadedModel
+from .device import as_device, cpu_has_native_bf16, resolve_precision
+from .errors import ResnetlabError
+from .io import atomic_write_text
+
+log = logging.getLogger("resnetlab.predict")
+
+# (backend, precision) pairs, in order of preference when they measure the same.
+CANDIDATES = (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"),
+              ("torch", "bf16"), ("openvino-bf16", "bf16"))  # fmt: skip
+# Agreement with PyTorch fp32 on the probe batch: fp32 runtimes within export --verify's
+# tolerance; bf16 (8 bits of mantissa) within a few percent of the largest logit, with the
+# same top-1 for at least 99 % of the probe images.
+FP32_TOLERANCE = 1e-4
+BF16_TOLERANCE = 0.05
+MIN_TOP1_AGREEMENT = 0.99
+PROBE_IMAGES = 32
+
+
+@dataclasses.dataclass
+class Choice:
+    backend: str
+    precision: str
+    note: str  # the one line the command line prints
+    results: list[dict]  # per candidate: images/s, max |diff|, agreement, error
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key(threads: int | None = None) -> dict:
+    """What a measurement depends on besides the model: the CPU, threads and versions."""
+    return {
+        "cpu": cpu_model(), "native_bf16": cpu_has_native_bf16(),
+        "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"),
+        "resnetlab": __version__,
+    }  # fmt: skip
+
+
+def candidates(device: torch.device, precision: str = "auto") -> list[tuple[str, str]]:
+    """The (backend, precision) pairs worth measuring here; optional runtimes that are not
+    installed and bf16 where it would only be emulated are left out."""
+    out = []
+    for name, prec in CANDIDATES:
+        if name not in BACKENDS or (precision not in ("auto", prec)):
+            continue
+        if prec == "bf16" and not cpu_has_native_bf16():
+            continue
+        module = {"onnx": "onnxruntime", "openvino": "openvino", "openvino-bf16": "openvino"}
+        if name in module and _version(module[name]) is None:
+            continue
+        out.append((name, prec))
+    return out
+
+
+def _agreement(ref: torch.Tensor, out: torch.Tensor, precision: str) -> tuple[bool, float, float]:
+    scale = max(1.0, float(ref.abs().max()))
+    diff = float((out.float() - ref).abs().max()) / scale
+    top1 = float((out.argmax(1) == ref.argmax(1)).float().mean())
+    if precision == "fp32":
+        return diff <= FP32_TOLERANCE, diff, top1
+    return diff <= BF16_TOLERANCE and top1 >= MIN_TOP1_AGREEMENT, diff, top1
+
+
+def _images_per_second(backend, batch: torch.Tensor, seconds: float) -> float:
+    backend.logits(batch)  # warm-up: first-call allocation and compilation
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < 50):
+        t0 = time.perf_counter()
+        backend.logits(batch)
+        times.append(time.perf_counter() - t0)
+    return batch.shape[0] / statistics.median(times)
+
+
+def measure(
+    loaded: LoadedModel, pairs: list[tuple[str, str]], batch_size: int = 16, seconds: float = 1.0
+) -> list[dict]:
+    """Speed and agreement of each pair on a seeded probe batch of the model's input size."""
+    c, h, w = loaded.meta.input_size
+    g = torch.Generator().manual_seed(0)
+    probe = torch.randn(max(PROBE_IMAGES, batch_size), c, h, w, generator=g)
+    with torch.inference_mode():
+        reference = loaded.model.float().eval().to("cpu")(probe).float()
+    results = []
+    for name, prec in pairs:
+        row = {"backend": name, "precision": prec}
+        try:
+            backend = create_backend(name, loaded, "cpu", prec)
+            layout = torch.channels_last if backend.channels_last else torch.contiguous_format
+            x = probe.to(memory_format=layout)
+            ok, diff, top1 = _agreement(reference, backend.logits(x), prec)
+            row.update(agrees=ok, max_rel_diff=diff, top1_agreement=top1)
+            row["images_per_second"] = _images_per_second(backend, x[:batch_size], seconds)
+        except (ResnetlabError, RuntimeError, OSError) as exc:  # a runtime that cannot run it
+            row.update(agrees=False, error=str(exc).splitlines()[0][:300])
+        results.append(row)
+        log.info("backend %s %s: %s", name, prec, row)
+    return results
+
+
+def _cache_key(loaded: LoadedModel, key: dict, batch_size: int) -> str:
+    from .export import weights_fingerprint
+
+    what = {**key, "weights": weights_fingerprint(loaded.model),
+            "input": loaded.meta.input_size, "batch": batch_size}  # fmt: skip
+    blob = json.dumps(what, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _pick(results: list[dict]) -> dict | None:
+    good = [r for r in results if r.get("agrees") and r.get("images_per_second")]
+    return max(good, key=lambda r: r["images_per_second"]) if good else None
+
+
+def _note(chosen: dict, results: list[dict], cached: bool) -> str:
+    torch_fp32 = next((r for r in results if (r["backend"], r["precision"]) == ("torch", "fp32")
+                       and r.get("images_per_second")), None)  # fmt: skip
+    how = "measured once, cached" if cached else "measured now, cached in the run folder"
+    ratio = (f"{chosen['images_per_second'] / torch_fp32['images_per_second']:.2f}× torch fp32"
+             if torch_fp32 else f"{chosen['images_per_second']:.0f} images/s")  # fmt: skip
+    return f"backend {chosen['backend']} {chosen['precision']}: {ratio} here ({how})"
+
+
+def choose_backend(
+    loaded: LoadedModel,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    batch_size: int = 16,
+    seconds: float = 1.0,
+) -> Choice:
+    """The backend ``--backend auto`` runs for ``loaded`` on this machine."""
+    device = as_device(device)
+    if device.type != "cpu":  # GPUs: PyTorch with AMP, as training uses them
+        prec = resolve_precision(precision, device)
+        return Choice("torch", prec, f"backend torch {prec} on {device}", [])
+    if loaded.run is None:  # no run folder to export into or to cache in
+        prec = resolve_precision(precision, device)
+        return Choice("torch", prec, f"backend torch {prec} (no run folder to measure in)", [])
+    key = machine_key()
+    cache_key = _cache_key(loaded, key, batch_size)
+    path = loaded.run.backend_choice
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # a damaged cache is only a cache: measure again
+    entry = cache.get(f"{cache_key}:{precision}")
+    cached = entry is not None
+    if entry is None:
+        results = measure(loaded, candidates(device, precision), batch_size, seconds)
+        entry = {"machine": key, "batch_size": batch_size, "results": results,
+                 "chosen": _pick(results)}  # fmt: skip
+        cache[f"{cache_key}:{precision}"] = entry
+        atomic_write_text(path, json.dumps(cache, indent=2))
+    chosen = entry["chosen"]
+    if chosen is None:  # nothing agreed (cannot happen for torch fp32): the plain path
+        return Choice("torch", "fp32", "backend torch fp32 (no other backend agreed)", [])
+    return Choice(chosen["backend"], chosen["precision"], _note(chosen, entry["results"], cached),
+                  entry["results"])  # fmt: skip
