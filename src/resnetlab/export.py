@@ -58,6 +58,9 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
         "resnetlab.mean": json.dumps(m.mean),
         "resnetlab.std": json.dumps(m.std),
         "resnetlab.preset": str(m.preset),
+        # The graph returns raw logits; calibrated probabilities are softmax(logits / T).
+        # 1.0 for an uncalibrated model, so a reader never needs a fallback.
+        "resnetlab.temperature": json.dumps(float(m.temperature or 1.0)),
     }
 
 

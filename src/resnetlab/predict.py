@@ -20,6 +20,7 @@ from PIL import Image
 
 from .backends import BACKENDS, check_backend, create_backend, run_streams
 from .bundle import LoadedModel, load_model, pretrained_model
+from .calibrate import apply_temperature
 from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
 from .data.transforms import BatchTransform, eval_resize_size, file_transform, stack_images
 from .errors import ConfigError
@@ -109,8 +110,18 @@ class Predictor:
         with lock:
             return self.backend.logits(x)
 
+    @property
+    def temperature(self) -> float | None:
+        """The run's calibration temperature (``model.json``); None: uncalibrated."""
+        return self.meta.temperature
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities from logits, through the run's temperature when it has one: the
+        graph (and every backend) returns raw logits, so the one division happens here."""
+        return apply_temperature(logits, self.meta.temperature)
+
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(batch_uint8), dim=1)
+        return self.calibrated(self.logits(batch_uint8))
 
     def topk_rows(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
         """The ``k`` most probable classes of each row; a ``k`` above the number of classes
@@ -163,7 +174,7 @@ class Predictor:
         results = {}
         if ok:
             logits = self._logits(stack_images([decoded[i][0] for i in ok]), lock)
-            results = dict(zip(ok, self.topk_rows(torch.softmax(logits, dim=1), topk)))
+            results = dict(zip(ok, self.topk_rows(self.calibrated(logits), topk)))
         return [
             {"path": str(p), "topk": results.get(i, []), "error": decoded[i][1]}
             for i, p in enumerate(chunk)

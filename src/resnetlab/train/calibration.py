@@ -1,0 +1,74 @@
+"""Temperature scaling at the end of training: fit T on the validation split, record it.
+
+The engine calls :func:`calibrate_run` once, with the best weights, after the last epoch. It
+writes ``RUN/calibration.json`` (the fitted T, the ECE before and after, and the reliability
+bins the report draws) and the temperature into ``model.json``, where ``predict``, ``serve``,
+``evaluate`` and ``export`` find it. The fit itself is ``calibrate.calibration_summary``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..calibrate import calibration_summary
+from ..data import DataPipeline
+from ..io import atomic_write_text
+from ..run import ModelMeta, RunDir
+from .metrics import iter_logits
+
+# The keys calibrate_run adds to summary.json (the architecture's "calibrated runs").
+SUMMARY_KEYS = ("temperature", "ece_before", "ece_after")
+
+
+def validation_logits(
+    model: nn.Module,
+    data: DataPipeline,
+    device: torch.device | str,
+    precision: str = "fp32",
+    split: str = "val",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits and labels of every image of ``split``, on the CPU, in eval mode."""
+    loader, transform = data.split_loader(split, channels_last=False)
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    try:
+        for out, y in iter_logits(model, loader, transform, device, precision):
+            logits.append(out.cpu())
+            labels.append(y.cpu())
+    finally:
+        model.train(was_training)
+    if not logits:
+        return torch.empty(0, len(data.classes)), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def calibrate_run(
+    model: nn.Module,
+    data: DataPipeline,
+    device: torch.device | str,
+    precision: str,
+    run: RunDir,
+    meta: ModelMeta,
+    split: str = "val",
+) -> dict[str, Any] | None:
+    """Fit the temperature of ``model`` (the best weights) on ``split`` and record it.
+
+    Writes ``run.calibration`` and ``run.meta`` (``meta`` with its ``temperature`` set; the
+    object is updated too). Returns ``{"temperature", "ece_before", "ece_after"}`` for
+    summary.json, or None when there is no such split (nothing to fit on: the model stays
+    uncalibrated) or the model has a single output."""
+    splits = data.source.splits
+    if split not in splits or len(splits[split]) == 0 or len(data.classes) < 2:
+        return None
+    logits, labels = validation_logits(model, data, device, precision, split)
+    found = calibration_summary(logits, labels)
+    record = {"split": split, "num_samples": len(labels), **found}
+    atomic_write_text(run.calibration, json.dumps(record, indent=2) + "\n")
+    meta.temperature = float(found["temperature"])
+    atomic_write_text(run.meta, meta.dumps())
+    return {k: found[k] for k in SUMMARY_KEYS}
