@@ -24,13 +24,17 @@ WIDTHS = [4, 8, 8]
 OVERCONFIDENCE = 8.0
 
 
-def tiny_run(root: Path, steps: int = 120, scale: float = 1.0, data: str = "digits") -> RunDir:
+def tiny_run(
+    root: Path, steps: int = 120, scale: float = 1.0, data: str = "digits", **data_options
+) -> RunDir:
     """A run folder (config.yaml, model.safetensors, model.json) of a tiny resnet20 trained for
     ``steps`` SGD steps on ``data``, its classifier multiplied by ``scale``: a few seconds on
-    one core, an accuracy between chance and perfect, so there are mistakes to be sure of."""
+    one core, an accuracy between chance and perfect, so there are mistakes to be sure of.
+    ``data_options``: more DataConfig settings (e.g. ``input_size``, ``preset``)."""
     torch.manual_seed(0)
-    cfg = TrainConfig(data=data, num_workers=0, batch_size=64)
-    pipe = build_pipeline(DataConfig(data=data, num_workers=0, batch_size=64))
+    options = dict(data=data, num_workers=0, batch_size=64, **data_options)
+    cfg = TrainConfig(**options)
+    pipe = build_pipeline(DataConfig(**options))
     model = create_model("resnet20", num_classes=len(pipe.classes), in_chans=pipe.channels,
                          widths=WIDTHS)  # fmt: skip
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

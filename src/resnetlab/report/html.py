@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import platform
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from ..errors import MissingFileError
 from ..fmt import pct
 from ..io import atomic_write_text
-from ..plots import plot_curves
+from ..plots import plot_curves, plot_reliability
 from ..run import RunDir
 
 # Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
@@ -42,6 +43,18 @@ overflow:auto;font-size:.85rem;font-family:{MONO_FONTS}}}.cards{{display:flex;ga
 """
 
 
+def _gradcam_gallery(ev: dict) -> str:
+    """The same most-confidently-wrong images under the heat of the class the model chose."""
+    if "top_losses_gradcam_png" in ev["files"]:
+        return (
+            "<h3>Where the model looked</h3><p class=muted>Grad-CAM heat of the wrongly "
+            "predicted class (red: strongest evidence).</p>"
+            + _img(Path(ev["files"]["top_losses_gradcam_png"]), "Grad-CAM of the top losses")
+        )
+    note = ev.get("gradcam_note")
+    return f"<p class=muted>{html.escape(note)}</p>" if note else ""
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -50,6 +63,41 @@ def _img(path: Path, alt: str) -> str:
 def _pct(v: float | None) -> str:
     # One format for every accuracy on the page, cards and tables alike.
     return pct(v, 1)
+
+
+def _calibration_section(rd: RunDir, figures: Path, ev: dict) -> str:
+    """Reliability diagrams before and after temperature scaling, from RUN/calibration.json
+    (written at the end of training), and the ECE cards; a line saying why when absent."""
+    e = html.escape
+    if not rd.calibration.is_file():
+        return (
+            '<section id="calibration"><h2>Calibration</h2><p class=muted>not calibrated: '
+            "no calibration.json (the run had no validation split to fit a temperature on, "
+            "or predates calibration)</p></section>"
+        )
+    cal = json.loads(rd.calibration.read_text(encoding="utf-8"))
+    t = float(cal["temperature"])
+    png = plot_reliability(
+        [("before calibration", cal["reliability_before"]),
+         (f"after (T = {t:.3g})", cal["reliability_after"])],
+        figures / "reliability.png",
+    )  # fmt: skip
+    cards = [
+        ("temperature", f"{t:.3g}"),
+        (f"ECE before ({cal.get('split', 'val')})", _pct(cal["ece_before"])),
+        (f"ECE after ({cal.get('split', 'val')})", _pct(cal["ece_after"])),
+    ]
+    if ev.get("ece") is not None:
+        cards.append((f"ECE on {ev['split']}", _pct(ev["ece"])))
+    return (
+        '<section id="calibration"><h2>Calibration</h2><div class="cards">'
+        + "".join(f'<div class="card">{e(k)}<b>{e(v)}</b></div>' for k, v in cards)
+        + "</div><p class=muted>Probabilities are softmax(logits / T), T fitted on the "
+        f"{e(str(cal.get('split', 'val')))} split ({cal.get('num_samples', '?')} images); the "
+        "bars show each confidence bin's accuracy, the diagonal is perfect calibration.</p>"
+        + _img(png, "reliability diagram")
+        + "</section>"
+    )
 
 
 def build_report(run: str | Path, data: str | None = None, top_losses: int = 12) -> Path:
@@ -77,6 +125,8 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
         ("model", meta.model),
         (f"{ev['split']} top-1", _pct(ev["top1"])),
         (f"{ev['split']} top-5", _pct(ev["top5"])),
+        ("balanced accuracy", _pct(ev.get("balanced_accuracy"))),
+        ("macro-F1", _pct(ev.get("f1_macro"))),
         ("best val top-1", _pct(summary.get("best_val_top1"))),
         ("epochs", str(summary.get("epochs_completed", len(history)))),
         ("classes", str(len(meta.classes))),
@@ -136,7 +186,9 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
             if "top_losses_png" in ev["files"]
             else "<p>none</p>"
         )  # fmt: skip
+        + _gradcam_gallery(ev)
         + "</section>",
+        _calibration_section(rd, figures, ev),
         f'<section id="model"><h2>Model</h2><pre>{e(model_text)}</pre></section>',
         f'<section id="config"><h2>Configuration</h2><pre>{e(config)}</pre></section>',
         '<section id="environment"><h2>Environment</h2><table>'

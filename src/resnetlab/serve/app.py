@@ -1,8 +1,9 @@
-"""The HTTP service: POST /predict, GET /health, GET /model, GET / (the upload page)."""
+"""The HTTP service: POST /predict, POST /explain, GET /health, GET /model, GET / (the page)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import errno
 import logging
 import socket
@@ -12,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
@@ -215,6 +216,53 @@ def create_app(
             raise HTTPError(400, f"cannot decode the image: {exc.reason}") from None
         return image
 
+    def explainer():
+        """Built at the first /explain: a CPU copy of the weights, because Captum hooks the
+        layer it explains and /predict must never run through those hooks."""
+        if "explainer" not in state:
+            import torch
+
+            from ..explain import Explainer
+
+            loaded = copy.copy(predictor.loaded)
+            model = copy.deepcopy(loaded.model).float()
+            loaded.model = model.to("cpu", memory_format=torch.contiguous_format)
+            state["explainer"] = Explainer.from_loaded(loaded)
+        return state["explainer"]
+
+    def run_explain(image, class_name: str | None):
+        ex = explainer()
+        target = None if class_name is None else ex.class_index(class_name)
+        # The upload is already the model's input (the same evaluation transform).
+        e = ex.explain_batch(image[None], target)[0]
+        return e.png(), e
+
+    @app.post("/explain")
+    async def explain_upload(request: Request):
+        """A Grad-CAM overlay (PNG) of the uploaded image for its predicted class, or for
+        ``?class=NAME``; the class, its index and probability in X-Class (URL-quoted, as
+        headers carry Latin-1 only), X-Class-Index and X-Prob."""
+        from urllib.parse import quote
+
+        state["arriving"] += 1
+        try:
+            body = await read_capped(request, max_body)
+            image = await _decode_upload(request, body)
+        finally:
+            state["arriving"] -= 1
+        loop = asyncio.get_running_loop()
+        try:
+            png, e = await loop.run_in_executor(
+                None, run_explain, image, request.query_params.get("class")
+            )
+        except ConfigError as exc:
+            # No Captum is the server's to fix (501); an unknown class the client's (400).
+            status = 501 if "captum" in str(exc) else 400
+            raise HTTPError(status, str(exc)) from None
+        headers = {"X-Class": quote(e.label, safe=""), "X-Class-Index": str(e.index),
+                   "X-Prob": f"{e.prob:.6f}", "Cache-Control": "no-store"}  # fmt: skip
+        return Response(png, media_type="image/png", headers=headers)
+
     @app.get("/health")
     async def health():
         b = state.get("batcher")
@@ -227,6 +275,8 @@ def create_app(
             "model": m.model, "classes": predictor.classes,
             "num_classes": len(predictor.classes), "input_size": m.input_size,
             "mean": m.mean, "std": m.std,
+            # probabilities are softmax(logits / temperature); None: uncalibrated
+            "temperature": m.temperature,
             "precision": predictor.precision, "backend": predictor.backend.name,
             # how far one image's probabilities may move between a lone and a batched call
             "tolerance": BATCH_TOLERANCE.get(predictor.precision, 1e-2),
