@@ -100,9 +100,9 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
         source = info["source"]
     else:
         state, source = read_state_dict(weights), weights
-    fc = state.get("fc.weight")
+    fc = state.get("fc.weight", state.get("head.fc.weight"))
     num_classes = int(fc.shape[0]) if fc is not None else 1000
-    conv = state.get("conv1.weight", state.get("conv1.0.weight"))
+    conv = state.get("conv1.weight", state.get("conv1.0.weight", state.get("stem.conv.weight")))
     in_chans = int(conv.shape[1]) if conv is not None else 3
     classes = [str(i) for i in range(num_classes)]
     if num_classes == 1000:

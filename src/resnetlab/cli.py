@@ -41,20 +41,22 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     header = ["model", "family", "params", "MACs", "input"]
-    header += ["paper params", "paper C10 err"] if args.paper else []
+    header += ["paper params", "paper C10 err", "paper C100 err"] if args.paper else []
     body = []
     for r in rows:
         cells = [r["model"], r["family"], f"{r['params'] / 1e6:.2f}M", human(r["macs"]),
                  "x".join(str(v) for v in r["input_size"][1:])]  # fmt: skip
         if args.paper:
             p = r["paper"]
+            c100 = p.get("cifar100_error")
             cells += [f"{p['params_m']}M" if p else "-",
-                      f"{p['cifar10_error']:.2f}%" if p else "-"]  # fmt: skip
+                      f"{p['cifar10_error']:.2f}%" if p else "-",
+                      f"{c100:.2f}%" if c100 else "-"]  # fmt: skip
         body.append(cells)
     print(table(header, body, right_from=2))
-    if args.paper:
-        print("\npaper: He et al. 2016 (arXiv:1512.03385), Table 6 - CIFAR-10 test error, "
-              "10 classes; option-A shortcuts.")  # fmt: skip
+    sources = sorted({r["paper"]["source"] for r in rows if r["paper"].get("source")})
+    if args.paper and sources:
+        print("\npapers: " + "; ".join(sources) + " - CIFAR-10 test error.")
     plural = "s" if len(rows) != 1 else ""
     print(f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at the input "
           "shown.")  # fmt: skip

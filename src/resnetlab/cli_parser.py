@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     json_flag = ("--json", {"action": "store_true", "help": "machine-readable output"})
     from .backends import BACKENDS
+    from .models.registry import list_families
 
     precision = ("--precision", {"default": "auto", "choices": PRECISIONS})
     backend = (
@@ -45,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _args(sub.add_parser("models", help="list registered models with params and MACs"),
           ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),
-          ("--family", {"choices": ["imagenet", "cifar"], "help": "only this family"}),
-          ("--paper", {"action": "store_true", "help": "show the paper's Table 6 figures"}),
+          ("--family", {"choices": list_families(),
+                        "help": "only this family: a data set or an architecture"}),
+          ("--paper", {"action": "store_true", "help": "show the papers' CIFAR figures"}),
           json_flag)  # fmt: skip
     _args(sub.add_parser("summary", help="per-layer table, parameters, MACs and FLOPs"),
           ("model", {}),

@@ -139,17 +139,22 @@ def load_into(
     an error that lists the missing and unexpected keys."""
     state = clean_state_dict(state)
     own = model.state_dict()
-    key = first_conv_key(state)
+    # Where the input conv and the classifier live (timm's pre-activation nets: stem.conv,
+    # head.fc); torchvision's names otherwise.
+    first = getattr(model, "first_conv", None)
+    key = f"{first}.weight" if first and f"{first}.weight" in state else first_conv_key(state)
     adapted = None
     if key and key in own and state[key].shape[1] != own[key].shape[1]:
         adapted = (state[key].shape[1], own[key].shape[1])
         state[key] = adapt_first_conv(state[key], own[key].shape[1])
+    head = getattr(model, "classifier_name", "fc")
+    head_keys = (f"{head}.weight", f"{head}.bias")
     dropped = []
-    for k in ("fc.weight", "fc.bias"):
+    for k in head_keys:
         if k in state and (skip_classifier or k not in own or state[k].shape != own[k].shape):
             dropped.append(k)
             state.pop(k)
-    missing = [k for k in own if k not in state and k not in ("fc.weight", "fc.bias")]
+    missing = [k for k in own if k not in state and k not in head_keys]
     unexpected = [k for k in state if k not in own]
     shape = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
