@@ -58,11 +58,22 @@ class TrainConfig(DataConfig):
         factory=list, help="epochs at which one more stage unfreezes, from the top",
         metavar="EPOCH", group="model",
     )  # fmt: skip
+    feature_cache: bool = option(
+        True, "feature-extract: run the frozen backbone once per image and train the head on "
+        "its features", group="model",
+    )  # fmt: skip
+    feature_views: int = option(
+        0, "feature cache: 0 = the images unaugmented (as evaluated); N = N augmented views "
+        "per image, epoch e trains on view e mod N", metavar="N", group="model",
+    )  # fmt: skip
     # recipe
     recipe: str | None = option(None, "a named recipe", choices=tuple(RECIPES),
                                 group="recipe")  # fmt: skip
     epochs: int = option(20, "", group="recipe")
-    batch_size: int = option(64, "images per step (per process)", group="recipe")
+    batch_size: int = option(64, "images per optimizer step (per process)", group="recipe")
+    accum_steps: int = option(1, "split each batch into N micro-batches whose gradients add "
+                              "up (same update, 1/N of the memory)", metavar="N",
+                              group="recipe")  # fmt: skip
     optimizer: str = option("sgd", "", choices=OPTIMIZERS, group="recipe")
     lr: float = option(0.05, "peak learning rate", group="recipe")
     momentum: float = option(0.9, "", group="recipe")
@@ -83,6 +94,12 @@ class TrainConfig(DataConfig):
     ema_decay: float = option(0.0, "weights EMA, e.g. 0.999", group="recipe")
     clip_grad: float | None = option(None, "max gradient norm", group="recipe")
     patience: int | None = option(None, "early stopping (epochs)", group="recipe")
+    progressive: bool = option(False, "progressive resizing: early epochs at lower resolution, "
+                               "the last ones at --input-size", group="recipe")  # fmt: skip
+    time_budget: float | None = option(
+        None, "minutes: set --epochs from a measured step time so the schedule ends, fully "
+        "annealed, within them", metavar="MIN", group="recipe",
+    )  # fmt: skip
     # system
     precision: str = option("auto", "auto: bf16 where the CPU has it natively, AMP on CUDA",
                             choices=PRECISIONS, group="system")  # fmt: skip
@@ -141,6 +158,12 @@ class TrainConfig(DataConfig):
             bad(f"--patience must be at least 1, got {self.patience}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             bad(f"--warmup-epochs must be between 0 and --epochs, got {self.warmup_epochs}")
+        if self.accum_steps < 1 or self.accum_steps > self.batch_size:
+            bad(f"--accum-steps must be between 1 and --batch-size, got {self.accum_steps}")
+        if self.feature_views < 0:
+            bad(f"--feature-views must be >= 0, got {self.feature_views}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            bad(f"--time-budget must be a positive number of minutes, got {self.time_budget}")
         if any(e < 1 for e in self.unfreeze_schedule):
             bad(f"--unfreeze-schedule epochs must be >= 1, got {self.unfreeze_schedule}")
         super().check()

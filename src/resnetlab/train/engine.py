@@ -35,6 +35,7 @@ from ..weights import (
     unwrap_model,
 )
 from . import distributed as D
+from .accumulate import accumulate_gradients
 from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .loggers import MetricsCSV, Progress, TensorBoard
@@ -294,26 +295,38 @@ class Trainer:
         x = tf(x, torch.Generator(device=self.device).manual_seed(seed))
         seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4)
         x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, seed)
-        with autocast(self.precision, self.device):
-            out = model(x)
-        out = out.float()
-        loss = self.criterion(out, ya)
-        if lam < 1.0:
-            loss = lam * loss + (1 - lam) * self.criterion(out, yb)
+
+        def loss_of(out: torch.Tensor, rows: slice) -> torch.Tensor:
+            loss = self.criterion(out, ya[rows])
+            if lam < 1.0:
+                loss = lam * loss + (1 - lam) * self.criterion(out, yb[rows])
+            return loss
+
+        def forward(inputs: torch.Tensor) -> torch.Tensor:
+            with autocast(self.precision, self.device):
+                return model(inputs)
+
         self.optimizer.zero_grad(set_to_none=True)
+        backward = (lambda t: self.scaler.scale(t).backward()) if self.scaler else None
+        loss, out = accumulate_gradients(
+            model, x, loss_of, cfg.accum_steps, backward or torch.Tensor.backward, forward
+        )
+        self._optimizer_step(model)
+        return loss, out, ya
+
+    def _optimizer_step(self, model: nn.Module) -> None:
+        """Clip (when asked) and step, through the GradScaler under fp16."""
+        cfg = self.cfg
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if cfg.clip_grad:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
             self.optimizer.step()
-        return loss, out, ya
 
     def train_one_epoch(self) -> dict:
         """One pass over the training data (the rest of it, after a mid-epoch resume); returns
