@@ -12,6 +12,34 @@ from .images import image_to_uint8, open_image
 from .sources import Source, Split
 from .stream import shard_pixel_sums
 
+# Above this largest/smallest class ratio, stats and train say so and name the remedies; a
+# common rule of thumb (3:1 is where plain cross-entropy starts to favour the big classes).
+IMBALANCE_WARN = 3.0
+
+
+def imbalance_ratio(counts) -> float:
+    """Largest over smallest class count (classes with no image left out); 0 when empty."""
+    nonzero = [int(c) for c in (counts.values() if hasattr(counts, "values") else counts) if c]
+    return max(nonzero) / min(nonzero) if nonzero else 0.0
+
+
+def imbalance_note(counts, threshold: float = IMBALANCE_WARN) -> str | None:
+    """One line naming the imbalance and the options for it, when above ``threshold``:1;
+    ``counts`` is ``{class: count}`` (or a list)."""
+    ratio = imbalance_ratio(counts)
+    if ratio <= threshold:
+        return None
+    where = ""
+    if hasattr(counts, "items"):
+        big = max(counts.items(), key=lambda kv: kv[1])
+        small = min(((k, v) for k, v in counts.items() if v), key=lambda kv: kv[1])
+        where = f" ({big[0]} {big[1]:,} vs {small[0]} {small[1]:,})"
+    return (
+        f"imbalanced classes: largest/smallest = {ratio:.1f}:1{where}, above "
+        f"{threshold:g}:1; consider train --class-weights auto (or effective) or "
+        "--sampler balanced, and judge by balanced accuracy and macro-F1"
+    )
+
 
 def _pixel_sums(split: Split, channels: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-channel sum and sum of squares of [0, 1] pixel values, and the pixel count."""
@@ -73,7 +101,6 @@ def dataset_stats(source: Source) -> dict:
     else:
         size_info = {"min": [0, 0], "max": [0, 0], "median": [0, 0]}
     counts = source.class_counts()
-    nonzero = [c for c in counts.values() if c]
     return {
         "data": source.name,
         "num_images": sum(len(s) for s in splits),
@@ -85,7 +112,8 @@ def dataset_stats(source: Source) -> dict:
         "mean": mean,
         "std": std,
         "sizes": size_info,
-        "imbalance": (max(nonzero) / min(nonzero)) if nonzero else 0.0,
+        "imbalance": imbalance_ratio(counts),
+        "imbalance_note": imbalance_note(counts),
     }
 
 
@@ -111,6 +139,11 @@ def format_report(report: dict) -> str:
     bad = report["bad_files"]
     lines.append(f"unreadable {len(bad)} file(s)" + (":" if bad else ""))
     lines += [f"  {b['path']}: {b['reason']}" for b in bad]
+    note = report.get("imbalance_note")
+    if note is None and report.get("imbalance", 0.0) > IMBALANCE_WARN:  # an older report
+        note = imbalance_note(counts)
+    if note:
+        lines.append(f"warning   {note}")
     if report["ignored_files"]:
         lines.append(f"ignored   {report['ignored_files']} non-image file(s)")
     mean = " ".join(f"{v:.4f}" for v in report["mean"])
