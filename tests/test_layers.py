@@ -14,7 +14,7 @@ PACKAGE = Path(resnetlab.__file__).parent
 LAYERS = [
     ("errors", "io", "runtime", "device", "plots", "fmt", "options", "calibrate"),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
-    ("weights", "summary", "run", "convert"),  # run: the run folder and model metadata
+    ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
     ("bundle", "train"),  # loading a trained model; the training engine
     ("evaluate", "export", "backends", "backend_choice", "predict", "explain"),
     ("report", "serve", "experiments"),
