@@ -1,0 +1,137 @@
+"""k-fold cross-validation (``--folds K``): K stratified runs under one parent folder.
+
+The images of the training and validation splits are pooled and dealt into K folds, class by
+class (so each fold holds every class in proportion); run ``k`` validates on fold ``k`` and
+trains on the others. A test split the data has (or carves with --test-ratio) is kept out of
+every fold and tests every run. Each run is a normal run folder, ``OUT/fold-K``, trained from
+a ``csv:`` list of its files, so ``predict``, ``evaluate`` and ``report`` take any of them.
+
+Resumable like ``tune``'s trials: a fold with a summary.json is finished and kept; a fold
+stopped midway continues from its last checkpoint; the others start. ``OUT/kfold.json`` holds
+every fold's summary, the mean ± std of every metric, and the best fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..data import load_source
+from ..errors import ConfigError
+from ..io import atomic_write_text
+from ..run import RunDir
+from ..train import Trainer
+from ..train.config import TrainConfig
+
+SUMMARY = "kfold.json"
+# The per-fold numbers averaged (those a fold's summary.json has).
+METRICS = ("best_val_top1", "test_top1", "test_top5", "ece_before", "ece_after", "temperature",
+           "train_seconds")  # fmt: skip
+
+
+def fold_assignment(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
+    """The fold (0..K-1) of each sample: each class shuffled with ``seed`` and dealt round
+    robin, so every fold holds each class's images in proportion (±1)."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"--folds must be a whole number of at least 2, got {folds!r}")
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(len(labels), dtype=torch.long)
+    start = 0  # each class starts dealing where the last one stopped: folds stay even in size
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        out[idx] = (torch.arange(len(idx)) + start) % folds
+        start += len(idx)
+    return out
+
+
+def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
+    """``OUT/fold-K.csv`` (path,label,split) for each fold; returns their paths."""
+    source = load_source(cfg.data, val_ratio=0.0, test_ratio=cfg.test_ratio, seed=cfg.seed,
+                         channels=cfg.in_chans, max_bad_fraction=cfg.max_bad_fraction)  # fmt: skip
+    pooled = [s for name, s in source.splits.items() if name != "test"]
+    if any(s.paths is None or s.streamed for s in pooled + list(source.splits.values())):
+        raise ConfigError(
+            f"--folds needs image files to deal into folds (a folder or csv:FILE); "
+            f"{cfg.data} is held in memory or streamed"
+        )
+    paths = [p for s in pooled for p in s.paths]
+    labels = torch.cat([s.labels for s in pooled])
+    counts = torch.bincount(labels, minlength=len(source.classes)).tolist()
+    small = [c for c, n in zip(source.classes, counts) if n < folds]
+    if small:
+        raise ConfigError(
+            f"--folds {folds}: class(es) {', '.join(small[:5])} have fewer than {folds} images "
+            "to train and validate on; use fewer folds"
+        )
+    fold = fold_assignment(labels, folds, cfg.seed)
+    test = source.splits.get("test")
+    out.mkdir(parents=True, exist_ok=True)
+    lists = []
+    for k in range(folds):
+        rows = [["path", "label", "split"]]
+        rows += [[str(Path(p).resolve()), source.classes[int(y)], "val" if f == k else "train"]
+                 for p, y, f in zip(paths, labels.tolist(), fold.tolist())]  # fmt: skip
+        if test is not None:
+            rows += [[str(Path(p).resolve()), source.classes[int(y)], "test"]
+                     for p, y in zip(test.paths, test.labels.tolist())]  # fmt: skip
+        target = out / f"fold-{k}.csv"
+        with open(target, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+        lists.append(target)
+    return lists
+
+
+def _mean_std(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None}
+    mean = sum(values) / len(values)
+    # Sample std (n - 1), as cross-validation results are usually reported.
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": math.sqrt(var)}
+
+
+def summarize_folds(summaries: list[dict], out: Path) -> dict:
+    """Mean ± std of every metric over the folds, and the best fold (highest val top-1)."""
+    metrics = {
+        m: {**_mean_std([s[m] for s in summaries if isinstance(s.get(m), (int, float))])}
+        for m in METRICS
+        if any(isinstance(s.get(m), (int, float)) for s in summaries)
+    }
+    ranked = [(s.get("best_val_top1") or 0.0, -k) for k, s in enumerate(summaries)]
+    best = -max(ranked)[1]
+    return {
+        "folds": len(summaries),
+        "metrics": metrics,
+        "best_fold": best,
+        "best_run": str(out / f"fold-{best}"),
+        "runs": [str(out / f"fold-{k}") for k in range(len(summaries))],
+        "per_fold": summaries,
+    }
+
+
+def run_kfold(cfg: TrainConfig, folds: int, out: str | Path, verbose: bool = True) -> dict:
+    """Train (or finish) the K fold runs of ``cfg`` under ``out``; write and return the
+    summary. ``cfg.out`` and ``cfg.name`` are replaced by ``out/fold-K``."""
+    out = Path(out)
+    lists = write_fold_lists(cfg, folds, out)
+    summaries = []
+    for k, listing in enumerate(lists):
+        run = RunDir(out / f"fold-{k}")
+        if run.summary.is_file():  # finished: kept as it is
+            summaries.append(run.read_summary())
+            continue
+        if run.last_checkpoint.is_file():  # stopped midway: continue it
+            trainer = Trainer(resume=run.path, verbose=verbose, overrides={})
+        else:
+            fold_cfg = replace(cfg, data=f"csv:{listing}", out=str(out), name=run.name)
+            trainer = Trainer(fold_cfg, verbose=verbose)
+        summaries.append(trainer.fit())
+    result = summarize_folds(summaries, out)
+    atomic_write_text(out / SUMMARY, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result
