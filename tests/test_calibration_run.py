@@ -141,3 +141,22 @@ def test_no_validation_split_leaves_the_model_uncalibrated(tmp_path):
     model = create_model("resnet20", num_classes=10, in_chans=1, widths=WIDTHS)
     assert calibrate_run(model, pipe, "cpu", "fp32", run, meta) is None
     assert not run.calibration.exists() and meta.temperature is None
+
+
+def test_best_weights_come_from_the_checkpoint(tmp_path):
+    from resnetlab.train.calibration import best_weights
+    from resnetlab.train.checkpoint import save_checkpoint
+
+    model = create_model("resnet20", num_classes=10, in_chans=1, widths=WIDTHS)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    from resnetlab.train.checkpoint import capture_rng
+
+    full = {"model": saved, "ema": None, "optimizer": {}, "scheduler": {}, "epoch": 1,
+            "config": {}, "classes": [str(i) for i in range(10)], "rng": capture_rng()}  # fmt: skip
+    save_checkpoint(full, tmp_path / "best.pt")
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    best = best_weights(model, tmp_path / "best.pt")
+    assert torch.equal(best.fc.weight, saved["fc.weight"])
+    assert not torch.equal(model.fc.weight, saved["fc.weight"])  # the original is untouched
+    assert torch.equal(best_weights(model, tmp_path / "none.pt").fc.weight, model.fc.weight)

@@ -8,7 +8,9 @@ bins the report draws) and the temperature into ``model.json``, where ``predict`
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,10 +20,22 @@ from ..calibrate import calibration_summary
 from ..data import DataPipeline
 from ..io import atomic_write_text
 from ..run import ModelMeta, RunDir
+from .checkpoint import load_checkpoint
 from .metrics import iter_logits
 
 # The keys calibrate_run adds to summary.json (the architecture's "calibrated runs").
 SUMMARY_KEYS = ("temperature", "ece_before", "ece_after")
+
+
+def best_weights(model: nn.Module, checkpoint: Path, ema: bool = False) -> nn.Module:
+    """A copy of ``model`` holding the weights of ``checkpoint`` (the best epoch's; its EMA
+    weights when ``ema``), or a plain copy when there is no such file. The copy leaves the
+    training model as it is (the last epoch's weights, which a resume continues from)."""
+    best = copy.deepcopy(model)
+    if Path(checkpoint).is_file():
+        state = load_checkpoint(checkpoint)
+        best.load_state_dict(state["ema"] if ema else state["model"])
+    return best
 
 
 def validation_logits(
