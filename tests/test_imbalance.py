@@ -117,6 +117,8 @@ def test_weights_inverse_frequency_and_effective_number():
     assert 1 < ratio < 10  # between none and inverse frequency
     assert class_weights([5, 0, 5], "auto")[1] == 0  # never a target
     assert class_weights([3, 4], "none") is None
+    with pytest.raises(ConfigError, match="unknown"):
+        class_weights([0, 0], "auto")
     with pytest.raises(ConfigError, match="not one of"):
         class_weights([3, 4], "square")
     with pytest.raises(ConfigError, match="BETA"):

@@ -50,6 +50,8 @@ def class_weights(counts: Sequence[int], mode: str = "auto", beta: float = DEFAU
     if n.numel() == 0 or bool((n < 0).any()):
         raise ConfigError(f"class counts must be non-negative, one per class, got {list(counts)}")
     present = n > 0
+    if not bool(present.any()):  # e.g. shards without an index: nothing to weight by
+        raise ConfigError("--class-weights: the training split's class counts are unknown")
     if mode in ("auto", "inverse"):
         w = torch.where(present, 1.0 / n.clamp(min=1), torch.zeros_like(n))
     elif mode == "effective":
