@@ -65,3 +65,78 @@ def test_accumulated_micro_batches_give_the_big_batch_update(tmp_path, folder):
 def test_accum_steps_is_checked(tmp_path, folder):
     with pytest.raises(ValueError, match="--accum-steps"):
         _cfg(tmp_path, folder, accum_steps=0)
+
+
+# ----------------------------------------------------------------------- cached features
+
+
+def _pretrained(tmp_path):
+    """A tiny 'pretrained' backbone whose BatchNorm statistics are not the defaults."""
+    torch.manual_seed(1)
+    src = create_model("resnet20", num_classes=10, widths=[4, 8, 8])
+    for m in src.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "pre.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(src.state_dict(), path)
+    return src, path
+
+
+def _extract(tmp_path, path, **kw):
+    return dict(weights=str(path), mode="feature-extract", lr=0.05, epochs=3, **kw)
+
+
+def test_cached_features_train_the_head_as_the_frozen_backbone_does(tmp_path, folder):
+    src, path = _pretrained(tmp_path)
+    cached = _fit(_cfg(tmp_path / "c", folder, **_extract(tmp_path, path)))
+    # The reference runs the frozen backbone (BN in eval mode) on every batch of every
+    # epoch, on the same unaugmented images the cache holds.
+    ref = Trainer(_cfg(tmp_path / "r", folder, feature_cache=False, **_extract(tmp_path, path)),
+                  verbose=False)  # fmt: skip
+    ref.train_transform = ref.data.batch_transform(False, ref.train_loader.geometric)
+    ref.fit()
+    assert cached.features is not None and ref.features is None
+    assert cached.features.features.shape == (1, len(ref.data.source.splits["train"]), 8)
+    assert cached.step_losses == pytest.approx(ref.step_losses, rel=1e-5)
+    a, b = cached.model.state_dict(), ref.model.state_dict()
+    for k, v in src.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(a[k], v), k  # backbone and its BN statistics untouched
+    torch.testing.assert_close(a["fc.weight"], b["fc.weight"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a["fc.bias"], b["fc.bias"], rtol=1e-5, atol=1e-6)
+    # The run folder holds the whole model: backbone + trained head.
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "c" / "runs" / "run" / "model.safetensors")
+    key = "layer1.0.conv1.weight"
+    assert set(saved) == set(a) and torch.equal(saved[key], src.state_dict()[key])
+
+
+def test_feature_cache_resume_is_bit_exact(tmp_path, folder):
+    _, path = _pretrained(tmp_path)
+    kw = _extract(tmp_path, path, feature_views=2)
+    full = _fit(_cfg(tmp_path / "a", folder, **kw))
+    steps = len(full.train_loader)
+    first = _fit(_cfg(tmp_path / "b", folder, max_steps=steps + 1, **kw))
+    rest = _fit(_cfg(tmp_path / "b", folder, **kw), resume=tmp_path / "b" / "runs" / "run")
+    assert first.step_losses + rest.step_losses == full.step_losses
+    a, b = full.model.state_dict(), rest.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Two augmented views, each image seen differently in each.
+    views = full.features.features
+    assert views.shape[0] == 2 and not torch.equal(views[0], views[1])
+
+
+def test_feature_cache_spills_to_the_run_folder(tmp_path, folder):
+    from resnetlab.train.features import FILE_NAME, build_cache
+
+    _, path = _pretrained(tmp_path)
+    t = Trainer(_cfg(tmp_path, folder, **_extract(tmp_path, path)), verbose=False)
+    model = t.model
+    t.run_dir.mkdir(parents=True, exist_ok=True)
+    memory = build_cache(model, t.data, 0, t.device, "fp32", 16)
+    disk = build_cache(model, t.data, 0, t.device, "fp32", 16, folder=t.run_dir, limit=0)
+    assert (t.run_dir / FILE_NAME).is_file()
+    assert torch.equal(memory.features, disk.features)

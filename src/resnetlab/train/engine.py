@@ -38,6 +38,7 @@ from . import distributed as D
 from .accumulate import accumulate_gradients
 from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
+from .features import FeatureCache, build_cache, can_cache, sync_head_grads
 from .loggers import MetricsCSV, Progress, TensorBoard
 from .metrics import evaluate_loader, state_checksum
 from .mixing import mix_batch
@@ -141,6 +142,7 @@ class Trainer:
         self.train_model = self._wrap(self.model)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self._eval_loaders: dict = {}
+        self.features: FeatureCache | None = None
         self._stop_requested = False
 
     # ----------------------------------------------------------------------------- setup
@@ -287,12 +289,16 @@ class Trainer:
     # -------------------------------------------------------------------------- loops
 
     def train_step(self, x, y, tf, i: int):
-        """Forward, backward, optimizer step for batch ``i`` of the current epoch."""
+        """Forward, backward, optimizer step for batch ``i`` of the current epoch. ``tf``
+        None: ``x`` holds cached backbone features, and only the head runs."""
         cfg, model = self.cfg, self.train_model
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 3)
-        x = tf(x, torch.Generator(device=self.device).manual_seed(seed))
+        if tf is None:
+            model = unwrap_model(model).forward_head
+        else:
+            seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 3)
+            x = tf(x, torch.Generator(device=self.device).manual_seed(seed))
         seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4)
         x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, seed)
 
@@ -311,7 +317,9 @@ class Trainer:
         loss, out = accumulate_gradients(
             model, x, loss_of, cfg.accum_steps, backward or torch.Tensor.backward, forward
         )
-        self._optimizer_step(model)
+        if tf is None:
+            sync_head_grads(unwrap_model(self.model).get_classifier(), self.dist)
+        self._optimizer_step(unwrap_model(self.model) if tf is None else model)
         return loss, out, ya
 
     def _optimizer_step(self, model: nn.Module) -> None:
@@ -337,12 +345,15 @@ class Trainer:
         apply_freezing(model, frozen)
         set_train_mode(model, frozen)
         loader.sampler.set_epoch(self.epoch, self.step_in_epoch)
+        cache = self._feature_cache()
+        batches = cache.batches(loader.sampler, self.epoch) if cache else loader
+        tf = None if cache else self.train_transform
         total = len(loader)
         self.progress.start(self.epoch + 1, cfg.epochs, total, self.step_in_epoch)
         tally = EpochTally(self.device, self.partial_sums if self.step_in_epoch else None)
         self.partial_sums = None
-        for i, (x, y) in enumerate(loader, start=self.step_in_epoch):
-            loss, out, ya = self.train_step(x, y, self.train_transform, i)
+        for i, (x, y) in enumerate(batches, start=self.step_in_epoch):
+            loss, out, ya = self.train_step(x, y, tf, i)
             self.scheduler.step()
             if self.ema is not None:
                 self._update_ema()
@@ -367,6 +378,22 @@ class Trainer:
         self.step_in_epoch = 0
         seconds = self._account(tally)
         return {**tally.means(self.dist), "seconds": seconds}
+
+    def _feature_cache(self) -> FeatureCache | None:
+        """The frozen backbone's features, built on first use (see train/features.py)."""
+        if self.features is None and can_cache(self.cfg, self.data):
+            model = unwrap_model(self.model)
+            self.features = build_cache(
+                model, self.data, self.cfg.feature_views, self.device, self.precision,
+                self.cfg.batch_size, self.run_dir,
+            )  # fmt: skip
+            self.train_seconds += self.features.seconds
+            self.progress.line(
+                f"feature cache: {self.features.views} view(s) of "
+                f"{self.features.labels.numel()} images, {model.num_features} features each, "
+                f"in {self.features.seconds:.1f}s"
+            )
+        return self.features
 
     def _check_finite(self, tally: EpochTally) -> None:
         tally.check_finite(self.global_step, self.step_losses)
