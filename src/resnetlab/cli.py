@@ -141,7 +141,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = lr_find(cfg)
         print(f"suggested --lr {result['suggestion']:.3g}  (plot: {result['plot']})")
         return 0
-    return _fit_and_report(Trainer(cfg, verbose=not args.quiet), args)
+    from .train.elastic import elastic_start, record_run
+
+    # Under torchrun a restarted job continues its run from the last checkpoint.
+    start = elastic_start(cfg.out, cfg.name)
+    if start.resume is not None:
+        trainer = Trainer(resume=start.resume, verbose=not args.quiet, overrides=overrides)
+    else:
+        cfg.name = start.name
+        trainer = Trainer(cfg, verbose=not args.quiet)
+    if trainer.dist.is_main:
+        record_run(trainer.run_dir)
+    return _fit_and_report(trainer, args)
 
 
 def _fit_and_report(trainer, args: argparse.Namespace) -> int:

@@ -37,6 +37,15 @@ RECIPES: dict[str, dict] = {
         schedule="cosine", warmup_epochs=1.0, label_smoothing=0.1, backbone_lr_mult=0.1,
         epochs=10, batch_size=32,
     ),
+    # ImageNet ResNet-50 (docs/scale.md), Goyal et al. 2017: lr 0.1 x global batch / 256, set for
+    # 8 GPUs x 256 = 2,048; 5 warmup epochs; /10 at 30, 60, 80; zero-gamma; 6 workers per GPU.
+    "imagenet": dict(
+        model="resnet50", model_kwargs={"zero_init_residual": True}, input_size=224,
+        preset="imagenet", epochs=90, batch_size=256, optimizer="sgd", lr=0.8, momentum=0.9,
+        nesterov=False, weight_decay=1e-4, decay_norm_and_bias=False, schedule="multistep",
+        milestones=[30, 60, 80], gamma=0.1, warmup_epochs=5.0, label_smoothing=0.0,
+        num_workers=6, checkpoint_every=200,
+    ),
 }  # fmt: skip
 
 
