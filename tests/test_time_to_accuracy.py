@@ -140,3 +140,80 @@ def test_feature_cache_spills_to_the_run_folder(tmp_path, folder):
     disk = build_cache(model, t.data, 0, t.device, "fp32", 16, folder=t.run_dir, limit=0)
     assert (t.run_dir / FILE_NAME).is_file()
     assert torch.equal(memory.features, disk.features)
+
+
+# ------------------------------------------------------------------ progressive resizing
+
+
+def test_progressive_sizes_rise_to_the_full_size():
+    from resnetlab.train.pacing import eval_size, train_size
+
+    sizes = [train_size(224, e, 8, True) for e in range(8)]
+    assert sizes[0] == 112 and sizes[-2:] == [224, 224]
+    assert sizes == sorted(sizes) and all(s % 8 == 0 for s in sizes)
+    assert [train_size(224, e, 8, False) for e in range(8)] == [224] * 8
+    assert eval_size(224, 112) == 128 and eval_size(224, 224) == 224  # FixRes, capped
+
+
+def test_progressive_run_resumes_in_the_middle(tmp_path, folder):
+    kw = dict(progressive=True, epochs=4)
+    seen: list[int] = []
+    full = Trainer(_cfg(tmp_path / "a", folder, **kw), verbose=False)
+    hook = full.model.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].shape[-1]) if m.training else None
+    )
+    full.fit()
+    hook.remove()
+    steps = len(full.train_loader)
+    assert [full.train_size(e) for e in range(4)] == [16, 24, 24, 32]
+    assert seen == [16] * steps + [24] * 2 * steps + [32] * steps
+    # Stopped in epoch 2 (at 24 px), resumed: the same steps and weights.
+    first = _fit(_cfg(tmp_path / "b", folder, max_steps=steps + 1, **kw))
+    rest = _fit(_cfg(tmp_path / "b", folder, **kw), resume=tmp_path / "b" / "runs" / "run")
+    assert first.step_losses + rest.step_losses == full.step_losses
+    a, b = full.model.state_dict(), rest.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # Validation at the same (FixRes) sizes: the same scores.
+    assert [r["val_loss"] for r in rest.history] == [r["val_loss"] for r in full.history]
+
+
+# --------------------------------------------------------------------------- time budget
+
+
+def test_plan_epochs_fits_the_budget():
+    from resnetlab.train.pacing import plan_epochs
+
+    # 50 steps of 0.1 s: 5 s an epoch; 95 % of 60 s holds 11 of them.
+    assert plan_epochs(60, 0.1, 50) == 11
+    assert plan_epochs(60, 0.1, 50, eval_seconds=1.0) == 9
+    assert plan_epochs(1, 0.1, 50) == 1  # never fewer than one epoch
+    # Progressive epochs are cheaper (fewer pixels): more of them fit.
+    assert plan_epochs(60, 0.1, 50, full=224, progressive=True) > 11
+
+
+def test_time_budget_sets_a_schedule_that_ends_annealed(tmp_path, folder, monkeypatch):
+    from resnetlab.train import pacing
+
+    monkeypatch.setattr(pacing, "measure_step_seconds", lambda trainer: 0.01)
+    # 2 steps an epoch (36 images, batch 16) of 0.01 s, validation 12 images at a third of
+    # that: 0.0225 s an epoch; 95 % of 0.12 s holds 5 epochs.
+    cfg = _cfg(tmp_path, folder, time_budget=0.002, epochs=50, warmup_epochs=1.0)
+    t = Trainer(cfg, verbose=False)
+    summary = t.fit()
+    assert summary["epochs_completed"] == t.cfg.epochs == 5
+    assert t.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # fully annealed
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "runs" / "run" / "config.yaml").read_text())
+    assert saved["epochs"] == 5 and saved["warmup_epochs"] == 1.0
+
+
+def test_measured_step_leaves_the_run_untouched(tmp_path, folder):
+    from resnetlab.train.pacing import measure_step_seconds
+
+    t = Trainer(_cfg(tmp_path, folder), verbose=False)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert measure_step_seconds(t, steps=1) > 0
+    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert torch.equal(rng, torch.get_rng_state()) and not t.optimizer.state

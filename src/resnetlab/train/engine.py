@@ -43,6 +43,7 @@ from .loggers import MetricsCSV, Progress, TensorBoard
 from .metrics import evaluate_loader, state_checksum
 from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
+from .pacing import eval_size, plan_for_budget, resized, train_size
 from .tally import EpochTally, NonFiniteLoss
 
 __all__ = ["LOG_EVERY", "NonFiniteLoss", "RunStopped", "Trainer", "evaluate_loader"]
@@ -347,7 +348,7 @@ class Trainer:
         loader.sampler.set_epoch(self.epoch, self.step_in_epoch)
         cache = self._feature_cache()
         batches = cache.batches(loader.sampler, self.epoch) if cache else loader
-        tf = None if cache else self.train_transform
+        tf = None if cache else resized(self.train_transform, self.train_size(self.epoch))
         total = len(loader)
         self.progress.start(self.epoch + 1, cfg.epochs, total, self.step_in_epoch)
         tally = EpochTally(self.device, self.partial_sums if self.step_in_epoch else None)
@@ -439,8 +440,14 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         return self.ema if self.ema is not None else unwrap_model(self.model)
 
-    def evaluate(self, split: str, model: nn.Module | None = None) -> dict:
-        """Loss, top-1, top-5 on a split (sharded across ranks, reduced)."""
+    def train_size(self, epoch: int) -> int:
+        """Side of the training images in ``epoch`` (smaller early on with --progressive)."""
+        progressive = self.cfg.progressive and self.features is None
+        return train_size(self.data.input_size, epoch, self.cfg.epochs, progressive)
+
+    def evaluate(self, split: str, model: nn.Module | None = None, size: int | None = None) -> dict:
+        """Loss, top-1, top-5 on a split (sharded across ranks, reduced), at side ``size``
+        (default: the full input size)."""
         model = model or self.eval_model()
         if split not in self._eval_loaders:  # built once: file loaders keep their workers
             self._eval_loaders[split] = self.data.split_loader(
@@ -450,6 +457,7 @@ class Trainer:
                 world_size=self.dist.world_size,
             )
         loader, transform = self._eval_loaders[split]
+        transform = resized(transform, size or self.data.input_size)
         return evaluate_loader(model, loader, transform, self.device, self.precision, self.dist)
 
     # ---------------------------------------------------------------------------- fit
@@ -494,6 +502,8 @@ class Trainer:
         cfg = self.cfg
         has_val = "val" in self.data.source.splits and len(self.data.source.splits["val"]) > 0
         stale = 0
+        if cfg.time_budget and self.resume_state is None and self.global_step == 0:
+            plan_for_budget(self)
         if self.dist.is_main:
             self.progress.line(
                 f"training {cfg.model} on {cfg.data}: {_count(len(self.classes), 'class')}, "
@@ -512,7 +522,8 @@ class Trainer:
                 )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
-            val = self.evaluate("val") if has_val else {}
+            size = eval_size(self.data.input_size, self.train_size(self.epoch - 1))
+            val = self.evaluate("val", size=size) if has_val else {}
             row = {
                 "epoch": self.epoch,
                 "lr": self.optimizer.param_groups[-1]["lr"],
