@@ -28,7 +28,7 @@ def command(name: str):
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_model_entry, list_models
     from .models.registry import natural_key
-    from .summary import human, model_info
+    from .summary import format_models, model_info
 
     names = sorted(
         list_models(args.pattern, family=args.family),
@@ -37,29 +37,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
     rows = [model_info(name) for name in names]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    header = ["model", "family", "params", "MACs", "input"]
-    header += ["paper params", "paper C10 err", "paper C100 err"] if args.paper else []
-    body = []
-    for r in rows:
-        cells = [r["model"], r["family"], f"{r['params'] / 1e6:.2f}M", human(r["macs"]),
-                 "x".join(str(v) for v in r["input_size"][1:])]  # fmt: skip
-        if args.paper:
-            p = r["paper"]
-            c100 = p.get("cifar100_error")
-            cells += [f"{p['params_m']}M" if p else "-",
-                      f"{p['cifar10_error']:.2f}%" if p else "-",
-                      f"{c100:.2f}%" if c100 else "-"]  # fmt: skip
-        body.append(cells)
-    print(table(header, body, right_from=2))
-    sources = sorted({r["paper"]["source"] for r in rows if r["paper"].get("source")})
-    if args.paper and sources:
-        print("\npapers: " + "; ".join(sources) + " - CIFAR-10 test error.")
-    plural = "s" if len(rows) != 1 else ""
-    print(f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at the input "
-          "shown.")  # fmt: skip
+    print(json.dumps(rows, indent=2) if args.json else format_models(rows, args.paper))
     return 0
 
 
@@ -84,16 +62,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .data import dataset_stats, load_source
     from .data.stats import format_report
 
-    logging.getLogger("resnetlab.data").setLevel(logging.ERROR)  # listed in the report instead
-    source = load_source(
-        args.data,
-        val_ratio=args.val_ratio,
-        test_ratio=args.test_ratio,
-        seed=args.seed,
-        download=args.download,
-        channels=args.in_chans,
-        max_bad_fraction=1.0,
-    )  # fmt: skip  (the doctor lists every bad file)
+    quiet = logging.getLogger("resnetlab.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # bad files are listed in the report instead
+    try:
+        source = load_source(args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
+                             seed=args.seed, download=args.download, channels=args.in_chans,
+                             max_bad_fraction=1.0)  # fmt: skip
+    finally:
+        quiet.setLevel(level)  # the doctor lists every bad file; the process keeps its logging
     report = dataset_stats(source)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
     return 1 if report["bad_files"] else 0
@@ -102,6 +79,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 @command("shard")
 def cmd_shard(args: argparse.Namespace) -> int:
     from .data import load_source, parse_size, write_shards
+    from .data.shard import format_index
 
     size = parse_size(args.shard_size)  # a bad size fails before the data is read
     source = load_source(
@@ -109,12 +87,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         download=args.download, channels=args.in_chans, max_bad_fraction=args.max_bad_fraction,
     )  # fmt: skip
     index = write_shards(source, args.out, shard_size_bytes=size, seed=args.seed)
-    for name, split in index["splits"].items():
-        mib = sum(s["bytes"] for s in split["shards"]) / 2**20
-        print(f"{name:5} {split['count']:>9,} images in {len(split['shards']):>5,} shard(s), "
-              f"{mib:,.1f} MiB")  # fmt: skip
-    print(f"wrote {len(index['classes'])} classes and the counts to {args.out}/index.json; "
-          f"train with: resnetlab train --data wds:{args.out}")  # fmt: skip
+    print(format_index(index, args.out))
     return 0
 
 
@@ -126,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # Only the flags given are in the namespace (their defaults are SUPPRESS).
-    extra = ("command", "config", "resume", "lr_find", "quiet")
+    extra = ("command", "config", "resume", "lr_find", "quiet", "folds")
     overrides = {k: v for k, v in vars(args).items() if k not in extra}
     if args.resume and (args.config or args.lr_find):
         flag = "--config" if args.config else "--lr-find"
@@ -135,6 +108,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(resume=args.resume, verbose=not args.quiet, overrides=overrides)
         return _fit_and_report(trainer, args)
     cfg = resolve_config(overrides, config_file=args.config)
+    if args.folds:  # K normal runs under one folder; the same command resumes it
+        from .experiments.kfold import kfold_folder, run_kfold
+
+        out = kfold_folder(cfg, args.folds)
+        r = run_kfold(cfg, args.folds, out, verbose=not args.quiet)
+        for name, m in r["metrics"].items():
+            print(f"{name:18} {m['mean']:.4g} ± {m['std']:.2g}")
+        print(f"best fold {r['best_fold']}: resnetlab predict {r['best_run']} IMAGES")
+        return 0
     if args.lr_find:
         from .train.lr_find import lr_find
 
@@ -177,17 +159,18 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
     print(f"\nbest epoch        {s['best_epoch']} of {s['epochs_completed']}")
     print(f"best val top-1    {pct(s['best_val_top1'])}")
     print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
+    if s.get("temperature") is not None:
+        print(f"calibration       T = {s['temperature']:.3g}, ECE {pct(s['ece_before'])} -> "
+              f"{pct(s['ece_after'])} (val)")  # fmt: skip
     speed = f"{s['train_images_per_second']:,.0f} images/s ({s['precision']}, {s['device']})"
     print(f"time              {s['train_seconds']:.1f} s training, {speed}")
-    print(f"run folder        {run}\nnext:")
     held_out = s["best_val_top1"] is not None or s["test_top1"] is not None
-    if held_out:  # evaluate and report need images the model did not train on
-        print(f"  resnetlab evaluate {run}")
-    print(f"  resnetlab predict {run} IMAGE_OR_FOLDER")
-    if held_out:
-        print(f"  resnetlab report {run}")
-    print(f"  resnetlab export {run} --format onnx --verify")
-    print(f"  resnetlab train --resume {run} --epochs {s['epochs_completed'] + 10}")
+    # evaluate and report need images the model did not train on
+    steps = [f"evaluate {run}"] * held_out + [f"predict {run} IMAGE_OR_FOLDER"]
+    longer = s["epochs_completed"] + 10
+    steps += [f"report {run}"] * held_out + [f"export {run} --format onnx --verify",
+                                             f"train --resume {run} --epochs {longer}"]  # fmt: skip
+    print(f"run folder        {run}\nnext:\n" + "\n".join(f"  resnetlab {x}" for x in steps))
     return 0
 
 
@@ -207,7 +190,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     tta = " (flip TTA)" if r["tta"] else ""
     print(f"{r['split']} split of {r['data']}: {r['num_samples']} images{tta}")
-    print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}\n")
+    print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
+    print(f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 {pct(r['f1_macro'])}   "
+          f"ECE {pct(r['ece'])}\n")  # fmt: skip
     rows = [[name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
              str(m["support"])] for name, m in r["per_class"].items()]  # fmt: skip
     print(table(["class", "precision", "recall", "F1", "support"], rows, right_from=1) + "\n")
@@ -236,9 +221,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         run, model=args.model, weights=args.weights, backend=args.backend, device=args.device,
         batch_size=args.batch_size, precision=args.precision, streams=args.streams,
     )  # fmt: skip
-    if predictor.choice is not None:
-        print(predictor.choice.note, file=sys.stderr)
     rows = predictor.predict_paths(paths, topk=args.topk)
+    if predictor.choice is not None:  # after the work: an error stays the only line
+        print(predictor.choice.note, file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     elif args.csv:
@@ -296,19 +281,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @command("experiment")
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiments.degradation import run_degradation
+    from .experiments.degradation import format_degradation, run_degradation
 
     keys = ("batch_size", "lr", "precision")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k)}
     r = run_degradation(data=args.data, depths=tuple(args.depths), epochs=args.epochs,
                         seeds=args.seeds, out=args.out, recipe=args.recipe,
                         overrides=overrides)  # fmt: skip
-    header = ["model", "depth", "params", "final train err", "final test err", "time (s)"]
-    rows = [[t["model"], str(t["depth"]), f"{t['params']:,}",
-             pct(t["final_train_error"], std=t["final_train_error_std"]),
-             pct(t["final_test_error"], std=t["final_test_error_std"]), f"{t['seconds']:.0f}"]
-            for t in r["table"]]  # fmt: skip
-    print("\n" + table(header, rows, right_from=1) + "\n\n" + r["verdict"]["text"])
+    print("\n" + format_degradation(r))
     print(f"\nfigure {r['figure']}; table and summary beside it")
     return 0
 
@@ -333,6 +313,31 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"wrote {r['best_yaml']} (train with: resnetlab train --config {r['best_yaml']})")
     print(f"plot  {r['plot']}")
     return 0
+
+
+@command("explain")
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .bundle import load_model
+    from .device import resolve_device
+    from .explain import explain_files
+    from .predict import expand_inputs
+
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise ConfigError("no input images: resnetlab explain RUN IMAGE_OR_FOLDER_OR_GLOB ...")
+    loaded = load_model(args.run)
+    out = args.out or loaded.home.explain_dir
+    rows = explain_files(loaded, paths, out, class_name=args.class_name,
+                         device=resolve_device(args.device))  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    for r in [] if args.json else rows:
+        done = f"{r['class']} {pct(r['prob'], 1)} -> {r['out']}"
+        print(f"{r['path']}: " + (f"ERROR {r['error']}" if r["error"] else done))
+    bad = sum(1 for r in rows if r["error"])
+    if bad:
+        print(f"resnetlab explain: {bad} of {len(rows)} file(s) could not be read", file=sys.stderr)
+    return 1 if bad else 0
 
 
 @command("convert")

@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
           ("--max-queue", {"type": int, "default": 64, "help": "beyond this: 503 + Retry-After"}),
           ("--max-body-mb", {"type": float, "default": 10.0}),
           ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}))  # fmt: skip
+    _args(sub.add_parser("explain", help="Grad-CAM overlays (PNG): where the model looked"),
+          run, ("inputs", {"nargs": "+", "help": "image files, folders, globs"}),
+          ("--class", {"dest": "class_name", "metavar": "NAME",
+                       "help": "explain this class (default: each image's predicted class)"}),
+          ("--out", {"help": "folder for the overlays (default: RUN/explain)"}),
+          device, json_flag)  # fmt: skip
     _args(sub.add_parser("convert", help="MindSpore .ckpt / Keras .h5/.keras weights to "
                          "torchvision-layout safetensors (no foreign code run)"),
           ("file", {}), ("--model", {"required": True, "help": "e.g. resnet50"}),
@@ -163,4 +169,6 @@ def _add_train_parser(sub) -> None:
           ("--config", {"help": "YAML file of settings (e.g. a run's config.yaml)"}),
           ("--resume", {"help": "run folder or checkpoint to continue"}),
           ("--lr-find", {"action": "store_true", "help": "run an LR range test and stop"}),
+          ("--folds", {"type": int, "metavar": "K", "help": "k-fold cross-validation: K "
+                       "stratified runs under OUT/NAME; the same command resumes"}),
           ("--quiet", {"action": "store_true", "help": "no progress output"}))  # fmt: skip

@@ -245,3 +245,30 @@ def format_summary(model_name: str, s: ModelSummary) -> str:
         f"Weights size:      {s.total_params * 4 / 2**20:.1f} MiB as fp32",
     ]
     return "\n".join(out)
+
+
+def format_models(rows: list[dict], paper: bool = False) -> str:
+    """The ``resnetlab models`` table of ``model_info`` rows; ``paper``: the papers' figures."""
+    from .fmt import table
+
+    header = ["model", "family", "params", "MACs", "input"]
+    header += ["paper params", "paper C10 err", "paper C100 err"] if paper else []
+    body = []
+    for r in rows:
+        cells = [r["model"], r["family"], f"{r['params'] / 1e6:.2f}M", human(r["macs"]),
+                 "x".join(str(v) for v in r["input_size"][1:])]  # fmt: skip
+        if paper:
+            p = r["paper"]
+            c100 = p.get("cifar100_error")
+            cells += [f"{p['params_m']}M" if p else "-",
+                      f"{p['cifar10_error']:.2f}%" if p else "-",
+                      f"{c100:.2f}%" if c100 else "-"]  # fmt: skip
+        body.append(cells)
+    lines = [table(header, body, right_from=2)]
+    sources = sorted({r["paper"]["source"] for r in rows if r["paper"].get("source")})
+    if paper and sources:
+        lines.append("\npapers: " + "; ".join(sources) + " - CIFAR-10 test error.")
+    plural = "s" if len(rows) != 1 else ""
+    lines.append(f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at "
+                 "the input shown.")  # fmt: skip
+    return "\n".join(lines)

@@ -146,3 +146,16 @@ def write_shards(
         index["skipped_files"] = [{"path": b.path, "reason": b.reason} for b in source.bad_files]
     atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
     return index
+
+
+def format_index(index: dict, out) -> str:
+    """What ``resnetlab shard`` prints: per split the images, shards and size; then the next
+    command."""
+    lines = []
+    for name, split in index["splits"].items():
+        mib = sum(s["bytes"] for s in split["shards"]) / 2**20
+        lines.append(f"{name:5} {split['count']:>9,} images in {len(split['shards']):>5,} "
+                     f"shard(s), {mib:,.1f} MiB")  # fmt: skip
+    lines.append(f"wrote {len(index['classes'])} classes and the counts to {out}/index.json; "
+                 f"train with: resnetlab train --data wds:{out}")  # fmt: skip
+    return "\n".join(lines)

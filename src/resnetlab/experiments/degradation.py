@@ -165,3 +165,15 @@ def _markdown(result: dict) -> str:
         )
     lines += ["", result["verdict"]["text"], "", "![degradation](degradation.png)", ""]
     return "\n".join(lines)
+
+
+def format_degradation(r: dict) -> str:
+    """The study's table (mean ± std over seeds) and its verdict, as the CLI prints them."""
+    from ..fmt import pct, table
+
+    header = ["model", "depth", "params", "final train err", "final test err", "time (s)"]
+    rows = [[t["model"], str(t["depth"]), f"{t['params']:,}",
+             pct(t["final_train_error"], std=t["final_train_error_std"]),
+             pct(t["final_test_error"], std=t["final_test_error_std"]), f"{t['seconds']:.0f}"]
+            for t in r["table"]]  # fmt: skip
+    return table(header, rows, right_from=1) + "\n\n" + r["verdict"]["text"]

@@ -115,6 +115,13 @@ def summarize_folds(summaries: list[dict], out: Path) -> dict:
     }
 
 
+def kfold_folder(cfg: TrainConfig, folds: int) -> Path:
+    """The parent folder of a k-fold study: --name, else model-data-Kfold (no time stamp, so
+    the same command finds and resumes it)."""
+    tag = Path(cfg.data.split(":")[-1]).name or "data"
+    return Path(cfg.out) / (cfg.name or f"{cfg.model}-{tag}-{folds}fold")
+
+
 def run_kfold(cfg: TrainConfig, folds: int, out: str | Path, verbose: bool = True) -> dict:
     """Train (or finish) the K fold runs of ``cfg`` under ``out``; write and return the
     summary. ``cfg.out`` and ``cfg.name`` are replaced by ``out/fold-K``."""
