@@ -158,6 +158,22 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def worker_loader(dataset, num_workers: int, pin_memory: bool, **kwargs) -> DataLoader:
+    """A DataLoader with the worker settings every loader here uses: workers persist across
+    epochs, leave Ctrl-C to the main process and seed numpy/random (``_worker_init``), and
+    each keeps 4 batches in flight. ``kwargs``: how batches are formed."""
+    workers = num_workers > 0
+    return DataLoader(
+        dataset,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        **kwargs,
+    )
+
+
 class FileLoader:
     """Decode-and-augment per sample in worker processes (data sets too big for memory)."""
 
@@ -173,14 +189,11 @@ class FileLoader:
         pin_memory: bool = False,
     ) -> None:
         self.sampler = sampler
-        self.loader = DataLoader(
+        self.loader = worker_loader(
             _FileDataset(split, transform, channels),
+            num_workers,
+            pin_memory,
             batch_sampler=_SeededBatches(sampler),
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=num_workers > 0,
-            worker_init_fn=_worker_init if num_workers > 0 else None,
-            prefetch_factor=4 if num_workers > 0 else None,
         )
 
     def __len__(self) -> int:

@@ -26,10 +26,10 @@ from itertools import islice
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, ImageDecodeError
-from .loader import _worker_init, mix_seed
+from .loader import mix_seed, worker_loader
 from .sources import BadFile, Shards
 from .wds import (
     IMAGE_KEYS,
@@ -170,15 +170,8 @@ class ShardLoader:
         self._known_bad = {b.path for b in self.bad_files}
         stream = _ShardStream(shards, self.sampler, batch_size, shuffle, drop_last, transform,
                               channels, num_classes, max(1, num_workers))  # fmt: skip
-        self.loader = DataLoader(
-            stream,
-            batch_size=None,  # the workers make whole batches
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=num_workers > 0,
-            worker_init_fn=_worker_init if num_workers > 0 else None,
-            prefetch_factor=4 if num_workers > 0 else None,
-        )
+        # batch_size=None: the workers make whole batches.
+        self.loader = worker_loader(stream, num_workers, pin_memory, batch_size=None)
 
     def __len__(self) -> int:
         return len(self.sampler)
