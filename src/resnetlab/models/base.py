@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .init import init_weights, zero_init_last_norm
+from .padding import apply_pad_mode
 
 NORM_LAYERS: dict[str, Callable[[int], nn.Module]] = {
     "batchnorm": nn.BatchNorm2d,
@@ -49,6 +51,52 @@ def check_bool(name: str, value) -> bool:
     return value
 
 
+def check_residual_args(residual, zero_init_residual, drop_path_rate) -> None:
+    """The residual options every family takes, and the combinations a plain net refuses."""
+    check_bool("residual", residual)
+    check_bool("zero_init_residual", zero_init_residual)
+    if zero_init_residual and not residual:
+        raise ConfigError("zero_init_residual=True would zero every plain block; use residual=True")
+    if drop_path_rate and not residual:
+        raise ConfigError("drop_path_rate drops residual branches; plain nets have none")
+
+
+def check_stage_list(name: str, values: Sequence[int], count: int, what: str) -> None:
+    """``values`` has one positive integer per stage (depths or widths)."""
+    if len(values) != count:
+        raise ConfigError(f"{name} must list {count} stage {what}, got {list(values)}")
+    for value in values:
+        check_int(f"each entry of {name}", value, 1)
+
+
+def make_stage(
+    block: Callable[..., nn.Module],
+    inplanes: int,
+    out_planes: int,
+    stride: int,
+    drop_path: Sequence[float],
+    shortcut: Callable[[int, int, int], nn.Module] | None,
+    **first,
+) -> list[nn.Module]:
+    """One stage's blocks, one per rate in ``drop_path``: the first takes the stride and, where
+    the shape changes and there is a ``shortcut(in, out, stride)`` (None: a plain net), the
+    projection built here (before the block, so construction order is unchanged); the others
+    keep the shape. ``block`` is called with keywords ``inplanes``, ``stride``, ``downsample``
+    and ``drop_path``; ``first`` adds keywords for the first block only (a dilated stage's
+    first block keeps the previous dilation)."""
+    downsample = None
+    if shortcut is not None and (stride != 1 or inplanes != out_planes):
+        downsample = shortcut(inplanes, out_planes, stride)
+    blocks = [
+        block(
+            inplanes=inplanes, stride=stride, downsample=downsample, drop_path=drop_path[0], **first
+        )
+    ]
+    for rate in drop_path[1:]:
+        blocks.append(block(inplanes=out_planes, stride=1, downsample=None, drop_path=rate))
+    return blocks
+
+
 class ClassifierNet(nn.Module, ABC):
     """Stem + stages + global average pool + linear head.
 
@@ -72,6 +120,13 @@ class ClassifierNet(nn.Module, ABC):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(self.drop_rate) if self.drop_rate > 0 else nn.Identity()
         self._set_classifier(self._new_classifier(num_classes))
+
+    def _init_weights(self, pad_mode: str, init: str, zero_init_residual: bool) -> None:
+        """Last step of every constructor, once all modules exist: padding, then weights."""
+        apply_pad_mode(self, pad_mode)
+        init_weights(self, init)
+        if zero_init_residual:
+            zero_init_last_norm(self)
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
         """A fresh classifier for ``num_classes`` outputs (0: none, features pass through)."""

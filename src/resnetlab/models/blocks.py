@@ -8,6 +8,7 @@ squeeze-excitation module is timm's ``se`` (no keys when absent).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -66,9 +67,15 @@ class PadShortcut(nn.Module):
 
 
 def projection_shortcut(
-    in_planes: int, out_planes: int, stride: int, norm_layer: NormLayer, avg_down: bool = False
+    in_planes: int,
+    out_planes: int,
+    stride: int,
+    norm_layer: NormLayer | None,
+    avg_down: bool = False,
 ) -> nn.Sequential:
     """1x1 projection + norm (option B). ``avg_down`` pools first, as in ResNet-D.
+    ``norm_layer=None``: the conv alone (``downsample.0``), for pre-activation units, whose
+    shortcut reads an input that is already normalised.
 
     ResNet-D ("Bag of Tricks", arXiv:1812.01187, sec. 4.2): a strided 1x1 conv ignores 3/4 of
     the input, so average-pool to downsample and keep the 1x1 conv at stride 1. The pooling
@@ -82,10 +89,67 @@ def projection_shortcut(
             else nn.Identity()
         )
         return nn.Sequential(pool, conv1x1(in_planes, out_planes), norm_layer(out_planes))
+    if norm_layer is None:
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride))
     return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
 
 
-class BasicBlock(nn.Module):
+# The CIFAR families' shortcuts where the shape changes (He et al. 2016, sec. 4.2): "A" zero-pads
+# (no parameters), "B" projects with a 1x1 conv.
+SHORTCUTS = ("A", "B")
+
+
+def check_shortcut(shortcut) -> str:
+    """``shortcut`` as one of SHORTCUTS (either case accepted)."""
+    if not isinstance(shortcut, str) or shortcut.upper() not in SHORTCUTS:
+        raise ConfigError(f"shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
+    return shortcut.upper()
+
+
+def option_shortcut(kind: str, norm_layer: NormLayer | None) -> Callable[..., nn.Module]:
+    """``shortcut(in, out, stride)`` for option ``kind`` (see ``projection_shortcut`` for
+    ``norm_layer``)."""
+    if kind == "A":
+        return PadShortcut
+    return partial(projection_shortcut, norm_layer=norm_layer)
+
+
+class ResidualBlock(nn.Module):
+    """What every residual block shares: its shortcut settings and how the branch meets the
+    shortcut. Subclasses build the branch and name its last scaling layer (``last_norm``)."""
+
+    def _set_shortcut(
+        self, downsample: nn.Module | None, stride: int, residual: bool, drop_path: float
+    ) -> None:
+        # Assigning a submodule that is already set keeps its place (and its state_dict keys).
+        self.downsample = downsample
+        self.stride = stride
+        self.residual = residual
+        self.drop_path = make_drop_path(drop_path)
+
+    def _add_shortcut(
+        self, out: torch.Tensor, x: torch.Tensor, projected: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Stochastic depth on the branch ``out``, then the addition: ``x`` itself, or the
+        ``downsample`` of ``projected`` (default ``x``). A plain net returns the branch."""
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        if not self.residual:
+            return out
+        if self.downsample is None:
+            return out + x
+        return out + self.downsample(x if projected is None else projected)
+
+    def _add_shortcut_relu(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The end of a post-activation block (one that sets ``se`` and ``relu``):
+        squeeze-excitation, the addition, and the ReLU after it (never on the branch before
+        it)."""
+        if self.se is not None:
+            out = self.se(out)
+        return self.relu(self._add_shortcut(out, x))
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions; ReLU only after the addition (never on the branch before it)."""
 
     expansion = 1
@@ -114,10 +178,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = norm_layer(planes)
         self.se = create_attn(attn_layer, planes)
-        self.downsample = downsample
-        self.stride = stride
-        self.residual = residual
-        self.drop_path = make_drop_path(drop_path)
+        self._set_shortcut(downsample, stride, residual, drop_path)
 
     def last_norm(self) -> nn.Module:
         return self.bn2
@@ -125,17 +186,10 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        if self.residual:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = out + identity
-        return self.relu(out)
+        return self._add_shortcut_relu(out, x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand.
 
     The stride sits on the 3x3 conv by default ("ResNet v1.5", as torchvision does; about
@@ -170,10 +224,7 @@ class Bottleneck(nn.Module):
         self.bn3 = norm_layer(planes * self.expansion)
         self.se = create_attn(attn_layer, planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
-        self.residual = residual
-        self.drop_path = make_drop_path(drop_path)
+        self._set_shortcut(downsample, stride, residual, drop_path)
 
     def last_norm(self) -> nn.Module:
         return self.bn3
@@ -182,11 +233,4 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        if self.residual:
-            identity = x if self.downsample is None else self.downsample(x)
-            out = out + identity
-        return self.relu(out)
+        return self._add_shortcut_relu(out, x)

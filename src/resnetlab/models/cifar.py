@@ -7,19 +7,55 @@ residual net has exactly the parameters of its plain twin.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
-from .blocks import BasicBlock, PadShortcut, conv3x3, projection_shortcut
-from .init import init_weights, zero_init_last_norm
-from .layers import drop_path_rates
-from .padding import apply_pad_mode
+from .base import (
+    ClassifierNet,
+    check_int,
+    check_residual_args,
+    check_stage_list,
+    make_stage,
+    resolve_norm_layer,
+)
+from .blocks import BasicBlock, check_shortcut, conv3x3, option_shortcut
+from .layers import stage_drop_path_rates
 
-SHORTCUTS = ("A", "B")
+
+def check_cifar_args(in_chans, shortcut, widths: Sequence[int]) -> str:
+    """The arguments both CIFAR families take; returns ``shortcut`` as one of SHORTCUTS."""
+    check_int("in_chans", in_chans, 1)
+    shortcut = check_shortcut(shortcut)
+    check_stage_list("widths", widths, 3, "widths")
+    return shortcut
+
+
+def make_cifar_stages(
+    net: nn.Module,
+    block: Callable[..., nn.Module],
+    widths: Sequence[int],
+    expansion: int,
+    n: int,
+    shortcut: Callable[[int, int, int], nn.Module] | None,
+    drop_path_rate: float,
+) -> int:
+    """Three stages of ``n`` blocks at ``widths`` (strides 1, 2, 2: 32x32, 16x16, 8x8 maps for
+    a 32x32 input), set on ``net`` as ``layer1``..``layer3``; ``block`` is called with
+    ``planes`` and ``make_stage``'s keywords. Returns the last stage's output channels."""
+    inplanes = widths[0]
+    rates = stage_drop_path_rates(drop_path_rate, (n, n, n))
+    for i, (planes, stride, stage_rates) in enumerate(zip(widths, (1, 2, 2), rates), start=1):
+        out = planes * expansion
+        stage = make_stage(
+            partial(block, planes=planes), inplanes, out, stride, stage_rates, shortcut
+        )
+        setattr(net, f"layer{i}", nn.Sequential(*stage))
+        inplanes = out
+    return inplanes
 
 
 class CifarResNet(ClassifierNet):
@@ -46,63 +82,24 @@ class CifarResNet(ClassifierNet):
         check_int("depth", depth, 8)
         if (depth - 2) % 6:
             raise ConfigError(f"depth must be 6n+2 (20, 32, 44, 56, 110, 1202, ...), got {depth}")
-        check_int("in_chans", in_chans, 1)
-        if not isinstance(shortcut, str) or shortcut.upper() not in SHORTCUTS:
-            raise ConfigError(f"shortcut={shortcut!r} is not one of {', '.join(SHORTCUTS)}")
-        if len(widths) != 3:
-            raise ConfigError(f"widths must list 3 stage widths, got {list(widths)}")
-        for w in widths:
-            check_int("each entry of widths", w, 1)
-        check_bool("residual", residual)
-        check_bool("zero_init_residual", zero_init_residual)
-        if zero_init_residual and not residual:
-            raise ConfigError(
-                "zero_init_residual=True would zero every plain block; use residual=True"
-            )
-        if drop_path_rate and not residual:
-            raise ConfigError("drop_path_rate drops residual branches; plain nets have none")
+        self.shortcut = check_cifar_args(in_chans, shortcut, widths)
+        check_residual_args(residual, zero_init_residual, drop_path_rate)
         norm = resolve_norm_layer(norm_layer)
         self.depth = depth
         self.in_chans = in_chans
-        self.shortcut = shortcut.upper()
         self.residual = residual
         n = (depth - 2) // 6
-        rates = iter(drop_path_rates(drop_path_rate, 3 * n))
 
         self.conv1 = conv3x3(in_chans, widths[0])
         self.bn1 = norm(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        inplanes = widths[0]
-        for i, (planes, stride) in enumerate(zip(widths, (1, 2, 2)), start=1):
-            blocks = []
-            for j in range(n):
-                s = stride if j == 0 else 1
-                downsample = None
-                if residual and (s != 1 or inplanes != planes):
-                    if self.shortcut == "A":
-                        downsample = PadShortcut(inplanes, planes, s)
-                    else:
-                        downsample = projection_shortcut(inplanes, planes, s, norm)
-                blocks.append(
-                    BasicBlock(
-                        inplanes,
-                        planes,
-                        s,
-                        downsample,
-                        norm_layer=norm,
-                        residual=residual,
-                        drop_path=next(rates),
-                    )
-                )
-                inplanes = planes
-            setattr(self, f"layer{i}", nn.Sequential(*blocks))
-        self.num_features = inplanes
+        block = partial(BasicBlock, norm_layer=norm, residual=residual)
+        shortcut_fn = option_shortcut(self.shortcut, norm) if residual else None
+        self.num_features = make_cifar_stages(
+            self, block, widths, 1, n, shortcut_fn, drop_path_rate
+        )
         self._make_head(num_classes, drop_rate)
-
-        apply_pad_mode(self, pad_mode)
-        init_weights(self, init)
-        if zero_init_residual:
-            zero_init_last_norm(self)
+        self._init_weights(pad_mode, init, zero_init_residual)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn1(self.conv1(x)))

@@ -7,6 +7,8 @@ into the blocks that use these layers unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -83,6 +85,12 @@ def drop_path_rates(drop_path_rate: float, num_blocks: int) -> list[float]:
     if num_blocks < 2:
         return [0.0] * num_blocks
     return [rate * i / (num_blocks - 1) for i in range(num_blocks)]
+
+
+def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """``drop_path_rates`` over the whole network, cut into one list per stage."""
+    rates = iter(drop_path_rates(drop_path_rate, sum(depths)))
+    return [[next(rates) for _ in range(depth)] for depth in depths]
 
 
 def make_drop_path(rate: float) -> DropPath | None:

@@ -12,21 +12,27 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
-from .blocks import NormLayer, conv1x1, conv3x3
-from .init import init_weights, zero_init_last_norm
-from .layers import ConvClassifier, drop_path_rates, make_drop_path
-from .padding import apply_pad_mode
+from .base import (
+    ClassifierNet,
+    check_int,
+    check_residual_args,
+    check_stage_list,
+    make_stage,
+    resolve_norm_layer,
+)
+from .blocks import NormLayer, ResidualBlock, conv1x1, conv3x3
+from .layers import ConvClassifier, stage_drop_path_rates
 
 PREACT_BLOCKS = ("basic", "bottleneck")
 
 
-class PreActBlock(nn.Module):
+class PreActBlock(ResidualBlock):
     """Full pre-activation unit: (norm-ReLU-conv) x 2 (basic) or x 3 (bottleneck).
 
     The first norm-ReLU is shared: a projection ``downsample`` reads the pre-activated input,
@@ -62,17 +68,16 @@ class PreActBlock(nn.Module):
             ]
         else:
             convs = [conv3x3(inplanes, planes, stride), conv3x3(planes, planes)]
-        self.downsample = downsample  # first, as timm registers it: the same key order
+        # First, as timm registers it: the same key order (``_set_shortcut`` keeps its place).
+        self.downsample = downsample
         self.layer_names = []
         for i, conv in enumerate(convs, start=1):
             setattr(self, f"{norm_name}{i}", norm_layer(conv.in_channels))
             setattr(self, f"conv{i}", conv)
             self.layer_names.append((f"{norm_name}{i}", f"conv{i}"))
         self.relu = nn.ReLU(inplace=True)
-        self.stride = stride
-        self.residual = residual
         self.shortcut_preact = shortcut_preact
-        self.drop_path = make_drop_path(drop_path)
+        self._set_shortcut(downsample, stride, residual, drop_path)
 
     def last_norm(self) -> nn.Module:
         """The branch's last scaling layer: its last conv (no norm follows it)."""
@@ -84,13 +89,7 @@ class PreActBlock(nn.Module):
         out = getattr(self, conv)(pre)
         for norm, conv in self.layer_names[1:]:
             out = getattr(self, conv)(self.relu(getattr(self, norm)(out)))
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        if not self.residual:
-            return out
-        if self.downsample is None:
-            return out + x
-        return out + self.downsample(pre if self.shortcut_preact else x)
+        return self._add_shortcut(out, x, pre if self.shortcut_preact else x)
 
 
 class PreActStage(nn.Module):
@@ -107,15 +106,29 @@ class PreActStage(nn.Module):
 def check_preact_args(block: str, residual, zero_init_residual, drop_path_rate) -> None:
     if block not in PREACT_BLOCKS:
         raise ConfigError(f"block={block!r} is not one of {', '.join(PREACT_BLOCKS)}")
-    check_bool("residual", residual)
-    check_bool("zero_init_residual", zero_init_residual)
-    if zero_init_residual and not residual:
-        raise ConfigError("zero_init_residual=True would zero every plain block; use residual=True")
-    if drop_path_rate and not residual:
-        raise ConfigError("drop_path_rate drops residual branches; plain nets have none")
+    check_residual_args(residual, zero_init_residual, drop_path_rate)
 
 
-class PreActResNet(ClassifierNet):
+class PreActNet(ClassifierNet):
+    """What both pre-activation families share: nothing follows a unit's addition, so the
+    last stage's output passes a final norm (``final_norm``) and ReLU before the pool."""
+
+    final_norm = "norm"
+
+    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        norm = self.get_submodule(self.final_norm)
+        return self.relu(norm(super().forward_feature_map(x)))
+
+    def tail_modules(self) -> list[nn.Module]:
+        return [self.get_submodule(self.final_norm)]
+
+
+def _conv_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    """timm's pre-activation projection: a 1x1 conv alone, at ``downsample.conv``."""
+    return nn.Sequential(OrderedDict(conv=conv1x1(in_planes, out_planes, stride)))
+
+
+class PreActResNet(PreActNet):
     """ImageNet pre-activation ResNet (timm's ``resnetv2_{18,34,50,101,152}``): 7x7 stem and
     max-pool with no norm (the first unit pre-activates), four stages, final BN-ReLU, head.
     Bottleneck units stride on the 3x3 conv, as timm's do."""
@@ -140,10 +153,7 @@ class PreActResNet(ClassifierNet):
     ) -> None:
         super().__init__()
         check_preact_args(block, residual, zero_init_residual, drop_path_rate)
-        if len(layers) != 4:
-            raise ConfigError(f"layers must list 4 stage depths, got {list(layers)}")
-        for depth in layers:
-            check_int("each entry of layers", depth, 1)
+        check_stage_list("layers", layers, 4, "depths")
         check_int("in_chans", in_chans, 1)
         norm = resolve_norm_layer(norm_layer)
         self.in_chans = in_chans
@@ -157,42 +167,30 @@ class PreActResNet(ClassifierNet):
                 pool=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
         )
-        rates = iter(drop_path_rates(drop_path_rate, sum(layers)))
+        stage_rates = stage_drop_path_rates(drop_path_rate, layers)
+        shortcut = _conv_shortcut if residual else None
         inplanes, stages = 64, []
-        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), layers)):
-            blocks = []
-            for j in range(depth):
-                stride = 2 if i and not j else 1
-                downsample = None
-                if residual and (stride != 1 or inplanes != planes * expansion):
-                    proj = conv1x1(inplanes, planes * expansion, stride)
-                    downsample = nn.Sequential(OrderedDict(conv=proj))
-                blocks.append(
-                    PreActBlock(
-                        inplanes,
-                        planes,
-                        stride,
-                        downsample,
-                        bottleneck=bottleneck,
-                        norm_layer=norm,
-                        residual=residual,
-                        drop_path=next(rates),
-                        norm_name="norm",
-                    )
-                )
-                inplanes = planes * expansion
-            stages.append(PreActStage(blocks))
+        for i, (planes, rates) in enumerate(zip((64, 128, 256, 512), stage_rates)):
+            block_fn = partial(
+                PreActBlock,
+                planes=planes,
+                bottleneck=bottleneck,
+                norm_layer=norm,
+                residual=residual,
+                norm_name="norm",
+            )
+            out = planes * expansion
+            stages.append(
+                PreActStage(make_stage(block_fn, inplanes, out, 2 if i else 1, rates, shortcut))
+            )
+            inplanes = out
         self.stages = nn.Sequential(*stages)
         self.num_features = inplanes
         self.norm = norm(inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.head = nn.Module()
         self._make_head(num_classes, drop_rate)
-
-        apply_pad_mode(self, pad_mode)
-        init_weights(self, init)
-        if zero_init_residual:
-            zero_init_last_norm(self)
+        self._init_weights(pad_mode, init, zero_init_residual)
 
     def _new_classifier(self, num_classes: int) -> nn.Module:
         return ConvClassifier(self.num_features, num_classes) if num_classes else nn.Identity()
@@ -200,11 +198,5 @@ class PreActResNet(ClassifierNet):
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.stem(x)
 
-    def forward_feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.norm(super().forward_feature_map(x)))
-
     def stem_modules(self) -> list[nn.Module]:
         return [self.stem]
-
-    def tail_modules(self) -> list[nn.Module]:
-        return [self.norm]

@@ -10,16 +10,23 @@ weights load strictly.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import ClassifierNet, check_bool, check_int, resolve_norm_layer
+from .base import (
+    ClassifierNet,
+    check_bool,
+    check_int,
+    check_residual_args,
+    check_stage_list,
+    make_stage,
+    resolve_norm_layer,
+)
 from .blocks import BasicBlock, Bottleneck, conv3x3, projection_shortcut
-from .init import init_weights, zero_init_last_norm
-from .layers import check_attn_layer, drop_path_rates
-from .padding import apply_pad_mode
+from .layers import check_attn_layer, stage_drop_path_rates
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 STEM_TYPES = ("", "deep", "deep_tiered")
@@ -56,16 +63,12 @@ class ResNet(ClassifierNet):
         if block not in BLOCKS:
             raise ConfigError(f"block={block!r} is not one of {', '.join(BLOCKS)}")
         block_cls = BLOCKS[block]
-        if len(layers) != 4:
-            raise ConfigError(f"layers must list 4 stage depths, got {list(layers)}")
-        for depth in layers:
-            check_int("each entry of layers", depth, 1)
+        check_stage_list("layers", layers, 4, "depths")
         check_int("in_chans", in_chans, 1)
         check_int("groups", groups, 1)
         check_int("width_per_group", width_per_group, 1)
         check_int("stem_width", stem_width, 1)
-        check_bool("zero_init_residual", zero_init_residual)
-        check_bool("residual", residual)
+        check_residual_args(residual, zero_init_residual, drop_path_rate)
         check_bool("stride_in_1x1", stride_in_1x1)
         check_bool("avg_down", avg_down)
         if block_cls is BasicBlock and (groups != 1 or width_per_group != 64):
@@ -79,12 +82,6 @@ class ResNet(ClassifierNet):
                 "replace_stride_with_dilation must have 3 booleans (for layer2..layer4), "
                 f"got {list(replace_stride_with_dilation)}"
             )
-        if zero_init_residual and not residual:
-            raise ConfigError(
-                "zero_init_residual=True would zero every plain block; use residual=True"
-            )
-        if drop_path_rate and not residual:
-            raise ConfigError("drop_path_rate drops residual branches; plain nets have none")
         check_attn_layer(attn_layer)
         norm = resolve_norm_layer(norm_layer)
 
@@ -99,8 +96,7 @@ class ResNet(ClassifierNet):
         self.avg_down = avg_down
         self.attn_layer = attn_layer
         self.first_conv = "conv1"
-        rates = drop_path_rates(drop_path_rate, sum(layers))
-        stage_rates = [rates[sum(layers[:i]) : sum(layers[: i + 1])] for i in range(4)]
+        stage_rates = stage_drop_path_rates(drop_path_rate, layers)
 
         if stem_type.startswith("deep"):
             # Three 3x3 convs replace the 7x7 (ResNet-C): same receptive field, cheaper, better.
@@ -129,11 +125,7 @@ class ResNet(ClassifierNet):
             setattr(self, f"layer{i + 1}", stage)
         self.num_features = 512 * block_cls.expansion
         self._make_head(num_classes, drop_rate)
-
-        apply_pad_mode(self, pad_mode)
-        init_weights(self, init)
-        if zero_init_residual:
-            zero_init_last_norm(self)
+        self._init_weights(pad_mode, init, zero_init_residual)
 
     def _make_layer(
         self, planes: int, drop_path: list[float], stride: int = 1, dilate: bool = False
@@ -144,36 +136,26 @@ class ResNet(ClassifierNet):
         if dilate:
             self.dilation *= stride
             stride = 1
-        downsample = None
-        out_planes = planes * block.expansion
-        if self.residual and (stride != 1 or self.inplanes != out_planes):
-            downsample = projection_shortcut(
-                self.inplanes, out_planes, stride, self._norm, avg_down=self.avg_down
-            )
-        common = dict(
+        shortcut = None
+        if self.residual:
+            shortcut = partial(projection_shortcut, norm_layer=self._norm, avg_down=self.avg_down)
+        unit = partial(
+            block,
+            planes=planes,
             groups=self.groups,
             base_width=self.base_width,
+            dilation=self.dilation,
             norm_layer=self._norm,
             residual=self.residual,
             stride_in_1x1=self.stride_in_1x1,
             attn_layer=self.attn_layer,
         )
-        layers = []
-        for i, rate in enumerate(drop_path):
-            first = i == 0
-            layers.append(
-                block(
-                    self.inplanes,
-                    planes,
-                    stride if first else 1,
-                    downsample if first else None,
-                    dilation=previous_dilation if first else self.dilation,
-                    drop_path=rate,
-                    **common,
-                )
-            )
-            self.inplanes = out_planes
-        return nn.Sequential(*layers)
+        out_planes = planes * block.expansion
+        blocks = make_stage(
+            unit, self.inplanes, out_planes, stride, drop_path, shortcut, dilation=previous_dilation
+        )
+        self.inplanes = out_planes
+        return nn.Sequential(*blocks)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn1(self.conv1(x))
