@@ -146,8 +146,12 @@ class DataPipeline:
             train = train.subset(torch.randperm(len(train), generator=g)[:STATS_SAMPLE])
         return channel_stats([train], self.channels)
 
-    def loader(self, split: str, train: bool, rank: int = 0, world_size: int = 1, pin_memory=False):
-        """Batches of (uint8 images, labels); ``train`` shuffles and drops a short last batch."""
+    def loader(
+        self, split: str, train: bool, rank: int = 0, world_size: int = 1, pin_memory=False,
+        sampler: str = "none",
+    ):  # fmt: skip
+        """Batches of (uint8 images, labels); ``train`` shuffles and drops a short last batch;
+        ``sampler="balanced"`` draws every class equally often in training."""
         if split not in self.source.splits:
             raise DataError(
                 f"{self.source.name} has no {split!r} split (it has "
@@ -157,24 +161,28 @@ class DataPipeline:
         drop_last = train and len(data) > self.cfg.batch_size
         tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment)
         if data.shards is not None:
+            if sampler != "none":
+                raise DataError(
+                    "--sampler balanced needs the labels up front; wds: shards stream them"
+                )
             return ShardLoader(
                 data.shards, self.cfg.batch_size, shuffle=train, drop_last=drop_last, transform=tf,
                 channels=self.channels, num_classes=len(self.classes), seed=self.seed, rank=rank,
                 world_size=world_size, num_workers=self.cfg.num_workers, pin_memory=pin_memory,
                 max_bad_fraction=self.cfg.max_bad_fraction, bad_files=self.source.bad_files,
             )  # fmt: skip
-        sampler = EpochSampler(
-            len(data),
-            self.cfg.batch_size,
-            shuffle=train,
-            drop_last=drop_last,
-            seed=self.seed,
-            rank=rank,
-            world_size=world_size,
-        )
+        if train and sampler != "none":
+            from .balanced import make_sampler
+
+            batches = make_sampler(sampler, data.labels, self.cfg.batch_size, drop_last,
+                                   self.seed, rank, world_size)  # fmt: skip
+        else:
+            batches = EpochSampler(len(data), self.cfg.batch_size, shuffle=train,
+                                   drop_last=drop_last, seed=self.seed, rank=rank,
+                                   world_size=world_size)  # fmt: skip
         if data.in_memory:
-            return TensorLoader(data, sampler, self.cfg.auto_augment if train else None)
-        return FileLoader(data, sampler, tf, self.channels, self.cfg.num_workers, pin_memory)
+            return TensorLoader(data, batches, self.cfg.auto_augment if train else None)
+        return FileLoader(data, batches, tf, self.channels, self.cfg.num_workers, pin_memory)
 
     def batch_transform(self, train: bool, geometric: bool, channels_last: bool = True):
         return BatchTransform(

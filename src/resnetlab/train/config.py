@@ -100,6 +100,12 @@ class TrainConfig(DataConfig):
     label_smoothing: float = option(0.1, "", group="recipe")
     mixup: float = option(0.0, "Beta alpha, e.g. 0.2", group="recipe")
     cutmix: float = option(0.0, "Beta alpha, e.g. 1.0", group="recipe")
+    class_weights: str = option(
+        "none", "per-class loss weights: auto (inverse frequency), effective[:BETA] (effective "
+        "number of samples), none, or a JSON/YAML FILE", metavar="auto|none|FILE", group="recipe",
+    )  # fmt: skip
+    sampler: str = option("none", "balanced: every class equally likely in a batch",
+                          choices=("none", "balanced"), group="recipe")  # fmt: skip
     ema_decay: float = option(0.0, "weights EMA, e.g. 0.999", group="recipe")
     clip_grad: float | None = option(None, "max gradient norm", group="recipe")
     patience: int | None = option(None, "early stopping (epochs)", group="recipe")

@@ -19,6 +19,7 @@ from torch import nn
 from .. import __version__
 from ..data import DataError, DataPipeline, build_pipeline
 from ..data.loader import mix_seed
+from ..data.stats import imbalance_note
 from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, FileConflictError
 from ..fmt import pct
@@ -36,9 +37,11 @@ from ..weights import (
 )
 from . import distributed as D
 from .accumulate import accumulate_gradients
+from .calibration import best_weights, calibrate_run
 from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .features import FeatureCache, build_cache, can_cache, sync_head_grads
+from .imbalance import resolve_class_weights
 from .loggers import MetricsCSV, Progress, TensorBoard
 from .metrics import evaluate_loader, state_checksum
 from .mixing import mix_batch
@@ -116,7 +119,7 @@ class Trainer:
         self.train_loader, self.train_transform = self.data.split_loader(
             "train", train=True, channels_last=cfg.channels_last,
             rank=self.dist.rank, world_size=self.dist.world_size,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", sampler=cfg.sampler,
         )  # fmt: skip
         if len(self.data.source.splits["train"]) < 2:
             raise ConfigError(f"{cfg.data}: training needs at least 2 images (BatchNorm)")
@@ -141,7 +144,13 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir()
         self.train_model = self._wrap(self.model)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weights = resolve_class_weights(
+            cfg.class_weights, self.classes, list(self.data.source.class_counts("train").values())
+        )
+        self.criterion = nn.CrossEntropyLoss(
+            weight=None if weights is None else weights.to(self.device),
+            label_smoothing=cfg.label_smoothing,
+        )
         self._eval_loaders: dict = {}
         self.features: FeatureCache | None = None
         self._stop_requested = False
@@ -241,7 +250,7 @@ class Trainer:
             self.ema.load_state_dict(s["ema"])
         self.epoch, self.step_in_epoch = int(s["epoch"]), int(s.get("step_in_epoch", 0))
         self.global_step = int(s.get("global_step", 0))
-        self.partial_sums = s.get("partial_sums")
+        self.partial_sums = s.get("partial_sums") if self.dist.is_main else None
         self.history = list(s.get("history", []))
         self.best = dict(s.get("best", self.best))
         self.train_seconds = float(s.get("train_seconds", 0.0))
@@ -366,7 +375,7 @@ class Trainer:
             if self.step_in_epoch < total:
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                     self._check_finite(tally)
-                    self.save(self.run.last_checkpoint, tally.sums)
+                    self.save(self.run.last_checkpoint, self._all_sums(tally))
                 self._stop_if_asked(tally)
         self._check_finite(tally)
         self.progress.close()
@@ -413,6 +422,11 @@ class Trainer:
         self.train_images += tally.images * self.dist.world_size
         return seconds
 
+    def _all_sums(self, tally: EpochTally) -> torch.Tensor:
+        """The epoch's running sums over every rank, for a mid-epoch checkpoint: rank 0 alone
+        takes them back on resume (each rank's own share would be counted once per rank)."""
+        return D.all_reduce_sum(tally.sums.clone(), self.dist)
+
     def _stop_if_asked(self, tally: EpochTally | None = None) -> None:
         """End the run here when --max-steps is reached or Ctrl-C was pressed. Mid-epoch
         (``tally`` given) a resumable checkpoint with the epoch's running sums is written
@@ -423,7 +437,7 @@ class Trainer:
         if tally is not None:
             self._check_finite(tally)
             self._account(tally)
-            self.save(self.run.last_checkpoint, tally.sums)
+            self.save(self.run.last_checkpoint, self._all_sums(tally))
             self.progress.close()
         raise RunStopped(reason, self.run_dir, interrupted=self._stop_requested)
 
@@ -514,6 +528,9 @@ class Trainer:
             )
             if self.weights_note:
                 self.progress.line(self.weights_note)
+            note = imbalance_note(self.data.source.class_counts("train"))
+            if note and cfg.class_weights == "none" and cfg.sampler == "none":
+                self.progress.line(f"warning: {note}")
             if not has_val:
                 self.progress.line(
                     "warning: no validation images (too few per class to hold any out); the "
@@ -584,6 +601,12 @@ class Trainer:
                 for t in model.state_dict().values():
                     torch.distributed.broadcast(t, src=0)
             test = self.evaluate("test", model)
+        calibration = None
+        if self.dist.is_main:  # temperature scaling on the best weights (Guo et al. 2017)
+            best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
+            calibration = calibrate_run(
+                best, self.data, self.device, self.precision, self.run, self.model_meta()
+            )
         summary = {
             "model": self.cfg.model,
             "data": self.cfg.data,
@@ -600,6 +623,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "run_dir": str(self.run_dir),
             "weights_sha256": state_checksum(unwrap_model(self.model)),
+            **(calibration or {}),
         }
         if self.dist.is_main:
             atomic_write_text(self.run.summary, json.dumps(summary, indent=2, ensure_ascii=False))
