@@ -48,10 +48,10 @@ def test_old_model_json_without_later_keys_loads():
 
 
 def test_unknown_keys_from_a_newer_file_survive():
-    newer = {**WRITTEN, "temperature": 1.7, "interpolation": "bicubic", "tags": {"a": [1]}}
+    newer = {**WRITTEN, "temperature": 1.7, "crop_mode": "squash", "tags": {"a": [1]}}
     meta = ModelMeta.from_json(newer)
     assert meta.temperature == 1.7 and meta.extra == {
-        "interpolation": "bicubic",
+        "crop_mode": "squash",
         "tags": {"a": [1]},
     }
     assert meta.to_json() == newer

@@ -71,3 +71,37 @@ def test_hub_offline_uses_the_cache_and_says_when_it_is_not_there(tmp_path, monk
     finally:
         monkeypatch.undo()
         importlib.reload(constants)
+
+
+def test_a_run_from_hub_weights_predicts_with_their_preprocessing(tmp_path):
+    from datagen import make_folder
+    from resnetlab.bundle import load_model, run_pipeline
+    from resnetlab.cli import main
+    from resnetlab.predict import Predictor
+
+    hub = _hub_folder(tmp_path / "resnet18.tv_in1k")
+    cfg = json.loads((hub / "config.json").read_text())
+    cfg["pretrained_cfg"].pop("test_input_size")
+    cfg["pretrained_cfg"].pop("test_crop_pct")  # crop_pct 0.95 at 224: resize 236
+    (hub / "config.json").write_text(json.dumps(cfg))
+    data = make_folder(tmp_path / "photos", {"ant": 6, "bee": 6}, size=(80, 72))
+    argv = ["train", "--data", str(data), "--model", "resnet18", "--weights", str(hub),
+            "--input-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+            "--out", str(tmp_path / "runs"), "--name", "r"]  # fmt: skip
+    assert main(argv) == 0
+    run = tmp_path / "runs" / "r"
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["resize_size"] == round(64 * 236 / 224) and meta["interpolation"] == "bicubic"
+    p = Predictor(run, backend="torch")
+    assert p._decode_tf.short_side == 67 and p.min_side == 67
+    pipe = run_pipeline(load_model(run), num_workers=0)
+    assert pipe.cfg.eval_resize == 67
+
+
+def test_v2_metadata_builds_the_232_transform():
+    from resnetlab.data.transforms import file_transform
+
+    v2 = torchvision_preprocess(ResNet50_Weights.IMAGENET1K_V2)
+    tf = file_transform("imagenet", v2.crop_size, train=False, resize_size=v2.resize_size)
+    assert (tf.short_side, tf.size) == (232, 224)
+    assert file_transform("imagenet", 224, train=False).short_side == 256

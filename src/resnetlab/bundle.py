@@ -22,7 +22,6 @@ from .weights import (
     IMAGENET_STD,
     WeightsError,
     load_into,
-    load_torchvision_state,
     read_state_dict,
     safe_torch_load,
     torchvision_weights,
@@ -95,26 +94,29 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
     """A model from weights alone (no run): ``torchvision`` or a ``.pth``/``.safetensors`` file.
 
     Class names come from torchvision's ImageNet metadata when the head has 1000 outputs."""
-    if weights == "torchvision":
-        state, info = load_torchvision_state(name)
-        source = info["source"]
-    else:
-        state, source = read_state_dict(weights), weights
+    from .weight_sources import resolve_weights
+
+    found = resolve_weights(weights, name)
+    state, source, pre = found.state, found.source, found.preprocess
     fc = state.get("fc.weight", state.get("head.fc.weight"))
     num_classes = int(fc.shape[0]) if fc is not None else 1000
     conv = state.get("conv1.weight", state.get("conv1.0.weight", state.get("stem.conv.weight")))
     in_chans = int(conv.shape[1]) if conv is not None else 3
     classes = [str(i) for i in range(num_classes)]
-    if num_classes == 1000:
+    if found.classes and len(found.classes) == num_classes:
+        classes = list(found.classes)
+    elif num_classes == 1000:
         with contextlib.suppress(WeightsError):
             classes = list(torchvision_weights(name).meta["categories"])
-    size = get_model_entry(name).input_size[1]
+    size = pre.crop_size if pre else get_model_entry(name).input_size[1]
+    mean, std = (list(pre.mean), list(pre.std)) if pre else (IMAGENET_MEAN, IMAGENET_STD)
     meta = ModelMeta(
         model=name, num_classes=num_classes, in_chans=in_chans, classes=classes,
         input_size=[in_chans, size, size],
-        mean=list(IMAGENET_MEAN)[:in_chans] if in_chans == 3 else [0.449],
-        std=list(IMAGENET_STD)[:in_chans] if in_chans == 3 else [0.226],
-        weights=weights,
+        mean=list(mean)[:in_chans] if in_chans == 3 else [sum(mean) / len(mean)],
+        std=list(std)[:in_chans] if in_chans == 3 else [sum(std) / len(std)],
+        weights=weights, resize_size=pre.resize_size if pre else None,
+        interpolation=pre.interpolation if pre else None,
     )  # fmt: skip
     return LoadedModel(_build(meta, state, source), meta, Path(source), None)
 
@@ -149,6 +151,8 @@ def run_pipeline(
     cfg = DataConfig(
         data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
         std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
-        in_chans=meta.in_chans,
+        in_chans=meta.in_chans, eval_resize=meta.resize_size,
+        # the weights' own resize is applied per file: the in-memory cache crops at 256/224
+        cache="none" if meta.resize_size else "auto",
     )  # fmt: skip
     return DataPipeline(source, cfg)

@@ -70,10 +70,14 @@ class Predictor:
             backend, precision = self.choice.backend, self.choice.precision
             device = "cpu" if backend != "torch" else device
         self.backend = create_backend(backend, self.loaded, device, precision, onnx_path)
-        self._decode_tf = file_transform(self.preset, self.input_size, train=False)
+        self._decode_tf = file_transform(
+            self.preset, self.input_size, train=False, resize_size=meta.resize_size
+        )
         # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.
         self.min_side = (
-            eval_resize_size(self.input_size) if self.preset == "imagenet" else self.input_size
+            (meta.resize_size or eval_resize_size(self.input_size))
+            if self.preset == "imagenet"
+            else self.input_size
         )
         self._batch_tf = BatchTransform(
             self.preset, self.input_size, meta.mean, meta.std, train=False, geometric=False,

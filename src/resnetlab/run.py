@@ -57,6 +57,10 @@ class ModelMeta:
     task: str | None = None  # "multiclass" (None) or "multilabel"
     thresholds: list[float] | None = None  # per-class decision thresholds (multi-label)
     temperature: float | None = None  # calibration: logits are divided by it
+    # The evaluation resize the weights were published with, scaled to this input size
+    # (torchvision's resnet50 IMAGENET1K_V2: 232 for a 224 crop); None: 256/224 of the size.
+    resize_size: int | None = None
+    interpolation: str | None = None  # bilinear (None) or the weights' own, e.g. bicubic
     extra: dict[str, Any] = field(default_factory=dict)
 
     REQUIRED: ClassVar[tuple[str, ...]] = (
@@ -150,7 +154,7 @@ class RunDir:
     TORCHSCRIPT = "model.ts"
     BACKEND_CHOICE = "backend.json"  # --backend auto's measurements, per machine
     CALIBRATION = "calibration.json"  # reliability bins before/after temperature scaling
-    EXPLAIN = "explain"  # Grad-CAM overlays of `resnetlab explain`
+    EXPLAIN = "gradcam"  # Grad-CAM overlays of `resnetlab explain`
     LR_FIND_PLOT = "lr_find.png"
     LR_FIND_JSON = "lr_find.json"
     EVAL_PREFIX = "eval-"  # eval-SPLIT/: metrics.json and plots of `evaluate`

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from .errors import WeightsError
+from .run import RunDir
 from .weights import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 
 
@@ -101,12 +102,13 @@ def _hub_folder(folder: Path, source: str) -> WeightSource:
         )
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{config_file}: not valid JSON ({exc})") from None
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    # The hub names its weights file as a run folder does.
+    for name in (RunDir.WEIGHTS, "pytorch_model.bin"):
         if (folder / name).is_file():
             state = read_state_dict(folder / name)
             break
     else:
-        raise WeightsError(f"{folder}: no model.safetensors or pytorch_model.bin (hub layout)")
+        raise WeightsError(f"{folder}: no {RunDir.WEIGHTS} or pytorch_model.bin (hub layout)")
     labels = config.get("label_names") or config.get("pretrained_cfg", {}).get("label_names")
     return WeightSource(state, source, hub_preprocess(config), list(labels) if labels else None)
 
@@ -120,7 +122,7 @@ def _hf_hub(repo: str) -> WeightSource:
             f"--weights hf-hub:{repo} needs the huggingface_hub package: pip install "
             "'resnetlab[hub]'"
         ) from None
-    patterns = ["config.json", "model.safetensors", "pytorch_model.bin"]
+    patterns = ["config.json", RunDir.WEIGHTS, "pytorch_model.bin"]
     try:
         folder = snapshot_download(repo, allow_patterns=patterns)
     except LocalEntryNotFoundError:

@@ -59,6 +59,8 @@ class DataConfig:
     download: bool = option(False, "fetch MNIST/CIFAR when online", group="data")
     in_chans: int | None = option(None, "force greyscale (1) or RGB (3)", choices=(1, 3),
                                   group="data")  # fmt: skip
+    # The evaluation resize of the model's weights (ModelMeta.resize_size); set by evaluate.
+    eval_resize: int | None = option(None, flag=False)
 
     def check(self) -> None:
         if self.preset != "auto" and self.preset not in PRESETS:
@@ -159,7 +161,8 @@ class DataPipeline:
             )
         data: Split = self.source.splits[split]
         drop_last = train and len(data) > self.cfg.batch_size
-        tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment)
+        tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment,
+                            resize_size=self.cfg.eval_resize)  # fmt: skip
         if data.shards is not None:
             if sampler != "none":
                 raise DataError(

@@ -50,13 +50,21 @@ def _auto_augment(name: str | None) -> list:
     raise ConfigError(f"auto_augment={name!r} is not one of {', '.join(AUTO_AUGMENTS)}")
 
 
-def file_transform(preset: str, input_size: int, train: bool, auto_augment: str | None = None):
-    """PIL image -> uint8 (C, input_size, input_size) tensor; normalisation happens per batch."""
+def file_transform(
+    preset: str,
+    input_size: int,
+    train: bool,
+    auto_augment: str | None = None,
+    resize_size: int | None = None,
+):
+    """PIL image -> uint8 (C, input_size, input_size) tensor; normalisation happens per batch.
+    ``resize_size``: the evaluation resize the weights ask for (default 256/224 of the size)."""
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
     if not train:
         if preset == "imagenet":
-            return EvalTransform(input_size, resize_short_side=eval_resize_size(input_size))
+            short = resize_size or eval_resize_size(input_size)
+            return EvalTransform(input_size, resize_short_side=short)
         return EvalTransform(input_size)
     from torchvision.transforms import v2
 

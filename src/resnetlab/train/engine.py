@@ -26,12 +26,11 @@ from ..fmt import pct
 from ..io import atomic_write_text
 from ..models import create_model
 from ..run import ModelMeta, RunDir
+from ..weight_sources import resolve_weights
 from ..weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     load_into,
-    load_torchvision_state,
-    read_state_dict,
     save_bundle,
     unwrap_model,
 )
@@ -88,6 +87,8 @@ class Trainer:
         self.dist = D.init_distributed()
         self.resume_state = None
         self.weights_note = ""
+        self.weight_source = None  # --weights, resolved with the preprocessing they carry
+        self.eval_preprocess: dict = {}  # their evaluation resize, for model.json
         if resume is not None:
             path, self.resume_state = load_for_resume(resume)
             if overrides is None:
@@ -171,10 +172,26 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
 
     def _build_data(self) -> DataPipeline:
-        # Pretrained weights expect the normalisation they were trained with (ImageNet's),
-        # unless --mean/--std say otherwise.
-        norm = (IMAGENET_MEAN, IMAGENET_STD) if self.cfg.weights else None
-        return build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm)
+        # Pretrained weights expect the normalisation they were trained with (their own,
+        # else ImageNet's), unless --mean/--std say otherwise; a resumed run keeps its own.
+        norm = None
+        if self.cfg.weights and self.resume_state is not None:
+            m = self.resume_state.get("model_meta") or {}
+            norm = (m["mean"], m["std"]) if "mean" in m else (IMAGENET_MEAN, IMAGENET_STD)
+            self.eval_preprocess = {k: m.get(k) for k in ("resize_size", "interpolation")}
+        elif self.cfg.weights:
+            self.weight_source = resolve_weights(self.cfg.weights, self.cfg.model)
+            pre = self.weight_source.preprocess
+            norm = (pre.mean, pre.std) if pre else (IMAGENET_MEAN, IMAGENET_STD)
+        pipe = build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm)
+        pre = self.weight_source.preprocess if self.weight_source else None
+        if pre is not None and pipe.preset == "imagenet":
+            # The weights' evaluation resize, scaled from their crop to this input size.
+            self.eval_preprocess = {
+                "resize_size": round(pipe.input_size * pre.resize_size / pre.crop_size),
+                "interpolation": pre.interpolation,
+            }
+        return pipe
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -184,12 +201,8 @@ class Trainer:
             in_chans=self.data.channels,
             **cfg.model_kwargs,
         )
-        if cfg.weights and self.resume_state is None:
-            if cfg.weights == "torchvision":
-                state, _ = load_torchvision_state(cfg.model)
-                source = f"torchvision:{cfg.model}"
-            else:
-                state, source = read_state_dict(cfg.weights), cfg.weights
+        if self.weight_source is not None:
+            state, source = self.weight_source.state, self.weight_source.source
             info = load_into(model, state, source, skip_classifier=True)
             note = f"weights {source}: a new classifier for {len(self.classes)} classes"
             if info["adapted"]:
@@ -266,7 +279,7 @@ class Trainer:
             classes=list(self.classes), input_size=[c, size, size], mean=list(self.data.mean),
             std=list(self.data.std), preset=self.data.preset,
             model_kwargs=dict(self.cfg.model_kwargs), weights=self.cfg.weights,
-            resnetlab_version=__version__,
+            resnetlab_version=__version__, **self.eval_preprocess,
         )  # fmt: skip
 
     def _checkpoint_state(self, sums: torch.Tensor | None = None) -> dict:
