@@ -105,3 +105,12 @@ def test_v2_metadata_builds_the_232_transform():
     tf = file_transform("imagenet", v2.crop_size, train=False, resize_size=v2.resize_size)
     assert (tf.short_side, tf.size) == (232, 224)
     assert file_transform("imagenet", 224, train=False).short_side == 256
+
+
+def test_models_lists_the_published_weights_with_top1_and_preprocessing(capsys):
+    from resnetlab.cli import main
+
+    assert main(["models", "resnet50", "--weights"]) == 0
+    out = capsys.readouterr().out
+    assert "torchvision:IMAGENET1K_V2    80.86%" in out and "resize 232 -> crop 224" in out
+    assert "hf-hub:timm/resnet50" in out

@@ -28,7 +28,7 @@ def command(name: str):
 def cmd_models(args: argparse.Namespace) -> int:
     from .models import get_model_entry, list_models
     from .models.registry import natural_key
-    from .summary import format_models, model_info
+    from .summary import format_models, format_weights, model_info
 
     names = sorted(
         list_models(args.pattern, family=args.family),
@@ -37,6 +37,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not names:
         raise ConfigError(f"no model matches {args.pattern!r}; try `resnetlab models` for all")
     rows = [model_info(name) for name in names]
+    if args.weights:
+        print(format_weights(names))
+        return 0
     print(json.dumps(rows, indent=2) if args.json else format_models(rows, args.paper))
     return 0
 

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
           ("--family", {"choices": list_families(),
                         "help": "only this family: a data set or an architecture"}),
           ("--paper", {"action": "store_true", "help": "show the papers' CIFAR figures"}),
+          ("--weights", {"action": "store_true",
+                         "help": "the published weights of each model, top-1, preprocessing"}),
           json_flag)  # fmt: skip
     _args(sub.add_parser("summary", help="per-layer table, parameters, MACs and FLOPs"),
           ("model", {}),

@@ -272,3 +272,38 @@ def format_models(rows: list[dict], paper: bool = False) -> str:
     lines.append(f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at "
                  "the input shown.")  # fmt: skip
     return "\n".join(lines)
+
+
+def available_weights(name: str) -> list[dict]:
+    """The published weights a model can start from: torchvision's tags with their ImageNet
+    top-1 and evaluation preprocessing (from torchvision's own metadata, no download), and the
+    timm name to look up on the Hugging Face hub (``hf-hub:timm/NAME.TAG``)."""
+    from .models import get_model_entry
+
+    rows = []
+    try:
+        from torchvision.models import get_model_weights
+
+        for w in get_model_weights(name):
+            tf = w.transforms()
+            top1 = w.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+            rows.append({"weights": f"torchvision:{w.name}", "top1": top1,
+                         "preprocess": f"resize {tf.resize_size[0]} -> crop {tf.crop_size[0]}"})  # fmt: skip
+    except (ValueError, KeyError, ImportError):
+        pass
+    timm_name = get_model_entry(name).timm_name
+    if timm_name:
+        rows.append({"weights": f"hf-hub:timm/{timm_name}.<tag>", "top1": None,
+                     "preprocess": "from the hub's config.json"})  # fmt: skip
+    return rows
+
+
+def format_weights(names: list[str]) -> str:
+    """``resnetlab models --weights``: per model, the weights it can start from."""
+    from .fmt import table
+
+    body = [[n, r["weights"], f"{r['top1']:.2f}%" if r["top1"] else "-", r["preprocess"]]
+            for n in names for r in available_weights(n)]  # fmt: skip
+    if not body:
+        return "no published weights for these models (train from scratch, or --weights FILE)"
+    return table(["model", "--weights", "ImageNet top-1", "evaluation"], body, right_from=9)
