@@ -287,8 +287,8 @@ def available_weights(name: str) -> list[dict]:
         for w in get_model_weights(name):
             tf = w.transforms()
             top1 = w.meta["_metrics"]["ImageNet-1K"]["acc@1"]
-            rows.append({"weights": f"torchvision:{w.name}", "top1": top1,
-                         "preprocess": f"resize {tf.resize_size[0]} -> crop {tf.crop_size[0]}"})  # fmt: skip
+            how = f"resize {tf.resize_size[0]} -> crop {tf.crop_size[0]}"
+            rows.append({"weights": f"torchvision:{w.name}", "top1": top1, "preprocess": how})
     except (ValueError, KeyError, ImportError):
         pass
     timm_name = get_model_entry(name).timm_name
