@@ -63,7 +63,7 @@ def test_stale_run_export_is_rebuilt_and_announced(run, capsys, caplog):
     assert main(["export", str(run_dir), "--format", "onnx"]) == 0
     old = _probs(Predictor(run_dir, backend="onnx").predict_paths(files, topk=3))
     _change_weights(run_dir)
-    new = _probs(Predictor(run_dir, precision="fp32").predict_paths(files, topk=3))
+    new = _probs(Predictor(run_dir, backend="torch", precision="fp32").predict_paths(files, topk=3))
     assert _max_diff(old, new) > 1e-3  # the change is visible in the outputs
     capsys.readouterr()
     caplog.clear()
