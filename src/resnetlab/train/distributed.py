@@ -65,7 +65,4 @@ def barrier(info: DistInfo) -> None:
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
-        # Every rank reaches the end before the group is torn down: a rank that leaves while
-        # another still talks to it aborts the process ("terminate called ...").
-        dist.barrier()
         dist.destroy_process_group()
