@@ -187,25 +187,6 @@ def torchvision_weights(model_name: str):
         ) from None
 
 
-def load_torchvision_state(model_name: str) -> tuple[dict, dict]:
-    """Download (through torch's hub cache) torchvision's weights; returns (state, meta)."""
-    w = torchvision_weights(model_name)
-    try:
-        state = w.get_state_dict(progress=True, check_hash=True)
-    except (OSError, RuntimeError) as exc:
-        raise WeightsError(
-            f"cannot fetch torchvision weights for {model_name} from {w.url} ({exc}); when "
-            "offline, download the file elsewhere and pass --weights PATH"
-        ) from None
-    meta = {
-        "classes": list(w.meta.get("categories", [])),
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "source": w.url,
-    }
-    return state, meta
-
-
 def save_bundle(model: nn.Module, meta: ModelMeta, folder: str | os.PathLike) -> Path:
     """Write the weights and their metadata atomically into ``folder``; returns the weights'
     path."""
