@@ -36,9 +36,9 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).parent))
 from common import Worker, alternate, make_jpeg_folder, serve_worker, write_result  # noqa: E402
 from resnetlab import create_model  # noqa: E402
+from resnetlab.device import resolve_precision  # noqa: E402
 from resnetlab.runtime import tune_allocator  # noqa: E402
 from resnetlab.train import Trainer, resolve_config  # noqa: E402
-from resnetlab.device import resolve_precision  # noqa: E402
 
 
 def reference_runner(model: nn.Module, folder: Path, transform, batch: int):
