@@ -8,6 +8,7 @@ Adding one is a class with a ``name`` and ``logits``, registered with ``@registe
 
 from __future__ import annotations
 
+import abc
 import itertools
 import logging
 import os
@@ -29,7 +30,7 @@ log = logging.getLogger("resnetlab.predict")
 T = TypeVar("T")
 
 
-class Backend:
+class Backend(abc.ABC):
     """Runs one model: ``logits(batch)`` for a preprocessed float batch."""
 
     name: ClassVar[str]  # the --backend value
@@ -40,9 +41,9 @@ class Backend:
     # threads; a runtime with its own thread pool (onnxruntime) or a GPU runs one at a time.
     parallel: bool = False
 
+    @abc.abstractmethod
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """float batch (N, C, H, W) on ``device`` -> float32 logits (N, classes) on the CPU."""
-        raise NotImplementedError
 
 
 BACKENDS: dict[str, type[Backend]] = {}

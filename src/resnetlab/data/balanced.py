@@ -9,8 +9,6 @@ ranks take disjoint slices of one draw.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .loader import EpochSampler, mix_seed
@@ -43,15 +41,10 @@ class BalancedSampler(EpochSampler):
         super().__init__(len(labels), batch_size, True, drop_last, seed, rank, world_size)
         self.weights = balanced_weights(labels)
 
-    def _indices(self) -> torch.Tensor:
+    def _order(self) -> torch.Tensor:
         # Salt 5: other streams of the same (seed, epoch) (shuffle, augmentation) stay apart.
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 5))
-        idx = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        if self.world_size > 1:  # as EpochSampler's training path: equal steps on every rank
-            per_rank = math.ceil(self.n / self.world_size)
-            idx = torch.cat([idx, idx[: per_rank * self.world_size - self.n]])
-            idx = idx[self.rank :: self.world_size]
-        return idx
+        return torch.multinomial(self.weights, self.n, replacement=True, generator=g)
 
 
 def make_sampler(

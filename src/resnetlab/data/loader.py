@@ -58,18 +58,21 @@ class EpochSampler:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def _indices(self) -> torch.Tensor:
+    def _order(self) -> torch.Tensor:
+        """This epoch's order of all ``n`` indices, before sharding."""
         if self.shuffle:
             g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
-            idx = torch.randperm(self.n, generator=g)
-        else:
-            idx = torch.arange(self.n)
+            return torch.randperm(self.n, generator=g)
+        return torch.arange(self.n)
+
+    def _indices(self) -> torch.Tensor:
+        idx = self._order()
         if self.world_size > 1:
             if self.shuffle:
                 # Training: every rank gets the same number of samples, so every rank takes
                 # the same number of steps (DDP all-reduces each one).
-                per_rank = math.ceil(self.n / self.world_size)
-                idx = torch.cat([idx, idx[: per_rank * self.world_size - self.n]])
+                per_rank = math.ceil(len(idx) / self.world_size)
+                idx = torch.cat([idx, idx[: per_rank * self.world_size - len(idx)]])
             # Evaluation: no padding, so every sample is scored exactly once across ranks.
             idx = idx[self.rank :: self.world_size]
         return idx
