@@ -82,3 +82,64 @@ def make_folder(root: Path, classes: dict[str, int], size=(40, 36), seed=0) -> P
             noise = rng.integers(0, 20, size=base.shape, dtype=np.uint8)
             Image.fromarray(base + noise).save(d / f"img_{k}.png")
     return root
+
+
+# Multi-label: each label is a coloured patch in its own quadrant; an image carries any subset.
+MULTILABEL_PATCHES = {
+    "红": ((220, 30, 30), (0, 0)),
+    "green": ((30, 200, 40), (0, 1)),
+    "blue": ((30, 60, 230), (1, 0)),
+    "yellow": ((230, 210, 20), (1, 1)),
+}
+
+
+def multilabel_image(labels, rng, size: int = 32) -> Image.Image:
+    a = rng.integers(90, 150, size=(size, size, 3)).astype(np.uint8)
+    half = size // 2
+    for name in labels:
+        color, (qy, qx) = MULTILABEL_PATCHES[name]
+        side = int(rng.integers(half // 2, half - 1))
+        y = qy * half + int(rng.integers(0, half - side))
+        x = qx * half + int(rng.integers(0, half - side))
+        a[y : y + side, x : x + side] = color
+    return Image.fromarray(a)
+
+
+def make_multilabel(
+    root: Path, n: int = 160, size: int = 32, seed: int = 0, fmt: str = "csv",
+    split: bool = False, p: float = 0.4,
+) -> Path:  # fmt: skip
+    """``n`` PNGs under root/images and a listing of their labels: ``labels.csv``
+    (``path,labels`` with ``|`` between labels, an empty cell for none) or ``labels.jsonl``;
+    ``split``: a split column (70/15/15). Returns the listing's path."""
+    rng = np.random.default_rng(seed)
+    names = list(MULTILABEL_PATCHES)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for k in range(n):
+        labels = [c for c in names if rng.random() < p]
+        path = f"images/img_{k:04d}.png"
+        multilabel_image(labels, rng, size).save(root / path)
+        part = "train" if k % 20 < 14 else "val" if k % 20 < 17 else "test"
+        rows.append((path, labels, part))
+    if fmt == "jsonl":
+        import json
+
+        listing = root / "labels.jsonl"
+        listing.write_text(
+            "".join(
+                json.dumps(
+                    {"path": p_, "labels": ls, **({"split": s} if split else {})},
+                    ensure_ascii=False,
+                )
+                + "\n"
+                for p_, ls, s in rows
+            ),  # fmt: skip
+            encoding="utf-8",
+        )
+        return listing
+    listing = root / "labels.csv"
+    lines = ["path,labels" + (",split" if split else "")]
+    lines += [f"{p_},{'|'.join(ls)}" + (f",{s}" if split else "") for p_, ls, s in rows]
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return listing

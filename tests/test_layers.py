@@ -12,7 +12,17 @@ PACKAGE = Path(resnetlab.__file__).parent
 
 # Lowest first. A module may import from its own layer (without a cycle) and from any below.
 LAYERS = [
-    ("errors", "io", "runtime", "device", "plots", "fmt", "options", "calibrate"),  # foundations
+    (
+        "errors",
+        "io",
+        "runtime",
+        "device",
+        "plots",
+        "fmt",
+        "options",
+        "calibrate",
+        "multilabel",
+    ),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
     ("bundle", "train"),  # loading a trained model; the training engine

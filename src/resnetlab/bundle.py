@@ -147,11 +147,11 @@ def run_pipeline(
         options = {k: config[k] for k in keys if k in config}
     if max_bad_fraction is not None:
         options["max_bad_fraction"] = max_bad_fraction
-    source = load_source(data, channels=meta.in_chans, **options)
+    source = load_source(data, channels=meta.in_chans, task=meta.task or "multiclass", **options)
     cfg = DataConfig(
         data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
         std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
-        in_chans=meta.in_chans, eval_resize=meta.resize_size,
+        in_chans=meta.in_chans, eval_resize=meta.resize_size, task=meta.task or "multiclass",
         # the weights' own resize is applied per file: the in-memory cache crops at 256/224
         cache="none" if meta.resize_size else "auto",
     )  # fmt: skip

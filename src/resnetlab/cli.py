@@ -160,14 +160,21 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
         return 0
     run = s["run_dir"]
     print(f"\nbest epoch        {s['best_epoch']} of {s['epochs_completed']}")
-    print(f"best val top-1    {pct(s['best_val_top1'])}")
-    print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
+    if "best_val_map" in s:  # multi-label
+        print(f"best val mAP      {pct(s['best_val_map'])}")
+        print(f"test mAP          {pct(s.get('test_map'))}   (best checkpoint; F1 micro "
+              f"{pct(s.get('test_f1_micro'))}, macro {pct(s.get('test_f1_macro'))}, exact "
+              f"match {pct(s.get('test_exact_match'))} at the per-class thresholds)")  # fmt: skip
+    else:
+        print(f"best val top-1    {pct(s['best_val_top1'])}")
+        print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
     if s.get("temperature") is not None:
         print(f"calibration       T = {s['temperature']:.3g}, ECE {pct(s['ece_before'])} -> "
               f"{pct(s['ece_after'])} (val)")  # fmt: skip
     speed = f"{s['train_images_per_second']:,.0f} images/s ({s['precision']}, {s['device']})"
     print(f"time              {s['train_seconds']:.1f} s training, {speed}")
-    held_out = s["best_val_top1"] is not None or s["test_top1"] is not None
+    held_out = any(s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map",
+                                                   "test_map"))  # fmt: skip
     # evaluate and report need images the model did not train on
     steps = [f"evaluate {run}"] * held_out + [f"predict {run} IMAGE_OR_FOLDER"]
     longer = s["epochs_completed"] + 10
@@ -193,12 +200,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     tta = " (flip TTA)" if r["tta"] else ""
     print(f"{r['split']} split of {r['data']}: {r['num_samples']} images{tta}")
-    print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
-    print(f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 {pct(r['f1_macro'])}   "
-          f"ECE {pct(r['ece'])}\n")  # fmt: skip
-    rows = [[name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-             str(m["support"])] for name, m in r["per_class"].items()]  # fmt: skip
-    print(table(["class", "precision", "recall", "F1", "support"], rows, right_from=1) + "\n")
+    if r.get("task") == "multilabel":
+        print(f"mAP {pct(r['map'])} (chance {pct(r['chance_map'])})   F1 micro "
+              f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
+              f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n")  # fmt: skip
+        rows = [[name, "-" if m["ap"] is None else f"{m['ap']:.3f}", f"{m['precision']:.3f}",
+                 f"{m['recall']:.3f}", f"{m['f1']:.3f}", f"{m['threshold']:.2f}",
+                 str(m["support"])] for name, m in r["per_class"].items()]  # fmt: skip
+        head = ["label", "AP", "precision", "recall", "F1", "threshold", "support"]
+    else:
+        print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
+        print(f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 "
+              f"{pct(r['f1_macro'])}   ECE {pct(r['ece'])}\n")  # fmt: skip
+        rows = [[name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                 str(m["support"])] for name, m in r["per_class"].items()]  # fmt: skip
+        head = ["class", "precision", "recall", "F1", "support"]
+    print(table(head, rows, right_from=1) + "\n")
     for key, path in r["files"].items():
         print(f"{key.replace('_', ' '):22} {path}")
     return 0
@@ -241,7 +258,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}", ""])
     else:
         for r in rows:
-            tops = ", ".join(f"{t['label']} {pct(t['prob'], 1)}" for t in r["topk"])
+            tops = ", ".join(f"{t['label']} {pct(t['prob'], 1)}" for t in r["topk"]) or (
+                "no label above its threshold"  # multi-label: none of the labels
+            )
             print(f"{r['path']}: " + (f"ERROR {r['error']}" if r["error"] else tops))
     bad = sum(1 for r in rows if r["error"])
     if bad:

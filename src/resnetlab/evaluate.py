@@ -111,6 +111,18 @@ def evaluate_run(
     for out, y in iter_logits(forward, loader, tf, runner.device, "fp32"):
         all_logits.append(out.cpu())
         all_labels.append(y.cpu())
+    if loaded.meta.multilabel:
+        targets = torch.cat(all_labels) if all_labels else torch.zeros(0, len(label_map))
+        result = _evaluate_multilabel(
+            loaded, torch.cat(all_logits), _to_model_columns(targets, label_map, loaded),
+            source.splits[split], top_losses, gradcam,
+        )  # fmt: skip
+        result.update({
+            "run": str(loaded.run or loaded.source) if run is loaded else str(run),
+            "data": pipe.cfg.data, "split": split, "tta": tta, "backend": runner.name,
+            "precision": runner.precision, "backend_note": note,
+        })  # fmt: skip
+        return _write_result(result, out_dir, loaded, split)
     logits, targets = torch.cat(all_logits), label_map[torch.cat(all_labels)]
     n_cls = len(loaded.classes)
     losses = F.cross_entropy(logits, targets, reduction="none")
@@ -179,6 +191,108 @@ def evaluate_run(
     return result
 
 
+def _to_model_columns(targets: torch.Tensor, label_map: torch.Tensor, loaded) -> torch.Tensor:
+    """Multi-hot rows in the data's class order -> the model's class order."""
+    out = torch.zeros(targets.shape[0], len(loaded.classes))
+    out[:, label_map] = targets.float()
+    return out
+
+
+def _evaluate_multilabel(
+    loaded: LoadedModel, logits: torch.Tensor, targets: torch.Tensor, split_data,
+    top_losses: int, gradcam: bool,
+) -> dict:  # fmt: skip
+    """mAP, micro/macro F1 at the run's thresholds, per-class AP/F1, label frequencies, the
+    precision-recall curves and (``top_losses``) the images with the highest loss."""
+    from .multilabel import chance_map, decisions, multilabel_metrics, probabilities
+    from .plots import plot_pr_curves
+    from .train.metrics import multilabel_loss
+
+    classes, thresholds = loaded.classes, loaded.meta.thresholds
+    probs = probabilities(logits)
+    found = multilabel_metrics(probs, targets, classes, thresholds)
+    n = len(targets)
+    result = {
+        "task": "multilabel",
+        "map": found["map"],
+        "chance_map": chance_map(targets) if n else None,
+        "f1_micro": found["f1_micro"],
+        "f1_macro": found["f1_macro"],
+        "exact_match": found["exact_match"],
+        "hamming_accuracy": found["hamming_accuracy"],
+        "top1": None,
+        "top5": None,
+        "loss": float(multilabel_loss(logits, targets)) if n else 0.0,
+        "num_samples": n,
+        "thresholds": dict(zip(classes, thresholds)) if thresholds else None,
+        "classes": list(classes),
+        "per_class": found["per_class"],
+        "files": {},
+    }
+    ap = {k: v["ap"] for k, v in found["per_class"].items()}
+
+    def draw_pr(path: Path) -> Path:
+        return plot_pr_curves(probs, targets, classes, ap, path)
+
+    result["_plots"] = [("pr_curves_png", "pr_curves.png", draw_pr)]
+    if top_losses and n:
+        per_image = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, targets, reduction="none"
+        )
+        pred = decisions(probs, thresholds)
+        wrong = (pred != (targets > 0.5)).any(1).nonzero().flatten()
+        order = wrong[per_image.mean(1)[wrong].argsort(descending=True)][:top_losses]
+
+        def names(row) -> str:
+            return " | ".join(classes[j] for j in row.nonzero().flatten().tolist()) or "none"
+
+        items = []
+        for i in order.tolist():
+            worst = int(per_image[i].argmax())  # the label the model is most wrong about
+            shown = [f"{classes[j]} {probs[i, j]:.0%}" for j in pred[i].nonzero().flatten()]
+            items.append({
+                "index": i,
+                "path": str(split_data.paths[i]) if split_data.paths else None,
+                "true": names(targets[i] > 0.5), "pred": names(pred[i]),
+                "pred_text": "pred " + (", ".join(shown) or "none"),
+                "prob": float(probs[i, worst]), "worst_label": classes[worst],
+                "loss": float(per_image[i].mean()),
+            })  # fmt: skip
+        result["top_losses"] = items
+        result["_gallery"] = (items, split_data, gradcam)
+    return result
+
+
+def _out_dir(out_dir, loaded: LoadedModel, split: str) -> Path:
+    return Path(out_dir) if out_dir else loaded.home.eval_dir(split)
+
+
+def _write_result(result: dict, out_dir, loaded: LoadedModel, split: str) -> dict:
+    """Draw the result's plots and galleries into the evaluation folder; write metrics.json."""
+    from .plots import plot_top_losses
+
+    out = _out_dir(out_dir, loaded, split)
+    out.mkdir(parents=True, exist_ok=True)
+    for key, name, draw in result.pop("_plots", []):
+        draw(out / name)
+        result["files"][key] = str(out / name)
+    gallery = result.pop("_gallery", None)
+    if gallery is not None:
+        items, split_data, gradcam = gallery
+        images = [_display_image(split_data, it["index"]) for it in items]
+        plot_top_losses(images, items, out / "top_losses.png")
+        result["files"]["top_losses_png"] = str(out / "top_losses.png")
+        if gradcam and items:
+            try:
+                _gradcam_gallery(loaded, split_data, items, out / "top_losses_gradcam.png")
+                result["files"]["top_losses_gradcam_png"] = str(out / "top_losses_gradcam.png")
+            except ConfigError as exc:  # Captum not installed: the plain gallery still stands
+                result["gradcam_note"] = str(exc)
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False))
+    result["files"]["metrics_json"] = str(out / "metrics.json")
+    return result
+
+
 def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path) -> Path:
     """The top-losses gallery again, each image under the Grad-CAM heat of the class the model
     wrongly chose: where it looked for its wrong answer."""
@@ -193,7 +307,8 @@ def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path) 
                    else open_image(split.paths[it["index"]], ex.in_chans))
         for it in items
     ]  # fmt: skip
-    targets = [loaded.classes.index(it["pred"]) for it in items]
+    # The class it wrongly chose (multi-label: the label it is most wrong about).
+    targets = [loaded.classes.index(it.get("worst_label", it["pred"])) for it in items]
     shown = [np.asarray(e.overlay()) for e in ex.explain_batch(stack_images(images), targets)]
     return plot_top_losses(shown, items, path)
 

@@ -144,9 +144,15 @@ def curves_figure(history: list[dict], title: str = ""):
     axes[0].plot(epochs, col("train_loss"), label="train", marker=".")
     axes[0].plot(epochs, col("val_loss"), label="val", marker=".")
     axes[0].set_title("loss")
+    multilabel = any(r.get("val_map") not in ("", None) for r in history)
     axes[1].plot(epochs, [v * 100 for v in col("train_top1")], label="train", marker=".")
-    axes[1].plot(epochs, [v * 100 for v in col("val_top1")], label="val", marker=".")
-    axes[1].set_title("top-1 accuracy (%)")
+    if multilabel:  # train: exact match; val: mAP (the measure the best epoch is chosen by)
+        axes[1].plot(epochs, [v * 100 for v in col("val_exact_match")], label="val", marker=".")
+        axes[1].plot(epochs, [v * 100 for v in col("val_map")], label="val mAP", marker=".")
+        axes[1].set_title("exact match (%), and val mAP")
+    else:
+        axes[1].plot(epochs, [v * 100 for v in col("val_top1")], label="val", marker=".")
+        axes[1].set_title("top-1 accuracy (%)")
     axes[2].plot(epochs, col("lr"), color="tab:green", marker=".")
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:
@@ -210,12 +216,44 @@ def top_losses_figure(images: list[np.ndarray], items: list[dict]):
     for ax, img, it in zip(axes.flat, images, items):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         caption = f"{wrap_label('true ' + str(it['true']))}\n"
-        caption += wrap_label(f"pred {it['pred']} ({it['prob']:.0%})")
+        # Multi-label items say their predicted labels with each one's probability.
+        caption += wrap_label(it.get("pred_text") or f"pred {it['pred']} ({it['prob']:.0%})")
         ax.set_title(caption, fontsize=9)
     if not images:
         axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
     fig.suptitle("top losses: most confidently wrong")
     return fig
+
+
+def pr_curves_figure(probs: np.ndarray, targets: np.ndarray, classes: list[str], ap: dict):
+    """Multi-label: each class's precision-recall curve, its AP in the legend (a Figure)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.8), dpi=100, layout="constrained")
+    for j, name in enumerate(classes[:20]):  # more curves than this are unreadable
+        t = targets[:, j] > 0.5
+        if not t.any():
+            continue
+        order = np.argsort(-probs[:, j], kind="stable")
+        tp = np.cumsum(t[order])
+        precision = tp / np.arange(1, len(order) + 1)
+        recall = tp / t.sum()
+        value = ap.get(name)
+        label = f"{name} (AP {value:.0%})" if value is not None else name
+        ax.step(np.r_[0, recall], np.r_[precision[0], precision], where="post", label=label)
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall per class")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def plot_pr_curves(probs, targets, classes: list[str], ap: dict, path: Path) -> Path:
+    """Multi-label: the precision-recall curve of each class, saved as PNG."""
+    with _glyph_check():
+        return _save(pr_curves_figure(np.asarray(probs), np.asarray(targets), classes, ap), path)
 
 
 def plot_top_losses(images: list[np.ndarray], items: list[dict], path: Path) -> Path:

@@ -24,6 +24,8 @@ from .calibrate import apply_temperature
 from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
 from .data.transforms import BatchTransform, eval_resize_size, file_transform, stack_images
 from .errors import ConfigError
+from .multilabel import DEFAULT_THRESHOLD, label_rows
+from .multilabel import probabilities as sigmoid_probabilities
 
 __all__ = ["BACKENDS", "Predictor", "build_predictor", "check_topk", "expand_inputs"]
 
@@ -119,9 +121,22 @@ class Predictor:
         """The run's calibration temperature (``model.json``); None: uncalibrated."""
         return self.meta.temperature
 
+    @property
+    def multilabel(self) -> bool:
+        """A multi-label model: independent sigmoid probabilities, a threshold per class."""
+        return self.meta.multilabel
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label: each class's decision threshold (0.5 where the run chose none)."""
+        return list(self.meta.thresholds or [DEFAULT_THRESHOLD] * len(self.classes))
+
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities from logits, through the run's temperature when it has one: the
-        graph (and every backend) returns raw logits, so the one division happens here."""
+        graph (and every backend) returns raw logits, so the one division happens here.
+        Multi-label: the sigmoid of each logit."""
+        if self.multilabel:
+            return sigmoid_probabilities(logits)
         return apply_temperature(logits, self.meta.temperature)
 
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -129,7 +144,10 @@ class Predictor:
 
     def topk_rows(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
         """The ``k`` most probable classes of each row; a ``k`` above the number of classes
-        gives all of them."""
+        gives all of them. Multi-label: the labels at or above their thresholds, most probable
+        first (at most ``k``; each with its ``threshold``)."""
+        if self.multilabel:
+            return label_rows(probs, self.classes, self.thresholds, check_topk(k))
         k = min(check_topk(k), probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         return [

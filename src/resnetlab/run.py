@@ -86,6 +86,11 @@ class ModelMeta:
         """The side of the square input, in pixels."""
         return self.input_size[-1]
 
+    @property
+    def multilabel(self) -> bool:
+        """Several labels per image: sigmoid outputs, each with its threshold."""
+        return self.task == "multilabel"
+
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "model.json") -> ModelMeta:
         """From the mapping ``model.json`` holds; ``source`` names it in errors."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..multilabel import TASKS, is_multilabel
 from .formats import load_cifar_source, load_mnist_source
 from .sources import (
     DataError,
@@ -16,6 +17,7 @@ from .sources import (
     load_csv_source,
     load_digits_source,
     load_folder_source,
+    load_jsonl_source,
 )
 from .wds import load_wds_source
 
@@ -28,8 +30,18 @@ def load_source(
     download: bool = False,
     channels: int | None = None,
     max_bad_fraction: float = 0.01,
+    task: str = "multiclass",
 ) -> Source:
-    """Parse a DATA string and load it. ``channels`` forces 1 (greyscale) or 3 (RGB)."""
+    """Parse a DATA string and load it. ``channels`` forces 1 (greyscale) or 3 (RGB).
+    ``task`` "multilabel": several labels per image, from ``csv:FILE`` or ``jsonl:FILE``."""
+    if task not in TASKS:
+        raise DataError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    multilabel = is_multilabel(task)
+    if multilabel and data.partition(":")[0] not in ("csv", "jsonl"):
+        raise DataError(
+            f"--task multilabel reads its labels from csv:FILE (path,labels with | between "
+            f"labels) or jsonl:FILE; {data!r} has one label per image"
+        )
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise DataError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
     check_ratios(val_ratio, test_ratio)
@@ -42,16 +54,17 @@ def load_source(
         source = load_cifar_source(Path(rest), int(kind[5:]), val_ratio, seed, download)
     elif kind == "wds" and rest:
         source = load_wds_source(rest)
-    elif kind == "csv" and rest:
-        source = load_csv_source(
-            Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
+    elif kind in ("csv", "jsonl") and rest:
+        reader = load_csv_source if kind == "csv" else load_jsonl_source
+        source = reader(
+            Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction, multilabel
         )
     else:
         folder = Path(data)
         if not folder.exists():
             raise DataError(
                 f"DATA {data!r} is not a folder or one of: digits, mnist:DIR, cifar10:DIR, "
-                "cifar100:DIR, csv:FILE, wds:DIR_OR_PATTERN"
+                "cifar100:DIR, csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN"
             )
         source = load_folder_source(
             folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..multilabel import TASKS
 from ..options import option
 from .load import load_source
 from .loader import (
@@ -34,7 +35,12 @@ class DataConfig:
     """Where the images come from and how they are prepared (the ``data`` flags of train)."""
 
     data: str = option("digits", "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, "
-                       "csv:FILE, wds:DIR_OR_PATTERN", group="data")  # fmt: skip
+                       "csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN", group="data")  # fmt: skip
+    task: str = option(
+        "multiclass", "multilabel: several labels per image (csv:FILE with path,labels and | "
+        "between labels, or jsonl:FILE), sigmoid outputs, per-class thresholds",
+        choices=TASKS, group="data",
+    )  # fmt: skip
     input_size: int | None = option(
         None, "square side fed to the model (default: 224 for the imagenet preset, else 32)",
         group="data",
@@ -73,6 +79,8 @@ class DataConfig:
             raise DataError(f"--cache {self.cache!r} is not one of {', '.join(CACHE_MODES)}")
         if self.input_size is not None and self.input_size < 1:
             raise DataError(f"--input-size must be at least 1, got {self.input_size}")
+        if self.task not in TASKS:
+            raise DataError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
         check_ratios(self.val_ratio, self.test_ratio)
         if self.batch_size < 1:
             raise DataError(f"--batch-size must be at least 1, got {self.batch_size}")
@@ -175,6 +183,11 @@ class DataPipeline:
                 max_bad_fraction=self.cfg.max_bad_fraction, bad_files=self.source.bad_files,
             )  # fmt: skip
         if train and sampler != "none":
+            if self.source.multilabel:
+                raise DataError(
+                    "--sampler balanced draws classes of single-label data; multi-label images "
+                    "carry several classes at once (leave --sampler at none)"
+                )
             from .balanced import make_sampler
 
             batches = make_sampler(sampler, data.labels, self.cfg.batch_size, drop_last,
@@ -210,5 +223,6 @@ def build_pipeline(cfg: DataConfig, seed: int = 0, default_norm: tuple | None = 
         download=cfg.download,
         channels=cfg.in_chans,
         max_bad_fraction=cfg.max_bad_fraction,
+        task=cfg.task,
     )
     return DataPipeline(source, cfg, seed, default_norm)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..multilabel import LABEL_SEPARATOR
 from .images import ImageDecodeError, is_image_file, is_junk, open_image
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Split:
     shards: Shards | None = None
 
     def __len__(self) -> int:
-        return self.shards.count if self.shards is not None else int(self.labels.numel())
+        return self.shards.count if self.shards is not None else int(self.labels.shape[0])
 
     @property
     def in_memory(self) -> bool:
@@ -95,6 +96,8 @@ class Source:
     channels: int
     bad_files: list[BadFile] = field(default_factory=list)
     ignored_files: int = 0
+    # Multi-label data: each split's labels are multi-hot float rows (N, classes).
+    multilabel: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -108,8 +111,29 @@ class Source:
                 if s.shards.class_counts is not None:
                     counts += torch.tensor(s.shards.class_counts, dtype=torch.long)
                 continue
-            counts += torch.bincount(s.labels, minlength=len(self.classes))
+            counts += label_counts(s.labels, len(self.classes))
         return dict(zip(self.classes, counts.tolist()))
+
+
+def label_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Images per class: class indices (N,) counted, or multi-hot rows (N, C) summed."""
+    if labels.dim() == 2:
+        return (labels > 0.5).sum(0).long()
+    return torch.bincount(labels.long(), minlength=num_classes)
+
+
+def strata(labels: torch.Tensor) -> torch.Tensor:
+    """One stratum per sample: its class, or for multi-hot rows its rarest label (images
+    without any label form a stratum of their own), so that every label's rare images are
+    spread over the splits as the single-label split spreads a class."""
+    if labels.dim() == 1:
+        return labels
+    truth = labels > 0.5
+    freq = truth.sum(0).double()
+    rarity = torch.where(truth, freq.expand_as(truth), torch.full_like(freq, float("inf")))
+    key = rarity.argmin(1)
+    key[~truth.any(1)] = labels.shape[1]
+    return key
 
 
 def stratified_split(
@@ -123,6 +147,7 @@ def stratified_split(
     total = sum(ratios.values())
     if any(r < 0 for r in ratios.values()) or total >= 1.0:
         raise DataError(f"split ratios {ratios} must be >= 0 and sum to less than 1")
+    labels = strata(labels)
     g = torch.Generator().manual_seed(seed)
     parts: dict[str, list[torch.Tensor]] = {"train": [], **{k: [] for k in ratios}}
     for c in torch.unique(labels).tolist():
@@ -224,11 +249,14 @@ def _build_file_source(
     name: str,
     kind: str,
     classes: list[str],
-    split_files: dict[str, tuple[list[Path], list[int]]],
+    split_files: dict[str, tuple[list[Path], list]],
     channels: int,
     max_bad_fraction: float,
     ignored: int,
+    multilabel: bool = False,
 ) -> Source:
+    """``split_files``: per split, the paths and their labels (a class index each, or for
+    ``multilabel`` a list of class indices each)."""
     splits, bad = {}, []
     total = 0
     for split, (paths, labels) in split_files.items():
@@ -237,7 +265,7 @@ def _build_file_source(
         bad += [BadFile(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
         total += len(paths)
         splits[split] = Split(
-            labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
+            labels=_label_tensor([labels[i] for i in keep], len(classes), multilabel),
             paths=[paths[i] for i in keep],
             sizes=[results[i] for i in keep],
         )
@@ -255,12 +283,21 @@ def _build_file_source(
         for b in bad:
             log.warning("  %s: %s", b.path, b.reason)
     for split, s in splits.items():
-        counts = torch.bincount(s.labels, minlength=len(classes)) if len(s) else None
-        if split == "train" and counts is not None:
+        counts = label_counts(s.labels, len(classes)) if len(s) else None
+        if split in ("train", "all") and counts is not None:
             empty = [classes[i] for i, c in enumerate(counts.tolist()) if c == 0]
             if empty:
                 raise DataError(f"{name}: class {empty[0]!r} has no readable training image")
-    return Source(name, kind, classes, splits, channels, bad, ignored)
+    return Source(name, kind, classes, splits, channels, bad, ignored, multilabel)
+
+
+def _label_tensor(labels: list, num_classes: int, multilabel: bool) -> torch.Tensor:
+    if not multilabel:
+        return torch.tensor(labels, dtype=torch.long)
+    out = torch.zeros(len(labels), num_classes)
+    for row, indices in enumerate(labels):
+        out[row, indices] = 1.0
+    return out
 
 
 def load_folder_source(
@@ -319,9 +356,17 @@ def load_folder_source(
 
 
 def load_csv_source(
-    path: Path, val_ratio: float, test_ratio: float, seed: int, channels: int, max_bad_fraction
+    path: Path,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    channels: int,
+    max_bad_fraction,
+    multilabel: bool = False,
 ) -> Source:
-    """Rows of ``path,label`` (an optional third column ``split``); paths relative to the file."""
+    """Rows of ``path,label`` (an optional third column ``split``); paths relative to the file.
+    ``multilabel``: the second column holds the image's labels separated by ``|`` (it may be
+    empty: an image with none of the labels)."""
     if not path.is_file():
         raise DataError(f"csv:{path}: no such file")
     try:
@@ -329,33 +374,117 @@ def load_csv_source(
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"csv:{path}: cannot read ({exc})") from None
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+    if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "label"], ["path", "labels"]):
         rows = rows[1:]
     if not rows:
         raise DataError(f"csv:{path}: no rows; expected 'path,label' lines")
+    shape = "path,labels[,split] (labels separated by |)" if multilabel else "path,label[,split]"
+    records = []
     for n, row in enumerate(rows, start=1):
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise DataError(f"csv:{path}: row {n} {row!r} is not 'path,label[,split]'")
-    classes = sorted({r[1].strip() for r in rows})
+        if len(row) < 2 or not row[0].strip() or not (multilabel or row[1].strip()):
+            raise DataError(f"csv:{path}: row {n} {row!r} is not '{shape}'")
+        split = row[2].strip() if len(row) >= 3 else ""
+        records.append((row[0].strip(), row[1], split, f"row {n}"))
+    return _labelled_files_source(
+        f"csv:{path}", "csv", path, records, val_ratio, test_ratio, seed, channels,
+        max_bad_fraction, multilabel,
+    )  # fmt: skip
+
+
+def load_jsonl_source(
+    path: Path,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    channels: int,
+    max_bad_fraction,
+    multilabel: bool = False,
+) -> Source:
+    """JSON lines, one image each: ``{"path": ..., "label": "cat"}`` or, for multi-label data,
+    ``{"path": ..., "labels": ["cat", "outdoor"]}``; an optional ``"split"``."""
+    import json
+
+    if not path.is_file():
+        raise DataError(f"jsonl:{path}: no such file")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"jsonl:{path}: cannot read ({exc})") from None
+    key = "labels" if multilabel else "label"
+    records = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"jsonl:{path}: line {n} is not JSON ({exc.msg})") from None
+        labels = obj.get(key, obj.get("label")) if isinstance(obj, dict) else None
+        if multilabel and isinstance(labels, list):
+            labels = LABEL_SEPARATOR.join(str(x) for x in labels)
+        if not (isinstance(obj, dict) and isinstance(obj.get("path"), str) and obj["path"].strip()
+                and isinstance(labels, str) and (multilabel or labels.strip())):  # fmt: skip
+            want = '{"path": ..., "labels": [...]}' if multilabel else '{"path": ..., "label": ...}'
+            raise DataError(f"jsonl:{path}: line {n} is not {want}")
+        records.append((obj["path"].strip(), labels, str(obj.get("split", "")), f"line {n}"))
+    if not records:
+        raise DataError(f"jsonl:{path}: no lines; expected one JSON object per image")
+    return _labelled_files_source(
+        f"jsonl:{path}", "jsonl", path, records, val_ratio, test_ratio, seed, channels,
+        max_bad_fraction, multilabel,
+    )  # fmt: skip
+
+
+def _labelled_files_source(
+    name: str,
+    kind: str,
+    listing: Path,
+    records: list[tuple[str, str, str, str]],
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    channels: int,
+    max_bad_fraction: float,
+    multilabel: bool,
+) -> Source:
+    """A source from (path, label text, split, where) records of a listing file: paths
+    relative to the file; split in every record or in none."""
+
+    def names(text: str) -> list[str]:
+        if not multilabel:
+            return [text.strip()]
+        return sorted({t.strip() for t in text.split(LABEL_SEPARATOR) if t.strip()})
+
+    if not multilabel:
+        several = next((r for r in records if LABEL_SEPARATOR in r[1]), None)
+        if several is not None:
+            raise DataError(
+                f"{name}: {several[3]} gives several labels ({several[1].strip()!r}); for "
+                "images with several labels train with --task multilabel"
+            )
+    classes = sorted({c for r in records for c in names(r[1])})
+    if not classes:
+        raise DataError(f"{name}: no image has a label; give each image at least one")
     index = {c: i for i, c in enumerate(classes)}
-    has_split = all(len(r) >= 3 and r[2].strip() for r in rows)
-    split_files: dict[str, tuple[list[Path], list[int]]] = {}
-    for r in rows:
-        split = r[2].strip() if has_split else "all"
+    has_split = all(r[2].strip() for r in records)
+    split_files: dict[str, tuple[list[Path], list]] = {}
+    for p_text, label_text, split, where in records:
+        split = split.strip() if has_split else "all"
         if has_split and split not in SPLITS:
-            raise DataError(f"csv:{path}: split {split!r} is not one of {', '.join(SPLITS)}")
-        p = Path(r[0].strip())
-        p = p if p.is_absolute() else path.parent / p
+            raise DataError(f"{name}: {where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        p = Path(p_text)
+        p = p if p.is_absolute() else listing.parent / p
         paths, labels = split_files.setdefault(split, ([], []))
         paths.append(p)
-        labels.append(index[r[1].strip()])
+        found = [index[c] for c in names(label_text)]
+        labels.append(found if multilabel else found[0])
     source = _build_file_source(
-        f"csv:{path}", "csv", classes, split_files, channels, max_bad_fraction, 0
+        name, kind, classes, split_files, channels, max_bad_fraction, 0, multilabel
     )
     if not has_split:
         full = source.splits.pop("all")
         parts = stratified_split(full.labels, {"val": val_ratio, "test": test_ratio}, seed)
         source.splits = {k: full.subset(v) for k, v in parts.items()}
     elif "train" not in source.splits:
-        raise DataError(f"csv:{path}: no row has split 'train'")
+        raise DataError(f"{name}: no image has split 'train'")
     return source

@@ -1,4 +1,5 @@
-"""Temperature scaling at the end of training: fit T on the validation split, record it.
+"""Temperature scaling at the end of training: fit T on the validation split, record it
+(multi-label runs: per-class decision thresholds instead, :func:`fit_thresholds`).
 
 The engine calls :func:`calibrate_run` once, with the best weights, after the last epoch. It
 writes ``RUN/calibration.json`` (the fitted T, the ECE before and after, and the reliability
@@ -19,6 +20,7 @@ from torch import nn
 from ..calibrate import calibration_summary
 from ..data import DataPipeline
 from ..io import atomic_write_text
+from ..multilabel import choose_thresholds, multilabel_metrics, probabilities
 from ..run import ModelMeta, RunDir
 from .checkpoint import load_checkpoint
 from .metrics import iter_logits
@@ -86,3 +88,52 @@ def calibrate_run(
     meta.temperature = float(found["temperature"])
     atomic_write_text(run.meta, meta.dumps())
     return {k: found[k] for k in SUMMARY_KEYS}
+
+
+def fit_thresholds(
+    model: nn.Module,
+    data: DataPipeline,
+    device: torch.device | str,
+    precision: str,
+    run: RunDir,
+    meta: ModelMeta,
+    split: str = "val",
+) -> dict[str, Any] | None:
+    """Multi-label: choose each class's threshold where its F1 on ``split`` is highest.
+
+    Writes ``run.calibration`` (the thresholds and the split's measures at them) and
+    ``run.meta`` with ``thresholds`` set. Returns ``{"thresholds": {class: t}}`` for
+    summary.json, or None without such a split (every threshold stays 0.5)."""
+    splits = data.source.splits
+    if split not in splits or len(splits[split]) == 0:
+        return None
+    logits, labels = validation_logits(model, data, device, precision, split)
+    thresholds = choose_thresholds(probabilities(logits), labels)
+    found = multilabel_metrics(probabilities(logits), labels, data.classes, thresholds)
+    by_class = dict(zip(data.classes, thresholds))
+    record = {
+        "task": "multilabel", "split": split, "num_samples": len(labels),
+        "thresholds": by_class, "map": found["map"], "f1_macro": found["f1_macro"],
+        "f1_micro": found["f1_micro"],
+    }  # fmt: skip
+    atomic_write_text(run.calibration, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    meta.thresholds = thresholds
+    atomic_write_text(run.meta, meta.dumps())
+    return {"thresholds": by_class}
+
+
+def multilabel_test(
+    model: nn.Module,
+    data: DataPipeline,
+    device: torch.device | str,
+    precision: str,
+    thresholds: list[float] | None,
+    split: str = "test",
+) -> dict[str, Any]:
+    """The summary's test measures of a multi-label run, at its thresholds."""
+    logits, labels = validation_logits(model, data, device, precision, split)
+    found = multilabel_metrics(probabilities(logits), labels, data.classes, thresholds)
+    return {
+        "test_map": found["map"], "test_f1_micro": found["f1_micro"],
+        "test_f1_macro": found["f1_macro"], "test_exact_match": found["exact_match"],
+    }  # fmt: skip

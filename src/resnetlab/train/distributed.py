@@ -44,6 +44,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's rows of ``t`` (CPU tensors of any length), concatenated in rank order."""
+    if not info.enabled:
+        return t
+    parts = [None] * info.world_size
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts)
+
+
 def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj

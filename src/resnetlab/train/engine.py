@@ -25,6 +25,7 @@ from ..errors import ConfigError, FileConflictError
 from ..fmt import pct
 from ..io import atomic_write_text
 from ..models import create_model
+from ..multilabel import smoothed_targets
 from ..run import ModelMeta, RunDir
 from ..weight_sources import resolve_weights
 from ..weights import (
@@ -36,13 +37,13 @@ from ..weights import (
 )
 from . import distributed as D
 from .accumulate import accumulate_gradients
-from .calibration import best_weights, calibrate_run
+from .calibration import best_weights, calibrate_run, fit_thresholds, multilabel_test
 from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .features import FeatureCache, build_cache, can_cache, sync_head_grads
 from .imbalance import resolve_class_weights
 from .loggers import MetricsCSV, Progress, TensorBoard
-from .metrics import evaluate_loader, state_checksum
+from .metrics import evaluate_loader, multilabel_loss, state_checksum
 from .mixing import mix_batch
 from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
 from .pacing import eval_size, plan_for_budget, resized, train_size
@@ -68,6 +69,17 @@ def _count(n: int, noun: str) -> str:
 def _run_name(cfg: TrainConfig) -> str:
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(cfg.data.split(":")[-1]).name or cfg.data)
     return f"{cfg.model}-{tag.strip('-') or 'data'}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy on each class's logit (multi-hot targets), smoothed as timm's."""
+
+    def __init__(self, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multilabel_loss(logits, smoothed_targets(targets.float(), self.smoothing))
 
 
 class Trainer:
@@ -115,6 +127,13 @@ class Trainer:
                 f"{cfg.data}: only one class ({self.classes[0]!r}); a classifier needs at least "
                 "2 classes (one folder per class)"
             )
+        self.multilabel = self.data.source.multilabel
+        if self.multilabel and cfg.class_weights != "none":
+            raise ConfigError(
+                "--class-weights weighs the classes of single-label data; a multi-label image "
+                "carries several at once (leave --class-weights at none)"
+            )
+        self.thresholds: list[float] | None = None  # multi-label: chosen at the end
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
         self.train_loader, self.train_transform = self.data.split_loader(
@@ -148,10 +167,13 @@ class Trainer:
         weights = resolve_class_weights(
             cfg.class_weights, self.classes, list(self.data.source.class_counts("train").values())
         )
-        self.criterion = nn.CrossEntropyLoss(
-            weight=None if weights is None else weights.to(self.device),
-            label_smoothing=cfg.label_smoothing,
-        )
+        if self.multilabel:
+            self.criterion = MultiLabelLoss(cfg.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss(
+                weight=None if weights is None else weights.to(self.device),
+                label_smoothing=cfg.label_smoothing,
+            )
         self._eval_loaders: dict = {}
         self.features: FeatureCache | None = None
         self._stop_requested = False
@@ -280,6 +302,7 @@ class Trainer:
             std=list(self.data.std), preset=self.data.preset,
             model_kwargs=dict(self.cfg.model_kwargs), weights=self.cfg.weights,
             resnetlab_version=__version__, **self.eval_preprocess,
+            task="multilabel" if self.multilabel else None, thresholds=self.thresholds,
         )  # fmt: skip
 
     def _checkpoint_state(self, sums: torch.Tensor | None = None) -> dict:
@@ -413,7 +436,7 @@ class Trainer:
             self.train_seconds += self.features.seconds
             self.progress.line(
                 f"feature cache: {self.features.views} view(s) of "
-                f"{self.features.labels.numel()} images, {model.num_features} features each, "
+                f"{len(self.features.labels)} images, {model.num_features} features each, "
                 f"in {self.features.seconds:.1f}s"
             )
         return self.features
@@ -485,7 +508,9 @@ class Trainer:
             )
         loader, transform = self._eval_loaders[split]
         transform = resized(transform, size or self.data.input_size)
-        return evaluate_loader(model, loader, transform, self.device, self.precision, self.dist)
+        return evaluate_loader(
+            model, loader, transform, self.device, self.precision, self.dist, self.multilabel
+        )
 
     # ---------------------------------------------------------------------------- fit
 
@@ -562,12 +587,18 @@ class Trainer:
                 "val_top1": val.get("top1"),
                 "val_top5": val.get("top5"),
             }
+            if self.multilabel:
+                row.update(val_map=val.get("map"), val_exact_match=val.get("exact_match"))
             self.history.append(row)
-            # Best = highest val top-1; ties (common on small val sets) go to the lower loss.
-            score = [val["top1"], -val["loss"]] if has_val else [-stats["train_loss"]]
+            # Best = highest val top-1 (multi-label: mAP); ties (common on small val sets) go to
+            # the lower loss.
+            key = "map" if self.multilabel else "top1"
+            score = [val[key] or 0.0, -val["loss"]] if has_val else [-stats["train_loss"]]
             improved = self.best["score"] is None or score > list(self.best["score"])
             if improved:
                 self.best = {"epoch": self.epoch, "val_top1": val.get("top1"), "score": score}
+                if self.multilabel:
+                    self.best["val_map"] = val.get("map")
                 stale = 0
             else:
                 stale += 1
@@ -591,20 +622,31 @@ class Trainer:
         if improved:
             self.save(self.run.best_checkpoint)
             save_bundle(self.eval_model(), self.model_meta(), self.run_dir)
-        val = (
-            f"  val loss {row['val_loss']:.4f} top-1 {pct(row['val_top1'])}"
-            if row["val_top1"] is not None
-            else ""
-        )
+        if self.multilabel:  # top-1 means nothing here: exact match, and val mAP
+            measure = "exact"
+            val = (
+                f"  val loss {row['val_loss']:.4f} exact {pct(row['val_exact_match'])} "
+                f"mAP {pct(row['val_map'])}"
+                if row.get("val_map") is not None
+                else ""
+            )
+        else:
+            measure = "top-1"
+            val = (
+                f"  val loss {row['val_loss']:.4f} top-1 {pct(row['val_top1'])}"
+                if row["val_top1"] is not None
+                else ""
+            )
         self.progress.line(
             f"epoch {row['epoch']:>3}/{self.cfg.epochs}  lr {row['lr']:.4g}  train loss "
-            f"{row['train_loss']:.4f} top-1 {pct(row['train_top1'])}{val}  "
+            f"{row['train_loss']:.4f} {measure} {pct(row['train_top1'])}{val}  "
             f"{row['seconds']:.1f}s" + ("  *" if improved else "")
         )
 
     def _finish(self) -> dict:
         test = None
-        if "test" in self.data.source.splits and len(self.data.source.splits["test"]):
+        has_test = "test" in self.data.source.splits and len(self.data.source.splits["test"])
+        if has_test and not self.multilabel:
             best = self.run.best_checkpoint
             model = copy.deepcopy(self.eval_model())
             if self.dist.is_main and best.is_file():
@@ -615,7 +657,16 @@ class Trainer:
                     torch.distributed.broadcast(t, src=0)
             test = self.evaluate("test", model)
         calibration = None
-        if self.dist.is_main:  # temperature scaling on the best weights (Guo et al. 2017)
+        if self.dist.is_main and self.multilabel:  # thresholds, then the test at them
+            best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
+            args = (best, self.data, self.device, self.precision)
+            calibration = fit_thresholds(*args, self.run, self.model_meta()) or {}
+            if calibration:
+                self.thresholds = list(calibration["thresholds"].values())
+            if has_test:
+                calibration.update(multilabel_test(*args, self.thresholds))
+            calibration["best_val_map"] = self.best.get("val_map")
+        elif self.dist.is_main:  # temperature scaling on the best weights (Guo et al. 2017)
             best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
             calibration = calibrate_run(
                 best, self.data, self.device, self.precision, self.run, self.model_meta()

@@ -13,6 +13,9 @@ from ..io import atomic_write_text
 METRIC_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
 ]  # fmt: skip
+# Written only by the runs that have them: multi-label runs (train_top1 is then the exact-match
+# ratio, and val_top1/val_top5 stay empty).
+OPTIONAL_COLUMNS = ["val_map", "val_exact_match"]
 
 
 class MetricsCSV:
@@ -23,10 +26,13 @@ class MetricsCSV:
 
     def write(self, rows: list[dict]) -> None:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        columns = METRIC_COLUMNS + [
+            k for k in OPTIONAL_COLUMNS if any(r.get(k) is not None for r in rows)
+        ]
+        w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({k: _fmt(r.get(k)) for k in METRIC_COLUMNS})
+            w.writerow({k: _fmt(r.get(k)) for k in columns})
         atomic_write_text(self.path, buf.getvalue())
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..device import autocast
+from ..multilabel import multilabel_metrics, probabilities
 from . import distributed as D
 
 
@@ -61,8 +62,13 @@ def iter_logits(
 
 
 @torch.inference_mode()
-def evaluate_loader(model, loader, transform, device, precision, dist_info=None) -> dict:
-    """Loss, top-1, top-5 and count over ``loader`` (summed across ranks under DDP)."""
+def evaluate_loader(
+    model, loader, transform, device, precision, dist_info=None, multilabel: bool = False
+) -> dict:
+    """Loss, top-1, top-5 and count over ``loader`` (summed across ranks under DDP).
+    ``multilabel``: binary cross-entropy, mAP, exact match and micro-F1 at 0.5 instead."""
+    if multilabel:
+        return _evaluate_multilabel(model, loader, transform, device, precision, dist_info)
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=device)  # loss sum, top1, top5, n
@@ -79,3 +85,39 @@ def evaluate_loader(model, loader, transform, device, precision, dist_info=None)
     s = sums.cpu().tolist()
     n = max(s[3], 1.0)
     return {"loss": s[0] / n, "top1": s[1] / n, "top5": s[2] / n, "num_samples": int(s[3])}
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+    """Binary cross-entropy per image (the mean over its classes); ``reduction`` over images."""
+    per_image = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.float(), reduction="none"
+    ).mean(1)
+    return per_image.sum() if reduction == "sum" else per_image.mean()
+
+
+def _evaluate_multilabel(model, loader, transform, device, precision, dist_info) -> dict:
+    was_training = model.training
+    model.eval()
+    logits, targets = [], []
+    try:
+        for out, y in iter_logits(model, loader, transform, device, precision):
+            logits.append(out.cpu())
+            targets.append(y.cpu())
+    finally:
+        model.train(was_training)
+    logits = torch.cat(logits) if logits else torch.empty(0, 0)
+    targets = torch.cat(targets) if targets else torch.empty(0, 0)
+    if dist_info is not None:
+        logits, targets = D.gather_cat(logits, dist_info), D.gather_cat(targets, dist_info)
+    n = len(targets)
+    if n == 0:
+        return {"loss": 0.0, "map": None, "exact_match": 0.0, "f1_micro": 0.0, "num_samples": 0}
+    found = multilabel_metrics(probabilities(logits), targets, [str(i) for i in range(
+        targets.shape[1])])  # fmt: skip
+    return {
+        "loss": float(multilabel_loss(logits, targets)),
+        "map": found["map"],
+        "exact_match": found["exact_match"],
+        "f1_micro": found["f1_micro"],
+        "num_samples": n,
+    }

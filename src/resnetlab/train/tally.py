@@ -23,7 +23,8 @@ class NonFiniteLoss(TrainingError):
 
 
 class EpochTally:
-    """Sums of (loss * n, correct, n) over the epoch's steps so far, on the device.
+    """Sums of (loss * n, correct, n) over the epoch's steps so far, on the device; for
+    multi-label targets an image is correct when all its labels are (the exact-match ratio).
 
     ``partial`` continues the sums a mid-epoch checkpoint saved (``partial_sums``), so that
     a resumed epoch reports the same training loss and accuracy as an uninterrupted one."""
@@ -43,7 +44,10 @@ class EpochTally:
         loss = loss.detach()
         self.pending.append(loss)
         with torch.no_grad():
-            correct = out.detach().argmax(1).eq(target).sum()
+            if target.dim() == 2:  # multi-label: every label of the image right at 0.5
+                correct = (out.detach() > 0).eq(target > 0.5).all(1).sum()
+            else:
+                correct = out.detach().argmax(1).eq(target).sum()
             self.sums += torch.stack(
                 [loss * n, correct.float(), torch.tensor(float(n), device=self.sums.device)]
             )
