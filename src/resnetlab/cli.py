@@ -71,7 +71,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     try:
         source = load_source(args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
                              seed=args.seed, download=args.download, channels=args.in_chans,
-                             max_bad_fraction=1.0)  # fmt: skip
+                             max_bad_fraction=1.0, task=args.task)  # fmt: skip
     finally:
         quiet.setLevel(level)  # the doctor lists every bad file; the process keeps its logging
     report = dataset_stats(source)
@@ -284,11 +284,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"wrote {q['path']} ({q['bytes'] / 2**20:.1f} MiB, int8; calibrated on "
             f"{q['calibration_images']} {q['calibration_split']} images)"
         )
-        print(
-            f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
-            f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points), top-1 agreement "
-            f"{pct(q['top1_agreement'])}"
-        )
+        if "fp32_map" in q:  # multi-label
+            print(f"int8 on {q['measured_on']}: mAP {pct(q['int8_map'])} vs fp32 "
+                  f"{pct(q['fp32_map'])} ({q['delta_points']:+.2f} points), label decisions "
+                  f"agreeing {pct(q['label_agreement'])}")  # fmt: skip
+        else:
+            print(f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
+                  f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points), top-1 agreement "
+                  f"{pct(q['top1_agreement'])}")  # fmt: skip
         print(f"  resnetlab predict {args.run} IMAGES --backend onnx-int8")  # fmt: skip
     return 0
 

@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
               ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download"),
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
                 suppress=False)  # fmt: skip
     p = _args(sub.add_parser("shard", help="WebDataset tar shards from any DATA, classes and "
                              "splits kept"),

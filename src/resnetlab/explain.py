@@ -220,7 +220,11 @@ class Explainer:
         in_chans: int = 3,
         temperature: float | None = None,
         device: str | torch.device | None = None,
+        multilabel: bool = False,
     ) -> None:
+        """``multilabel``: probabilities are each logit's sigmoid (the default target is
+        still the most probable label)."""
+        self.multilabel = multilabel
         # Explaining is inference: BatchNorm uses its running statistics.
         self.model = (model.to(device) if device is not None else model).eval()
         self.classes = [str(c) for c in classes]
@@ -242,6 +246,7 @@ class Explainer:
         return cls(
             loaded.model, meta.classes, meta.size, meta.mean, meta.std, meta.preset,
             meta.in_chans, getattr(meta, "temperature", None), device,
+            getattr(meta, "multilabel", False),
         )  # fmt: skip
 
     def class_index(self, name: str) -> int:
@@ -272,7 +277,10 @@ class Explainer:
                 logits = self.model(x).float()
             targets = logits.argmax(1).tolist() if target is None else target
             heat = explain(self.model, x, targets)
-        probs = torch.softmax(logits / self.temperature, dim=1).cpu()
+        if self.multilabel:
+            probs = torch.sigmoid(logits.float()).cpu()
+        else:
+            probs = torch.softmax(logits / self.temperature, dim=1).cpu()
         chosen = _targets(targets, len(x), probs.shape[1])
         return [
             Explanation(img, h, t, self.classes[t], float(p[t]))

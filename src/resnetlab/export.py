@@ -61,6 +61,13 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
         # The graph returns raw logits; calibrated probabilities are softmax(logits / T).
         # 1.0 for an uncalibrated model, so a reader never needs a fallback.
         "resnetlab.temperature": json.dumps(float(m.temperature or 1.0)),
+        # multilabel: probabilities are sigmoid(logits), a label is present from its threshold
+        "resnetlab.task": "multilabel" if m.multilabel else "multiclass",
+        **(
+            {"resnetlab.thresholds": json.dumps(list(m.thresholds or [0.5] * m.num_classes))}
+            if m.multilabel
+            else {}
+        ),  # fmt: skip
     }
 
 
@@ -323,11 +330,13 @@ def quantize_int8(
                 "calibration_split": calib_split}  # fmt: skip
         _set_metadata(proto, {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)})
         onnx.save(proto, str(tmp))
-        report = {**info, **_compare_int8(pipe, fp32_path, tmp, measure)}
-        if min_agreement is not None and report["top1_agreement"] < min_agreement:
+        compare = _compare_int8_multilabel if loaded.meta.multilabel else _compare_int8
+        report = {**info, **compare(pipe, fp32_path, tmp, measure, loaded.meta.thresholds)}
+        if min_agreement is not None and report["agreement"] < min_agreement:
+            what = "label decisions" if loaded.meta.multilabel else "top-1"
             raise ExportError(
-                f"{path} not written: int8 top-1 agrees with fp32 on only "
-                f"{pct(report['top1_agreement'], 1)} of {report['measured_on']} (needs "
+                f"{path} not written: int8 {what} agree with fp32 on only "
+                f"{pct(report['agreement'], 1)} of {report['measured_on']} (needs "
                 f"{pct(min_agreement, 0)}); {fp32_path} (fp32) is written and verified. Try more "
                 "--calibration images, or use the fp32 model"
             )
@@ -338,7 +347,7 @@ def quantize_int8(
     return report
 
 
-def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int) -> dict:
+def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int, thresholds=None) -> dict:
     """Top-1 of both models and their agreement on up to ``measure`` held-out images."""
     split = _held_out_split(pipe)
     sessions = (onnx_session(fp32_path), onnx_session(int8_path))
@@ -357,7 +366,35 @@ def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int) -> dict:
     n = max(n, 1)
     return {"measured_on": f"{split} ({n} images)", "fp32_top1": fp32_correct / n,
             "int8_top1": int8_correct / n, "delta_points": 100 * (int8_correct - fp32_correct) / n,
-            "top1_agreement": agree / n}  # fmt: skip
+            "top1_agreement": agree / n, "agreement": agree / n}  # fmt: skip
+
+
+def _compare_int8_multilabel(
+    pipe, fp32_path: Path, int8_path: Path, measure: int, thresholds: list[float] | None
+) -> dict:
+    """Multi-label: mAP of both models and how many label decisions (each image, each class,
+    at the run's thresholds) they share, on up to ``measure`` held-out images."""
+    from .multilabel import decisions, multilabel_metrics, probabilities
+
+    split = _held_out_split(pipe)
+    sessions = (onnx_session(fp32_path), onnx_session(int8_path))
+
+    def both(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([onnx_logits(s, x) for s in sessions])
+
+    loader, tf = pipe.split_loader(split, channels_last=False)
+    outs, labels = [], []
+    for out, y in iter_logits(both, loader, tf, limit=measure):
+        outs.append(out)
+        labels.append(y)
+    probs, y = probabilities(torch.cat(outs, dim=1)), torch.cat(labels)
+    classes = list(pipe.classes)
+    maps = [multilabel_metrics(p, y, classes, thresholds)["map"] or 0.0 for p in probs]
+    agree = float((decisions(probs[0], thresholds) == decisions(probs[1], thresholds)).double()
+                  .mean())  # fmt: skip
+    return {"measured_on": f"{split} ({len(y)} images)", "fp32_map": maps[0],
+            "int8_map": maps[1], "delta_points": 100 * (maps[1] - maps[0]),
+            "label_agreement": agree, "agreement": agree}  # fmt: skip
 
 
 def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,

@@ -382,7 +382,12 @@ def load_csv_source(
     records = []
     for n, row in enumerate(rows, start=1):
         if len(row) < 2 or not row[0].strip() or not (multilabel or row[1].strip()):
-            raise DataError(f"csv:{path}: row {n} {row!r} is not '{shape}'")
+            hint = (
+                ""
+                if multilabel
+                else " (for images with several labels, or none: --task multilabel)"
+            )
+            raise DataError(f"csv:{path}: row {n} {row!r} is not '{shape}'{hint}")
         split = row[2].strip() if len(row) >= 3 else ""
         records.append((row[0].strip(), row[1], split, f"row {n}"))
     return _labelled_files_source(
@@ -425,7 +430,8 @@ def load_jsonl_source(
         if not (isinstance(obj, dict) and isinstance(obj.get("path"), str) and obj["path"].strip()
                 and isinstance(labels, str) and (multilabel or labels.strip())):  # fmt: skip
             want = '{"path": ..., "labels": [...]}' if multilabel else '{"path": ..., "label": ...}'
-            raise DataError(f"jsonl:{path}: line {n} is not {want}")
+            hint = "" if multilabel else " (for images with several labels: --task multilabel)"
+            raise DataError(f"jsonl:{path}: line {n} is not {want}{hint}")
         records.append((obj["path"].strip(), labels, str(obj.get("split", "")), f"line {n}"))
     if not records:
         raise DataError(f"jsonl:{path}: no lines; expected one JSON object per image")

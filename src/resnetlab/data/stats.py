@@ -101,6 +101,7 @@ def dataset_stats(source: Source) -> dict:
     else:
         size_info = {"min": [0, 0], "max": [0, 0], "median": [0, 0]}
     counts = source.class_counts()
+    extra = label_stats(source) if source.multilabel else {}
     return {
         "data": source.name,
         "num_images": sum(len(s) for s in splits),
@@ -114,7 +115,52 @@ def dataset_stats(source: Source) -> dict:
         "sizes": size_info,
         "imbalance": imbalance_ratio(counts),
         "imbalance_note": imbalance_note(counts),
+        **extra,
     }
+
+
+def label_stats(source: Source) -> dict:
+    """Multi-label data: labels per image, images without a label, and how often each pair of
+    labels occurs together (``co_occurrence[a][b]``: images with both; the diagonal is each
+    label's own count)."""
+    rows = [s.labels > 0.5 for s in source.splits.values() if s.shards is None and len(s)]
+    truth = torch.cat(rows) if rows else torch.zeros(0, len(source.classes), dtype=torch.bool)
+    per_image = truth.sum(1)
+    both = (truth.T.double() @ truth.double()).long().tolist()
+    return {
+        "task": "multilabel",
+        "labels_per_image": {
+            "mean": float(per_image.double().mean()) if len(truth) else 0.0,
+            "max": int(per_image.max()) if len(truth) else 0,
+            "none": int((per_image == 0).sum()),
+        },
+        "co_occurrence": {
+            a: {b: both[i][j] for j, b in enumerate(source.classes)}
+            for i, a in enumerate(source.classes)
+        },
+    }
+
+
+def _co_occurrence_lines(report: dict, names: list[str]) -> list[str]:
+    """Labels per image and the co-occurrence table (the 12 most frequent labels)."""
+    from ..fmt import ljust, rjust, width
+
+    per = report["labels_per_image"]
+    lines = [f"per image {per['mean']:.2f} labels on average, at most {per['max']}; "
+             f"{per['none']:,} image(s) with none"]  # fmt: skip
+    shown = sorted(names, key=lambda n: -report["classes"][n])[:12]
+    co = report["co_occurrence"]
+    cols = max(map(width, shown)) if shown else 0
+    cell = max(6, *(width(n) for n in shown)) if shown else 6
+    lines.append("together  images with both labels" + (
+        f" (the {len(shown)} most frequent of {len(names)})" if len(shown) < len(names) else ""
+    ))  # fmt: skip
+    lines.append("  " + " " * cols + "".join("  " + rjust(n, cell) for n in shown))
+    for a in shown:
+        lines.append("  " + ljust(a, cols) + "".join(
+            "  " + rjust(f"{co[a][b]:,}", cell) for b in shown
+        ))  # fmt: skip
+    return lines
 
 
 def format_report(report: dict) -> str:
@@ -125,12 +171,16 @@ def format_report(report: dict) -> str:
     splits = ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())
     lines.append(f"images    {report['num_images']:,} readable  ({splits})")
     counts = report["classes"]
-    lines.append(f"classes   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
+    multilabel = report.get("task") == "multilabel"
+    kind = "labels " if multilabel else "classes"
+    lines.append(f"{kind}   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
     cols = max(map(width, counts)) if counts else 0
     top = max(counts.values()) if counts else 1
     for name, n in counts.items():
         bar = "#" * max(1, round(30 * n / top)) if n else ""
         lines.append(f"  {ljust(name, cols)}  {n:7,}  {bar}")
+    if multilabel:
+        lines += _co_occurrence_lines(report, list(counts))
     sz = report["sizes"]
     lines.append(
         f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"

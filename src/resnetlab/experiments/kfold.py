@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from ..data import load_source
+from ..data.sources import label_counts, strata
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from ..multilabel import LABEL_SEPARATOR
 from ..run import RunDir
 from ..train import Trainer
 from ..train.config import TrainConfig
@@ -31,15 +33,18 @@ from ..train.config import TrainConfig
 SUMMARY = "kfold.json"
 # The per-fold numbers averaged (those a fold's summary.json has).
 METRICS = ("best_val_top1", "test_top1", "test_top5", "ece_before", "ece_after", "temperature",
+           "best_val_map", "test_map", "test_f1_micro", "test_f1_macro", "test_exact_match",
            "train_seconds")  # fmt: skip
 
 
 def fold_assignment(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
     """The fold (0..K-1) of each sample: each class shuffled with ``seed`` and dealt round
-    robin, so every fold holds each class's images in proportion (±1)."""
+    robin, so every fold holds each class's images in proportion (±1). Multi-hot rows are
+    dealt by their rarest label (``data.sources.strata``)."""
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise ConfigError(f"--folds must be a whole number of at least 2, got {folds!r}")
     g = torch.Generator().manual_seed(seed)
+    labels = strata(labels)
     out = torch.empty(len(labels), dtype=torch.long)
     start = 0  # each class starts dealing where the last one stopped: folds stay even in size
     for c in torch.unique(labels).tolist():
@@ -53,7 +58,8 @@ def fold_assignment(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Te
 def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
     """``OUT/fold-K.csv`` (path,label,split) for each fold; returns their paths."""
     source = load_source(cfg.data, val_ratio=0.0, test_ratio=cfg.test_ratio, seed=cfg.seed,
-                         channels=cfg.in_chans, max_bad_fraction=cfg.max_bad_fraction)  # fmt: skip
+                         channels=cfg.in_chans, max_bad_fraction=cfg.max_bad_fraction,
+                         task=cfg.task)  # fmt: skip
     pooled = [s for name, s in source.splits.items() if name != "test"]
     if any(s.paths is None or s.streamed for s in pooled + list(source.splits.values())):
         raise ConfigError(
@@ -62,7 +68,7 @@ def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
         )
     paths = [p for s in pooled for p in s.paths]
     labels = torch.cat([s.labels for s in pooled])
-    counts = torch.bincount(labels, minlength=len(source.classes)).tolist()
+    counts = label_counts(labels, len(source.classes)).tolist()
     small = [c for c, n in zip(source.classes, counts) if n < folds]
     if small:
         raise ConfigError(
@@ -73,13 +79,19 @@ def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
     test = source.splits.get("test")
     out.mkdir(parents=True, exist_ok=True)
     lists = []
+
+    def text(y: torch.Tensor) -> str:  # a class name, or the labels of a multi-hot row
+        if y.dim() == 0:
+            return source.classes[int(y)]
+        return LABEL_SEPARATOR.join(source.classes[j] for j in (y > 0.5).nonzero().flatten())
+
     for k in range(folds):
-        rows = [["path", "label", "split"]]
-        rows += [[str(Path(p).resolve()), source.classes[int(y)], "val" if f == k else "train"]
-                 for p, y, f in zip(paths, labels.tolist(), fold.tolist())]  # fmt: skip
+        rows = [["path", "labels" if source.multilabel else "label", "split"]]
+        rows += [[str(Path(p).resolve()), text(y), "val" if f == k else "train"]
+                 for p, y, f in zip(paths, labels, fold.tolist())]  # fmt: skip
         if test is not None:
-            rows += [[str(Path(p).resolve()), source.classes[int(y)], "test"]
-                     for p, y in zip(test.paths, test.labels.tolist())]  # fmt: skip
+            rows += [[str(Path(p).resolve()), text(y), "test"]
+                     for p, y in zip(test.paths, test.labels)]  # fmt: skip
         target = out / f"fold-{k}.csv"
         with open(target, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(rows)
@@ -103,7 +115,9 @@ def summarize_folds(summaries: list[dict], out: Path) -> dict:
         for m in METRICS
         if any(isinstance(s.get(m), (int, float)) for s in summaries)
     }
-    ranked = [(s.get("best_val_top1") or 0.0, -k) for k, s in enumerate(summaries)]
+    # Highest val top-1 (multi-label: val mAP).
+    ranked = [(s.get("best_val_map") or s.get("best_val_top1") or 0.0, -k)
+              for k, s in enumerate(summaries)]  # fmt: skip
     best = -max(ranked)[1]
     return {
         "folds": len(summaries),

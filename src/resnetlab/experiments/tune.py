@@ -153,13 +153,15 @@ def run_tune(
         trainer = Trainer(cfg, verbose=False)
 
         def report(row):
-            score = row["val_top1"] if row["val_top1"] is not None else -row["train_loss"]
+            val = row.get("val_map", row["val_top1"])  # multi-label runs are judged by mAP
+            score = val if val is not None else -row["train_loss"]
             trial.report(score, row["epoch"])
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {row['epoch']}")
 
         summary = trainer.fit(on_epoch_end=report)
-        return summary["best_val_top1"] if summary["best_val_top1"] is not None else 0.0
+        best = summary.get("best_val_map", summary["best_val_top1"])
+        return best if best is not None else 0.0
 
     # Ask and tell rather than study.optimize: a proposed point that was already finished is
     # recorded as skipped and does not count towards the trials wanted.

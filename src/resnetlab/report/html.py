@@ -100,6 +100,28 @@ def _calibration_section(rd: RunDir, figures: Path, ev: dict) -> str:
     )
 
 
+def _thresholds_section(rd: RunDir) -> str:
+    """Multi-label: the per-class thresholds chosen on the validation split."""
+    e = html.escape
+    if not rd.calibration.is_file():
+        return (
+            '<section id="thresholds"><h2>Thresholds</h2><p class=muted>every label at 0.5: '
+            "the run had no validation split to choose thresholds on</p></section>"
+        )
+    cal = json.loads(rd.calibration.read_text(encoding="utf-8"))
+    rows = "".join(
+        f"<tr><td>{e(name)}</td><td>{float(t):.3f}</td></tr>"
+        for name, t in cal["thresholds"].items()
+    )
+    return (
+        '<section id="thresholds"><h2>Thresholds</h2><p class=muted>A label is predicted when '
+        "its sigmoid probability reaches its threshold, chosen where the label's F1 is highest "
+        f"on the {e(str(cal.get('split', 'val')))} split ({cal.get('num_samples', '?')} images: "
+        f"mAP {_pct(cal.get('map'))}, macro-F1 {_pct(cal.get('f1_macro'))} there).</p>"
+        f"<table><tr><th>label</th><th>threshold</th></tr>{rows}</table></section>"
+    )
+
+
 def build_report(run: str | Path, data: str | None = None, top_losses: int = 12) -> Path:
     """Evaluate the run's best model and write ``RUN/report.html``."""
     from ..bundle import load_model
@@ -121,21 +143,47 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
     curves = plot_curves(history, figures / "curves.png", meta.model) if history else None
 
     e = html.escape
-    cards = [
-        ("model", meta.model),
-        (f"{ev['split']} top-1", _pct(ev["top1"])),
-        (f"{ev['split']} top-5", _pct(ev["top5"])),
-        ("balanced accuracy", _pct(ev.get("balanced_accuracy"))),
-        ("macro-F1", _pct(ev.get("f1_macro"))),
-        ("best val top-1", _pct(summary.get("best_val_top1"))),
-        ("epochs", str(summary.get("epochs_completed", len(history)))),
-        ("classes", str(len(meta.classes))),
-    ]
-    per_class_rows = "".join(
-        f"<tr><td>{e(name)}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
-        f"<td>{_pct(m['f1'])}</td><td>{m['support']}</td></tr>"
-        for name, m in ev["per_class"].items()
-    )
+    multilabel = meta.multilabel
+    if multilabel:
+        cards = [
+            ("model", meta.model),
+            (f"{ev['split']} mAP", _pct(ev["map"])),
+            ("chance mAP", _pct(ev.get("chance_map"))),
+            ("F1 micro", _pct(ev["f1_micro"])),
+            ("F1 macro", _pct(ev["f1_macro"])),
+            ("exact match", _pct(ev["exact_match"])),
+            ("best val mAP", _pct(summary.get("best_val_map"))),
+            ("epochs", str(summary.get("epochs_completed", len(history)))),
+            ("labels", str(len(meta.classes))),
+        ]
+    else:
+        cards = [
+            ("model", meta.model),
+            (f"{ev['split']} top-1", _pct(ev["top1"])),
+            (f"{ev['split']} top-5", _pct(ev["top5"])),
+            ("balanced accuracy", _pct(ev.get("balanced_accuracy"))),
+            ("macro-F1", _pct(ev.get("f1_macro"))),
+            ("best val top-1", _pct(summary.get("best_val_top1"))),
+            ("epochs", str(summary.get("epochs_completed", len(history)))),
+            ("classes", str(len(meta.classes))),
+        ]
+    if multilabel:
+        per_class_head = ("<th>label</th><th>AP</th><th>precision</th><th>recall</th><th>F1</th>"
+                          "<th>threshold</th><th>support</th>")  # fmt: skip
+        per_class_rows = "".join(
+            f"<tr><td>{e(name)}</td><td>{_pct(m['ap'])}</td><td>{_pct(m['precision'])}</td>"
+            f"<td>{_pct(m['recall'])}</td><td>{_pct(m['f1'])}</td>"
+            f"<td>{m['threshold']:.2f}</td><td>{m['support']}</td></tr>"
+            for name, m in ev["per_class"].items()
+        )
+    else:
+        per_class_head = ("<th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+                          "<th>support</th>")  # fmt: skip
+        per_class_rows = "".join(
+            f"<tr><td>{e(name)}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
+            f"<td>{_pct(m['f1'])}</td><td>{m['support']}</td></tr>"
+            for name, m in ev["per_class"].items()
+        )
 
     def cell(r: dict, k: str) -> str:
         v = r.get(k)
@@ -143,15 +191,23 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
             return ""
         if k == "epoch":
             return str(int(v))
-        return _pct(v) if k.endswith("top1") else f"{v:.4g}"
+        return _pct(v) if k.endswith(("top1", "map", "match")) else f"{v:.4g}"
 
-    history_rows = "".join(
-        "<tr>" + "".join(
-            f"<td>{cell(r, k)}</td>"
-            for k in ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
-        ) + "</tr>"
-        for r in history
+    # Multi-label: train_top1 holds the exact-match ratio; val mAP picks the best epoch.
+    history_cols = (
+        ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_exact_match", "val_map",
+         "seconds") if multilabel
+        else ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
     )  # fmt: skip
+    history_head = (
+        "<th>epoch</th><th>lr</th><th>train loss</th><th>train exact match</th><th>val loss</th>"
+        "<th>val exact match</th><th>val mAP</th><th>seconds</th>" if multilabel
+        else "<th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th><th>val loss</th>"
+        "<th>val top-1</th><th>seconds</th>"
+    )  # fmt: skip
+    history_rows = "".join(
+        "<tr>" + "".join(f"<td>{cell(r, k)}</td>" for k in history_cols) + "</tr>" for r in history
+    )
     env = {
         "generated": datetime.now().isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -170,14 +226,18 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
         + "</div></section>",
         '<section id="curves"><h2>Learning curves</h2>'
         + (_img(curves, "learning curves") if curves else "<p>no metrics.csv</p>")
-        + f"<table><tr><th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th>"
-        f"<th>val loss</th><th>val top-1</th><th>seconds</th></tr>{history_rows}</table>"
+        + f"<table><tr>{history_head}</tr>{history_rows}</table>"
         "</section>",
-        '<section id="confusion"><h2>Confusion matrix</h2>'
-        + _img(Path(ev["files"]["confusion_matrix_png"]), "confusion matrix")
-        + "</section>",
-        '<section id="per-class"><h2>Per-class metrics</h2><table><tr><th>class</th>'
-        "<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"
+        (
+            '<section id="pr-curves"><h2>Precision-recall curves</h2>'
+            + _img(Path(ev["files"]["pr_curves_png"]), "precision-recall curves")
+            + "</section>"
+            if multilabel
+            else '<section id="confusion"><h2>Confusion matrix</h2>'
+            + _img(Path(ev["files"]["confusion_matrix_png"]), "confusion matrix")
+            + "</section>"
+        ),
+        f'<section id="per-class"><h2>Per-class metrics</h2><table><tr>{per_class_head}</tr>'
         + per_class_rows
         + "</table></section>",
         '<section id="top-losses"><h2>Top losses</h2>'
@@ -188,7 +248,7 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
         )  # fmt: skip
         + _gradcam_gallery(ev)
         + "</section>",
-        _calibration_section(rd, figures, ev),
+        _thresholds_section(rd) if multilabel else _calibration_section(rd, figures, ev),
         f'<section id="model"><h2>Model</h2><pre>{e(model_text)}</pre></section>',
         f'<section id="config"><h2>Configuration</h2><pre>{e(config)}</pre></section>',
         '<section id="environment"><h2>Environment</h2><table>'

@@ -198,8 +198,12 @@ def create_app(
         except QueueFull:
             raise HTTPError(503, "server busy: too many requests queued, retry shortly",
                             {"Retry-After": "1"}) from None  # fmt: skip
-        # topk above the number of classes means all of them (the page asks for 5).
-        return {"topk": predictor.topk_rows(probs.unsqueeze(0), topk)[0], "model": predictor.name}
+        # topk above the number of classes means all of them (the page asks for 5). For a
+        # multi-label model: the labels at or above their thresholds (at most topk).
+        rows = predictor.topk_rows(probs.unsqueeze(0), topk)[0]
+        if predictor.multilabel:
+            return {"topk": rows, "labels": [r["label"] for r in rows], "model": predictor.name}
+        return {"topk": rows, "model": predictor.name}
 
     async def _decode_upload(request: Request, body: bytes):
         data, ctype = await image_bytes(request, body)
@@ -277,6 +281,9 @@ def create_app(
             "mean": m.mean, "std": m.std,
             # probabilities are softmax(logits / temperature); None: uncalibrated
             "temperature": m.temperature,
+            # multilabel: one sigmoid probability per class, a label shown from its threshold
+            "task": "multilabel" if m.multilabel else "multiclass",
+            "thresholds": predictor.thresholds if m.multilabel else None,
             "precision": predictor.precision, "backend": predictor.backend.name,
             # how far one image's probabilities may move between a lone and a batched call
             "tolerance": BATCH_TOLERANCE.get(predictor.precision, 1e-2),
