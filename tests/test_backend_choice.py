@@ -122,3 +122,35 @@ def test_without_a_run_folder_torch_runs(tmp_path):
     save_file(create_model("resnet18", num_classes=1000).state_dict(), weights)
     choice = backend_choice.choose_backend(pretrained_model("resnet18", str(weights)), "cpu")
     assert choice.backend == "torch" and "no run folder" in choice.note
+
+
+@pytest.mark.parametrize(
+    ("flags", "bf16"),
+    [("fpu sse4_2 avx avx2 fma f16c", False),  # Zen 3, Intel Core laptops: AVX2 only
+     ("fpu avx2 fma avx512f avx512_vnni", False),  # AVX-512 without its bf16 extension
+     ("fpu avx2 avx512f avx512_bf16", True),  # Zen 4 and later, Cooper Lake
+     ("fpu avx2 avx512f amx_bf16 amx_tile", True)],  # Sapphire Rapids and later
+)  # fmt: skip
+def test_bf16_is_a_candidate_only_where_the_cpu_has_it(run, timed, monkeypatch, tmp_path, flags,
+                                                       bf16):  # fmt: skip
+    from resnetlab import device
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")
+    real_open = open
+    monkeypatch.setattr(device.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda f, *a, **k: real_open(cpuinfo if f == "/proc/cpuinfo" else f, *a, **k),
+    )
+    device.cpu_has_native_bf16.cache_clear()
+    try:
+        pairs = backend_choice.candidates(torch.device("cpu"))
+        assert any(p == "bf16" for _, p in pairs) == bf16
+        assert ("torch", "fp32") in pairs
+        choice = backend_choice.choose_backend(load_model(run), "cpu")
+        measured = {r["precision"] for r in choice.results}
+        assert ("bf16" in measured) == bf16 and (choice.precision == "bf16") == bf16
+        assert backend_choice.machine_key()["native_bf16"] == bf16
+    finally:
+        device.cpu_has_native_bf16.cache_clear()

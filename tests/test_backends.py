@@ -10,17 +10,19 @@ from datagen import make_folder
 from resnetlab import create_model
 from resnetlab.backends import (
     BACKENDS,
+    OPENVINO_CACHE,
     Backend,
     OnnxBackend,
     OnnxInt8Backend,
     TorchBackend,
     create_backend,
+    fingerprint,
     register_backend,
     run_streams,
 )
 from resnetlab.bundle import load_model, run_pipeline
 from resnetlab.errors import ConfigError
-from resnetlab.export import export
+from resnetlab.export import export, weights_fingerprint
 from resnetlab.predict import Predictor
 from resnetlab.run import ModelMeta, RunDir
 from resnetlab.weights import save_bundle
@@ -145,3 +147,74 @@ def test_run_streams_keeps_order_and_the_callers_threads():
     assert run_streams(9, 2, work) == [n * n for n in range(9)]
     assert torch.get_num_threads() == threads and all(s.startswith("stream") for s in seen)
     assert run_streams(0, 2, work) == []
+
+
+@pytest.fixture
+def own_run(tmp_path):
+    """A run folder of its own: the OpenVINO cache tests write into it."""
+    torch.manual_seed(1)
+    model = create_model("resnet20", num_classes=3, widths=[4, 8, 8]).eval()
+    meta = ModelMeta(
+        model="resnet20", num_classes=3, in_chans=3, classes=CLASSES, input_size=[3, 32, 32],
+        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], model_kwargs={"widths": [4, 8, 8]},
+    )  # fmt: skip
+    save_bundle(model, meta, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _cache_folders(run):
+    return sorted(p.name for p in (run / OPENVINO_CACHE).iterdir())
+
+
+def test_openvino_reuses_its_compiled_model_and_never_a_stale_one(own_run, monkeypatch):
+    pytest.importorskip("openvino")
+    import resnetlab.backends as backends
+
+    loaded = load_model(own_run)
+    x = _batch()
+    first = create_backend("openvino", loaded)
+    (folder,) = _cache_folders(own_run)
+    assert folder.startswith("openvino-") and list(
+        (own_run / OPENVINO_CACHE / folder).glob("*.blob")
+    )
+    # Found again: neither the graph nor the export's weights are read a second time.
+    reads = []
+    monkeypatch.setattr(backends, "_openvino_read", lambda *a: reads.append(a) or 1 / 0)
+    again = create_backend("openvino", load_model(own_run))
+    assert reads == [] and _cache_folders(own_run) == [folder]
+    torch.testing.assert_close(again.logits(x), first.logits(x), atol=0, rtol=0)
+    monkeypatch.undo()
+    # Other weights: the stale export is rebuilt and compiled into a new folder (the old one
+    # goes); the outputs are those of the new weights.
+    changed = load_model(own_run)
+    with torch.no_grad():
+        changed.model.fc.bias.add_(1.0)
+    save_bundle(changed.model, changed.meta, own_run)
+    rebuilt = create_backend("openvino", load_model(own_run))
+    assert len(_cache_folders(own_run)) == 1 and _cache_folders(own_run) != [folder]
+    torch.testing.assert_close(rebuilt.logits(x), _reference(own_run, x), atol=1e-4, rtol=1e-4)
+
+
+def test_openvino_compiles_a_given_file_without_caching(model_dir, tmp_path):
+    pytest.importorskip("openvino")
+    import shutil
+
+    given = tmp_path / "elsewhere.onnx"
+    shutil.copy(model_dir / RunDir.ONNX, given)
+    loaded = load_model(model_dir / RunDir.WEIGHTS)
+    before = set(model_dir.iterdir())
+    backend = create_backend("openvino", loaded, path=given)
+    assert set(model_dir.iterdir()) == before  # nothing written beside the weights
+    x = _batch()
+    torch.testing.assert_close(backend.logits(x), _reference(model_dir, x), atol=1e-4, rtol=1e-4)
+
+
+def test_the_weights_fingerprint_follows_every_change():
+    model = create_model("resnet20", num_classes=3, widths=[4, 8, 8])
+    first = fingerprint(model)
+    assert fingerprint(model) == first == weights_fingerprint(model)
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)  # in place
+    assert fingerprint(model) == weights_fingerprint(model) != first
+    model.fc.bias = torch.nn.Parameter(torch.zeros(3))  # replaced
+    assert fingerprint(model) == weights_fingerprint(model)

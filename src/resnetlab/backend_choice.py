@@ -16,16 +16,15 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import platform
 import statistics
 import time
 
 import torch
 
 from . import __version__
-from .backends import BACKENDS, create_backend
+from .backends import BACKENDS, create_backend, fingerprint
 from .bundle import LoadedModel
-from .device import as_device, cpu_has_native_bf16, resolve_precision
+from .device import as_device, cpu_has_native_bf16, cpu_model, resolve_precision
 from .errors import ResnetlabError
 from .io import atomic_write_text
 
@@ -56,17 +55,6 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_key(threads: int | None = None) -> dict:
@@ -141,9 +129,7 @@ def measure(
 
 
 def _cache_key(loaded: LoadedModel, key: dict, batch_size: int) -> str:
-    from .export import weights_fingerprint
-
-    what = {**key, "weights": weights_fingerprint(loaded.model),
+    what = {**key, "weights": fingerprint(loaded.model),
             "input": loaded.meta.input_size, "batch": batch_size}  # fmt: skip
     blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

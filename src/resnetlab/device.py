@@ -30,6 +30,18 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cuda_has_native_bf16(device: torch.device) -> bool:
     """Ampere (compute capability 8.0) or newer, or ROCm. ``torch.cuda.is_bf16_supported()``
     also says yes on older GPUs that only emulate bf16, where it is far slower than fp16."""
