@@ -75,3 +75,33 @@ def test_precision_on_mps_and_unknown_names():
     assert resolve_precision("auto", mps) == "fp32" and resolve_precision("fp16", mps) == "fp16"
     with pytest.raises(ConfigError, match="not one of"):
         resolve_precision("int4", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["train"], ["evaluate", "RUN"], ["predict", "RUN", "x.jpg"], ["serve", "RUN"],
+     ["experiment", "degradation"], ["tune"]],
+)  # fmt: skip
+def test_every_command_that_runs_a_model_takes_device(argv):
+    from resnetlab.cli_parser import build_parser
+
+    assert build_parser().parse_args([*argv, "--device", "cuda:1"]).device == "cuda:1"
+
+
+def test_experiment_and_tune_hand_the_device_to_their_runs(monkeypatch):
+    from resnetlab import cli
+    from resnetlab.experiments import degradation, tune
+
+    seen = {}
+    monkeypatch.setattr(degradation, "run_degradation", lambda **kw: seen.update(kw) or 1 / 0)
+    monkeypatch.setattr(tune, "run_tune", lambda base, **kw: seen.update(base) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["experiment", "degradation", "--device", "cpu"])
+    assert seen.pop("overrides")["device"] == "cpu"
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["tune", "--device", "cpu"])
+    assert seen["device"] == "cpu"
+    seen.clear()
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["tune"])  # not given: a continued study keeps its own, a new one auto
+    assert "device" not in seen

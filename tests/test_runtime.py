@@ -58,3 +58,30 @@ def test_command_line_applies_it(monkeypatch):
     monkeypatch.setattr(cli, "tune_allocator", lambda: calls.append(1))
     assert cli.main(["models", "resnet18"]) == 0
     assert calls == [1]
+
+
+ENTRY = """
+import atexit, sys
+from resnetlab.cli import main
+atexit.register(lambda: print("exit handlers ran", file=sys.stderr))
+sys.argv = ["resnetlab", *sys.argv[1:]]
+raise SystemExit(main())
+"""
+
+
+@pytest.mark.parametrize(("argv", "status"), [(["models", "resnet1*", "--json"], 0),
+                                               (["models", "nothing-like-it"], 2)])  # fmt: skip
+def test_a_quick_command_ends_without_teardown_yet_complete(argv, status):
+    # As the program (`__main__.main` is cli.main), a quick command ends with os._exit after
+    # the exit handlers: everything it printed is out, its status kept, the handlers ran.
+    p = subprocess.run([sys.executable, "-c", ENTRY, *argv], capture_output=True, text=True)
+    assert p.returncode == status and "exit handlers ran" in p.stderr
+    if status == 0:
+        import json
+
+        assert {row["model"] for row in json.loads(p.stdout)} >= {"resnet18", "resnet101"}
+
+
+def test_called_from_python_main_returns():
+    assert not cli._is_entry_point(None)  # pytest's __main__ is not the command line
+    assert cli.main(["models", "resnet18"]) == 0

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
           ("--seeds", {"type": int, "default": 1, "help": "runs per net; reports mean ± std"}),
           ("--recipe", {"help": "e.g. paper-cifar"}),
           ("--batch-size", {"type": int}), ("--lr", {"type": float}),
-          ("--precision", {"choices": PRECISIONS}),
+          ("--precision", {"choices": PRECISIONS}), device,
           ("--out", {"help": "output folder (default runs/degradation-TIME)"}))  # fmt: skip
     _args(sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable"),
           ("--data", {"help": "DATA (default digits; a continued study keeps its own)"}),
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
           ("--storage", {"help": "Optuna storage URL (default sqlite:///OUT/study.db)"}),
           ("--out", {"default": "runs/tune"}),
           ("--config", {"help": "base settings YAML"}),
+          ("--device", {"help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps (default auto; a "
+                        "continued study: its own)"}),
           ("--seed", {"type": int, "default": 0}))  # fmt: skip
     _args(sub.add_parser("serve", help="HTTP API + upload page for a trained model"),
           ("run", {}),
