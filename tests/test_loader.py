@@ -205,6 +205,27 @@ def test_eval_transform_equals_torchvision(preset):
     assert torch.equal(resize_uint8(crop, 24, 24), v2.functional.resize(crop, [24, 24]))
 
 
+def test_bicubic_evaluation_resize_equals_torchvision():
+    """Weights published with a bicubic evaluation resize (timm's) are evaluated with it."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode, v2
+
+    from resnetlab.data.transforms import file_transform
+
+    reference = v2.Compose([v2.ToImage(), v2.Resize(54, interpolation=InterpolationMode.BICUBIC),
+                            v2.CenterCrop(48)])  # fmt: skip
+    ours = file_transform("imagenet", 48, train=False, resize_size=54, interpolation="bicubic")
+    bilinear = file_transform("imagenet", 48, train=False, resize_size=54)
+    rng = np.random.default_rng(1)
+    for w, h in [(97, 61), (61, 97), (20, 13), (54, 54)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+        expected = reference(img).as_subclass(torch.Tensor)
+        assert torch.equal(ours(img), expected), (w, h)
+        if (w, h) != (54, 54):  # bilinear differs: the kernel really is bicubic
+            assert not torch.equal(bilinear(img), expected)
+
+
 def test_commands_that_do_not_train_skip_the_torchvision_import():
     """Importing torchvision costs seconds; `predict`, `serve` and `--help` do not need it."""
     import subprocess

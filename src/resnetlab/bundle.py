@@ -152,7 +152,8 @@ def run_pipeline(
         data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
         std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
         in_chans=meta.in_chans, eval_resize=meta.resize_size, task=meta.task or "multiclass",
+        eval_interpolation=meta.interpolation,
         # the weights' own resize is applied per file: the in-memory cache crops at 256/224
-        cache="none" if meta.resize_size else "auto",
+        cache="none" if meta.resize_size or meta.interpolation else "auto",
     )  # fmt: skip
     return DataPipeline(source, cfg)

@@ -221,9 +221,12 @@ class Explainer:
         temperature: float | None = None,
         device: str | torch.device | None = None,
         multilabel: bool = False,
+        resize_size: int | None = None,
+        interpolation: str | None = None,
     ) -> None:
         """``multilabel``: probabilities are each logit's sigmoid (the default target is
-        still the most probable label)."""
+        still the most probable label). ``resize_size``, ``interpolation``: the evaluation
+        resize of the model's weights (``ModelMeta``), as ``predict`` applies it."""
         self.multilabel = multilabel
         # Explaining is inference: BatchNorm uses its running statistics.
         self.model = (model.to(device) if device is not None else model).eval()
@@ -234,7 +237,10 @@ class Explainer:
         self._lock = threading.Lock()
         # The evaluation transform of training and `predict`: decode-side resize/crop to a
         # uint8 image (shown under the heat), then the batch-side normalisation.
-        self._to_input = file_transform(preset, int(input_size), train=False)
+        self._to_input = file_transform(
+            preset, int(input_size), train=False, resize_size=resize_size,
+            interpolation=interpolation,
+        )  # fmt: skip
         self._normalise = BatchTransform(
             preset, int(input_size), mean, std, train=False, geometric=False, channels_last=False
         )
@@ -246,7 +252,8 @@ class Explainer:
         return cls(
             loaded.model, meta.classes, meta.size, meta.mean, meta.std, meta.preset,
             meta.in_chans, getattr(meta, "temperature", None), device,
-            getattr(meta, "multilabel", False),
+            getattr(meta, "multilabel", False), getattr(meta, "resize_size", None),
+            getattr(meta, "interpolation", None),
         )  # fmt: skip
 
     def class_index(self, name: str) -> int:

@@ -73,8 +73,9 @@ class Predictor:
             device = "cpu" if backend != "torch" else device
         self.backend = create_backend(backend, self.loaded, device, precision, onnx_path)
         self._decode_tf = file_transform(
-            self.preset, self.input_size, train=False, resize_size=meta.resize_size
-        )
+            self.preset, self.input_size, train=False, resize_size=meta.resize_size,
+            interpolation=meta.interpolation,
+        )  # fmt: skip
         # JPEGs may be decoded at a reduced scale as long as they stay above the resize target.
         self.min_side = (
             (meta.resize_size or eval_resize_size(self.input_size))

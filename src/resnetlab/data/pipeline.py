@@ -67,6 +67,7 @@ class DataConfig:
                                   group="data")  # fmt: skip
     # The evaluation resize of the model's weights (ModelMeta.resize_size); set by evaluate.
     eval_resize: int | None = option(None, flag=False)
+    eval_interpolation: str | None = option(None, flag=False)  # ModelMeta.interpolation
 
     def check(self) -> None:
         if self.preset != "auto" and self.preset not in PRESETS:
@@ -170,7 +171,8 @@ class DataPipeline:
         data: Split = self.source.splits[split]
         drop_last = train and len(data) > self.cfg.batch_size
         tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment,
-                            resize_size=self.cfg.eval_resize)  # fmt: skip
+                            resize_size=self.cfg.eval_resize,
+                            interpolation=self.cfg.eval_interpolation)  # fmt: skip
         if data.shards is not None:
             if sampler != "none":
                 raise DataError(

@@ -56,16 +56,19 @@ def file_transform(
     train: bool,
     auto_augment: str | None = None,
     resize_size: int | None = None,
+    interpolation: str | None = None,
 ):
     """PIL image -> uint8 (C, input_size, input_size) tensor; normalisation happens per batch.
-    ``resize_size``: the evaluation resize the weights ask for (default 256/224 of the size)."""
+    ``resize_size`` and ``interpolation``: the evaluation resize the weights ask for (default
+    256/224 of the size, bilinear)."""
     if preset not in PRESETS:
         raise ConfigError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
     if not train:
+        mode = eval_interpolation(interpolation)
         if preset == "imagenet":
             short = resize_size or eval_resize_size(input_size)
-            return EvalTransform(input_size, resize_short_side=short)
-        return EvalTransform(input_size)
+            return EvalTransform(input_size, resize_short_side=short, interpolation=mode)
+        return EvalTransform(input_size, interpolation=mode)
     from torchvision.transforms import v2
 
     ops: list = [v2.ToImage()]
@@ -85,14 +88,25 @@ def file_transform(
     return v2.Compose(ops + _auto_augment(auto_augment))
 
 
+def eval_interpolation(name: str | None) -> str:
+    """The evaluation resize's kernel for the name weights give (torchvision's and timm's
+    names): bilinear or bicubic; others (nearest, lanczos, random...) resize bilinearly."""
+    name = (name or "bilinear").lower().rpartition(".")[2]
+    return name if name in ("bilinear", "bicubic") else "bilinear"
+
+
 class EvalTransform:
     """PIL image -> uint8 (C, size, size): the shorter side resized to ``resize_short_side``
     and the center ``size`` square cut out (ImageNet evaluation), or both sides resized to
-    ``size``. Bilinear with antialiasing; the same numbers as torchvision's
-    ``v2.Compose([ToImage(), Resize(...), CenterCrop(size)])`` (a test holds them equal)."""
+    ``size``. Bilinear (or ``interpolation="bicubic"``, as some weights were published) with
+    antialiasing; the same numbers as torchvision's ``v2.Compose([ToImage(), Resize(...,
+    interpolation=...), CenterCrop(size)])`` (a test holds them equal)."""
 
-    def __init__(self, size: int, resize_short_side: int | None = None) -> None:
+    def __init__(
+        self, size: int, resize_short_side: int | None = None, interpolation: str = "bilinear"
+    ) -> None:
         self.size, self.short_side = size, resize_short_side
+        self.interpolation = interpolation
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         a = np.array(img, dtype=np.uint8)  # a copy, (H, W) or (H, W, C)
@@ -107,7 +121,7 @@ class EvalTransform:
             new_short, new_long = self.short_side, int(self.short_side * long / short)
             new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
         if (new_h, new_w) != (h, w):
-            x = resize_uint8(x, new_h, new_w)
+            x = resize_uint8(x, new_h, new_w, self.interpolation)
         if self.short_side is not None:
             top = int(round((new_h - self.size) / 2.0))
             left = int(round((new_w - self.size) / 2.0))
@@ -116,12 +130,15 @@ class EvalTransform:
 
     def __repr__(self) -> str:
         how = f"short side {self.short_side}, center {self.size}" if self.short_side else ""
-        return f"EvalTransform({how or f'{self.size}x{self.size}'})"
+        return f"EvalTransform({how or f'{self.size}x{self.size}'}, {self.interpolation})"
 
 
-def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize_uint8(
+    x: torch.Tensor, height: int, width: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Antialiased bilinear resize of a uint8 (C, H, W) image, kept in uint8 where torch has
-    a native uint8 kernel for this CPU (AVX2/AVX-512 or Arm), else through float and rounded."""
+    a native uint8 kernel for this CPU (AVX2/AVX-512 or Arm), else through float and rounded.
+    ``bicubic`` likewise (through float it is clamped first: it overshoots), as torchvision."""
     c, h, w = x.shape
     x = x.unsqueeze(0)
     if x.is_contiguous(memory_format=torch.channels_last) and x.numel() != x.stride(0):
@@ -132,9 +149,11 @@ def resize_uint8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         platform.machine() in ("aarch64", "arm64")
     )
     if x.device.type == "cpu" and native:
-        out = F.interpolate(x, size=[height, width], mode="bilinear", antialias=True)
+        out = F.interpolate(x, size=[height, width], mode=interpolation, antialias=True)
     else:
-        out = F.interpolate(x.float(), size=[height, width], mode="bilinear", antialias=True)
+        out = F.interpolate(x.float(), size=[height, width], mode=interpolation, antialias=True)
+        if interpolation == "bicubic":
+            out = out.clamp_(0, 255)
         out = out.round_().to(torch.uint8)
     return out[0]
 
