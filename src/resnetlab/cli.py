@@ -166,9 +166,12 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
     print(f"\nbest epoch        {s['best_epoch']} of {s['epochs_completed']}")
     if "best_val_map" in s:  # multi-label
         print(f"best val mAP      {pct(s['best_val_map'])}")
-        print(f"test mAP          {pct(s.get('test_map'))}   (best checkpoint; F1 micro "
-              f"{pct(s.get('test_f1_micro'))}, macro {pct(s.get('test_f1_macro'))}, exact "
-              f"match {pct(s.get('test_exact_match'))} at the per-class thresholds)")  # fmt: skip
+        if s.get("test_map") is None:
+            print("test mAP          -   (no test split)")
+        else:
+            print(f"test mAP          {pct(s['test_map'])}   (best checkpoint; F1 micro "
+                  f"{pct(s['test_f1_micro'])}, macro {pct(s['test_f1_macro'])}, exact match "
+                  f"{pct(s['test_exact_match'])} at the per-class thresholds)")  # fmt: skip
     else:
         print(f"best val top-1    {pct(s['best_val_top1'])}")
         print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")

@@ -89,7 +89,8 @@ def evaluate_run(
         split = "test" if "test" in source.splits else "val"
     if split not in source.splits:
         raise DataError(
-            f"{pipe.cfg.data} has no {split!r} split (it has {', '.join(source.splits)})"
+            f"{pipe.cfg.data} has no {split!r} split (it has {', '.join(source.splits)}); "
+            "give --data with held-out images of their own"
         )
     label_map = _label_map(loaded.classes, source.classes)
     note = None
