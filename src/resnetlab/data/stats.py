@@ -114,7 +114,8 @@ def dataset_stats(source: Source) -> dict:
         "std": std,
         "sizes": size_info,
         "imbalance": imbalance_ratio(counts),
-        "imbalance_note": imbalance_note(counts),
+        # The remedies it names weigh single-label classes; multi-label labels are not rivals.
+        "imbalance_note": None if source.multilabel else imbalance_note(counts),
         **extra,
     }
 

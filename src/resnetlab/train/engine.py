@@ -567,7 +567,9 @@ class Trainer:
             if self.weights_note:
                 self.progress.line(self.weights_note)
             note = imbalance_note(self.data.source.class_counts("train"))
-            if note and cfg.class_weights == "none" and cfg.sampler == "none":
+            # Its remedies weigh single-label classes; labels of a multi-label set are not rivals.
+            remedies_apply = cfg.class_weights == "none" and cfg.sampler == "none"
+            if note and remedies_apply and not self.multilabel:
                 self.progress.line(f"warning: {note}")
             if not has_val:
                 self.progress.line(
