@@ -333,9 +333,9 @@ def quantize_int8(
         compare = _compare_int8_multilabel if loaded.meta.multilabel else _compare_int8
         report = {**info, **compare(pipe, fp32_path, tmp, measure, loaded.meta.thresholds)}
         if min_agreement is not None and report["agreement"] < min_agreement:
-            what = "label decisions" if loaded.meta.multilabel else "top-1"
+            what = "label decisions agree" if loaded.meta.multilabel else "top-1 agrees"
             raise ExportError(
-                f"{path} not written: int8 {what} agree with fp32 on only "
+                f"{path} not written: int8 {what} with fp32 on only "
                 f"{pct(report['agreement'], 1)} of {report['measured_on']} (needs "
                 f"{pct(min_agreement, 0)}); {fp32_path} (fp32) is written and verified. Try more "
                 "--calibration images, or use the fp32 model"
