@@ -217,3 +217,63 @@ def test_measured_step_leaves_the_run_untouched(tmp_path, folder):
     assert measure_step_seconds(t, steps=1) > 0
     assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state()) and not t.optimizer.state
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def test_warmup_is_at_most_a_tenth_of_the_run():
+    from resnetlab.train.optim import lr_factor
+
+    # 20 epochs: the 1-epoch warmup as asked (10 steps an epoch).
+    f = lr_factor(resolve_config({"epochs": 20, "warmup_epochs": 1.0}), 10)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    # 2 epochs: a whole epoch would be half the run; 0.2 epochs (2 steps) instead.
+    f = lr_factor(resolve_config({"epochs": 2, "warmup_epochs": 1.0}), 10)
+    assert [f(0), f(1)] == pytest.approx([0.5, 1.0]) and f(19) < 0.01
+
+
+def test_default_lr_scales_with_the_global_batch():
+    from resnetlab.train.optim import build_optimizer, default_lr
+
+    model = create_model("resnet20", num_classes=3, widths=[4, 8, 8])
+    for batch, want in ((64, 0.025), (256, 0.1), (16, 0.00625)):
+        cfg = resolve_config({"batch_size": batch})
+        assert cfg.lr is None
+        opt = build_optimizer(model, cfg)
+        assert cfg.lr == pytest.approx(want)  # set on the config: config.yaml records it
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([want] * 4)
+    assert default_lr(resolve_config({"batch_size": 64}), world_size=4) == pytest.approx(0.1)
+    cfg = resolve_config({"batch_size": 256, "lr": 0.3})  # a given --lr is used as it is
+    build_optimizer(model, cfg)
+    assert cfg.lr == 0.3
+
+
+def test_pretrained_weights_get_the_finetune_recipe_unless_told_otherwise(tmp_path):
+    w = str(tmp_path / "w.pth")
+    cfg = resolve_config({"weights": w})
+    assert (cfg.recipe, cfg.optimizer, cfg.lr) == ("finetune", "adamw", 1e-3)
+    assert resolve_config({"weights": w, "mode": "finetune"}).recipe == "finetune"
+    # Flags win over the recipe; --recipe scratch keeps the from-scratch defaults.
+    cfg = resolve_config({"weights": w, "lr": 3e-4})
+    assert (cfg.optimizer, cfg.lr) == ("adamw", 3e-4)
+    cfg = resolve_config({"weights": w, "recipe": "scratch"})
+    assert (cfg.recipe, cfg.optimizer, cfg.lr) == ("scratch", "sgd", None)
+    # Feature extraction (only a new head trains) and scratch runs keep the defaults.
+    assert resolve_config({"weights": w, "mode": "feature-extract"}).recipe is None
+    assert resolve_config({}).recipe is None
+
+
+def test_the_run_says_which_recipe_it_follows(tmp_path, folder, capsys):
+    _, path = _pretrained(tmp_path)
+    base = dict(TINY, data=str(folder), input_size=32, epochs=10, num_workers=0,
+                out=str(tmp_path / "runs"), max_steps=1)  # fmt: skip
+    with contextlib.suppress(RunStopped):
+        Trainer(resolve_config(dict(base, weights=str(path), name="ft"))).fit()
+    out = capsys.readouterr().err
+    assert "recipe finetune (chosen for --weights; --recipe scratch for the from-scratch " in out
+    assert "AdamW lr 0.001, cosine, warmup 1 epoch(s)" in out
+    with contextlib.suppress(RunStopped):
+        Trainer(resolve_config(dict(base, name="s"))).fit()
+    out = capsys.readouterr().err
+    assert "recipe scratch: SGD nesterov lr 0.00625 (0.1 x batch 16 / 256), cosine" in out

@@ -252,9 +252,9 @@ def test_lr_schedules_shape():
     cfg = resolve_config({"schedule": "multistep", "epochs": 4, "warmup_epochs": 0.0})
     f = lr_factor(cfg, 10)
     assert [f(s) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-    cfg = resolve_config({"schedule": "cosine", "epochs": 4, "warmup_epochs": 1.0})
+    cfg = resolve_config({"schedule": "cosine", "epochs": 10, "warmup_epochs": 1.0})
     f = lr_factor(cfg, 10)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(39) < 0.01
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(99) < 0.01
 
 
 def test_no_weight_decay_on_norm_and_bias():

@@ -45,7 +45,14 @@ from .imbalance import resolve_class_weights
 from .loggers import MetricsCSV, Progress, TensorBoard
 from .metrics import evaluate_loader, multilabel_loss, state_checksum
 from .mixing import mix_batch
-from .optim import apply_freezing, build_optimizer, build_scheduler, frozen_groups, set_train_mode
+from .optim import (
+    apply_freezing,
+    build_optimizer,
+    build_scheduler,
+    frozen_groups,
+    recipe_line,
+    set_train_mode,
+)
 from .pacing import eval_size, plan_for_budget, resized, train_size
 from .tally import EpochTally, NonFiniteLoss
 
@@ -566,6 +573,8 @@ class Trainer:
             )
             if self.weights_note:
                 self.progress.line(self.weights_note)
+            if self.resume_state is None:
+                self.progress.line(recipe_line(cfg, len(self.train_loader)))
             note = imbalance_note(self.data.source.class_counts("train"))
             # Its remedies weigh single-label classes; labels of a multi-label set are not rivals.
             remedies_apply = cfg.class_weights == "none" and cfg.sampler == "none"

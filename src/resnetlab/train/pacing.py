@@ -137,8 +137,8 @@ def plan_for_budget(trainer) -> None:
     budget = cfg.time_budget * 60 - (time.perf_counter() - start)
     progressive = cfg.progressive and trainer.features is None
     epochs = plan_epochs(budget, step, steps, eval_seconds, trainer.data.input_size, progressive)
-    # Warmup is at most a quarter of a short planned run, so most of it anneals.
-    cfg.epochs, cfg.warmup_epochs = epochs, min(cfg.warmup_epochs, epochs / 4)
+    # The warmup shrinks with the run (optim.WARMUP_MAX_SHARE), so a short plan still anneals.
+    cfg.epochs = epochs
     trainer.scheduler = build_scheduler(trainer.optimizer, cfg, steps)
     if trainer.dist.is_main:
         atomic_write_text(trainer.run.config, dump_yaml(cfg))
