@@ -157,12 +157,13 @@ def evaluate_run(
         "precision": runner.precision,
         "backend_note": note,
     }
-    out = Path(out_dir) if out_dir else loaded.home.eval_dir(split)
-    out.mkdir(parents=True, exist_ok=True)
-    from .plots import plot_confusion, plot_top_losses
+    from .plots import plot_confusion
 
-    plot_confusion(cm, loaded.classes, out / "confusion_matrix.png")
-    result["files"] = {"confusion_matrix_png": str(out / "confusion_matrix.png")}
+    def draw_confusion(path: Path) -> Path:
+        return plot_confusion(cm, loaded.classes, path)
+
+    result["files"] = {}
+    result["_plots"] = [("confusion_matrix_png", "confusion_matrix.png", draw_confusion)]
     if top_losses:
         wrong = (pred != targets).nonzero().flatten()
         order = wrong[losses[wrong].argsort(descending=True)][:top_losses]
@@ -178,18 +179,8 @@ def evaluate_run(
                 "loss": float(losses[i]),
             })  # fmt: skip
         result["top_losses"] = items
-        images = [_display_image(split_data, it["index"]) for it in items]
-        plot_top_losses(images, items, out / "top_losses.png")
-        result["files"]["top_losses_png"] = str(out / "top_losses.png")
-        if gradcam and items:
-            try:
-                _gradcam_gallery(loaded, split_data, items, out / "top_losses_gradcam.png")
-                result["files"]["top_losses_gradcam_png"] = str(out / "top_losses_gradcam.png")
-            except ConfigError as exc:  # Captum not installed: the plain gallery still stands
-                result["gradcam_note"] = str(exc)
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, ensure_ascii=False))
-    result["files"]["metrics_json"] = str(out / "metrics.json")
-    return result
+        result["_gallery"] = (items, split_data, gradcam)
+    return _write_result(result, out_dir, loaded, split)
 
 
 def _to_model_columns(targets: torch.Tensor, label_map: torch.Tensor, loaded) -> torch.Tensor:
@@ -264,15 +255,11 @@ def _evaluate_multilabel(
     return result
 
 
-def _out_dir(out_dir, loaded: LoadedModel, split: str) -> Path:
-    return Path(out_dir) if out_dir else loaded.home.eval_dir(split)
-
-
 def _write_result(result: dict, out_dir, loaded: LoadedModel, split: str) -> dict:
     """Draw the result's plots and galleries into the evaluation folder; write metrics.json."""
     from .plots import plot_top_losses
 
-    out = _out_dir(out_dir, loaded, split)
+    out = Path(out_dir) if out_dir else loaded.home.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
     for key, name, draw in result.pop("_plots", []):
         draw(out / name)

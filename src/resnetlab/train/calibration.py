@@ -23,7 +23,7 @@ from ..io import atomic_write_text
 from ..multilabel import choose_thresholds, multilabel_metrics, probabilities
 from ..run import ModelMeta, RunDir
 from .checkpoint import load_checkpoint
-from .metrics import iter_logits
+from .metrics import all_logits
 
 # The keys calibrate_run adds to summary.json (the architecture's "calibrated runs").
 SUMMARY_KEYS = ("temperature", "ece_before", "ece_after")
@@ -49,18 +49,10 @@ def validation_logits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 logits and labels of every image of ``split``, on the CPU, in eval mode."""
     loader, transform = data.split_loader(split, channels_last=False)
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    try:
-        for out, y in iter_logits(model, loader, transform, device, precision):
-            logits.append(out.cpu())
-            labels.append(y.cpu())
-    finally:
-        model.train(was_training)
-    if not logits:
-        return torch.empty(0, len(data.classes)), torch.empty(0, dtype=torch.long)
-    return torch.cat(logits), torch.cat(labels)
+    logits, labels = all_logits(model, loader, transform, device, precision)
+    if not len(logits):
+        return torch.empty(0, len(data.classes)), labels
+    return logits, labels
 
 
 def calibrate_run(

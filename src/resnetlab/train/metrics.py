@@ -95,18 +95,25 @@ def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str 
     return per_image.sum() if reduction == "sum" else per_image.mean()
 
 
-def _evaluate_multilabel(model, loader, transform, device, precision, dist_info) -> dict:
+def all_logits(model, loader, transform, device, precision) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 logits and labels of every batch of ``loader``, on the CPU, in eval mode (the
+    model's mode is restored after); empty tensors when the loader gives nothing."""
     was_training = model.training
     model.eval()
-    logits, targets = [], []
+    logits, labels = [], []
     try:
         for out, y in iter_logits(model, loader, transform, device, precision):
             logits.append(out.cpu())
-            targets.append(y.cpu())
+            labels.append(y.cpu())
     finally:
         model.train(was_training)
-    logits = torch.cat(logits) if logits else torch.empty(0, 0)
-    targets = torch.cat(targets) if targets else torch.empty(0, 0)
+    if not logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def _evaluate_multilabel(model, loader, transform, device, precision, dist_info) -> dict:
+    logits, targets = all_logits(model, loader, transform, device, precision)
     if dist_info is not None:
         logits, targets = D.gather_cat(logits, dist_info), D.gather_cat(targets, dist_info)
     n = len(targets)
