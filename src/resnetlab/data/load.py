@@ -14,10 +14,9 @@ from .sources import (
     DataError,
     Source,
     check_ratios,
-    load_csv_source,
     load_digits_source,
     load_folder_source,
-    load_jsonl_source,
+    load_listing_source,
 )
 from .wds import load_wds_source
 
@@ -55,10 +54,10 @@ def load_source(
     elif kind == "wds" and rest:
         source = load_wds_source(rest)
     elif kind in ("csv", "jsonl") and rest:
-        reader = load_csv_source if kind == "csv" else load_jsonl_source
-        source = reader(
-            Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction, multilabel
-        )
+        source = load_listing_source(
+            kind, Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction,
+            multilabel,
+        )  # fmt: skip
     else:
         folder = Path(data)
         if not folder.exists():

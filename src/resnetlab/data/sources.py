@@ -355,18 +355,29 @@ def load_folder_source(
     return source
 
 
-def load_csv_source(
+def load_listing_source(
+    kind: str,
     path: Path,
     val_ratio: float,
     test_ratio: float,
     seed: int,
     channels: int,
-    max_bad_fraction,
+    max_bad_fraction: float,
     multilabel: bool = False,
 ) -> Source:
-    """Rows of ``path,label`` (an optional third column ``split``); paths relative to the file.
-    ``multilabel``: the second column holds the image's labels separated by ``|`` (it may be
-    empty: an image with none of the labels)."""
+    """``csv:FILE`` or ``jsonl:FILE`` (``kind``): a listing of image files and their labels,
+    paths relative to the listing; a split given for every image or for none."""
+    records = (_csv_records if kind == "csv" else _jsonl_records)(path, multilabel)
+    return _labelled_files_source(
+        f"{kind}:{path}", kind, path, records, val_ratio, test_ratio, seed, channels,
+        max_bad_fraction, multilabel,
+    )  # fmt: skip
+
+
+def _csv_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]]:
+    """Rows of ``path,label`` (an optional third column ``split``). ``multilabel``: the
+    second column holds the image's labels separated by ``|`` (it may be empty: an image with
+    none of the labels)."""
     if not path.is_file():
         raise DataError(f"csv:{path}: no such file")
     try:
@@ -390,21 +401,10 @@ def load_csv_source(
             raise DataError(f"csv:{path}: row {n} {row!r} is not '{shape}'{hint}")
         split = row[2].strip() if len(row) >= 3 else ""
         records.append((row[0].strip(), row[1], split, f"row {n}"))
-    return _labelled_files_source(
-        f"csv:{path}", "csv", path, records, val_ratio, test_ratio, seed, channels,
-        max_bad_fraction, multilabel,
-    )  # fmt: skip
+    return records
 
 
-def load_jsonl_source(
-    path: Path,
-    val_ratio: float,
-    test_ratio: float,
-    seed: int,
-    channels: int,
-    max_bad_fraction,
-    multilabel: bool = False,
-) -> Source:
+def _jsonl_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]]:
     """JSON lines, one image each: ``{"path": ..., "label": "cat"}`` or, for multi-label data,
     ``{"path": ..., "labels": ["cat", "outdoor"]}``; an optional ``"split"``."""
     import json
@@ -435,10 +435,7 @@ def load_jsonl_source(
         records.append((obj["path"].strip(), labels, str(obj.get("split", "")), f"line {n}"))
     if not records:
         raise DataError(f"jsonl:{path}: no lines; expected one JSON object per image")
-    return _labelled_files_source(
-        f"jsonl:{path}", "jsonl", path, records, val_ratio, test_ratio, seed, channels,
-        max_bad_fraction, multilabel,
-    )  # fmt: skip
+    return records
 
 
 def _labelled_files_source(
