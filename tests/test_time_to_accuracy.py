@@ -196,16 +196,17 @@ def test_time_budget_sets_a_schedule_that_ends_annealed(tmp_path, folder, monkey
 
     monkeypatch.setattr(pacing, "measure_step_seconds", lambda trainer: 0.01)
     # 2 steps an epoch (36 images, batch 16) of 0.01 s, validation 12 images at a third of
-    # that: 0.0225 s an epoch; 95 % of 0.12 s holds 5 epochs.
+    # that, BatchNorm statistics measured again on the 2 batches at a third of a step each:
+    # 0.0292 s an epoch; 95 % of 0.12 s holds 3 epochs.
     cfg = _cfg(tmp_path, folder, time_budget=0.002, epochs=50, warmup_epochs=1.0)
     t = Trainer(cfg, verbose=False)
     summary = t.fit()
-    assert summary["epochs_completed"] == t.cfg.epochs == 5
+    assert summary["epochs_completed"] == t.cfg.epochs == 3
     assert t.history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # fully annealed
     import yaml
 
     saved = yaml.safe_load((tmp_path / "runs" / "run" / "config.yaml").read_text())
-    assert saved["epochs"] == 5 and saved["warmup_epochs"] == 1.0
+    assert saved["epochs"] == 3 and saved["warmup_epochs"] == 1.0
 
 
 def test_measured_step_leaves_the_run_untouched(tmp_path, folder):
@@ -277,3 +278,43 @@ def test_the_run_says_which_recipe_it_follows(tmp_path, folder, capsys):
         Trainer(resolve_config(dict(base, name="s"))).fit()
     out = capsys.readouterr().err
     assert "recipe scratch: SGD nesterov lr 0.00625 (0.1 x batch 16 / 256), cosine" in out
+
+
+# ---------------------------------------------------------------- precise BatchNorm stats
+
+
+def test_bn_statistics_are_measured_again_with_the_final_weights(tmp_path, folder):
+    from resnetlab.train.pacing import resized
+    from resnetlab.train.precise_bn import batches, recompute_bn_stats
+
+    t = _fit(_cfg(tmp_path, folder, epochs=1))
+    bn = t.model.bn1
+    # Whatever the running statistics held before, they are replaced, not blended.
+    bn.running_mean.fill_(100.0)
+    bn.running_var.fill_(100.0)
+    rng, modes = torch.get_rng_state(), [m.training for m in t.model.modules()]
+    assert recompute_bn_stats(t) > 0
+    assert torch.equal(rng, torch.get_rng_state())
+    assert modes == [m.training for m in t.model.modules()]
+    # By hand: the mean of bn1's input over the epoch's first batches, augmented as trained.
+    from resnetlab.data.loader import mix_seed
+
+    t.train_loader.sampler.set_epoch(0, 0)
+    tf = resized(t.train_transform, 32)
+    means = []
+    with torch.no_grad():
+        for i, (x, _) in enumerate(t.train_loader):
+            if i >= batches(16, len(t.train_loader)):
+                break
+            x = tf(x, torch.Generator().manual_seed(mix_seed(0, 0, 0, i, 3)))
+            means.append(t.model.conv1(x).mean((0, 2, 3)))
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_bn_statistics_are_left_alone(tmp_path, folder):
+    src, path = _pretrained(tmp_path)
+    t = _fit(_cfg(tmp_path, folder, feature_cache=False, **_extract(tmp_path, path)))
+    a = t.model.state_dict()
+    for k, v in src.state_dict().items():
+        if "running" in k:
+            assert torch.equal(a[k], v), k

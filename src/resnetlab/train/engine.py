@@ -54,6 +54,7 @@ from .optim import (
     set_train_mode,
 )
 from .pacing import eval_size, plan_for_budget, resized, train_size
+from .precise_bn import recompute_bn_stats
 from .tally import EpochTally, NonFiniteLoss
 
 __all__ = ["LOG_EVERY", "NonFiniteLoss", "RunStopped", "Trainer", "evaluate_loader"]
@@ -588,6 +589,7 @@ class Trainer:
                 )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
+            recompute_bn_stats(self)
             size = eval_size(self.data.input_size, self.train_size(self.epoch - 1))
             val = self.evaluate("val", size=size) if has_val else {}
             row = {

@@ -134,6 +134,10 @@ def plan_for_budget(trainer) -> None:
     steps = len(trainer.train_loader)
     val = len(trainer.data.source.splits.get("val", ()))
     eval_seconds = val / cfg.batch_size * step * EVAL_COST
+    if trainer.features is None:  # each epoch measures BatchNorm statistics again
+        from .precise_bn import batches  # (precise_bn imports this module)
+
+        eval_seconds += batches(cfg.batch_size, steps) * step * EVAL_COST
     budget = cfg.time_budget * 60 - (time.perf_counter() - start)
     progressive = cfg.progressive and trainer.features is None
     epochs = plan_epochs(budget, step, steps, eval_seconds, trainer.data.input_size, progressive)
