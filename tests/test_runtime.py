@@ -61,9 +61,12 @@ def test_command_line_applies_it(monkeypatch):
 
 
 ENTRY = """
-import atexit, sys
+import atexit, sys, time
+from concurrent.futures import ThreadPoolExecutor
 from resnetlab.cli import main
 atexit.register(lambda: print("exit handlers ran", file=sys.stderr))
+# A pool left open with work in it (OpenVINO's import leaves an idle one): joined first.
+ThreadPoolExecutor(1).submit(lambda: time.sleep(0.5) or print("pool done", file=sys.stderr))
 sys.argv = ["resnetlab", *sys.argv[1:]]
 raise SystemExit(main())
 """
@@ -73,9 +76,10 @@ raise SystemExit(main())
                                                (["models", "nothing-like-it"], 2)])  # fmt: skip
 def test_a_quick_command_ends_without_teardown_yet_complete(argv, status):
     # As the program (`__main__.main` is cli.main), a quick command ends with os._exit after
-    # the exit handlers: everything it printed is out, its status kept, the handlers ran.
+    # the threads and exit handlers: everything it printed is out, its status kept.
     p = subprocess.run([sys.executable, "-c", ENTRY, *argv], capture_output=True, text=True)
     assert p.returncode == status and "exit handlers ran" in p.stderr
+    assert p.stderr.index("pool done") < p.stderr.index("exit handlers ran")
     if status == 0:
         import json
 

@@ -404,8 +404,10 @@ QUICK_COMMANDS = frozenset({"models", "summary", "predict", "evaluate", "export"
 
 
 def exit_now(status: int) -> NoReturn:
-    """End the process with ``status`` after the exit handlers (logging, thread pools, child
-    processes) and a flush of stdout/stderr, without the interpreter's teardown."""
+    """End the process with ``status`` as the interpreter would (threads joined, exit
+    handlers run: logging, thread pools, child processes; stdout/stderr flushed), without
+    its teardown of every module."""
+    threading._shutdown()  # what the interpreter's exit does first (OpenVINO leaves a pool)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe or file: nothing to add
@@ -415,11 +417,11 @@ def exit_now(status: int) -> NoReturn:
 
 def _is_entry_point(argv: Sequence[str] | None) -> bool:
     """Whether ``main`` runs as the program (`resnetlab`, `python -m resnetlab`: the entry
-    script holds this very function as ``__main__.main``) with no thread but this one left
-    (nothing else could still be writing). Called from Python (tests, a notebook), ``main``
-    returns to its caller as usual."""
+    script holds this very function as ``__main__.main``). Called from Python (tests, a
+    notebook), ``main`` returns to its caller as usual; so it does on a Python without
+    ``threading._shutdown`` (CPython has it)."""
     entry = getattr(sys.modules.get("__main__"), "main", None) is main
-    return argv is None and entry and threading.active_count() == 1
+    return argv is None and entry and hasattr(threading, "_shutdown")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
