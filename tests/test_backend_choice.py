@@ -37,9 +37,9 @@ def timed(monkeypatch):
     """Deterministic speeds instead of the clock; counts the measurements."""
     calls = []
 
-    def fake(backend, batch, seconds):
-        calls.append(backend.name)
-        return SPEED[backend.name] * (2 if backend.precision == "bf16" else 1)
+    def fake(runs, seconds):
+        calls.extend(backend.name for backend, _ in runs)
+        return [SPEED[b.name] * (2 if b.precision == "bf16" else 1) for b, _ in runs]
 
     monkeypatch.setattr(backend_choice, "_images_per_second", fake)
     return calls

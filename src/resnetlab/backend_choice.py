@@ -92,26 +92,33 @@ def _agreement(ref: torch.Tensor, out: torch.Tensor, precision: str) -> tuple[bo
     return diff <= BF16_TOLERANCE and top1 >= MIN_TOP1_AGREEMENT, diff, top1
 
 
-def _images_per_second(backend, batch: torch.Tensor, seconds: float) -> float:
-    backend.logits(batch)  # warm-up: first-call allocation and compilation
-    times, start = [], time.perf_counter()
-    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < 50):
-        t0 = time.perf_counter()
-        backend.logits(batch)
-        times.append(time.perf_counter() - t0)
-    return batch.shape[0] / statistics.median(times)
+def _images_per_second(runs: list[tuple[object, torch.Tensor]], seconds: float) -> list[float]:
+    """Images/s of each (backend, batch), timed in rounds: one batch of each in turn, median
+    per backend. The machine may be shared: a burst of other work then slows every candidate
+    alike instead of the one that happened to be measured during it."""
+    for backend, batch in runs:
+        backend.logits(batch)  # warm-up: first-call allocation and compilation
+    times: list[list[float]] = [[] for _ in runs]
+    start, budget = time.perf_counter(), seconds * len(runs)
+    while len(times[0]) < 3 or (time.perf_counter() - start < budget and len(times[0]) < 50):
+        for (backend, batch), spent in zip(runs, times):
+            t0 = time.perf_counter()
+            backend.logits(batch)
+            spent.append(time.perf_counter() - t0)
+    return [batch.shape[0] / statistics.median(t) for (_, batch), t in zip(runs, times)]
 
 
 def measure(
     loaded: LoadedModel, pairs: list[tuple[str, str]], batch_size: int = 16, seconds: float = 1.0
 ) -> list[dict]:
-    """Speed and agreement of each pair on a seeded probe batch of the model's input size."""
+    """Speed and agreement of each pair on a seeded probe batch of the model's input size;
+    ``seconds``: the time per pair, spent in rounds over all of them."""
     c, h, w = loaded.meta.input_size
     g = torch.Generator().manual_seed(0)
     probe = torch.randn(max(PROBE_IMAGES, batch_size), c, h, w, generator=g)
     with torch.inference_mode():
         reference = loaded.model.float().eval().to("cpu")(probe).float()
-    results = []
+    results, runs = [], []
     for name, prec in pairs:
         row = {"backend": name, "precision": prec}
         try:
@@ -120,11 +127,16 @@ def measure(
             x = probe.to(memory_format=layout)
             ok, diff, top1 = _agreement(reference, backend.logits(x), prec)
             row.update(agrees=ok, max_rel_diff=diff, top1_agreement=top1)
-            row["images_per_second"] = _images_per_second(backend, x[:batch_size], seconds)
+            runs.append((row, backend, x[:batch_size]))
         except (ResnetlabError, RuntimeError, OSError) as exc:  # a runtime that cannot run it
             row.update(agrees=False, error=str(exc).splitlines()[0][:300])
         results.append(row)
-        log.info("backend %s %s: %s", name, prec, row)
+    if runs:
+        speeds = _images_per_second([(backend, x) for _, backend, x in runs], seconds)
+        for (row, _, _), speed in zip(runs, speeds):
+            row["images_per_second"] = speed
+    for row in results:
+        log.info("backend %s %s: %s", row["backend"], row["precision"], row)
     return results
 
 
