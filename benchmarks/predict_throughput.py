@@ -150,6 +150,7 @@ def main() -> None:
     out = {"images": len(list(photos.rglob("*.jpg"))), "batch": BATCH,
            "models": {}}  # fmt: skip
     for name in args.models:
+        load_before = os.getloadavg()
         run = make_run(tmp / "runs", name)
         alone = model_alone(run, args.seconds)
         chosen = backend_choice.choose_backend(load_model(run), "cpu", batch_size=BATCH)
@@ -158,14 +159,18 @@ def main() -> None:
         pick = (chosen.backend, chosen.precision)
         mine = next(r for r in chosen.results if (r["backend"], r["precision"]) == pick)
         out["models"][name] = {
+            # The machine is shared: its load around the measurement says how far to trust it.
+            "load_average_before": load_before,
             "model_alone": alone,
             "auto_choice": f"{chosen.backend} {chosen.precision}",
             "auto_vs_fastest_model_alone": mine["images_per_second"] / fastest["images_per_second"],
             "whole_process": whole_process(run, photos, args.reps),
         }
+        out["models"][name]["load_average_after"] = os.getloadavg()
         m = out["models"][name]
         print(f"== {name}: auto chose {m['auto_choice']} "
-              f"({m['auto_vs_fastest_model_alone']:.2f}× the fastest measured)")  # fmt: skip
+              f"({m['auto_vs_fastest_model_alone']:.2f}× the fastest measured); load average "
+              f"{load_before[0]:.2f} before, {m['load_average_after'][0]:.2f} after")  # fmt: skip
         for r in alone:
             speed = r.get("images_per_second")
             ok = "" if r.get("agrees", True) else "  (disagrees: never chosen)"
