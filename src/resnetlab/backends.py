@@ -330,7 +330,9 @@ class OpenVinoBackend(OnnxBackend):
         The key holds the weights' fingerprint and the ONNX file's identity (size, mtime,
         inode), so a blob is only found for the exact file it was compiled from after the
         checks of ``_checked`` (weights, external data); a re-export or other weights get a
-        new folder, never a stale blob. Threads, precision, CPU and version complete it."""
+        new folder, never a stale blob. Precision, threads, CPU and version complete it:
+        OpenVINO's own blob name does not cover every setting (it is the same for f32 and
+        bf16 of one file)."""
         if given is not None or loaded.run is None:
             return None
         from .device import cpu_model
