@@ -318,3 +318,20 @@ def test_frozen_bn_statistics_are_left_alone(tmp_path, folder):
     for k, v in src.state_dict().items():
         if "running" in k:
             assert torch.equal(a[k], v), k
+
+
+def test_no_precise_bn_keeps_the_running_statistics(tmp_path, folder):
+    on = _fit(_cfg(tmp_path, folder, epochs=1, name="on"))
+    off = _fit(_cfg(tmp_path, folder, epochs=1, name="off", precise_bn=False))
+    # The same steps and weights; only the statistics differ.
+    assert torch.equal(on.model.conv1.weight, off.model.conv1.weight)
+    assert not torch.equal(on.model.bn1.running_mean, off.model.bn1.running_mean)
+
+
+def test_a_run_saved_before_precise_bn_resumes_without_it(tmp_path, folder):
+    from resnetlab.train.config import resume_config
+
+    saved = _cfg(tmp_path, folder).to_dict()
+    del saved["precise_bn"]  # a config.yaml from before the setting existed
+    assert resume_config(saved, {}, 1, tmp_path).precise_bn is False
+    assert resume_config({**saved, "precise_bn": True}, {}, 1, tmp_path).precise_bn is True

@@ -27,7 +27,7 @@ _TUNED = ("lr", "weight_decay", "batch_size", "label_smoothing", "schedule")
 # Settings that change how fast a trial runs, not what it learns: a continued study may use
 # other values for them (another machine, another number of cores).
 _MACHINE = ("num_workers", "cache", "download", "channels_last", "compile", "checkpoint_every",
-            "tensorboard")  # fmt: skip
+            "tensorboard", "device")  # fmt: skip
 # `tune` flags; any other setting comes from its --config file.
 _TUNE_FLAGS = ("data", "model", "epochs")
 # The study's fixed settings, saved as a study user attribute on its first run.

@@ -121,6 +121,10 @@ class TrainConfig(DataConfig):
     patience: int | None = option(None, "early stopping (epochs)", group="recipe")
     progressive: bool = option(False, "progressive resizing: early epochs at lower resolution, "
                                "the last ones at --input-size", group="recipe")  # fmt: skip
+    precise_bn: bool = option(
+        True, "after each epoch, measure the BatchNorm statistics again with its final weights "
+        "on 512 training images (short runs evaluate far better)", group="recipe",
+    )  # fmt: skip
     time_budget: float | None = option(
         None, "minutes: set --epochs from a measured step time so the schedule ends, fully "
         "annealed, within them", metavar="MIN", group="recipe",
@@ -279,6 +283,8 @@ def resolve_config(
 # ``max_steps`` belongs to one invocation (stop after N steps), so a bare --resume drops it.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "patience", "checkpoint_every", "num_workers",
                      "tensorboard", "compile", "device")  # fmt: skip
+# Settings added later, with the value that reproduces runs saved before they existed.
+_BEFORE = {"precise_bn": False}
 # Taken from the folder being resumed, never compared.
 _RUN_PLACE = ("out", "name")
 
@@ -296,6 +302,8 @@ def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -
     saved one is refused in one line, so a flag is never silently ignored."""
     names = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in saved.items() if k in names}
+    # Runs saved before a setting existed continue as they were trained.
+    values.update({k: v for k, v in _BEFORE.items() if k not in saved})
     given = dict(given)
     if "model_kwargs" in given:
         given["model_kwargs"] = parse_kwargs(given["model_kwargs"])

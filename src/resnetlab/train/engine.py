@@ -589,7 +589,8 @@ class Trainer:
                 )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
-            recompute_bn_stats(self)
+            if cfg.precise_bn:
+                recompute_bn_stats(self)
             size = eval_size(self.data.input_size, self.train_size(self.epoch - 1))
             val = self.evaluate("val", size=size) if has_val else {}
             row = {

@@ -134,7 +134,7 @@ def plan_for_budget(trainer) -> None:
     steps = len(trainer.train_loader)
     val = len(trainer.data.source.splits.get("val", ()))
     eval_seconds = val / cfg.batch_size * step * EVAL_COST
-    if trainer.features is None:  # each epoch measures BatchNorm statistics again
+    if trainer.features is None and cfg.precise_bn:  # each epoch measures BatchNorm again
         from .precise_bn import batches  # (precise_bn imports this module)
 
         eval_seconds += batches(cfg.batch_size, steps) * step * EVAL_COST
