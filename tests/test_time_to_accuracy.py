@@ -273,7 +273,7 @@ def test_the_run_says_which_recipe_it_follows(tmp_path, folder, capsys):
         Trainer(resolve_config(dict(base, weights=str(path), name="ft"))).fit()
     out = capsys.readouterr().err
     assert "recipe finetune (chosen for --weights; --recipe scratch for the from-scratch " in out
-    assert "AdamW lr 0.001, cosine, warmup 1 epoch(s)" in out
+    assert "AdamW lr 0.001, batch 16, cosine, warmup 1 epoch(s)" in out
     with contextlib.suppress(RunStopped):
         Trainer(resolve_config(dict(base, name="s"))).fit()
     out = capsys.readouterr().err
@@ -284,8 +284,9 @@ def test_the_run_says_which_recipe_it_follows(tmp_path, folder, capsys):
 
 
 def test_bn_statistics_are_measured_again_with_the_final_weights(tmp_path, folder):
+    from resnetlab.train.pacing import precise_bn_batches as batches
     from resnetlab.train.pacing import resized
-    from resnetlab.train.precise_bn import batches, recompute_bn_stats
+    from resnetlab.train.precise_bn import recompute_bn_stats
 
     t = _fit(_cfg(tmp_path, folder, epochs=1))
     bn = t.model.bn1

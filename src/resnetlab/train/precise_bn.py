@@ -7,13 +7,12 @@ them; in a short one the statistics lag behind the weights and evaluation suffer
 Johnson, "Rethinking 'Batch' in BatchNorm", arXiv:2105.07576; pycls' and Detectron2's
 PreciseBN). Measured here: resnet18 on the digits, one epoch of 20 steps: 24 % test top-1
 with the running statistics, 93 % with statistics measured again on 512 training images
-(benchmarks/time_to_accuracy.py). It costs a forward pass over ``IMAGES`` training images
-per epoch, counted in the run's training time.
+(benchmarks/time_to_accuracy.py). It costs a forward pass over
+``pacing.PRECISE_BN_IMAGES`` training images per epoch, counted in the run's training time.
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -23,16 +22,8 @@ from ..data.loader import mix_seed
 from ..device import autocast
 from . import distributed as D
 from .optim import frozen_groups
+from .pacing import precise_bn_batches as batches
 from .pacing import resized
-
-# Training images the statistics are measured on (pycls and Detectron2 use ~1-10k for
-# ImageNet; 512 keep a 95 % interval of a channel's mean within about +-0.1 std).
-IMAGES = 512
-
-
-def batches(batch_size: int, steps_per_epoch: int) -> int:
-    """Training batches the statistics are measured on."""
-    return min(steps_per_epoch, math.ceil(IMAGES / batch_size))
 
 
 def _training_norms(model: nn.Module, frozen: list[str]) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -50,9 +41,9 @@ def _training_norms(model: nn.Module, frozen: list[str]) -> list[nn.modules.batc
 @torch.no_grad()
 def recompute_bn_stats(trainer) -> float:
     """Measure the running statistics of ``trainer``'s evaluation model again on the first
-    ``IMAGES`` training images of the epoch just finished (its order and augmentation), in
-    eval mode except for those layers; returns the seconds taken, also added to the run's
-    training time. The random state is left as it was."""
+    ``pacing.PRECISE_BN_IMAGES`` training images of the epoch just finished (its order and
+    augmentation), in eval mode except for those layers; returns the seconds taken, also
+    added to the run's training time. The random state is left as it was."""
     if trainer.features is not None:  # a cached-feature run trains the head alone
         return 0.0
     cfg, epoch = trainer.cfg, trainer.epoch - 1
