@@ -156,7 +156,7 @@ def test_csv_source(tmp_path):
     assert s.class_counts() == {"cat ü": 3, "dog": 3}
     assert len(s.splits["val"]) == 2
     (tmp_path / "bad.csv").write_text("imgs/x/img_0.png\n")
-    with pytest.raises(DataError, match="row 1"):
+    with pytest.raises(DataError, match="line 1"):
         load_source(f"csv:{tmp_path / 'bad.csv'}")
 
 

@@ -375,32 +375,42 @@ def load_listing_source(
 
 
 def _csv_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]]:
-    """Rows of ``path,label`` (an optional third column ``split``). ``multilabel``: the
-    second column holds the image's labels separated by ``|`` (it may be empty: an image with
-    none of the labels)."""
+    """Rows of ``path,label`` (an optional third column ``split``, in every row or in none).
+    ``multilabel``: the second column holds the image's labels separated by ``|`` (it may be
+    empty: an image with none of the labels). Errors name the line of the file."""
     if not path.is_file():
         raise DataError(f"csv:{path}: no such file")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+            reader = csv.reader(f)
+            rows = [(reader.line_num, r) for r in reader if r and any(c.strip() for c in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"csv:{path}: cannot read ({exc})") from None
-    if rows and [c.strip().lower() for c in rows[0][:2]] in (["path", "label"], ["path", "labels"]):
+    if rows and [c.strip().lower() for c in rows[0][1][:2]] in (
+        ["path", "label"], ["path", "labels"]
+    ):  # fmt: skip
         rows = rows[1:]
     if not rows:
         raise DataError(f"csv:{path}: no rows; expected 'path,label' lines")
     shape = "path,labels[,split] (labels separated by |)" if multilabel else "path,label[,split]"
+    several = " (labels are separated by |, not commas)" if multilabel else (
+        " (for images with several labels, separated by |, or none: --task multilabel)"
+    )  # fmt: skip
     records = []
-    for n, row in enumerate(rows, start=1):
-        if len(row) < 2 or not row[0].strip() or not (multilabel or row[1].strip()):
-            hint = (
-                ""
-                if multilabel
-                else " (for images with several labels, or none: --task multilabel)"
+    for n, row in rows:
+        while len(row) > 2 and not row[-1].strip():  # trailing empty cells
+            row = row[:-1]
+        if len(row) > 3 or len(row) < 2 or not row[0].strip() or not (
+            multilabel or row[1].strip()
+        ):  # fmt: skip
+            raise DataError(f"csv:{path}: line {n} {row!r} is not '{shape}'{several}")
+        split = row[2].strip() if len(row) == 3 else ""
+        if split and split not in SPLITS:
+            raise DataError(
+                f"csv:{path}: line {n}: split {split!r} is not one of {', '.join(SPLITS)}"
+                + (several if multilabel else "")
             )
-            raise DataError(f"csv:{path}: row {n} {row!r} is not '{shape}'{hint}")
-        split = row[2].strip() if len(row) >= 3 else ""
-        records.append((row[0].strip(), row[1], split, f"row {n}"))
+        records.append((row[0].strip(), row[1], split, f"line {n}"))
     return records
 
 
@@ -426,7 +436,13 @@ def _jsonl_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, st
             raise DataError(f"jsonl:{path}: line {n} is not JSON ({exc.msg})") from None
         labels = obj.get(key, obj.get("label")) if isinstance(obj, dict) else None
         if multilabel and isinstance(labels, list):
-            labels = LABEL_SEPARATOR.join(str(x) for x in labels)
+            odd = next((x for x in labels if not isinstance(x, str)), None)
+            if odd is not None:
+                raise DataError(
+                    f"jsonl:{path}: line {n}: label {odd!r} is not a string; write labels as "
+                    'names, e.g. "labels": ["cat", "outdoor"]'
+                )
+            labels = LABEL_SEPARATOR.join(labels)
         if not (isinstance(obj, dict) and isinstance(obj.get("path"), str) and obj["path"].strip()
                 and isinstance(labels, str) and (multilabel or labels.strip())):  # fmt: skip
             want = '{"path": ..., "labels": [...]}' if multilabel else '{"path": ..., "label": ...}'
@@ -469,7 +485,14 @@ def _labelled_files_source(
     if not classes:
         raise DataError(f"{name}: no image has a label; give each image at least one")
     index = {c: i for i, c in enumerate(classes)}
-    has_split = all(r[2].strip() for r in records)
+    with_split = [r for r in records if r[2].strip()]
+    if with_split and len(with_split) < len(records):
+        lacking = next(r for r in records if not r[2].strip())
+        raise DataError(
+            f"{name}: {lacking[3]} has no split but {with_split[0][3]} has one; give a split "
+            "(train, val, test) for every image or for none"
+        )
+    has_split = bool(with_split)
     split_files: dict[str, tuple[list[Path], list]] = {}
     for p_text, label_text, split, where in records:
         split = split.strip() if has_split else "all"
@@ -481,9 +504,18 @@ def _labelled_files_source(
         paths.append(p)
         found = [index[c] for c in names(label_text)]
         labels.append(found if multilabel else found[0])
-    source = _build_file_source(
-        name, kind, classes, split_files, channels, max_bad_fraction, 0, multilabel
-    )
+    try:
+        source = _build_file_source(
+            name, kind, classes, split_files, channels, max_bad_fraction, 0, multilabel
+        )
+    except DataError:
+        paths = [p for ps, _ in split_files.values() for p in ps]
+        if paths and not any(p.exists() for p in paths):
+            raise DataError(
+                f"{name}: none of its {len(paths)} files exists (the first: {paths[0]}); paths "
+                f"in a listing are relative to the listing's folder ({listing.parent})"
+            ) from None
+        raise
     if not has_split:
         full = source.splits.pop("all")
         parts = stratified_split(full.labels, {"val": val_ratio, "test": test_ratio}, seed)
