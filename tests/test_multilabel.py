@@ -124,6 +124,33 @@ def test_single_label_listing_with_several_labels_says_task_multilabel(tmp_path)
         load_source(f"jsonl:{jl}")
 
 
+def test_listing_mistakes_are_refused_with_the_line(tmp_path):
+    listing = make_multilabel(tmp_path, n=20)
+    rows = listing.read_text(encoding="utf-8").splitlines()
+    # Commas instead of | between labels: never a silently lost label.
+    commas = tmp_path / "commas.csv"
+    commas.write_text("\n".join([rows[0], *(r.replace("|", ",") for r in rows[1:])]) + "\n",
+                      encoding="utf-8")  # fmt: skip
+    with pytest.raises(DataError, match=r"line \d+ .*separated by \|, not commas"):
+        load_source(f"csv:{commas}", task="multilabel")
+    # A split for some images but not for others.
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text(f"{rows[1].split(',')[0]},green,train\n{rows[2].split(',')[0]},blue\n")
+    with pytest.raises(DataError, match="line 2 has no split but line 1 has one"):
+        load_source(f"csv:{mixed}", task="multilabel")
+    # A label that is not a name.
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"path": "images/img_0000.png", "labels": [1, "blue"]}\n')
+    with pytest.raises(DataError, match="line 1: label 1 is not a string"):
+        load_source(f"jsonl:{numbers}", task="multilabel")
+    # Paths written relative to the working folder instead of the listing's.
+    elsewhere = tmp_path / "lists" / "labels.csv"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="relative to the listing's folder"):
+        load_source(f"csv:{elsewhere}", task="multilabel")
+
+
 def test_multilabel_needs_a_listing_and_bad_lines_are_named(tmp_path):
     folder = make_folder(tmp_path / "f", {"a": 3, "b": 3})
     with pytest.raises(DataError, match="csv:FILE .* or jsonl:FILE"):
@@ -182,6 +209,25 @@ def test_run_beats_chance_and_records_thresholds(ml_run):
     assert "val_map" in header and "val_exact_match" in header
 
 
+def test_every_label_above_its_threshold_by_default_and_topk_caps(tmp_path):
+    from resnetlab.models import create_model
+    from resnetlab.predict import Predictor
+    from resnetlab.run import ModelMeta
+    from resnetlab.weights import save_bundle
+
+    names = [f"l{i}" for i in range(7)]
+    model = create_model("resnet20", num_classes=7, widths=[4, 8, 8])
+    meta = ModelMeta(model="resnet20", num_classes=7, in_chans=3, classes=names,
+                     input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.25] * 3,
+                     model_kwargs={"widths": [4, 8, 8]}, task="multilabel",
+                     thresholds=[0.5] * 6 + [0.95])  # fmt: skip
+    save_bundle(model, meta, tmp_path)
+    p = Predictor(tmp_path, backend="torch")
+    probs = torch.full((1, 7), 0.9)
+    assert [r["label"] for r in p.topk_rows(probs)[0]] == names[:6]  # not cut at 5
+    assert len(p.topk_rows(probs, 3)[0]) == 3
+
+
 def test_predict_gives_the_labels_above_their_thresholds(ml_run, tmp_path, capsys):
     run, _ = ml_run
     rng = np.random.default_rng(5)
@@ -199,6 +245,11 @@ def test_predict_gives_the_labels_above_their_thresholds(ml_run, tmp_path, capsy
     assert main(["predict", str(run), str(tmp_path / "none.png"), "--backend", "torch"]) == 0
     out = capsys.readouterr().out
     assert "none.png: " in out
+    # CSV: a row for every image, an image without labels included; each label's threshold.
+    assert main(["predict", str(run), str(tmp_path), "--csv", "--backend", "torch"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "path,rank,label,index,prob,threshold,error"
+    assert {Path(line.split(",")[0]).name for line in lines[1:]} == set(cases)
 
 
 def test_evaluate_export_report_and_stats_speak_multilabel(ml_run, capsys):
@@ -234,7 +285,7 @@ def test_evaluate_export_report_and_stats_speak_multilabel(ml_run, capsys):
     assert "images with both labels" in out and "labels    4" in out
 
 
-def test_resume_keeps_the_task_and_kfold_deals_multi_hot_rows(ml_run, tmp_path):
+def test_resume_keeps_the_task_and_kfold_deals_multi_hot_rows(ml_run, tmp_path, capsys):
     from resnetlab.experiments.kfold import write_fold_lists
     from resnetlab.train.config import resolve_config
 
@@ -242,6 +293,9 @@ def test_resume_keeps_the_task_and_kfold_deals_multi_hot_rows(ml_run, tmp_path):
     assert main(["train", "--resume", str(run), "--epochs", "9", "--quiet"]) == 0
     s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert s["epochs_completed"] == 9 and "test_map" in s
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # a finished run: says so, trains nothing
+    assert "has already completed its 9 epochs: nothing to train" in capsys.readouterr().err
     cfg = resolve_config(dict(data=f"csv:{listing}", task="multilabel", test_ratio=0.0))
     lists = write_fold_lists(cfg, 3, tmp_path / "folds")
     fold = load_source(f"csv:{lists[0]}", task="multilabel")

@@ -257,12 +257,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         import csv
 
         w = csv.writer(sys.stdout)
-        w.writerow(["path", "rank", "label", "index", "prob", "error"])
+        # Multi-label: each label's threshold too, and a row (no label) for an image with none.
+        ml = predictor.multilabel
+        w.writerow(["path", "rank", "label", "index", "prob", *["threshold"] * ml, "error"])
         for r in rows:
-            if r["error"]:
-                w.writerow([r["path"], "", "", "", "", r["error"]])
+            if r["error"] or not r["topk"]:
+                w.writerow([r["path"], "", "", "", "", *[""] * ml, r["error"] or ""])
             for rank, t in enumerate(r["topk"], start=1):
-                w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}", ""])
+                w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}",
+                            *[f"{t.get('threshold', 0.5):.6f}"] * ml, ""])  # fmt: skip
     else:
         for r in rows:
             tops = ", ".join(f"{t['label']} {pct(t['prob'], 1)}" for t in r["topk"]) or (

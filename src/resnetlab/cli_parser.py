@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _args(sub.add_parser("predict", help="top-k labels for images, folders or globs"),
               ("run", {"nargs": "?", "help": "run folder or model file (omit with --model)"}),
               ("inputs", {"nargs": "*", "help": "image files, folders, globs"}),
-              ("--topk", {"type": int, "default": 5,
-                          "help": "labels per image (more than the classes: all of them)"}),
+              ("--topk", {"type": int, "default": None,
+                          "help": "classes per image (default 5; more than the classes: all of "
+                          "them; a multi-label model: every label above its threshold)"}),
               ("--batch-size", {"type": int, "default": 32}),
               ("--streams", {"type": int, "help": "batches run side by side on the CPU, each "
                              "with its share of the threads (default: one per thread, at most 4)"}),

@@ -29,6 +29,9 @@ from .multilabel import probabilities as sigmoid_probabilities
 
 __all__ = ["BACKENDS", "Predictor", "build_predictor", "check_topk", "expand_inputs"]
 
+# Classes per image when --topk is not given (a multi-label model gives every label above its
+# threshold instead).
+DEFAULT_TOPK = 5
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
 MAX_AUTO_STREAMS = 4
 NO_MATCH = "no file matches this pattern"
@@ -143,13 +146,13 @@ class Predictor:
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         return self.calibrated(self.logits(batch_uint8))
 
-    def topk_rows(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
-        """The ``k`` most probable classes of each row; a ``k`` above the number of classes
-        gives all of them. Multi-label: the labels at or above their thresholds, most probable
-        first (at most ``k``; each with its ``threshold``)."""
+    def topk_rows(self, probs: torch.Tensor, k: int | None = None) -> list[list[dict]]:
+        """The ``k`` (default 5) most probable classes of each row; a ``k`` above the number of
+        classes gives all of them. Multi-label: every label at or above its threshold, most
+        probable first (at most ``k`` when given; each with its ``threshold``)."""
         if self.multilabel:
             return label_rows(probs, self.classes, self.thresholds, check_topk(k))
-        k = min(check_topk(k), probs.shape[1])
+        k = min(check_topk(k) or DEFAULT_TOPK, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         return [
             [
@@ -159,7 +162,9 @@ class Predictor:
             for v, ix in zip(values, indices)
         ]
 
-    def predict_images(self, images: Sequence[Image.Image], topk: int = 5) -> list[list[dict]]:
+    def predict_images(
+        self, images: Sequence[Image.Image], topk: int | None = None
+    ) -> list[list[dict]]:
         check_topk(topk)
         rows: list[list[dict]] = []
         for start in range(0, len(images), self.batch_size):
@@ -203,7 +208,9 @@ class Predictor:
             for i, p in enumerate(chunk)
         ]
 
-    def predict_paths(self, paths: Sequence[str | os.PathLike], topk: int = 5) -> list[dict]:
+    def predict_paths(
+        self, paths: Sequence[str | os.PathLike], topk: int | None = None
+    ) -> list[dict]:
         """One row per path, in order: ``{"path", "topk", "error"}``; a bad file gets an error
         row and the others still get predictions.
 
@@ -238,9 +245,11 @@ class Predictor:
         return [row for batch in run_streams(len(chunks), streams, rows) for row in batch]
 
 
-def check_topk(k: int) -> int:
-    """``k`` when it is a whole number of at least 1; otherwise a ``ValueError`` that says
-    what to give."""
+def check_topk(k: int | None) -> int | None:
+    """``k`` when it is a whole number of at least 1 (None: the default, 5 classes or every
+    label above its threshold); otherwise a ``ValueError`` that says what to give."""
+    if k is None:
+        return None
     try:
         n = operator.index(k)
     except TypeError:

@@ -179,13 +179,13 @@ def create_app(
         return predictor.preprocess(img)
 
     @app.post("/predict")
-    async def predict(request: Request, topk: int = 5):
+    async def predict(request: Request, topk: int | None = None):
         state["arriving"] += 1
         try:
             # The body is read before any refusal, so that a client still sending it sees the
             # answer instead of a connection reset.
             body = await read_capped(request, max_body)
-            if topk < 1:
+            if topk is not None and topk < 1:
                 raise HTTPError(
                     400, f"topk must be at least 1, got {topk} (a topk above the "
                     f"{len(predictor.classes)} classes gives all of them)",
@@ -198,8 +198,8 @@ def create_app(
         except QueueFull:
             raise HTTPError(503, "server busy: too many requests queued, retry shortly",
                             {"Retry-After": "1"}) from None  # fmt: skip
-        # topk above the number of classes means all of them (the page asks for 5). For a
-        # multi-label model: the labels at or above their thresholds (at most topk).
+        # topk above the number of classes means all of them (default 5). For a multi-label
+        # model: every label at or above its threshold (at most topk when given).
         rows = predictor.topk_rows(probs.unsqueeze(0), topk)[0]
         if predictor.multilabel:
             return {"topk": rows, "labels": [r["label"] for r in rows], "model": predictor.name}
@@ -359,7 +359,8 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     shown = f"[{host}]" if ":" in host else host
     print(
-        f"resnetlab serve: {predictor.name} ({len(predictor.classes)} classes, "
+        f"resnetlab serve: {predictor.name} ({len(predictor.classes)} "
+        f"{'labels, multi-label' if predictor.multilabel else 'classes'}, "
         f"{predictor.backend.name}, {predictor.precision}) at http://{shown}:{port}/",
         flush=True,
     )
