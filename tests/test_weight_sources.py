@@ -119,3 +119,24 @@ def test_models_lists_the_published_weights_with_top1_and_preprocessing(capsys):
     row = next(line for line in out.splitlines() if "IMAGENET1K_V2" in line)
     assert "80.86%" in row and "resize 232 -> crop 224" in row
     assert "hf-hub:timm/resnet50" in out
+
+
+def test_a_run_folder_as_weights_brings_its_normalisation(tmp_path, capsys):
+    """Weights made by resnetlab (a run folder, or its model.safetensors) are fine-tuned with
+    the mean/std they were trained with, not ImageNet's."""
+    from datagen import make_folder
+    from resnetlab.cli import main
+
+    common = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
+              "--num-workers", "0", "--out", str(tmp_path / "runs")]  # fmt: skip
+    assert main(["train", *common, "--name", "pre", "--quiet"]) == 0  # digits: 1 channel
+    pre = json.loads((tmp_path / "runs" / "pre" / "model.json").read_text())
+    data = make_folder(tmp_path / "photos", {"ant": 6, "bee": 6}, size=(36, 36))
+    for name, weights in (("a", "pre"), ("b", "pre/model.safetensors")):
+        capsys.readouterr()
+        argv = ["train", *common, "--data", str(data), "--input-size", "32", "--batch-size",
+                "4", "--weights", str(tmp_path / "runs" / weights), "--name", name]  # fmt: skip
+        assert main(argv) == 0
+        meta = json.loads((tmp_path / "runs" / name / "model.json").read_text())
+        assert meta["mean"] == pre["mean"] * 3 and meta["std"] == pre["std"] * 3
+        assert "inputs normalised as the weights were trained" in capsys.readouterr().err

@@ -144,6 +144,24 @@ def resolve_weights(spec: str, model: str) -> WeightSource:
     if kind == "hf-hub" and rest:
         return _hf_hub(rest)
     path = Path(os.path.expanduser(spec))
+    run = RunDir(path if path.is_dir() else path.parent)
+    if run.meta.is_file() and (path.is_dir() or path.name == RunDir.WEIGHTS):
+        return _run_folder(run, str(path))
     if path.is_dir():
         return _hub_folder(path, str(path))
     return WeightSource(read_state_dict(path), str(path), None)
+
+
+def _run_folder(run: RunDir, source: str) -> WeightSource:
+    """A resnetlab run (its folder, or its model.safetensors): the weights, and the mean/std
+    and evaluation resize its model.json says they were trained with."""
+    from .data.transforms import eval_resize_size
+
+    meta = run.read_meta()
+    size = meta.size
+    pre = Preprocess(
+        resize_size=meta.resize_size or eval_resize_size(size), crop_size=size,
+        interpolation=meta.interpolation or "bilinear", mean=tuple(meta.mean),
+        std=tuple(meta.std),
+    )  # fmt: skip
+    return WeightSource(read_state_dict(run.weights), source, pre, list(meta.classes))

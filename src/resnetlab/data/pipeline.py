@@ -110,6 +110,8 @@ class DataPipeline:
             mean, std = (list(map(float, v)) for v in default_norm)
             if self.channels == 1:  # greyscale input to an RGB-trained model: the average
                 mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+            elif len(mean) == 1:  # RGB input to a greyscale-trained model: the same per channel
+                mean, std = mean * self.channels, std * self.channels
             self.mean, self.std = mean, std
         else:
             self.mean, self.std = self._train_stats()

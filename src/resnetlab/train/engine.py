@@ -239,6 +239,10 @@ class Trainer:
                 have, want = info["adapted"]
                 how = "its RGB filters summed" if want == 1 else "repeated and rescaled"
                 note += f"; first conv from {have} to {want} input channels ({how})"
+            if not cfg.mean:  # the normalisation the weights were trained with, said once
+                mean = ", ".join(f"{v:.3g}" for v in self.data.mean)
+                std = ", ".join(f"{v:.3g}" for v in self.data.std)
+                note += f"; inputs normalised as the weights were trained (mean {mean}, std {std})"
             self.weights_note = note
         if cfg.sync_bn and self.device.type != "cuda":
             raise ConfigError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernel)")
@@ -566,7 +570,7 @@ class Trainer:
             plan_for_budget(self)
         if self.dist.is_main:
             self.progress.line(
-                f"training {cfg.model} on {cfg.data}: {_count(len(self.classes), 'class')}, "
+                f"training {cfg.model} on {cfg.data}: {self._classes_text()}, "
                 + ", ".join(f"{k} {len(v)}" for k, v in self.data.source.splits.items())
                 + f"; {self.precision}, {self.device.type}"
                 + (", channels_last" if cfg.channels_last else "")
@@ -587,6 +591,11 @@ class Trainer:
                     "best epoch is the one with the lowest training loss, and `evaluate` needs "
                     "--data with images of its own"
                 )
+        if self.resume_state is not None and self.epoch >= cfg.epochs and self.dist.is_main:
+            self.progress.line(
+                f"{self.run_dir} has already completed its {cfg.epochs} epochs: nothing to "
+                f"train; give --epochs N (more than {cfg.epochs}) to make it longer"
+            )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
             if cfg.precise_bn:
@@ -627,6 +636,11 @@ class Trainer:
                 break
         D.barrier(self.dist)
         return self._finish()
+
+    def _classes_text(self) -> str:
+        if self.multilabel:
+            return f"{_count(len(self.classes), 'label')} (multi-label)"
+        return _count(len(self.classes), "class")
 
     def _epoch_outputs(self, row: dict, improved: bool) -> None:
         self.metrics_csv.write(self.history)

@@ -103,13 +103,16 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 def recipe_line(cfg: TrainConfig, steps_per_epoch: int) -> str:
     """One line saying which recipe the run follows, its main settings, and how to change them."""
-    name = cfg.recipe or "scratch"
+    # Without a recipe: "scratch", or "default" for pretrained weights (feature extraction).
+    name = cfg.recipe or ("default" if cfg.weights else "scratch")
     why = {"finetune": " (chosen for --weights; --recipe scratch for the from-scratch one)"}
     opt = "SGD" + (" nesterov" if cfg.nesterov and cfg.momentum > 0 else "")
     opt = opt if cfg.optimizer == "sgd" else "AdamW"
     lr = f"lr {cfg.lr:.4g}"
     if cfg.lr == default_lr(cfg):
         lr += f" (0.1 x batch {cfg.batch_size} / 256)"
+    else:
+        lr += f", batch {cfg.batch_size}"
     warmup = warmup_steps(cfg, steps_per_epoch) / steps_per_epoch
     return (
         f"recipe {name}{why.get(name, '')}: {opt} {lr}, {cfg.schedule}, warmup {warmup:.2g} "
