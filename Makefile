@@ -36,12 +36,7 @@ fonts:
 test: $(STAMP) browser fonts
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	# Three processes, not one: a single process that has run every test (hundreds of models,
-	# OpenVINO and onnxruntime sessions, forked loader workers) crashed in a later test's
-	# subprocess call, in the allocator (see tests/README.md); each group passes on its own.
-	$(VENV)/bin/pytest tests/journeys tests/test_[a-e]*.py
-	$(VENV)/bin/pytest tests/test_[f-m]*.py
-	$(VENV)/bin/pytest tests/test_[n-z]*.py
+	$(VENV)/bin/pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -1,4 +1,6 @@
+import gc
 import os
+import signal
 
 import pytest
 import torch
@@ -8,6 +10,18 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _release_loader_workers():
+    """After each test: loaders it dropped shut their workers down now, and the SIGCHLD
+    handler torch's DataLoader installs for its workers (and never removes) is taken away.
+    Left in place, a later test's subprocess exiting ran it, and the test process crashed
+    with a segmentation fault (test_loader's worker test, then any subprocess call)."""
+    yield
+    gc.collect()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
