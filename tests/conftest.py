@@ -10,7 +10,6 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
