@@ -1,4 +1,3 @@
-import gc
 import os
 import signal
 
@@ -22,5 +21,4 @@ def _release_loader_workers():
     Left in place, a later test's subprocess exiting ran it, and the test process crashed
     with a segmentation fault (test_loader's worker test, then any subprocess call)."""
     yield
-    gc.collect()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -286,9 +286,10 @@ def test_pretrained_rgb_weights_on_greyscale_digits(tmp_path):
     assert torch.allclose(t.model.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
     assert cfg.resolved_mode == "finetune"
     # What was loaded and how it was fitted is said once, under the run's first line.
-    assert t.weights_note == (
+    assert t.weights_note.startswith(
         f"weights {path}: a new classifier for 10 classes; "
-        "first conv from 3 to 1 input channels (its RGB filters summed)"
+        "first conv from 3 to 1 input channels (its RGB filters summed); inputs normalised as "
+        "the weights were trained (mean "
     )
 
 
