@@ -16,8 +16,8 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _release_loader_workers():
-    """After each test: loaders it dropped shut their workers down now, and the SIGCHLD
-    handler torch's DataLoader installs for its workers (and never removes) is taken away.
+    """After each test, the SIGCHLD handler torch's DataLoader installs for its workers (and
+    never removes) is taken away.
     Left in place, a later test's subprocess exiting ran it, and the test process crashed
     with a segmentation fault (test_loader's worker test, then any subprocess call)."""
     yield
