@@ -189,22 +189,6 @@ def onnx_logits(session, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {"input": batch})[0])
 
 
-def stale_reason(session, path: Path, loaded: LoadedModel) -> str | None:
-    """Why the export at ``path`` (open as onnxruntime ``session``) does not hold the weights
-    of ``loaded``, or None when it does."""
-    recorded = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
-    if recorded is None:
-        # An export from before the fingerprint was stored: judged by age, as make would.
-        try:
-            older = path.stat().st_mtime < loaded.source.stat().st_mtime
-        except OSError:  # weights not from a file (torchvision): nothing to compare with
-            return None
-        return f"{path} is older than {loaded.source}" if older else None
-    if recorded != weights_fingerprint(loaded.model):
-        return f"{path} was exported from other weights than {loaded.source} holds now"
-    return None
-
-
 def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None = None) -> dict:
     """Max |difference| of logits between PyTorch and the exported file on random inputs and,
     when given, real preprocessed images; fails above ``TOLERANCE`` (scaled by the largest
