@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import unicodedata
 from collections.abc import Sequence
+
+# Unicode categories that take no column: combining and enclosing marks (the accent of a
+# decomposed "é", variation selectors), format characters (zero-width joiner, BOM).
+_NO_COLUMN = frozenset({"Mn", "Me", "Cf"})
 
 
 def pct(value: float | None, digits: int = 2, std: float | None = None) -> str:
@@ -15,9 +21,28 @@ def pct(value: float | None, digits: int = 2, std: float | None = None) -> str:
     return text + (f" ± {std:.{digits}%}" if std else "")
 
 
+def shell_command(*words: object) -> str:
+    """A command line as the user pastes it into a shell: every word quoted where it needs it
+    (``shlex``), so a path with spaces, quotes or Chinese stays one argument. Placeholders in
+    capitals (``IMAGES``, ``DATA``) need no quotes and print as they are."""
+    return shlex.join(os.fspath(w) if isinstance(w, os.PathLike) else str(w) for w in words)
+
+
 def width(text: str) -> int:
-    """Columns a string takes in a terminal (CJK characters take two)."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in str(text))
+    """Columns a string takes in a terminal: wide (CJK, most emoji) characters take two;
+    combining marks (the accent of a decomposed ``é``) and zero-width characters none; an
+    emoji variation selector (U+FE0F) makes the character before it take two."""
+    columns, last = 0, 0
+    for ch in str(text):
+        if ch == "\ufe0f":
+            columns += 1 if last == 1 else 0
+            last = 2
+            continue
+        if unicodedata.category(ch) in _NO_COLUMN:
+            continue
+        last = 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        columns += last
+    return columns
 
 
 def ljust(text: str, columns: int) -> str:
