@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from .cli_parser import build_parser
 from .errors import ConfigError, ResnetlabError
-from .fmt import pct, table
+from .fmt import pct, shell_command, table
 from .runtime import tune_allocator
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -122,7 +122,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         r = run_kfold(cfg, args.folds, out, verbose=not args.quiet)
         for name, m in r["metrics"].items():
             print(f"{name:18} {m['mean']:.4g} ± {m['std']:.2g}")
-        print(f"best fold {r['best_fold']}: resnetlab predict {r['best_run']} IMAGES")
+        print(
+            f"best fold {r['best_fold']}: "
+            + shell_command("resnetlab", "predict", r["best_run"], "IMAGES")
+        )
         return 0
     if args.lr_find:
         from .train.lr_find import lr_find
@@ -154,8 +157,8 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
         finally:
             cleanup(trainer.dist)
     except RunStopped as exc:
-        print(f"resnetlab train: {exc}; continue with: resnetlab train --resume {exc.run_dir}",
-              file=sys.stderr)  # fmt: skip
+        again = shell_command("resnetlab", "train", "--resume", exc.run_dir)
+        print(f"resnetlab train: {exc}; continue with: {again}", file=sys.stderr)
         return 130 if exc.interrupted else 0
     if trainer.dist.enabled:
         print(f"rank {trainer.dist.rank}/{trainer.dist.world_size}: final weights sha256 "
@@ -183,11 +186,14 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
     held_out = any(s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map",
                                                    "test_map"))  # fmt: skip
     # evaluate and report need images the model did not train on
-    steps = [f"evaluate {run}"] * held_out + [f"predict {run} IMAGE_OR_FOLDER"]
+    steps = [["evaluate", run]] * held_out + [["predict", run, "IMAGE_OR_FOLDER"]]
     longer = s["epochs_completed"] + 10
-    steps += [f"report {run}"] * held_out + [f"export {run} --format onnx --verify",
-                                             f"train --resume {run} --epochs {longer}"]  # fmt: skip
-    print(f"run folder        {run}\nnext:\n" + "\n".join(f"  resnetlab {x}" for x in steps))
+    steps += [["report", run]] * held_out + [
+        ["export", run, "--format", "onnx", "--verify"],
+        ["train", "--resume", run, "--epochs", longer],
+    ]
+    print(f"run folder        {run}\nnext:\n"
+          + "\n".join(f"  {shell_command('resnetlab', *x)}" for x in steps))  # fmt: skip
     return 0
 
 
@@ -237,8 +243,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model:  # no run: every positional is an input
         inputs, run = ([run] if run else []) + inputs, None
     if run and is_image_file(run) and not os.path.isdir(run):
-        raise ConfigError(f"{run} is an image, not a run: give the run folder (or model file) "
-                          f"first, e.g. resnetlab predict runs/NAME {run}")  # fmt: skip
+        raise ConfigError(
+            f"{run} is an image, not a run: give the run folder (or model file) "
+            "first, e.g. " + shell_command("resnetlab", "predict", "runs/NAME", run)
+        )
     if not inputs:
         raise ConfigError("no input images: resnetlab predict RUN IMAGE_OR_FOLDER_OR_GLOB ...")
     paths = expand_inputs(inputs)
@@ -302,7 +310,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
                   f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points), top-1 agreement "
                   f"{pct(q['top1_agreement'])}")  # fmt: skip
-        print(f"  resnetlab predict {args.run} IMAGES --backend onnx-int8")  # fmt: skip
+        print("  " + shell_command("resnetlab", "predict", args.run, "IMAGES", "--backend",
+                                   "onnx-int8"))  # fmt: skip
     return 0
 
 
@@ -345,7 +354,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for k, v in r["best_params"].items():
         print(f"  {k:16} {v:.4g}" if isinstance(v, float) else f"  {k:16} {v}")
     print(f"trials: {r['trials']}")
-    print(f"wrote {r['best_yaml']} (train with: resnetlab train --config {r['best_yaml']})")
+    again = shell_command("resnetlab", "train", "--config", r["best_yaml"])
+    print(f"wrote {r['best_yaml']} (train with: {again})")
     print(f"plot  {r['plot']}")
     return 0
 
@@ -383,9 +393,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     left = len(r["skipped"])
     print(f"wrote {r['path']} ({r['tensors']} tensors from {r['framework']}, "
           f"{r['num_classes']} classes; {left} non-model entries left out)")  # fmt: skip
-    kwargs = " ".join(f"{k}={str(v).lower()}" for k, v in r["model_kwargs"].items())
-    print(f"  resnetlab train --model {args.model} --weights {r['path']} --model-kwargs {kwargs} "
-          "--data DATA")  # fmt: skip
+    kwargs = [f"{k}={str(v).lower()}" for k, v in r["model_kwargs"].items()]
+    kwargs = ["--model-kwargs", *kwargs] if kwargs else []
+    print("  " + shell_command("resnetlab", "train", "--model", args.model, "--weights", r["path"],
+                               *kwargs, "--data", "DATA"))  # fmt: skip
     return 0
 
 
