@@ -36,7 +36,8 @@ from .export import (
     onnx_session,
     weights_fingerprint,
 )
-from .run import RunDir
+from .fmt import shell_command
+from .run import RunDir, user_cache_dir
 
 log = logging.getLogger("resnetlab.predict")
 T = TypeVar("T")
@@ -110,6 +111,26 @@ def fingerprint(model: torch.nn.Module) -> str:
     return digest
 
 
+def cache_home(loaded: LoadedModel) -> RunDir | None:
+    """Where the caches of ``loaded`` go (``backend.json``, the ONNX file the backends run,
+    ``openvino-cache/``): its run folder; where that cannot be written (a read-only mount, a
+    shared model store), the user's cache folder under a key of the weights and metadata, so
+    that two models never share one. None: no run folder, or neither can be written (the
+    caches are then skipped)."""
+    run = loaded.run
+    if run is None:
+        return None
+    if run.writable():
+        return run
+    blob = fingerprint(loaded.model) + loaded.meta.dumps()
+    home = RunDir.model_cache(hashlib.sha256(blob.encode()).hexdigest()[:16])
+    try:
+        home.path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return home if home.writable() else None
+
+
 def stale_reason(recorded: str | None, path: Path, loaded: LoadedModel) -> str | None:
     """Why the export at ``path``, which records the weights fingerprint ``recorded``, does
     not hold the weights of ``loaded``, or None when it does."""
@@ -180,7 +201,7 @@ class OnnxBackend(Backend):
 
     name = "onnx"
     precision = "fp32"
-    export_flags = ""  # what `resnetlab export RUN --format onnx` needs to write this file
+    export_flags: tuple[str, ...] = ()  # what `resnetlab export RUN --format onnx` needs
     # A stale export in the run's own place is rebuilt from the weights (``export`` would
     # write the same file); one given by path is the user's, and is refused instead.
     rebuild_when_stale = True
@@ -203,25 +224,37 @@ class OnnxBackend(Backend):
         return self._checked(loaded, given, _onnxruntime_read)[1]
 
     def _export_path(self, loaded: LoadedModel, given: Path | None) -> Path:
-        """The export to run: ``given``, or the run's own, written here when missing."""
-        path = given or self.default_path(loaded.home)
-        if given is None and not path.is_file():
-            if self.rebuild_when_stale and loaded.run is not None:
-                # The fp32 graph is what `export` would write: made here on first use.
-                log.info("exporting %s for the %s backend", path, self.name)
-                export_onnx(loaded, path)
-            else:
-                what = "int8 ONNX" if self.precision == "int8" else "ONNX"
+        """The export to run: ``given``, or the run's own, written there when missing; for a
+        run folder that cannot be written, the one in its cache folder (``cache_home``)."""
+        if given is not None:
+            return given
+        own = self.default_path(loaded.home)
+        if self.rebuild_when_stale and loaded.run is not None:
+            # The fp32 graph is what `export` would write: made on first use, in the run
+            # folder or in the cache folder that stands in for a read-only one.
+            home = cache_home(loaded)
+            target = self.default_path(home) if home is not None else None
+            if target is not None and (target.is_file() or not own.is_file()):
+                if not target.is_file():
+                    log.info("exporting %s for the %s backend", target, self.name)
+                    export_onnx(loaded, target)
+                return target
+            if not own.is_file():
                 raise MissingFileError(
-                    f"{path}: no {what} model; run `{self._again(loaded)}` first"
+                    f"{own}: no ONNX model, and neither {loaded.run} nor {user_cache_dir()} "
+                    "can be written to export one; use --backend torch"
                 )
-        return path
+        elif not own.is_file():
+            what = "int8 ONNX" if self.precision == "int8" else "ONNX"
+            raise MissingFileError(f"{own}: no {what} model; run `{self._again(loaded)}` first")
+        return own
 
     def _again(self, loaded: LoadedModel, given: Path | None = None) -> str:
         """The command that writes the export again."""
+        words = ["resnetlab", "export", loaded.home, "--format", "onnx"]
         if given is not None:
-            return f"resnetlab export {loaded.home} --format onnx --out {given}"
-        return f"resnetlab export {loaded.home} --format onnx{self.export_flags}"
+            return shell_command(*words, "--out", given)
+        return shell_command(*words, *self.export_flags)
 
     def _checked(self, loaded: LoadedModel, given: Path | None, read: Callable):
         """(path, opened model) of the export to run, checked as above; ``read(path)`` opens
@@ -232,9 +265,17 @@ class OnnxBackend(Backend):
         if reason is None:
             return path, opened
         if given is None and self.rebuild_when_stale and is_resnetlab_export(path):
-            log.warning("%s; exporting it again", reason)
-            export_onnx(loaded, path)
-            return path, read(path)[0]
+            home = cache_home(loaded)
+            if home is None:
+                raise StaleExportError(
+                    f"{reason}; neither {loaded.run} nor {user_cache_dir()} can be written to "
+                    "export it again: use --backend torch"
+                )
+            target = self.default_path(home)
+            log.warning("%s; exporting it again%s", reason, "" if target == path else
+                        f" into {target} ({loaded.run} cannot be written)")  # fmt: skip
+            export_onnx(loaded, target)
+            return target, read(target)[0]
         raise StaleExportError(f"{reason}; re-run `{self._again(loaded, given)}`")
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -247,7 +288,7 @@ class OnnxInt8Backend(OnnxBackend):
 
     name = "onnx-int8"
     precision = "int8"
-    export_flags = " --int8"
+    export_flags = ("--int8",)
     # Its accuracy change was measured when it was written: a stale one is never rebuilt
     # without measuring again.
     rebuild_when_stale = False
@@ -257,7 +298,7 @@ class OnnxInt8Backend(OnnxBackend):
         return run.onnx_int8
 
 
-OPENVINO_CACHE = "openvino-cache"  # in the run folder: compiled models, one folder per key
+OPENVINO_CACHE = RunDir.OPENVINO_CACHE  # in the run's cache home: one folder per key
 
 
 def _openvino_read(core, path: Path):
@@ -325,7 +366,7 @@ class OpenVinoBackend(OnnxBackend):
         self, loaded: LoadedModel, given: Path | None, onnx_path: Path, ov
     ) -> Path | None:
         """Where OpenVINO keeps the compiled model for the run's own export, or None (a file
-        given by path, or no run folder: compiled each time).
+        given by path, no run folder, or no folder that can be written: compiled each time).
 
         The key holds the weights' fingerprint and the ONNX file's identity (size, mtime,
         inode), so a blob is only found for the exact file it was compiled from after the
@@ -333,7 +374,8 @@ class OpenVinoBackend(OnnxBackend):
         new folder, never a stale blob. Precision, threads, CPU and version complete it:
         OpenVINO's own blob name does not cover every setting (it is the same for f32 and
         bf16 of one file)."""
-        if given is not None or loaded.run is None:
+        home = cache_home(loaded) if given is None else None
+        if home is None:
             return None
         from .device import cpu_model
 
@@ -342,7 +384,7 @@ class OpenVinoBackend(OnnxBackend):
                "onnx": [st.st_size, st.st_mtime_ns, st.st_ino], "cpu": cpu_model(),
                "threads": torch.get_num_threads(), "openvino": ov.get_version()}  # fmt: skip
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return loaded.run.path / OPENVINO_CACHE / f"{self.name}-{digest}"
+        return home.openvino_cache / f"{self.name}-{digest}"
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()

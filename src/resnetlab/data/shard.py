@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import DataError, FileConflictError
+from ..fmt import shell_command
 from ..io import atomic_write_text
 from .load import load_source
 from .pipeline import STATS_SAMPLE
@@ -157,5 +158,6 @@ def format_index(index: dict, out) -> str:
         lines.append(f"{name:5} {split['count']:>9,} images in {len(split['shards']):>5,} "
                      f"shard(s), {mib:,.1f} MiB")  # fmt: skip
     lines.append(f"wrote {len(index['classes'])} classes and the counts to {out}/index.json; "
-                 f"train with: resnetlab train --data wds:{out}")  # fmt: skip
+                 "train with: " + shell_command("resnetlab", "train", "--data",
+                                                f"wds:{out}"))  # fmt: skip
     return "\n".join(lines)

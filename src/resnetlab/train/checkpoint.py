@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fmt import shell_command
 from ..io import atomic_torch_save
 from ..run import RunDir
 from ..weights import WeightsError, safe_torch_load
@@ -58,7 +59,9 @@ def resolve_checkpoint_path(run_or_file: str | Path) -> Path:
         if not run.last_checkpoint.is_file() and run.has_config():
             raise WeightsError(
                 f"{p}: the run stopped before its first checkpoint; nothing to resume. Start "
-                f"it again: resnetlab train --config {run.config} (the folder is reused)"
+                "it again: "
+                + shell_command("resnetlab", "train", "--config", run.config)
+                + " (the folder is reused)"
             )
         p = run.last_checkpoint
     if not p.is_file():
@@ -97,5 +100,5 @@ def load_for_resume(run_or_file: str | Path) -> tuple[Path, dict]:
             raise
         raise WeightsError(
             f"{exc}. {best} is a separate file from the best epoch: continue from it with "
-            f"resnetlab train --resume {best}"
+            + shell_command("resnetlab", "train", "--resume", best)
         ) from None

@@ -16,6 +16,7 @@ import yaml
 from ..data import DataConfig
 from ..device import PRECISIONS
 from ..errors import ConfigError
+from ..fmt import shell_command
 from ..options import flag_name, option
 from ..run import RunDir
 
@@ -317,7 +318,9 @@ def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -
         raise ConfigError(
             f"--resume continues {run} with its saved settings; {'; '.join(refused)} cannot "
             f"change (a resumed run may change only {may}). For other settings start a new "
-            f"run: resnetlab train --config {RunDir(run).config} --name NEW ..."
+            "run: "
+            + shell_command("resnetlab", "train", "--config", RunDir(run).config, "--name", "NEW")
+            + " ..."
         )
     values.update({k: v for k, v in given.items() if k in RESUME_MAY_CHANGE})
     if "max_steps" not in given:
