@@ -6,7 +6,8 @@ CPU, OpenVINO for resnet50; bf16 wins only where the CPU has it natively and is 
 slower where it is emulated), so no fixed choice is right everywhere. The measurement runs
 the first time a model is used on a machine (a few seconds) and is cached in
 ``RUN/backend.json`` under a key of the CPU model, thread count and library versions; a
-changed weights file, another CPU or other versions are measured again.
+changed weights file, another CPU or other versions are measured again. A run folder that
+cannot be written keeps its cache in the user's cache folder instead (``backends.cache_home``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import time
 import torch
 
 from . import __version__
-from .backends import BACKENDS, create_backend, fingerprint
+from .backends import BACKENDS, cache_home, create_backend, fingerprint
 from .bundle import LoadedModel
 from .device import as_device, cpu_has_native_bf16, cpu_model, resolve_precision
 from .errors import ResnetlabError
 from .io import atomic_write_text
+from .run import user_cache_dir
 
 log = logging.getLogger("resnetlab.predict")
 
@@ -152,10 +154,10 @@ def _pick(results: list[dict]) -> dict | None:
     return max(good, key=lambda r: r["images_per_second"]) if good else None
 
 
-def _note(chosen: dict, results: list[dict], cached: bool) -> str:
+def _note(chosen: dict, results: list[dict], cached: bool, where: str = "the run folder") -> str:
     torch_fp32 = next((r for r in results if (r["backend"], r["precision"]) == ("torch", "fp32")
                        and r.get("images_per_second")), None)  # fmt: skip
-    how = "measured once, cached" if cached else "measured now, cached in the run folder"
+    how = "measured once, cached" if cached else f"measured now, cached in {where}"
     ratio = (f"{chosen['images_per_second'] / torch_fp32['images_per_second']:.2f}× torch fp32"
              if torch_fp32 else f"{chosen['images_per_second']:.0f} images/s")  # fmt: skip
     return f"backend {chosen['backend']} {chosen['precision']}: {ratio} here ({how})"
@@ -176,23 +178,37 @@ def choose_backend(
     if loaded.run is None:  # no run folder to export into or to cache in
         prec = resolve_precision(precision, device)
         return Choice("torch", prec, f"backend torch {prec} (no run folder to measure in)", [])
+    home = cache_home(loaded)
+    if home is None:  # nowhere to keep the exports the other backends run, nor the choice
+        prec = resolve_precision(precision, device)
+        return Choice("torch", prec, f"backend torch {prec} (not measured: neither {loaded.run} "
+                      f"nor {user_cache_dir()} can be written)", [])  # fmt: skip
     key = machine_key()
-    cache_key = _cache_key(loaded, key, batch_size)
-    path = loaded.run.backend_choice
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        cache = {}  # a damaged cache is only a cache: measure again
-    entry = cache.get(f"{cache_key}:{precision}")
+    entry_key = f"{_cache_key(loaded, key, batch_size)}:{precision}"
+    path = home.backend_choice
+    cache = _read_cache(path)
+    # A read-only run may have come with the measurement of this very machine and versions.
+    entry = cache.get(entry_key) or _read_cache(loaded.run.backend_choice).get(entry_key)
     cached = entry is not None
     if entry is None:
         results = measure(loaded, candidates(device, precision), batch_size, seconds)
         entry = {"machine": key, "batch_size": batch_size, "results": results,
                  "chosen": _pick(results)}  # fmt: skip
-        cache[f"{cache_key}:{precision}"] = entry
+        cache[entry_key] = entry
         atomic_write_text(path, json.dumps(cache, indent=2))
     chosen = entry["chosen"]
     if chosen is None:  # nothing agreed (cannot happen for torch fp32): the plain path
         return Choice("torch", "fp32", "backend torch fp32 (no other backend agreed)", [])
-    return Choice(chosen["backend"], chosen["precision"], _note(chosen, entry["results"], cached),
-                  entry["results"])  # fmt: skip
+    where = (
+        "the run folder" if home == loaded.run else f"{home.path}: {loaded.run} cannot be written"
+    )
+    return Choice(chosen["backend"], chosen["precision"],
+                  _note(chosen, entry["results"], cached, where), entry["results"])  # fmt: skip
+
+
+def _read_cache(path) -> dict:
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # a damaged cache is only a cache: measure again
+    return cache if isinstance(cache, dict) else {}

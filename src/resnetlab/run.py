@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -134,6 +135,25 @@ class ModelMeta:
         return cls.from_json(data, str(p))
 
 
+def user_cache_dir() -> Path:
+    """The user's cache folder for resnetlab: ``$XDG_CACHE_HOME/resnetlab``, else
+    ``~/.cache/resnetlab``. A model whose run folder cannot be written keeps its caches here."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "resnetlab"
+
+
+def can_write(folder: str | os.PathLike) -> bool:
+    """Whether a file can be created in ``folder`` (which exists): tried, not guessed from the
+    permission bits, which a read-only mount, root or a shared store's ACLs make lie."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
+
+
 # What ``io.atomic_write_bytes`` leaves behind when its process is killed mid-write:
 # ".<file name>.<8 random characters>.tmp".
 _STALE_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
@@ -160,13 +180,17 @@ class RunDir:
     BACKEND_CHOICE = "backend.json"  # --backend auto's measurements, per machine
     CALIBRATION = "calibration.json"  # reliability bins before/after temperature scaling
     EXPLAIN = "gradcam"  # Grad-CAM overlays of `resnetlab explain`
+    OPENVINO_CACHE = "openvino-cache"  # compiled OpenVINO models, one folder per key
     LR_FIND_PLOT = "lr_find.png"
     LR_FIND_JSON = "lr_find.json"
     EVAL_PREFIX = "eval-"  # eval-SPLIT/: metrics.json and plots of `evaluate`
     TENSORBOARD_PREFIX = "events.out.tfevents"
+    # The training using the folder holds a lock on it (an flock, dropped when its process
+    # ends; the file is removed when it stops, but one killed leaves it behind).
+    LOCK = ".train.lock"
     # Written before the first checkpoint: a folder holding only these (a run stopped during
     # start-up) may be taken over by the same command instead of being refused.
-    STARTUP_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS)
+    STARTUP_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, LOCK)
     EXPORTS: ClassVar[dict[str, str]] = {"onnx": ONNX, "torchscript": TORCHSCRIPT}
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -247,6 +271,10 @@ class RunDir:
         return self.path / self.EXPLAIN
 
     @property
+    def lock(self) -> Path:
+        return self.path / self.LOCK
+
+    @property
     def lr_find_plot(self) -> Path:
         return self.path / self.LR_FIND_PLOT
 
@@ -257,6 +285,21 @@ class RunDir:
     def export(self, fmt: str) -> Path:
         """Where ``export --format fmt`` writes by default."""
         return self.path / self.EXPORTS[fmt]
+
+    @property
+    def openvino_cache(self) -> Path:
+        return self.path / self.OPENVINO_CACHE
+
+    @classmethod
+    def model_cache(cls, key: str) -> RunDir:
+        """The stand-in for a run folder that cannot be written: ``user_cache_dir()/models/KEY``
+        (``key`` from the weights' fingerprint) holds the same cache files (backend.json,
+        model.onnx, openvino-cache/) under the same names."""
+        return cls(user_cache_dir() / "models" / key)
+
+    def writable(self) -> bool:
+        """Whether files can be written into the folder (it exists and is not read-only)."""
+        return self.path.is_dir() and can_write(self.path)
 
     def eval_dir(self, split: str) -> Path:
         return self.path / f"{self.EVAL_PREFIX}{split}"
