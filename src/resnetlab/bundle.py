@@ -7,6 +7,7 @@ preprocessing and class names always come from the model's own metadata.
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsError,
+    clean_state_dict,
     load_into,
     read_state_dict,
     safe_torch_load,
@@ -55,6 +57,8 @@ class LoadedModel:
 
 
 def _build(meta: ModelMeta, state: dict, source: str) -> nn.Module:
+    """Weights that are not a trained resnetlab model (torchvision's, a .pth): the metadata
+    was read from their shapes, and a first conv of other channels is adapted."""
     model = create_model(
         meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs
     )
@@ -62,13 +66,110 @@ def _build(meta: ModelMeta, state: dict, source: str) -> nn.Module:
     return model.eval()
 
 
+def _build_trained(meta: ModelMeta, state: dict, weights: Path, described: str,
+                   advice: str) -> nn.Module:  # fmt: skip
+    """A trained model, exactly as saved: the model that ``described`` (model.json, or the
+    checkpoint's own metadata) describes, with ``weights`` loaded strictly. Nothing is dropped
+    or adapted: metadata that disagrees with the weights (classes, input channels, any other
+    shape) is an error that names both, never a freshly initialised head."""
+    model = create_model(
+        meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs
+    )
+    state, own = clean_state_dict(state), model.state_dict()
+    head = f"{getattr(model, 'classifier_name', 'fc')}.weight"
+    if head in state and head in own and state[head].shape[0] != own[head].shape[0]:
+        raise WeightsError(
+            f"{described} says {meta.num_classes} classes but {weights} has a "
+            f"{state[head].shape[0]}-output classifier ({head} {list(state[head].shape)}); "
+            f"{advice}"
+        )
+    conv = f"{getattr(model, 'first_conv', None) or 'conv1'}.weight"
+    if conv in state and conv in own and state[conv].shape[1] != own[conv].shape[1]:
+        raise WeightsError(
+            f"{described} says {meta.in_chans} input channel(s) but {weights} has a first "
+            f"convolution for {state[conv].shape[1]} ({conv} {list(state[conv].shape)}); {advice}"
+        )
+    try:
+        load_into(model, state, str(weights), strict=True)
+    except WeightsError as exc:  # its lists of keys and shapes, on one line
+        detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:])
+        raise WeightsError(
+            f"{weights} does not fit the {meta.model} that {described} describes ({detail}); "
+            f"{advice}"
+        ) from None
+    if len(meta.classes) != meta.num_classes:
+        raise WeightsError(
+            f"{described} names {len(meta.classes)} classes but says num_classes "
+            f"{meta.num_classes} (as {weights} has); {advice}"
+        )
+    return model.eval()
+
+
+def _checkpoint_hint(folder: RunDir, used: Path) -> str:
+    """What still works when ``used``, one of the run's files, is damaged or missing: the best
+    checkpoint, which holds the same weights and their metadata ("" when there is none)."""
+    best = folder.best_checkpoint
+    if best.is_file() and used.resolve() != best.resolve():
+        return f"; {best} still holds the trained model: use it in place of the run folder"
+    return ""
+
+
+def _mismatch_advice(folder: RunDir) -> str:
+    best = folder.best_checkpoint
+    other = f" or use {best}" if best.is_file() else " (or train again)"
+    return f"the files do not belong together: restore {folder.META}{other}"
+
+
+def _read_calibration(folder: RunDir) -> dict:
+    """What the run fitted after training: ``temperature`` or ``thresholds``, from model.json
+    (whose model also must be the same), else from calibration.json; empty when neither says."""
+    with contextlib.suppress(WeightsError):
+        m = folder.read_meta()
+        return {"model": m.model, "classes": m.classes, "temperature": m.temperature,
+                "thresholds": m.thresholds}  # fmt: skip
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        c = json.loads(folder.calibration.read_text(encoding="utf-8"))
+        thresholds = c.get("thresholds")
+        return {"classes": list(thresholds) if isinstance(thresholds, dict) else None,
+                "temperature": c.get("temperature"),
+                "thresholds": list(thresholds.values()) if isinstance(thresholds, dict)
+                else None}  # fmt: skip
+    return {}
+
+
+def _with_run_calibration(meta: ModelMeta, state: dict, folder: RunDir) -> ModelMeta:
+    """A checkpoint's metadata with the calibration of its run folder.
+
+    Checkpoints are written during training; the temperature (multi-label: the thresholds) is
+    fitted afterwards on the best weights and recorded in model.json and calibration.json
+    only. A checkpoint that holds those weights (the best epoch's, at the end of the epoch)
+    then answers as the run folder does; one of another epoch keeps its own metadata."""
+    best = (state.get("best") or {}).get("epoch")
+    if best is None or best != state.get("epoch") or state.get("step_in_epoch"):
+        return meta
+    found = _read_calibration(folder)
+    if found.get("model", meta.model) != meta.model:
+        return meta
+    if found.get("classes") is not None and list(found["classes"]) != meta.classes:
+        return meta
+    if meta.multilabel and found.get("thresholds"):
+        meta.thresholds = [float(t) for t in found["thresholds"]]
+    elif not meta.multilabel and found.get("temperature"):
+        meta.temperature = float(found["temperature"])
+    return meta
+
+
 def load_model(path: str | Path) -> LoadedModel:
-    """A run folder, its weights file (with the metadata beside it), or a checkpoint."""
+    """A run folder, its weights file (with the metadata beside it), or a checkpoint.
+
+    Loading is strict: metadata that disagrees with the weights is an error naming both
+    files. A checkpoint inside a run folder answers with the run's calibration."""
     p = Path(path)
     if p.is_dir():
         run = RunDir(p)
         if not run.weights.is_file():
-            raise WeightsError(f"{p}: no {run.WEIGHTS}; is it a run folder from `resnetlab train`?")
+            raise WeightsError(f"{p}: no {run.WEIGHTS}; is it a run folder from `resnetlab "
+                               f"train`?{_checkpoint_hint(run, run.weights)}")  # fmt: skip
         loaded = load_model(run.weights)
         loaded.run = run
         return loaded
@@ -76,8 +177,11 @@ def load_model(path: str | Path) -> LoadedModel:
         raise WeightsError(f"{p}: no such run folder or model file")
     folder = RunDir(p.parent)
     if p.suffix == ".safetensors":
-        meta = folder.read_meta()
-        model = _build(meta, read_state_dict(p), str(p))
+        try:
+            meta, state = folder.read_meta(), read_state_dict(p)
+        except WeightsError as exc:  # a damaged or missing file of the two
+            raise WeightsError(f"{exc}{_checkpoint_hint(folder, p)}") from None
+        model = _build_trained(meta, state, p, str(folder.meta), _mismatch_advice(folder))
         return LoadedModel(model, meta, p, folder if folder.has_config() else None)
     state = safe_torch_load(p)
     if not isinstance(state, dict) or "model_meta" not in state:
@@ -85,9 +189,11 @@ def load_model(path: str | Path) -> LoadedModel:
             f"{p}: not a resnetlab checkpoint or model file; for plain weights use "
             "--model NAME --weights FILE"
         )
-    meta = ModelMeta.from_json(state["model_meta"], str(p))
+    meta = _with_run_calibration(ModelMeta.from_json(state["model_meta"], str(p)), state, folder)
     weights = state["ema"] if state.get("ema") else state["model"]
-    return LoadedModel(_build(meta, weights, str(p)), meta, p, folder)
+    advice = "the checkpoint does not hold a consistent model (damaged, or edited)"
+    model = _build_trained(meta, weights, p, f"{p}'s model_meta", advice)
+    return LoadedModel(model, meta, p, folder)
 
 
 def pretrained_model(name: str, weights: str) -> LoadedModel:

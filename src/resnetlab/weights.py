@@ -132,11 +132,15 @@ def first_conv_key(state: dict) -> str | None:
 
 
 def load_into(
-    model: nn.Module, state: dict, source: str, skip_classifier: bool = False
+    model: nn.Module, state: dict, source: str, skip_classifier: bool = False, strict: bool = False
 ) -> dict[str, list[str]]:
     """Load ``state`` into ``model``: adapt the first conv to the model's input channels, drop
     the classifier when its shape differs (fine-tuning to new classes). Other mismatches are
-    an error that lists the missing and unexpected keys."""
+    an error that lists the missing and unexpected keys.
+
+    ``strict``: the weights of a trained model, loaded to be used as they are: nothing is
+    adapted or dropped, and every key and shape must match (a classifier of another size is
+    an error, never a freshly initialised head)."""
     state = clean_state_dict(state)
     own = model.state_dict()
     # Where the input conv and the classifier live (timm's pre-activation nets: stem.conv,
@@ -144,17 +148,17 @@ def load_into(
     first = getattr(model, "first_conv", None)
     key = f"{first}.weight" if first and f"{first}.weight" in state else first_conv_key(state)
     adapted = None
-    if key and key in own and state[key].shape[1] != own[key].shape[1]:
+    if not strict and key and key in own and state[key].shape[1] != own[key].shape[1]:
         adapted = (state[key].shape[1], own[key].shape[1])
         state[key] = adapt_first_conv(state[key], own[key].shape[1])
     head = getattr(model, "classifier_name", "fc")
     head_keys = (f"{head}.weight", f"{head}.bias")
     dropped = []
-    for k in head_keys:
+    for k in () if strict else head_keys:
         if k in state and (skip_classifier or k not in own or state[k].shape != own[k].shape):
             dropped.append(k)
             state.pop(k)
-    missing = [k for k in own if k not in state and k not in head_keys]
+    missing = [k for k in own if k not in state and (strict or k not in head_keys)]
     unexpected = [k for k in state if k not in own]
     shape = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
