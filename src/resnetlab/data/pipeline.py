@@ -21,7 +21,14 @@ from .loader import (
 from .sources import DataError, Source, Split, check_ratios
 from .stats import channel_stats
 from .stream import ShardLoader, stream_stats
-from .transforms import AUTO_AUGMENTS, PRESETS, BatchTransform, default_preset, file_transform
+from .transforms import (
+    AUTO_AUGMENTS,
+    PRESETS,
+    BatchTransform,
+    default_preset,
+    file_transform,
+    size_from_images,
+)
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "memory", "none")
@@ -42,8 +49,9 @@ class DataConfig:
         choices=TASKS, group="data",
     )  # fmt: skip
     input_size: int | None = option(
-        None, "square side fed to the model (default: 224 for the imagenet preset, else 32)",
-        group="data",
+        None, "square side fed to the model (default: for a new run from scratch on image "
+        "files, chosen from their sizes: small images near their own size, photos 224; "
+        "otherwise 224 for the imagenet preset, else 32)", group="data",
     )  # fmt: skip
     preset: str = option("auto", "augmentation preset", choices=("auto", *PRESETS), group="data")
     auto_augment: str = option("none", "batch auto-augmentation", choices=AUTO_AUGMENTS,
@@ -95,13 +103,23 @@ class DataPipeline:
     """A loaded source plus everything needed to batch it: preset, size, normalisation."""
 
     def __init__(
-        self, source: Source, cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None
-    ) -> None:
+        self, source: Source, cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None,
+        size_from_data: bool = False,
+    ) -> None:  # fmt: skip
         """``default_norm`` (RGB mean, std), e.g. a pretrained model's, replaces statistics
-        computed from the training split when --mean/--std are not given."""
+        computed from the training split when --mean/--std are not given. ``size_from_data``
+        (a new run from scratch): with ``preset`` auto and no ``input_size``, both come from
+        the training images' sizes (``size_from_images``); ``size_note`` then says so."""
         self.source, self.cfg, self.seed = source, cfg, seed
         self.preset = default_preset(source.kind) if cfg.preset == "auto" else cfg.preset
         self.input_size = cfg.input_size or (224 if self.preset == "imagenet" else 32)
+        self.size_note = ""  # why the input size is what it is, when it came from the images
+        train = source.splits.get("train")
+        if size_from_data and cfg.preset == "auto" and cfg.input_size is None and train and (
+            train.sizes
+        ):  # fmt: skip
+            self.preset, self.input_size, side = size_from_images(train.sizes, source.channels)
+            self.size_note = f"from the images: median side {side} px"
         self.channels = source.channels
         self._maybe_cache()
         if cfg.mean is not None and cfg.std is not None:
@@ -217,7 +235,9 @@ class DataPipeline:
         )
 
 
-def build_pipeline(cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None):
+def build_pipeline(
+    cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None, size_from_data=False
+):
     cfg.check()
     source = load_source(
         cfg.data,
@@ -229,4 +249,4 @@ def build_pipeline(cfg: DataConfig, seed: int = 0, default_norm: tuple | None = 
         max_bad_fraction=cfg.max_bad_fraction,
         task=cfg.task,
     )
-    return DataPipeline(source, cfg, seed, default_norm)
+    return DataPipeline(source, cfg, seed, default_norm, size_from_data)

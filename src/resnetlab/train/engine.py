@@ -19,10 +19,11 @@ from torch import nn
 from .. import __version__
 from ..data import DataError, DataPipeline, build_pipeline
 from ..data.loader import mix_seed
+from ..data.sources import class_name
 from ..data.stats import imbalance_note
 from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, FileConflictError
-from ..fmt import pct
+from ..fmt import pct, shell_command
 from ..io import atomic_write_text
 from ..models import create_model
 from ..multilabel import smoothed_targets
@@ -213,7 +214,13 @@ class Trainer:
             self.weight_source = resolve_weights(self.cfg.weights, self.cfg.model)
             pre = self.weight_source.preprocess
             norm = (pre.mean, pre.std) if pre else (IMAGENET_MEAN, IMAGENET_STD)
-        pipe = build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm)
+        # A new run from scratch takes its input size from the images (32-pixel images are
+        # not blown up to 224); saved in config.yaml, so --resume and --config keep it.
+        fresh = not self.cfg.weights and self.resume_state is None
+        pipe = build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm,
+                              size_from_data=fresh)  # fmt: skip
+        if pipe.size_note:
+            self.cfg.input_size, self.cfg.preset = pipe.input_size, pipe.preset
         pre = self.weight_source.preprocess if self.weight_source else None
         if pre is not None and pipe.preset == "imagenet":
             # The weights' evaluation resize, scaled from their crop to this input size.
@@ -275,7 +282,9 @@ class Trainer:
         run, d = self.run, self.run_dir
         if self.resume_state is None and not run.only_startup_files():
             raise FileConflictError(
-                f"{d} already holds files; resume it with --resume {d}, or pick another --name"
+                f"{d} already holds files; resume it with "
+                + shell_command("resnetlab", "train", "--resume", d)
+                + ", or pick another --name"
             )
         d.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.config, dump_yaml(self.cfg))
@@ -283,7 +292,8 @@ class Trainer:
         self.tb = TensorBoard(d) if self.cfg.tensorboard else None
 
     def _restore(self, s: dict) -> None:
-        if list(s["classes"]) != list(self.classes):
+        # Class names are read in NFC now; a run saved with a folder's NFD name still matches.
+        if [class_name(c) for c in s["classes"]] != list(self.classes):
             raise ConfigError(
                 f"the data's classes {self.classes[:5]}... differ from the checkpoint's "
                 f"{list(s['classes'])[:5]}...; resume with the data the run was trained on"
@@ -574,7 +584,7 @@ class Trainer:
                 + ", ".join(f"{k} {len(v)}" for k, v in self.data.source.splits.items())
                 + f"; {self.precision}, {self.device.type}"
                 + (", channels_last" if cfg.channels_last else "")
-                + f"; run folder {self.run_dir}"
+                + f"; input {self._input_text()}; run folder {self.run_dir}"
             )
             if self.weights_note:
                 self.progress.line(self.weights_note)
@@ -636,6 +646,10 @@ class Trainer:
                 break
         D.barrier(self.dist)
         return self._finish()
+
+    def _input_text(self) -> str:
+        size, note = self.data.input_size, self.data.size_note
+        return f"{size}x{size}, {self.data.preset} preset" + (f" ({note})" if note else "")
 
     def _classes_text(self) -> str:
         if self.multilabel:
