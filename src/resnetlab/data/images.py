@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -35,6 +36,15 @@ BACKGROUND = 255
 # Truncated files must fail, never decode to a half-grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# The first bytes of each format we decode, and the extension a file of it should have.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG", ".jpg"), (b"\x89PNG\r\n\x1a\n", "PNG", ".png"),
+    (b"GIF87a", "GIF", ".gif"), (b"GIF89a", "GIF", ".gif"), (b"II*\x00", "TIFF", ".tif"),
+    (b"MM\x00*", "TIFF", ".tif"), (b"BM", "BMP", ".bmp"),
+)  # fmt: skip
+URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+URL_REASON = "URLs are not fetched: download the image first (e.g. curl -O URL)"
+
 
 def is_junk(path: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
     """Files and folders that are never samples or classes: OS metadata and hidden entries."""
@@ -49,6 +59,43 @@ def is_junk(path: str | os.PathLike, root: str | os.PathLike | None = None) -> b
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def sniff_format(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(format, usual extension) when the file's first bytes are those of an image format we
+    decode, whatever its name says; None otherwise (or when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP", ".webp"
+    for magic, fmt, ext in _SIGNATURES:
+        if head.startswith(magic):
+            return fmt, ext
+    return None
+
+
+def skip_reason(path: str | os.PathLike) -> str:
+    """Why a file in a folder of images is not used: its name is not an image's. A file that is
+    an image all the same (a JPEG saved without an extension) is said to be one."""
+    found = sniff_format(path)
+    if found is None:
+        return "not an image file by its extension"
+    fmt, ext = found
+    name = Path(path).name
+    return f"a {fmt} image without an image extension: rename it {name}{ext} to use it"
+
+
+def unreadable_reason(path: str | os.PathLike, exc: OSError) -> str:
+    """What is wrong with a path that cannot be opened, in words: a URL, a broken link, ..."""
+    text = os.fspath(path)
+    if URL.match(text) and not os.path.lexists(text):
+        return URL_REASON
+    if os.path.islink(text) and not os.path.exists(text):
+        return f"broken symbolic link (its target {os.readlink(text)} does not exist)"
+    return f"cannot read: {exc.strerror or exc}"
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -120,7 +167,7 @@ def open_image(
             if os.path.getsize(source) == 0:
                 raise ImageDecodeError(path, "empty file (0 bytes)")
         except OSError as exc:
-            raise ImageDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+            raise ImageDecodeError(path, unreadable_reason(path, exc)) from None
     elif isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageDecodeError(None, "empty upload (0 bytes)")

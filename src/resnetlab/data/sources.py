@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +21,19 @@ import torch
 
 from ..errors import DataError
 from ..multilabel import LABEL_SEPARATOR
-from .images import ImageDecodeError, is_image_file, is_junk, open_image
+from .images import ImageDecodeError, is_image_file, is_junk, open_image, skip_reason
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 DIGITS_SEED = 0  # the digits split is fixed, whatever --seed says, so results stay comparable
+SHOW_SKIPPED = 10  # files named in the log when more are skipped (the count says how many)
+
+
+def class_name(text: str) -> str:
+    """A class name as one spelling (Unicode NFC): macOS writes a folder name decomposed
+    (``cafe`` + a combining accent), a name typed elsewhere is composed; both are one class."""
+    return unicodedata.normalize("NFC", text)
 
 
 @dataclass
@@ -95,13 +103,18 @@ class Source:
     splits: dict[str, Split]
     channels: int
     bad_files: list[BadFile] = field(default_factory=list)
-    ignored_files: int = 0
+    # Files in the folders that are not images by their name, and why each is left out.
+    ignored: list[BadFile] = field(default_factory=list)
     # Multi-label data: each split's labels are multi-hot float rows (N, classes).
     multilabel: bool = False
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def ignored_files(self) -> int:
+        return len(self.ignored)
 
     def class_counts(self, split: str | None = None) -> dict[str, int]:
         splits = [self.splits[split]] if split else list(self.splits.values())
@@ -224,19 +237,35 @@ def scan_files(
         return list(pool.map(check, paths))
 
 
-def _list_class_dir(folder: Path) -> tuple[list[Path], int]:
-    """Image files under a class folder (recursively), sorted; and how many others were ignored."""
-    files, ignored = [], 0
+def _list_class_dir(folder: Path) -> tuple[list[Path], list[BadFile]]:
+    """Image files under a class folder (recursively), sorted; and the other files, each with
+    the reason it is left out (junk such as .DS_Store is left out without a word)."""
+    files, ignored = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
         for name in sorted(filenames):
             if is_junk(name):
                 continue
+            path = Path(dirpath) / name
             if is_image_file(name):
-                files.append(Path(dirpath) / name)
+                files.append(path)
             else:
-                ignored += 1
+                ignored.append(BadFile(str(path), skip_reason(path)))
     return files, ignored
+
+
+def log_ignored(name: str, ignored: list[BadFile]) -> None:
+    """One warning naming the files left out (the first few, and how many in all)."""
+    if not ignored:
+        return
+    images = sum(1 for b in ignored if "image without" in b.reason)
+    also = f", {images} of them images without an image extension" if images else ""
+    shown = sorted(ignored, key=lambda b: "image without" not in b.reason)[:SHOW_SKIPPED]
+    more = f"\n  ... and {len(ignored) - len(shown)} more" if len(ignored) > len(shown) else ""
+    log.warning(
+        "%s: %d file(s) that are not images by their name are left out%s:\n  %s%s", name,
+        len(ignored), also, "\n  ".join(f"{b.path}: {b.reason}" for b in shown), more,
+    )  # fmt: skip
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -252,11 +281,11 @@ def _build_file_source(
     split_files: dict[str, tuple[list[Path], list]],
     channels: int,
     max_bad_fraction: float,
-    ignored: int,
+    ignored: list[BadFile],
     multilabel: bool = False,
 ) -> Source:
     """``split_files``: per split, the paths and their labels (a class index each, or for
-    ``multilabel`` a list of class indices each)."""
+    ``multilabel`` a list of class indices each); ``ignored``: files left out by their name."""
     splits, bad = {}, []
     total = 0
     for split, (paths, labels) in split_files.items():
@@ -321,27 +350,32 @@ def load_folder_source(
         raise DataError(
             f"{class_source}: no class folders; expected {class_source}/<class>/<image files>"
         )
-    classes = [d.name for d in class_dirs]
+    # Folders whose names differ only in their Unicode form (NFD from macOS, NFC typed) are
+    # one class.
+    classes = sorted({class_name(d.name) for d in class_dirs})
     index = {c: i for i, c in enumerate(classes)}
     split_files: dict[str, tuple[list[Path], list[int]]] = {}
-    ignored = 0
+    ignored: list[BadFile] = []
     for split, root in split_roots.items():
         paths, labels = [], []
         for d in _class_dirs(root):
-            if d.name not in index:
+            name = class_name(d.name)
+            if name not in index:
                 raise DataError(
-                    f"{d}: class {d.name!r} is not among the training classes "
+                    f"{d}: class {name!r} is not among the training classes "
                     f"({', '.join(classes)}); every split must use the same class folders"
                 )
-            files, n_ignored = _list_class_dir(d)
-            ignored += n_ignored
+            files, left_out = _list_class_dir(d)
+            ignored += left_out
             if not files and split in ("train", "all"):
+                why = f"; {left_out[0].path}: {left_out[0].reason}" if left_out else ""
                 raise DataError(
-                    f"{d}: class folder is empty (no image files); add images or remove it"
+                    f"{d}: class folder is empty (no image files{why}); add images or remove it"
                 )
             paths += files
-            labels += [index[d.name]] * len(files)
+            labels += [index[name]] * len(files)
         split_files[split] = (paths, labels)
+    log_ignored(str(folder), ignored)
 
     source = _build_file_source(
         str(folder), "folder", classes, split_files, channels, max_bad_fraction, ignored
@@ -469,10 +503,10 @@ def _labelled_files_source(
     """A source from (path, label text, split, where) records of a listing file: paths
     relative to the file; split in every record or in none."""
 
-    def names(text: str) -> list[str]:
+    def names(text: str) -> list[str]:  # in NFC: one spelling of each name (see class_name)
         if not multilabel:
-            return [text.strip()]
-        return sorted({t.strip() for t in text.split(LABEL_SEPARATOR) if t.strip()})
+            return [class_name(text.strip())]
+        return sorted({class_name(t.strip()) for t in text.split(LABEL_SEPARATOR) if t.strip()})
 
     if not multilabel:
         several = next((r for r in records if LABEL_SEPARATOR in r[1]), None)
@@ -506,7 +540,7 @@ def _labelled_files_source(
         labels.append(found if multilabel else found[0])
     try:
         source = _build_file_source(
-            name, kind, classes, split_files, channels, max_bad_fraction, 0, multilabel
+            name, kind, classes, split_files, channels, max_bad_fraction, [], multilabel
         )
     except DataError:
         paths = [p for ps, _ in split_files.values() for p in ps]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .images import image_to_uint8, open_image
-from .sources import Source, Split
+from .sources import SHOW_SKIPPED, Source, Split
 from .stream import shard_pixel_sums
 
 # Above this largest/smallest class ratio, stats and train say so and name the remedies; a
@@ -109,6 +109,7 @@ def dataset_stats(source: Source) -> dict:
         "splits": {k: len(v) for k, v in source.splits.items()},
         "bad_files": [{"path": b.path, "reason": b.reason} for b in source.bad_files],
         "ignored_files": source.ignored_files,
+        "ignored": [{"path": b.path, "reason": b.reason} for b in source.ignored],
         "channels": source.channels,
         "mean": mean,
         "std": std,
@@ -196,7 +197,13 @@ def format_report(report: dict) -> str:
     if note:
         lines.append(f"warning   {note}")
     if report["ignored_files"]:
-        lines.append(f"ignored   {report['ignored_files']} non-image file(s)")
+        # Images without an image extension first: those are the ones a user wants back.
+        named = sorted(report.get("ignored", []), key=lambda b: "image without" not in b["reason"])
+        lines.append(f"ignored   {report['ignored_files']} file(s) not named as images"
+                     + (":" if named else ""))  # fmt: skip
+        lines += [f"  {b['path']}: {b['reason']}" for b in named[:SHOW_SKIPPED]]
+        if len(named) > SHOW_SKIPPED:
+            lines.append(f"  ... and {len(named) - SHOW_SKIPPED} more (--json lists them all)")
     mean = " ".join(f"{v:.4f}" for v in report["mean"])
     std = " ".join(f"{v:.4f}" for v in report["std"])
     lines += [f"mean      {mean}", f"std       {std}", f"suggested: --mean {mean} --std {std}"]
