@@ -34,8 +34,9 @@ CJK_HINT = (
 )
 
 # Matplotlib's warning for each character no font in the family list has.
-_MISSING_GLYPH = re.compile(r"^Glyph \d+ .*missing from (font|current font)")
-_hinted = False
+_MISSING_GLYPH = re.compile(r"^Glyph (\d+) .*missing from (font|current font)")
+_hinted = False  # the CJK hint was given
+_hinted_glyphs = False  # the hint for other characters (emoji, symbols) was given
 
 
 @functools.cache
@@ -75,23 +76,32 @@ def _plt():
 
 @contextlib.contextmanager
 def _glyph_check() -> Iterator[None]:
-    """Without a CJK font, turn matplotlib's warning per missing character into one hint.
-
-    With a CJK font, the warnings pass through: a glyph missing then is a real gap (emoji…).
-    """
-    global _hinted
+    """Turn matplotlib's warning per missing character into one hint per process: CJK
+    characters without a CJK font name the font to install; others no font has (emoji,
+    symbols) are named once. Other warnings pass through."""
+    global _hinted, _hinted_glyphs
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    missing = False
+    cjk, other = False, set()
     for w in caught:
-        if not cjk_fonts() and _MISSING_GLYPH.match(str(w.message)):
-            missing = True
-        else:
+        m = _MISSING_GLYPH.match(str(w.message))
+        if m is None:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    if missing and not _hinted:
+        elif unicodedata.category(chr(int(m.group(1)))) == "Lo" and not cjk_fonts():
+            cjk = True  # a letter of a script without a font: Chinese, Japanese, Korean
+        else:
+            other.add(chr(int(m.group(1))))
+    if cjk and not _hinted:
         _hinted = True
         log.warning(CJK_HINT)
+    if other and not _hinted_glyphs:
+        _hinted_glyphs = True
+        log.warning(
+            "the plots draw %s as boxes: no installed font has %s (matplotlib draws no colour "
+            "emoji); the tables, JSON and the report's text show the names as they are",
+            " ".join(sorted(other)), "them" if len(other) > 1 else "it",
+        )  # fmt: skip
 
 
 def _columns(text: str) -> int:
