@@ -249,9 +249,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     if not inputs:
         raise ConfigError("no input images: resnetlab predict RUN IMAGE_OR_FOLDER_OR_GLOB ...")
-    paths = expand_inputs(inputs)
+    skipped: list[tuple[str, str]] = []
+    paths = expand_inputs(inputs, skipped)
     if not paths:
-        raise ConfigError("no input images: give image files, folders or globs")
+        raise ConfigError("no input images: give image files, folders or globs"
+                          + "".join(f"; {p}: {why}" for p, why in skipped[:3]))  # fmt: skip
     predictor = build_predictor(
         run, model=args.model, weights=args.weights, backend=args.backend, device=args.device,
         batch_size=args.batch_size, precision=args.precision, streams=args.streams,
@@ -259,6 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     rows = predictor.predict_paths(paths, topk=args.topk)
     if predictor.choice is not None:  # after the work: an error stays the only line
         print(predictor.choice.note, file=sys.stderr)
+    _print_skipped("predict", skipped)
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     elif args.csv:
@@ -284,6 +287,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if bad:
         print(f"resnetlab predict: {bad} of {len(rows)} file(s) could not be read", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _print_skipped(name: str, skipped: list[tuple[str, str]], show: int = 10) -> None:
+    """Name the files of the folders given that were left out (the first ``show``)."""
+    if not skipped:
+        return
+    lines = [f"resnetlab {name}: left out {len(skipped)} file(s) not named as images:"]
+    lines += [f"  {path}: {why}" for path, why in skipped[:show]]
+    if len(skipped) > show:
+        lines.append(f"  ... and {len(skipped) - show} more")
+    print("\n".join(lines), file=sys.stderr)
 
 
 @command("export")

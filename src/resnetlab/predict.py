@@ -10,6 +10,8 @@ import contextlib
 import glob
 import operator
 import os
+import stat
+import sys
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,7 @@ from PIL import Image
 from .backends import BACKENDS, check_backend, create_backend, run_streams
 from .bundle import LoadedModel, load_model, pretrained_model
 from .calibrate import apply_temperature
-from .data.images import ImageDecodeError, is_image_file, is_junk, open_image
+from .data.images import ImageDecodeError, is_image_file, is_junk, open_image, skip_reason
 from .data.transforms import BatchTransform, eval_resize_size, file_transform, stack_images
 from .errors import ConfigError
 from .multilabel import DEFAULT_THRESHOLD, label_rows
@@ -35,6 +37,9 @@ DEFAULT_TOPK = 5
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
 MAX_AUTO_STREAMS = 4
 NO_MATCH = "no file matches this pattern"
+STDIN = "-"  # an input read from standard input
+# Standard input and pipes are read whole before decoding; more than this is not an image.
+MAX_STREAM_BYTES = 256 * 2**20
 
 
 class Predictor:
@@ -175,7 +180,8 @@ class Predictor:
 
     def _decode(self, path) -> tuple[torch.Tensor | None, str | None]:
         try:
-            return self.preprocess(open_image(path, self.channels, min_side=self.min_side)), None
+            source = read_stream(path) if is_stream(path) else path
+            return self.preprocess(open_image(source, self.channels, min_side=self.min_side)), None
         except ImageDecodeError as exc:
             # A pattern kept by expand_inputs because nothing matched it.
             if glob.has_magic(str(path)) and not os.path.lexists(path):
@@ -267,23 +273,68 @@ def to_channels(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == want else img.convert(want)
 
 
-def expand_inputs(items: Iterable[str]) -> list[str]:
+def is_stream(path) -> bool:
+    """Standard input (``-``) or a file that is not a regular one: ``/dev/stdin`` when data is
+    piped, ``<(curl ...)``, a named pipe. These are read as a stream; their size says 0."""
+    if str(path) == STDIN:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def read_stream(path) -> bytes:
+    """The bytes of standard input (``-``) or of a pipe, up to ``MAX_STREAM_BYTES``."""
+    if str(path) == STDIN:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ImageDecodeError(path, "standard input is a terminal: pipe an image in, "
+                                   "e.g. resnetlab predict RUN - < photo.jpg")  # fmt: skip
+        data = sys.stdin.buffer.read(MAX_STREAM_BYTES + 1)
+    else:
+        try:
+            with open(path, "rb") as f:
+                if f.isatty():
+                    raise ImageDecodeError(path, "a terminal, not an image")
+                data = f.read(MAX_STREAM_BYTES + 1)
+        except OSError as exc:
+            raise ImageDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_STREAM_BYTES:
+        raise ImageDecodeError(path, f"more than {MAX_STREAM_BYTES // 2**20} MiB piped in; "
+                               "not an image", kind="too_large")  # fmt: skip
+    if not data:
+        raise ImageDecodeError(path, "nothing was piped in (0 bytes)")
+    return data
+
+
+def _broken_link(path: str | os.PathLike) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def expand_inputs(items: Iterable[str], skipped: list[tuple[str, str]] | None = None) -> list[str]:
     """Files as given; folders walked recursively for images (junk skipped); globs expanded.
 
     A name that matches nothing is kept, so it gets its own error row: a missing file says
-    so, a pattern that matches no file says ``no file matches this pattern``."""
+    so, a pattern that matches no file says ``no file matches this pattern``; so is a link
+    (named as an image) whose target is gone. ``skipped`` receives (path, reason) for each
+    file in a folder left out because its name is not an image's."""
     out: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.is_file() and is_image_file(f) and not is_junk(f, p)
-            )
-            out += found
+            found, left_out = [], []
+            for f in p.rglob("*"):
+                if is_junk(f, p) or not (f.is_file() or _broken_link(f)):
+                    continue
+                (found if is_image_file(f) else left_out).append(str(f))
+            out += sorted(found)
+            if skipped is not None:
+                skipped += [(f, skip_reason(f)) for f in sorted(left_out)]
         elif not p.exists() and glob.has_magic(item):
-            matches = sorted(f for f in glob.glob(item, recursive=True) if os.path.isfile(f))
+            matches = sorted(
+                f for f in glob.glob(item, recursive=True) if os.path.isfile(f) or _broken_link(f)
+            )
             out += matches or [item]
         else:
             out.append(item)
