@@ -204,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     r = evaluate_run(
         args.run, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
         top_losses=args.top_losses, precision=args.precision, backend=args.backend,
-        device=args.device, max_bad_fraction=args.max_bad_fraction,
+        device=args.device, max_bad_fraction=args.max_bad_fraction, out_dir=args.out,
     )  # fmt: skip
     if r.get("backend_note"):
         print(r["backend_note"], file=sys.stderr)
@@ -333,7 +333,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    print(f"wrote {build_report(args.run, data=args.data, top_losses=args.top_losses)}")
+    path = build_report(args.run, data=args.data, top_losses=args.top_losses, out=args.out)
+    print(f"wrote {path}")
     return 0
 
 
@@ -380,12 +381,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .device import resolve_device
     from .explain import explain_files
     from .predict import expand_inputs
+    from .run import output_folder
 
     paths = expand_inputs(args.inputs)
     if not paths:
         raise ConfigError("no input images: resnetlab explain RUN IMAGE_OR_FOLDER_OR_GLOB ...")
     loaded = load_model(args.run)
-    out = args.out or loaded.home.explain_dir
+    out = output_folder(args.out, loaded.home.explain_dir, "the Grad-CAM overlays")
     rows = explain_files(loaded, paths, out, class_name=args.class_name,
                          device=resolve_device(args.device))  # fmt: skip
     if args.json:

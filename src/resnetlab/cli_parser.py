@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
           backend, precision, device,
           ("--max-bad-fraction", {"type": float,
                                   "help": "unreadable files tolerated (default: the run's)"}),
+          ("--out", {"metavar": "DIR", "help": "folder for the metrics and plots (default: "
+                     "RUN/eval-SPLIT)"}),
           ("--json", {"action": "store_true"}))  # fmt: skip
     p = _args(sub.add_parser("predict", help="top-k labels for images, folders or globs"),
               ("run", {"nargs": "?", "help": "run folder or model file (omit with --model)"}),
@@ -148,14 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
           run, ("inputs", {"nargs": "+", "help": "image files, folders, globs"}),
           ("--class", {"dest": "class_name", "metavar": "NAME",
                        "help": "explain this class (default: each image's predicted class)"}),
-          ("--out", {"help": "folder for the overlays (default: RUN/explain)"}),
+          ("--out", {"help": "folder for the overlays (default: RUN/gradcam)"}),
           device, json_flag)  # fmt: skip
     _args(sub.add_parser("convert", help="MindSpore .ckpt / Keras .h5/.keras weights to "
                          "torchvision-layout safetensors (no foreign code run)"),
           ("file", {}), ("--model", {"required": True, "help": "e.g. resnet50"}),
           ("--out", {"required": True, "help": "W.safetensors to write"}))  # fmt: skip
     _args(sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples"),
-          ("run", {}), data, ("--top-losses", {"type": int, "default": 12}))  # fmt: skip
+          ("run", {}), data, ("--top-losses", {"type": int, "default": 12}),
+          ("--out", {"metavar": "DIR", "help": "folder for report.html and its figures "
+                     "(default: the run folder)"}))  # fmt: skip
     return parser
 
 

@@ -16,6 +16,7 @@ from .calibrate import apply_temperature, expected_calibration_error
 from .data import DataError
 from .errors import ConfigError
 from .io import atomic_write_text
+from .run import output_folder
 from .train.metrics import accuracy_counts, iter_logits
 
 
@@ -81,7 +82,10 @@ def evaluate_run(
 
     Probabilities (top losses, ``ece``) go through the run's calibration temperature when it
     has one. With ``top_losses`` and ``gradcam``, a second gallery shows the Grad-CAM heat of
-    each wrong answer (needs Captum; without it ``gradcam_note`` says why it is missing)."""
+    each wrong answer (needs Captum; without it ``gradcam_note`` says why it is missing).
+
+    The files go to ``out_dir``, else to ``RUN/eval-SPLIT``; a folder that cannot be written
+    (a read-only run) is refused before the evaluation starts."""
     loaded = run if isinstance(run, LoadedModel) else load_model(run)
     pipe = run_pipeline(loaded, data, batch_size, max_bad_fraction)
     source = pipe.source
@@ -93,6 +97,7 @@ def evaluate_run(
             "give --data with held-out images of their own"
         )
     label_map = _label_map(loaded.classes, source.classes)
+    out_dir = output_folder(out_dir, loaded.home.eval_dir(split), "the evaluation files")
     note = None
     if backend == "auto":
         from .backend_choice import choose_backend

@@ -22,7 +22,7 @@ from .errors import (
     MissingFileError,
 )
 from .fmt import pct
-from .run import RunDir
+from .run import RunDir, output_folder
 from .train.metrics import iter_logits
 
 FORMATS = tuple(RunDir.EXPORTS)  # onnx, torchscript
@@ -404,6 +404,8 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
             f"{run}: --int8 calibrates on images and this model has no run folder to take them "
             "from; give --data (the data set it was trained on)"
         )
+    if not out:  # a read-only run: said before the export, with what to pass instead
+        output_folder(None, loaded.home.path, f"the {fmt} file", flag="--out FILE")
     path = Path(out) if out else loaded.home.export(fmt)
     int8_path = None
     if int8:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .errors import WeightsError
+from .errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +145,39 @@ def user_cache_dir() -> Path:
 def can_write(folder: str | os.PathLike) -> bool:
     """Whether a file can be created in ``folder`` (which exists): tried, not guessed from the
     permission bits, which a read-only mount, root or a shared store's ACLs make lie."""
+    return _write_problem(Path(folder)) is None
+
+
+def _write_problem(folder: Path) -> str | None:
+    """Why no file can be created in ``folder``, or None when one can."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
-    except OSError:
-        return False
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
     os.close(fd)
     os.unlink(tmp)
-    return True
+    return None
+
+
+def output_folder(
+    given: str | os.PathLike | None, default: str | os.PathLike, what: str, flag: str = "--out DIR"
+) -> Path:
+    """The folder ``what`` (say, "the evaluation files") is written to, made now: ``given``
+    (``--out``), else ``default`` (in the run folder). One that cannot be written is a one-line
+    error saying what to pass (``flag``), before any work is done: a run folder on a read-only
+    mount is used as it is, with its outputs elsewhere."""
+    folder = Path(given if given else default)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        problem = _write_problem(folder)
+    except OSError as exc:
+        problem = exc.strerror or type(exc).__name__
+    if problem is None:
+        return folder
+    if given:
+        raise ConfigError(f"--out {folder} cannot be written ({problem}); give another folder "
+                          f"for {what}")  # fmt: skip
+    raise ConfigError(f"{folder} cannot be written ({problem}): give {flag} for {what}")
 
 
 # What ``io.atomic_write_bytes`` leaves behind when its process is killed mid-write:

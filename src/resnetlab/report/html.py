@@ -15,7 +15,7 @@ from ..errors import MissingFileError
 from ..fmt import pct
 from ..io import atomic_write_text
 from ..plots import plot_curves, plot_reliability
-from ..run import RunDir
+from ..run import RunDir, output_folder
 
 # Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
 # (Simplified Chinese first), so the page never falls back to boxes or to a Japanese face
@@ -122,8 +122,12 @@ def _thresholds_section(rd: RunDir) -> str:
     )
 
 
-def build_report(run: str | Path, data: str | None = None, top_losses: int = 12) -> Path:
-    """Evaluate the run's best model and write ``RUN/report.html``."""
+def build_report(
+    run: str | Path, data: str | None = None, top_losses: int = 12, out: str | Path | None = None
+) -> Path:
+    """Evaluate the run's best model and write ``RUN/report.html`` (its figures in
+    ``RUN/report-files/``); with ``out``, ``OUT/report.html`` and ``OUT/report-files/``, as for a
+    run folder that cannot be written."""
     from ..bundle import load_model
     from ..evaluate import evaluate_run
     from ..summary import format_summary, summarize
@@ -132,7 +136,8 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
     if not rd.meta.is_file():
         raise MissingFileError(f"{run}: not a run folder (no {rd.META}); give a run folder")
     summary, config, history = rd.read_summary(), rd.config_text(), rd.read_metrics()
-    figures = rd.report_files
+    home = RunDir(output_folder(out, rd.path, "the report"))
+    figures = home.report_files
     figures.mkdir(exist_ok=True)
     loaded = load_model(run)
     meta = loaded.meta
@@ -262,5 +267,5 @@ def build_report(run: str | Path, data: str | None = None, top_losses: int = 12)
         + "\n".join(sections)
         + "</body></html>\n"
     )
-    atomic_write_text(rd.report, page)
-    return rd.report
+    atomic_write_text(home.report, page)
+    return home.report
