@@ -22,3 +22,54 @@ def _release_loader_workers():
     with a segmentation fault (test_loader's worker test, then any subprocess call)."""
     yield
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A finished run (digits; a resnet20 of widths 4-8-8 trained one epoch, with its test
+    score, calibration and both checkpoints), trained once per session for the tests that only
+    read it: copy it before changing anything in it."""
+    from resnetlab.train import Trainer, resolve_config
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = resolve_config(dict(model="resnet20", model_kwargs={"widths": [4, 8, 8]}, epochs=1,
+                              out=str(root), name="digits", num_workers=0,
+                              precise_bn=False))  # fmt: skip
+    Trainer(cfg, verbose=False).fit()
+    return root / "digits"
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """``read_only(folder)``: ``folder`` seen through a read-only bind mount, as a Docker or
+    Kaggle model folder is (chmod would not do: root writes through it). Skips the test where
+    mounting is refused. The user's cache folder is this test's own."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    mounted = []
+
+    def mount(folder):
+        target = tmp_path / "read-only" / folder.name
+        target.mkdir(parents=True)
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command here")
+        p = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True,
+                           text=True)  # fmt: skip
+        if p.returncode == 0:
+            mounted.append(target)
+            p = subprocess.run(["mount", "-o", "remount,bind,ro", str(target)],
+                               capture_output=True, text=True)  # fmt: skip
+        if p.returncode != 0:
+            pytest.skip(f"a read-only bind mount is refused here: {p.stderr.strip()}")
+        try:  # it must refuse a new file
+            tempfile.TemporaryFile(dir=target).close()
+        except OSError:
+            return target
+        pytest.skip("the bind mount stayed writable here")
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], capture_output=True)
