@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: run test bench lint format clean browser fonts
+.PHONY: run test test-fast bench lint format clean browser fonts
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -37,6 +37,12 @@ test: $(STAMP) browser fonts
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/pytest
+
+# Everything but the journeys and the Chromium tests (marked slow): the quick loop while editing.
+# `make test` runs them all; `pytest --lf` re-runs only what failed last time.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -4,9 +4,29 @@ import signal
 import pytest
 import torch
 
-# Two cores: one intra-op thread per test process keeps timings stable and avoids
-# oversubscription when a test starts worker processes of its own.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# make test runs two pytest workers (pytest-xdist, one per core): each takes one intra-op
+# thread so the two never oversubscribe the cores. A single process (pytest -n 0, a debugger)
+# takes up to two.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The journeys and the tests that drive Chromium are marked ``slow``: ``make test-fast``
+    leaves them out, ``make test`` runs everything."""
+    for item in items:
+        path = str(item.path)
+        if "/journeys/" in path or "chrome_driver" in _source(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def _source(item) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(item.function)
+    except (OSError, TypeError, AttributeError):
+        return ""
 
 
 @pytest.fixture(autouse=True)
