@@ -22,6 +22,7 @@ LAYERS = [
         "options",
         "calibrate",
         "multilabel",
+        "optional",
     ),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
