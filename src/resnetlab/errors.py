@@ -74,3 +74,19 @@ class TrainingError(ResnetlabError, RuntimeError):
     """A run that cannot go on (e.g. a non-finite loss); the message says what to change."""
 
     kind = "training"
+
+
+class WriteError(ResnetlabError, OSError):
+    """A file or folder that cannot be written: a full disk or quota, no permission, a
+    read-only file system. ``str()`` names the path and the cause; ``errno`` is the system's.
+    Other write failures (a bad descriptor, an I/O error) are not the user's to fix and keep
+    their traceback."""
+
+    kind = "write"
+
+    def __init__(self, message: str, errno: int | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.errno, self.filename = errno, path
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno N] ..." form
+        return str(self.args[0])
