@@ -37,12 +37,16 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, run, *extra):
+    def __init__(self, run, *extra, env=None):
         self.port = _free_port()
         cmd = [sys.executable, "-m", "resnetlab", "serve", str(run), "--port", str(self.port),
                *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)  # fmt: skip
         self.banner = self.proc.stdout.readline()
+        # Its log, read as it comes: a full pipe would stall the server.
+        self.log: list[str] = []
+        threading.Thread(target=self._read_log, daemon=True).start()
         # The URL is printed only once the port accepts connections.
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
@@ -56,7 +60,11 @@ class Server:
                     return
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError("server did not start: " + self.proc.stderr.read())
+        raise RuntimeError("server did not start: " + "".join(self.log))
+
+    def _read_log(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
 
     def request(self, method, path, body=None, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -326,3 +334,254 @@ def test_web_page_in_chromium(server, tmp_path):
                   and "/predict" not in e["message"]]  # fmt: skip
         assert severe == []
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+# ------------------------------------------------------------------ operating the service
+# One server with every operations flag; its checks run in order on it.
+
+KEY = "test-key-0123"
+ORIGIN = "http://app.example"
+
+
+@pytest.fixture(scope="module")
+def ops(run):
+    s = Server(
+        run,
+        "--api-key",
+        KEY,
+        "--cors-origin",
+        ORIGIN,
+        "--max-queue",
+        "2",
+        "--max-reading",
+        "1",
+        "--log-format",
+        "json",
+    )
+    yield s
+    s.stop()
+
+
+def _keyed(**headers):
+    return {"X-API-Key": KEY, **headers}
+
+
+def _wait_in_flight(s, count):
+    for _ in range(300):
+        if s.request("GET", "/readyz")[1]["in_flight"] == count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"in_flight never reached {count}")
+
+
+def _log_line(s, request_id):
+    for _ in range(100):
+        for line in s.log:
+            entry = json.loads(line) if line.startswith("{") else {}
+            if entry.get("request_id") == request_id and "status" in entry:
+                return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no access line for {request_id}: {s.log[-5:]}")
+
+
+def test_health_routes_are_open_and_the_rest_needs_the_key(ops):
+    for path in ("/health", "/livez", "/readyz"):
+        assert ops.request("GET", path)[0] == 200
+    assert ops.request("GET", "/readyz")[1]["status"] == "ready"
+    for path in ("/model", "/metrics", "/docs", "/"):
+        status, r, headers = ops.request("GET", path)
+        assert status == 401 and "API key" in r["error"]
+        assert headers.get("www-authenticate") == "Bearer"
+    status, r, _ = ops.request("POST", "/predict", _png(), {"Content-Type": "image/png"})
+    assert status == 401
+    assert ops.request("GET", "/model", headers={"Authorization": f"Bearer {KEY}"})[0] == 200
+    assert ops.request("GET", "/model", headers={"X-API-Key": "wrong"})[0] == 401
+    status, r, _ = ops.request("POST", "/predict", _png(), _keyed(**{"Content-Type": "image/png"}))
+    assert status == 200 and r["topk"]
+
+
+def test_request_id_echoed_generated_and_logged(ops):
+    _, _, headers = ops.request("GET", "/livez", headers={"X-Request-ID": "client-id-42"})
+    assert headers["x-request-id"] == "client-id-42"
+    _, _, headers = ops.request("GET", "/livez", headers={"X-Request-ID": "bad id\twith spaces"})
+    fresh = headers["x-request-id"]
+    assert fresh != "bad id\twith spaces" and len(fresh) == 32
+    status, _, headers = ops.request(
+        "POST",
+        "/predict?topk=2",
+        _png(),
+        _keyed(**{"X-Request-ID": "rid-7", "Content-Type": "image/png"}),
+    )
+    assert status == 200 and headers["x-request-id"] == "rid-7"
+    line = _log_line(ops, "rid-7")
+    assert line["method"] == "POST" and line["path"] == "/predict" and line["query"] == "topk=2"
+    assert line["status"] == 200 and line["bytes_in"] == len(_png()) and line["bytes_out"] > 0
+    assert line["client"].startswith("127.0.0.1:") and line["duration_ms"] >= 0
+
+
+def test_cors_preflight_and_exposed_headers(ops):
+    pre = {
+        "Origin": ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key, content-type",
+    }
+    status, _, headers = ops.request("OPTIONS", "/predict", headers=pre)
+    assert status == 200 and headers["access-control-allow-origin"] == ORIGIN
+    assert "x-api-key" in headers["access-control-allow-headers"].lower()
+    status, _, _ = ops.request(
+        "OPTIONS", "/predict", headers={**pre, "Origin": "http://evil.example"}
+    )
+    assert status == 400
+    _, _, headers = ops.request("GET", "/model", headers=_keyed(Origin=ORIGIN))
+    assert headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in headers["access-control-expose-headers"].lower()
+
+
+def _half_upload(port):
+    """A request whose headers are sent and whose body stops after 4 of 100,000 bytes."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nX-API-Key: "
+        + KEY.encode()
+        + b"\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG"
+    )
+    return s
+
+
+def test_admission_refuses_before_the_body_is_read(ops):
+    """--max-queue 2 --max-reading 1: two uploads that stall hold both places (one reading, one
+    waiting unread); a third is refused with 503 + Retry-After without its body being read."""
+    slow = [_half_upload(ops.port), _half_upload(ops.port)]
+    try:
+        _wait_in_flight(ops, 2)
+        headers = _keyed(**{"Content-Type": "image/png", "X-Request-ID": "refused-1"})
+        status, r, got = ops.request("POST", "/predict", b"\0" * (3 * 2**20), headers)
+        assert status == 503 and "busy" in r["error"] and got["retry-after"] == "1"
+        line = _log_line(ops, "refused-1")
+        assert line["status"] == 503 and line["bytes_in"] == 0
+        status, text, _ = ops.request("GET", "/metrics", headers=_keyed())
+        assert 'resnetlab_refused_total{reason="busy"} 1.0' in text
+        assert (
+            "resnetlab_requests_in_flight 2.0" in text and "resnetlab_requests_reading 1.0" in text
+        )
+    finally:
+        for s in slow:
+            s.close()
+    _wait_in_flight(ops, 0)
+    assert (
+        ops.request("POST", "/predict", _png(), _keyed(**{"Content-Type": "image/png"}))[0] == 200
+    )
+
+
+def test_metrics_in_prometheus_format(ops):
+    ops.request("POST", "/predict", _png(), _keyed(**{"Content-Type": "image/png"}))
+    status, text, headers = ops.request("GET", "/metrics", headers=_keyed())
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    for expected in (
+        'resnetlab_requests_total{method="POST",route="/predict",status="200"}',
+        'resnetlab_requests_total{method="GET",route="/model",status="401"}',
+        'resnetlab_request_duration_seconds_bucket{le="0.005",route="/predict"}',
+        "resnetlab_batch_size_bucket{le=",
+        "resnetlab_batch_size_count",
+        "resnetlab_queue_depth 0.0",
+        'resnetlab_model_info{backend="',
+        'model="resnet20"',
+        'resnetlab_limit{name="max_queue"} 2.0',
+        "resnetlab_ready 1.0",
+        "process_resident_memory_bytes",
+    ):
+        assert expected in text, expected
+
+
+def test_openapi_documents_the_body_and_docs_need_no_cdn(server):
+    status, spec, _ = server.request("GET", "/openapi.json")
+    body = spec["paths"]["/predict"]["post"]["requestBody"]
+    assert status == 200 and {"multipart/form-data", "image/*"} <= set(body["content"])
+    assert "file" in body["content"]["multipart/form-data"]["schema"]["properties"]
+    assert {"/livez", "/readyz", "/metrics"} <= set(spec["paths"])
+    status, page, _ = server.request("GET", "/docs")
+    assert status == 200 and "/predict" in page and "multipart/form-data" in page
+    assert "<script" not in page and "src=" not in page and "cdn" not in page.lower()
+
+
+def test_multipart_with_several_files_answers_each(server):
+    boundary = "many-files"
+    parts = [("a.png", _png(30)), ("b.png", _png(200)), ("notes.png", b"not an image")]
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+        for name, data in parts
+    )
+    # a plain field too: not a file, not answered
+    body += f'--{boundary}\r\nContent-Disposition: form-data; name="note"\r\n\r\nhi\r\n'.encode()
+    body += f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    status, r, _ = server.request("POST", "/predict?topk=2", body, headers)
+    assert status == 200 and [x["filename"] for x in r["results"]] == [
+        "a.png",
+        "b.png",
+        "notes.png",
+    ]
+    assert len(r["results"][0]["topk"]) == 2 and len(r["results"][1]["topk"]) == 2
+    assert r["results"][2]["status"] == 400 and "cannot decode" in r["results"][2]["error"]
+    alone = server.request("POST", "/predict?topk=2", *_multipart(_png(200)))[1]
+    assert [t["index"] for t in alone["topk"]] == [t["index"] for t in r["results"][1]["topk"]]
+
+
+def test_banner_url_for_every_interface():
+    from resnetlab.serve.app import url
+
+    assert url("0.0.0.0", 8000).startswith("http://127.0.0.1:8000/ ")
+    assert url("::", 8000).startswith("http://[::1]:8000/ ")
+    assert url("127.0.0.1", 8000) == "http://127.0.0.1:8000/"
+    assert url("::1", 8000) == "http://[::1]:8000/"
+
+
+def test_port_refuses_connections_until_it_listens():
+    """serve binds the port first (a busy port is said at once) and listens only once the model
+    is loaded: a load balancer's TCP check sees it closed until then."""
+    from resnetlab.serve.app import bind, start_listening
+
+    port = _free_port()
+    sock = bind("127.0.0.1", port)
+    try:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5)
+        start_listening(sock)
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        sock.close()
+
+
+def test_processes_share_the_port_and_stop_without_traceback(run):
+    """--processes 2: both workers answer on one port and /metrics adds them up; SIGTERM with an
+    upload half sent ends after --shutdown-timeout with one line, not a traceback."""
+    s = Server(run, "--processes", "2", "--shutdown-timeout", "1", "--backend", "torch")
+    try:
+        assert "2 processes" in s.banner and s.listening_at_banner
+        with cf.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: s.request("POST", "/predict", _png())[0], range(32)))
+        assert codes == [200] * 32
+        text = s.request("GET", "/metrics")[1]
+        assert 'resnetlab_requests_total{method="POST",route="/predict",status="200"} 32.0' in text
+        assert text.count("resnetlab_worker_resident_memory_bytes{pid=") == 2
+        half = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        half.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 5000\r\n\r\n\x89PNG"
+        )
+        for _ in range(100):
+            if "resnetlab_requests_reading 1.0" in s.request("GET", "/metrics")[1]:
+                break
+            time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=60) == 0
+        half.close()
+    finally:
+        s.stop()
+    time.sleep(0.2)  # the log reader's last lines
+    log = "".join(s.log)
+    assert "Traceback" not in log and "CancelledError" not in log
+    assert "cut off by the shutdown" in log

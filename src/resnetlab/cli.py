@@ -424,6 +424,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.run, host=args.host, port=args.port, backend=args.backend, device=args.device,
         precision=args.precision, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, max_body_mb=args.max_body_mb, workers=args.workers,
+        max_reading=args.max_reading, max_connections=args.max_connections,
+        api_key=args.api_key, cors_origins=args.cors_origin or (), log_level=args.log_level,
+        log_format=args.log_format, processes=args.processes,
+        shutdown_timeout=args.shutdown_timeout,
     )  # fmt: skip
     return 0
 

@@ -143,9 +143,34 @@ def build_parser() -> argparse.ArgumentParser:
                            "help": "fp32 (default) gives the same probabilities alone or batched"}),
           ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),
           ("--max-wait-ms", {"type": float, "default": 5.0}),
-          ("--max-queue", {"type": int, "default": 64, "help": "beyond this: 503 + Retry-After"}),
+          ("--max-queue", {"type": int, "default": 64,
+                           "help": "prediction requests in progress at once (being read, "
+                           "decoded, queued or run); beyond this: 503 + Retry-After at once, "
+                           "before the body is read"}),
+          ("--max-reading", {"type": int, "help": "of those, how many read and decode their "
+                             "upload at once, each holding up to --max-body-mb (default 2 x "
+                             "--workers); the others wait, unread"}),
+          ("--max-connections", {"type": int, "default": 1024,
+                                 "help": "open connections; beyond this: 503"}),
           ("--max-body-mb", {"type": float, "default": 10.0}),
-          ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}))  # fmt: skip
+          ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}),
+          ("--processes", {"type": int, "default": 1,
+                           "help": "serving processes sharing the port, each with its own model "
+                           "and its share of the CPU threads"}),
+          ("--api-key", {"help": "required on every route but /health, /livez, /readyz, as "
+                         "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (default: "
+                         "$RESNETLAB_API_KEY; none: no key)"}),
+          ("--cors-origin", {"action": "append", "metavar": "ORIGIN",
+                             "help": "let pages from ORIGIN (e.g. https://app.example.com, or *) "
+                             "call the API from a browser; repeatable"}),
+          ("--shutdown-timeout", {"type": float, "default": 10.0, "metavar": "SECONDS",
+                                  "help": "on SIGTERM/Ctrl-C, how long requests in flight may "
+                                  "take to finish before they are cut off"}),
+          ("--log-level", {"default": "info", "choices": ["debug", "info", "warning", "error"],
+                           "help": "info: one access line per request"}),
+          ("--log-format", {"default": "text", "choices": ["text", "json"],
+                            "help": "json: one object a line (client, bytes, status, time, "
+                            "request id)"}))  # fmt: skip
     _args(sub.add_parser("explain", help="Grad-CAM overlays (PNG): where the model looked"),
           run, ("inputs", {"nargs": "+", "help": "image files, folders, globs"}),
           ("--class", {"dest": "class_name", "metavar": "NAME",

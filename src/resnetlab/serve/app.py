@@ -8,29 +8,24 @@ import errno
 import logging
 import socket
 import sys
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.requests import ClientDisconnect
 
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
 from ..errors import ConfigError
 from ..predict import Predictor
 from .batcher import MicroBatcher, QueueFull
+from .gate import Admission, Gate, Guard
+from .upload import MAX_FILES, Upload, UploadError, read_uploads
 
 log = logging.getLogger("resnetlab.serve")
 PAGE = Path(__file__).with_name("page.html")
 # Formats a browser may send that we never decode: answered 415, not 400.
 REFUSED_TYPES = ("application/pdf", "application/postscript", "image/svg+xml", "text/")
 REFUSED_MAGIC = (b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6", b"<svg", b"<?xml", b"8BPS")
-# A client that sends its whole body before reading the answer (urllib, requests) gets a
-# connection reset, not the 413, when the server closes while the body is still arriving. So
-# the rest of a refused body is read and dropped, up to this many bytes past the cap, without
-# keeping it (the lingering close of nginx and Apache); a larger body is cut off.
-DRAIN_BYTES = 64 * 2**20
 
 
 # fp32 runtimes give the same probabilities alone or batched to rounding; reduced precision
@@ -38,74 +33,8 @@ DRAIN_BYTES = 64 * 2**20
 BATCH_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2, "int8": 1e-2}
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
-        self.status, self.message, self.headers = status, message, headers or {}
-
-
-async def read_capped(request: Request, cap: int, drain: int = DRAIN_BYTES) -> bytes:
-    """The body, refused with 413 as soon as it passes ``cap`` bytes (chunked uploads too).
-
-    Before the 413, up to ``drain`` more bytes of the body are read and dropped, so that a
-    client still sending it can read the answer; memory holds one chunk at a time."""
-    length = request.headers.get("content-length")
-    stream = request.stream()
-    if length is not None:
-        if not length.isdigit():
-            raise HTTPError(400, "invalid Content-Length")
-        if int(length) > cap:
-            # A client that asked `Expect: 100-continue` has not sent the body and waits for
-            # this answer; reading would tell it to send everything first.
-            waiting = request.headers.get("expect", "").lower() == "100-continue"
-            if not waiting and int(length) <= cap + drain:
-                await _discard(stream, drain)
-            raise HTTPError(413, f"body of {int(length):,} bytes exceeds the {cap:,}-byte limit",
-                            {"Connection": "close"})  # fmt: skip
-    chunks, total = [], 0
-    try:
-        async for chunk in stream:
-            total += len(chunk)
-            if total > cap:
-                await _discard(stream, cap + drain - total)
-                raise HTTPError(
-                    413, f"body exceeds the {cap:,}-byte limit", {"Connection": "close"}
-                )
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise HTTPError(400, "the client closed the connection before the body ended") from None
-    return b"".join(chunks)
-
-
-async def _discard(stream, limit: int) -> None:
-    """Read and drop what is left of ``stream``, at most ``limit`` bytes."""
-    seen = 0
-    try:
-        async for chunk in stream:
-            seen += len(chunk)
-            if seen > limit:
-                return
-    except ClientDisconnect:  # nobody left to answer
-        return
-
-
-async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str | None]:
-    """The uploaded file from a multipart form (first file field), or the raw body."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        from starlette.formparsers import MultiPartException, MultiPartParser
-
-        async def stream():
-            yield body
-
-        try:
-            form = await MultiPartParser(request.headers, stream()).parse()
-        except MultiPartException as exc:
-            raise HTTPError(400, f"malformed multipart body: {exc.message}") from None
-        for _, value in form.multi_items():
-            if hasattr(value, "read"):
-                return await value.read(), value.content_type
-        raise HTTPError(400, "multipart body has no file field (send the image as 'file')")
-    return body, ctype or None
+# One error type for the routes and the upload reader: answered {"error": message}.
+HTTPError = UploadError
 
 
 def _refused(data: bytes, ctype: str | None) -> bool:
@@ -113,31 +42,6 @@ def _refused(data: bytes, ctype: str | None) -> bool:
         return True
     head = data[:64].lstrip()
     return any(head.startswith(m) for m in REFUSED_MAGIC)
-
-
-class RequestLog:
-    """One log line per request. A plain ASGI middleware: Starlette's BaseHTTPMiddleware costs
-    about a millisecond a request, as much as running this project's small models."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, status = time.perf_counter(), [500]
-
-        async def send_and_note(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status[0],
-                     1000 * (time.perf_counter() - start))  # fmt: skip
 
 
 def create_app(
@@ -148,29 +52,66 @@ def create_app(
     max_body: int = 10 * 2**20,
     max_pixels: int = 40_000_000,
     decode_threads: int = 2,
+    max_reading: int | None = None,
+    api_key: str | None = None,
+    cors_origins: list[str] | tuple[str, ...] = (),
 ) -> FastAPI:
+    """The service. At most ``max_queue`` prediction requests are admitted at once (being
+    read, decoded, queued or run; beyond, 503 + Retry-After before the body is read), of which
+    ``max_reading`` (default ``2 × decode_threads``) read and decode at once: memory is bounded
+    by about ``max_reading × 2 × max_body`` whatever the number of connections."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from .metrics import Metrics
+
+    metrics = Metrics()
+    max_reading = max_reading or 2 * decode_threads
+    if max_queue < 1 or max_reading < 1:
+        raise ConfigError("--max-queue and --max-reading must be at least 1")
+    admission = Admission(max_queue, max_reading, metrics)
     decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
-    state: dict = {"arriving": 0}  # requests being read or decoded, not yet queued
+    state: dict = {"arriving": 0, "ready": False}  # arriving: being read or decoded
+
+    def on_batch(images: int, seconds: float) -> None:
+        metrics.batch_size.observe(images)
+        metrics.batch_seconds.observe(seconds)
+        metrics.images.inc(images)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(predictor.probabilities, max_batch, max_wait_ms, max_queue,
-                               more_coming=lambda: state["arriving"] > 0)  # fmt: skip
+        batcher = MicroBatcher(predictor.probabilities, max_batch, max_wait_ms,
+                               # a multi-file request never waits on another for queue room
+                               max(max_queue, MAX_FILES), more_coming=lambda: state["arriving"] > 0,
+                               on_batch=on_batch, on_depth=metrics.queued.set)  # fmt: skip
         batcher.start()
         state["batcher"] = batcher
+        state["ready"] = True
+        metrics.ready.set(1)
+        if state.get("on_ready"):  # --processes: the parent hears of each worker ready
+            state["on_ready"]()
+        memory = asyncio.get_running_loop().create_task(_note_memory(metrics))
         yield
+        state["ready"] = False
+        metrics.ready.set(0)
+        memory.cancel()
         await batcher.stop()
         decoder.shutdown(wait=True)
 
-    app = FastAPI(title="resnetlab", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="resnetlab", version=_version(), lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="A classifier trained by resnetlab")  # fmt: skip
+    app.state.serving = state  # the server marks it not ready when its shutdown begins
+    app.state.metrics = metrics
+    m = predictor.meta
+    metrics.model.labels(m.model, str(len(predictor.classes)),
+                         "multilabel" if m.multilabel else "multiclass", predictor.backend.name,
+                         predictor.precision, "x".join(map(str, m.input_size))).set(1)  # fmt: skip
+    for name, value in (("max_queue", max_queue), ("max_reading", max_reading),
+                        ("max_batch", max_batch), ("max_body_bytes", max_body)):  # fmt: skip
+        metrics.limits.labels(name).set(value)
 
-    @app.exception_handler(HTTPError)
-    async def _http_error(request: Request, exc: HTTPError):
+    @app.exception_handler(UploadError)
+    async def _http_error(request: Request, exc: UploadError):
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-
-    app.add_middleware(RequestLog)
 
     def decode(data: bytes):
         img = open_image(
@@ -178,35 +119,72 @@ def create_app(
         )
         return predictor.preprocess(img)
 
-    @app.post("/predict")
-    async def predict(request: Request, topk: int | None = None):
+    async def read_images(request: Request) -> tuple[list, list[Upload]]:
+        """The upload(s) read and decoded within the bound on requests doing so at once (a
+        request waiting for its turn holds no more than the server's socket buffer). Of a form
+        with several files, a file that cannot be used is its ``UploadError`` in the list."""
         state["arriving"] += 1
         try:
-            # The body is read before any refusal, so that a client still sending it sees the
-            # answer instead of a connection reset.
-            body = await read_capped(request, max_body)
-            if topk is not None and topk < 1:
-                raise HTTPError(
-                    400, f"topk must be at least 1, got {topk} (a topk above the "
-                    f"{len(predictor.classes)} classes gives all of them)",
-                )  # fmt: skip
-            image = await _decode_upload(request, body)
+            async with admission.reading:
+                metrics.reading.inc()
+                try:
+                    uploads = await read_uploads(request, max_body)
+                    decoded = []
+                    for u in uploads:
+                        try:
+                            decoded.append(await _decode_upload(u))
+                        except UploadError as exc:
+                            if len(uploads) == 1:
+                                raise
+                            decoded.append(exc)
+                finally:
+                    metrics.reading.dec()
         finally:
             state["arriving"] -= 1
+        return decoded, uploads
+
+    async def _queue(images: list) -> list:
         try:
-            probs = await state["batcher"].submit(image)
+            return await state["batcher"].submit_many(images)
         except QueueFull:
+            metrics.refused.labels("queue_full").inc()
             raise HTTPError(503, "server busy: too many requests queued, retry shortly",
                             {"Retry-After": "1"}) from None  # fmt: skip
+
+    def _answer(probs, topk):
         # topk above the number of classes means all of them (default 5). For a multi-label
         # model: every label at or above its threshold (at most topk when given).
         rows = predictor.topk_rows(probs.unsqueeze(0), topk)[0]
         if predictor.multilabel:
-            return {"topk": rows, "labels": [r["label"] for r in rows], "model": predictor.name}
-        return {"topk": rows, "model": predictor.name}
+            return {"topk": rows, "labels": [r["label"] for r in rows]}
+        return {"topk": rows}
 
-    async def _decode_upload(request: Request, body: bytes):
-        data, ctype = await image_bytes(request, body)
+    @app.post("/predict", openapi_extra=PREDICT_DOC, responses=ERROR_RESPONSES,
+              summary="Top classes of an uploaded image (or of each file of a form)")  # fmt: skip
+    async def predict(request: Request, topk: int | None = None):
+        """The image as the raw body (`Content-Type: image/png`, ...) or as the file of a
+        multipart form (`curl -F file=@x.png`). A form with several files is answered for each:
+        `{"results": [{"filename", "topk"} or {"filename", "error", "status"}], "model"}`."""
+        if topk is not None and topk < 1:
+            raise HTTPError(
+                400, f"topk must be at least 1, got {topk} (a topk above the "
+                f"{len(predictor.classes)} classes gives all of them)",
+            )  # fmt: skip
+        decoded, uploads = await read_images(request)
+        good = [d for d in decoded if not isinstance(d, UploadError)]
+        probs = iter(await _queue(good) if good else ())
+        if len(uploads) == 1:
+            return {**_answer(next(probs), topk), "model": predictor.name}
+        results = []
+        for u, d in zip(uploads, decoded):
+            if isinstance(d, UploadError):
+                results.append({"filename": u.filename, "error": d.message, "status": d.status})
+            else:
+                results.append({"filename": u.filename, **_answer(next(probs), topk)})
+        return {"results": results, "model": predictor.name}
+
+    async def _decode_upload(upload: Upload):
+        data, ctype = upload.data, upload.content_type
         if not data:
             raise HTTPError(400, "empty upload: send an image as the body or as 'file'")
         if _refused(data, ctype):
@@ -248,12 +226,10 @@ def create_app(
         headers carry Latin-1 only), X-Class-Index and X-Prob."""
         from urllib.parse import quote
 
-        state["arriving"] += 1
-        try:
-            body = await read_capped(request, max_body)
-            image = await _decode_upload(request, body)
-        finally:
-            state["arriving"] -= 1
+        decoded, _ = await read_images(request)
+        image = decoded[0]
+        if isinstance(image, UploadError):  # a form with several files: the first one's
+            raise image
         loop = asyncio.get_running_loop()
         try:
             png, e = await loop.run_in_executor(
@@ -267,10 +243,36 @@ def create_app(
                    "X-Prob": f"{e.prob:.6f}", "Cache-Control": "no-store"}  # fmt: skip
         return Response(png, media_type="image/png", headers=headers)
 
-    @app.get("/health")
+    @app.get("/health", summary="Ready and how many images wait (kept for existing checks)")
     async def health():
         b = state.get("batcher")
         return {"status": "ok", "queued": b.queue.qsize() if b else 0}
+
+    @app.get("/livez", summary="Liveness: the process answers (restart it when this fails)")
+    async def livez():
+        return {"status": "alive"}
+
+    @app.get("/readyz", summary="Readiness: the model is loaded and the server takes traffic",
+             responses={503: {"description": "shutting down: send traffic elsewhere"}})  # fmt: skip
+    async def readyz():
+        if not state["ready"]:
+            return JSONResponse({"error": "not ready: the server is shutting down"}, 503,
+                                {"Retry-After": "1"})  # fmt: skip
+        b = state["batcher"]
+        return {"status": "ready", "queued": b.queue.qsize(), "in_flight": admission.admitted,
+                "max_queue": max_queue}  # fmt: skip
+
+    @app.get("/metrics", summary="Prometheus metrics (text exposition format)",
+             response_class=Response)  # fmt: skip
+    async def prometheus_metrics():
+        body, ctype = metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def api_docs():
+        from .docs import render
+
+        return HTMLResponse(render(app.openapi()))
 
     @app.get("/model")
     async def model_info():
@@ -290,18 +292,81 @@ def create_app(
             "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
         }  # fmt: skip
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    # Outermost last: Gate (request id, access log, metrics) > CORS > Guard (key, admission).
+    app.add_middleware(Guard, admission=admission, api_key=api_key, metrics=metrics)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"], max_age=600,
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type",
+                                          "X-Request-ID"],
+                           expose_headers=["X-Request-ID", "Retry-After", "X-Class",
+                                           "X-Class-Index", "X-Prob"])  # fmt: skip
+    routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
+    app.add_middleware(Gate, metrics=metrics, routes=routes)
     return app
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host:port``; a bad or busy port is a one-line ``ValueError``.
+async def _note_memory(metrics) -> None:
+    while True:
+        metrics.note_memory()
+        await asyncio.sleep(5)
 
-    The server binds here, before the URL is printed, so that the URL is only shown once it
-    answers, and a busy port is said plainly instead of in uvicorn's traceback."""
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+# The request body of POST /predict in the OpenAPI document (the route reads the body itself,
+# so FastAPI cannot infer it).
+PREDICT_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": "an image (JPEG, PNG, BMP, GIF, WEBP, TIFF, PPM) as the raw body, or as "
+        "the file(s) of a multipart form; at most --max-body-mb in all",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {
+                            "description": "one image, or several (each answered)",
+                            "oneOf": [
+                                {"type": "string", "format": "binary"},
+                                {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            ],
+                        }
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+_ERROR = {"application/json": {"schema": {"type": "object", "properties": {
+    "error": {"type": "string"}}, "required": ["error"]}}}  # fmt: skip
+ERROR_RESPONSES = {
+    400: {"description": "unreadable image, bad query or malformed form", "content": _ERROR},
+    401: {"description": "missing or wrong API key (with --api-key)", "content": _ERROR},
+    413: {"description": "body over --max-body-mb, or image over 40 Mpixel", "content": _ERROR},
+    415: {"description": "a format that is never decoded (PDF, EPS, SVG, text)", "content": _ERROR},
+    503: {"description": "busy: retry after Retry-After seconds", "content": _ERROR},
+}
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and not yet listening (connections are refused until
+    ``start_listening``: a load balancer's TCP check sees the port closed while the model
+    loads). A bad or busy port is a one-line ``ConfigError``, before the model is loaded."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ConfigError(f"--port {port} is not a port number; give one from 1 to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -314,18 +379,137 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-        sock.listen(2048)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} is in use; pick another with --port") from None
-        if exc.errno == errno.EACCES:
-            raise ConfigError(
-                f"port {port} needs administrator rights here; pick one above 1023 with --port"
-            ) from None
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot listen on {host} port {port}: {reason}; check --host") from None
+        raise _port_error(exc, host, port) from None
     return sock
+
+
+def start_listening(sock: socket.socket) -> None:
+    try:
+        sock.listen(2048)
+    except OSError as exc:
+        host, port = sock.getsockname()[:2]
+        sock.close()
+        raise _port_error(exc, host, port) from None
+
+
+def _port_error(exc: OSError, host: str, port: int) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"port {port} is in use; pick another with --port")
+    if exc.errno == errno.EACCES:
+        return ConfigError(
+            f"port {port} needs administrator rights here; pick one above 1023 with --port"
+        )
+    reason = exc.strerror or str(exc)
+    return ConfigError(f"cannot listen on {host} port {port}: {reason}; check --host")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (``bind`` then ``start_listening``)."""
+    sock = bind(host, port)
+    start_listening(sock)
+    return sock
+
+
+def url(host: str, port: int) -> str:
+    """The address to open: an address that listens on every interface is not one a browser
+    can open, so 0.0.0.0 and :: show this machine's loopback address."""
+    if host in ("0.0.0.0", ""):
+        return f"http://127.0.0.1:{port}/ (listening on every IPv4 interface, {host or '0.0.0.0'})"
+    if host == "::":
+        return f"http://[::1]:{port}/ (listening on every interface, ::)"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def _connection_limit_answer() -> None:
+    """Beyond ``--max-connections`` uvicorn answers 503 itself, in plain text and without
+    Retry-After; this makes that answer the service's own (one error shape, Retry-After)."""
+    import importlib
+
+    from .gate import error_response
+
+    async def service_unavailable(scope, receive, send) -> None:
+        for message in error_response(503, "server busy: too many connections, retry shortly",
+                                      {"Retry-After": "1", "Connection": "close"}):  # fmt: skip
+            await send(message)
+
+    for name in ("h11_impl", "httptools_impl"):
+        try:
+            module = importlib.import_module(f"uvicorn.protocols.http.{name}")
+        except ImportError:  # httptools is not installed
+            continue
+        if hasattr(module, "service_unavailable"):
+            module.service_unavailable = service_unavailable
+
+
+def _build(settings: dict):
+    """The model loaded, warmed up and wrapped in the app: everything before the port opens."""
+    import torch
+
+    predictor = Predictor(settings["run"], backend=settings["backend"],
+                          precision=settings["precision"], batch_size=settings["max_batch"],
+                          device=settings["device"])  # fmt: skip
+    c, h, w = predictor.meta.input_size
+    predictor.probabilities(torch.zeros(settings["max_batch"], c, h, w, dtype=torch.uint8))
+    app = create_app(predictor, settings["max_batch"], settings["max_wait_ms"],
+                     settings["max_queue"], int(settings["max_body_mb"] * 2**20),
+                     decode_threads=settings["workers"], max_reading=settings["max_reading"],
+                     api_key=settings["api_key"],
+                     cors_origins=settings["cors_origins"])  # fmt: skip
+    return app, predictor
+
+
+def _describe(predictor: Predictor) -> str:
+    kind = "labels, multi-label" if predictor.multilabel else "classes"
+    return (f"{predictor.name} ({len(predictor.classes)} {kind}, {predictor.backend.name}, "
+            f"{predictor.precision})")  # fmt: skip
+
+
+def _run_uvicorn(app, sock: socket.socket, settings: dict) -> None:
+    import uvicorn
+
+    state = app.state.serving
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            state["ready"] = False  # /readyz says 503 from the first signal on
+            app.state.metrics.ready.set(0)
+            super().handle_exit(sig, frame)
+
+    _connection_limit_answer()
+    level = settings["log_level"]
+    config = uvicorn.Config(app, log_config=None, access_log=False,
+                            log_level="warning" if level in ("debug", "info") else level,
+                            limit_concurrency=settings["max_connections"],
+                            timeout_graceful_shutdown=settings["shutdown_timeout"])  # fmt: skip
+    Server(config).run(sockets=[sock])
+
+
+def _process_worker(sock, settings: dict, index: int, threads: int, events) -> None:
+    """One process of ``--processes N`` (see ``processes``)."""
+    import torch
+
+    from ..errors import ResnetlabError
+    from .gate import setup_logging
+
+    torch.set_num_threads(threads)
+    setup_logging(settings["log_level"], settings["log_format"])
+    try:
+        app, predictor = _build(settings)
+        start_listening(sock)
+    except ResnetlabError as exc:
+        events.put(("error", index, str(exc)))
+        sys.exit(2)
+    note = predictor.choice.note if predictor.choice is not None else None
+    # Said once the app has started (its lifespan), so the banner waits for every worker.
+    app.state.serving["on_ready"] = lambda: events.put(("ready", index, _describe(predictor), note))
+    _run_uvicorn(app, sock, settings)
+
+
+SETTINGS = ("run", "host", "port", "backend", "precision", "max_batch", "max_wait_ms", "max_queue",
+            "max_body_mb", "workers", "device", "max_reading", "max_connections", "api_key",
+            "cors_origins", "log_level", "log_format", "processes", "shutdown_timeout")  # fmt: skip
 
 
 def serve(
@@ -340,33 +524,42 @@ def serve(
     max_body_mb: float = 10.0,
     workers: int = 2,
     device: str | None = None,
+    max_reading: int | None = None,
+    max_connections: int = 1024,
+    api_key: str | None = None,
+    cors_origins: list[str] | tuple[str, ...] = (),
+    log_level: str = "info",
+    log_format: str = "text",
+    processes: int = 1,
+    shutdown_timeout: float = 10.0,
 ) -> None:
-    import uvicorn
+    import os
 
-    # The port first: a typo or a busy port is reported before the model is loaded.
-    sock = listen(host, port)
+    from .gate import LOG_FORMATS, LOG_LEVELS, setup_logging
+
+    if log_level not in LOG_LEVELS or log_format not in LOG_FORMATS:
+        raise ConfigError(f"--log-level is one of {', '.join(LOG_LEVELS)} and --log-format one "
+                          f"of {', '.join(LOG_FORMATS)}")  # fmt: skip
+    if processes < 1 or max_connections < 1 or (max_reading is not None and max_reading < 1):
+        raise ConfigError("--processes, --max-connections and --max-reading must be at least 1")
+    api_key = api_key or os.environ.get("RESNETLAB_API_KEY") or None
+    settings = {k: v for k, v in locals().items() if k in SETTINGS}
+    # The port first: a typo or a busy port is reported before the model is loaded; it listens
+    # (accepts connections) only once the model is loaded and warm.
+    sock = bind(host, port)
+    if processes > 1:
+        from .processes import supervise
+
+        supervise(sock, settings, url(host, port), _process_worker)
+        return
     try:
-        predictor = Predictor(run, backend=backend, precision=precision, batch_size=max_batch,
-                              device=device)  # fmt: skip
+        setup_logging(log_level, log_format)
+        app, predictor = _build(settings)
         if predictor.choice is not None:
             print(f"resnetlab serve: {predictor.choice.note}", file=sys.stderr, flush=True)
-        import torch
-
-        c, h, w = predictor.meta.input_size
-        predictor.probabilities(torch.zeros(max_batch, c, h, w, dtype=torch.uint8))  # warm-up
-        app = create_app(predictor, max_batch, max_wait_ms, max_queue, int(max_body_mb * 2**20),
-                         decode_threads=workers)  # fmt: skip
+        start_listening(sock)
     except BaseException:
         sock.close()
         raise
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    shown = f"[{host}]" if ":" in host else host
-    print(
-        f"resnetlab serve: {predictor.name} ({len(predictor.classes)} "
-        f"{'labels, multi-label' if predictor.multilabel else 'classes'}, "
-        f"{predictor.backend.name}, {predictor.precision}) at http://{shown}:{port}/",
-        flush=True,
-    )
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=10)  # fmt: skip
-    uvicorn.Server(config).run(sockets=[sock])
+    print(f"resnetlab serve: {_describe(predictor)} at {url(host, port)}", flush=True)
+    _run_uvicorn(app, sock, settings)
