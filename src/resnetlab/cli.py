@@ -432,6 +432,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("runs")
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .report.runs import format_runs, list_runs, runs_csv, runs_json
+
+    rows = list_runs(args.folder, sort=args.sort, filters=args.filter, reverse=args.reverse)
+    if args.json:
+        print(runs_json(rows))
+    elif args.csv:
+        sys.stdout.write(runs_csv(rows))
+    else:
+        print(format_runs(rows, args.folder))
+    return 0
+
+
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare_runs, format_compare, html_hint, write_compare_html
+
+    r = compare_runs(args.runs, split=args.split, evaluate=not args.no_evaluate,
+                     device=args.device)  # fmt: skip
+    if args.html:
+        r["html"] = str(write_compare_html(r, args.html))
+    if args.json:
+        print(json.dumps(r, indent=2, ensure_ascii=False, default=str))
+        return 0
+    print(format_compare(r))
+    print(f"\nwrote {r['html']}" if args.html else f"\nHTML page: {html_hint(args.runs)}")
+    return 0
+
+
 # Commands that finish in seconds, where tearing the interpreter down (every module of torch,
 # onnxruntime and OpenVINO freed one by one) would add 0.4-0.5 s to a 2-3 s run.
 QUICK_COMMANDS = frozenset({"models", "summary", "predict", "evaluate", "export", "explain"})

@@ -185,6 +185,33 @@ def build_parser() -> argparse.ArgumentParser:
           ("run", {}), data, ("--top-losses", {"type": int, "default": 12}),
           ("--out", {"metavar": "DIR", "help": "folder for report.html and its figures "
                      "(default: the run folder)"}))  # fmt: skip
+    p = _args(sub.add_parser("runs", help="every run in a folder as one table: scores, "
+                             "calibration, time, state"),
+              ("folder", {"nargs": "?", "default": "runs", "metavar": "DIR",
+                          "help": "folder of run folders, searched a few levels down (default: "
+                          "runs)"}),
+              ("--sort", {"default": "date", "metavar": "COLUMN",
+                          "help": "name, model, data, task, epochs, best_val, test, "
+                          "calibration, time, date, state or a setting (lr, ...); "
+                          "--sort=-test: highest first (default: date)"}),
+              ("--reverse", {"action": "store_true", "help": "the other way round"}),
+              ("--filter", {"action": "append", "default": [], "metavar": "KEY<OP>VALUE",
+                            "help": "keep the runs where it holds; OP = != < <= > >= or ~ "
+                            "(contains): state=finished, test>0.9, model=resnet*, "
+                            "optimizer=adamw; repeatable (all must hold)"}))  # fmt: skip
+    out = p.add_mutually_exclusive_group()
+    _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
+    _args(sub.add_parser("compare", help="runs side by side: settings that differ, metrics, "
+                         "curves, per-class differences (terminal and HTML)"),
+          ("runs", {"nargs": "+", "metavar": "RUN", "help": "two or more run folders"}),
+          ("--split", {"choices": ["train", "val", "test"],
+                       "help": "per-class numbers on this split (default: test where every "
+                       "run has one, else val)"}),
+          ("--html", {"metavar": "FILE", "help": "also write one self-contained HTML page"}),
+          ("--no-evaluate", {"action": "store_true",
+                             "help": "per-class numbers only from the runs' saved evaluations "
+                             "(eval-SPLIT/metrics.json); evaluate none now"}),
+          device, json_flag)  # fmt: skip
     return parser
 
 

@@ -214,9 +214,11 @@ class RunDir:
     # The training using the folder holds a lock on it (an flock, dropped when its process
     # ends; the file is removed when it stops, but one killed leaves it behind).
     LOCK = ".train.lock"
+    # How the training ended: finished, stopped (resumable) or failed, with the reason.
+    STATUS = "status.json"
     # Written before the first checkpoint: a folder holding only these (a run stopped during
     # start-up) may be taken over by the same command instead of being refused.
-    STARTUP_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, LOCK)
+    STARTUP_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, LOCK, STATUS)
     EXPORTS: ClassVar[dict[str, str]] = {"onnx": ONNX, "torchscript": TORCHSCRIPT}
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -299,6 +301,10 @@ class RunDir:
     @property
     def lock(self) -> Path:
         return self.path / self.LOCK
+
+    @property
+    def status(self) -> Path:
+        return self.path / self.STATUS
 
     @property
     def lr_find_plot(self) -> Path:

@@ -57,6 +57,7 @@ from .optim import (
 from .pacing import eval_size, plan_for_budget, resized, train_size
 from .precise_bn import recompute_bn_stats
 from .tally import EpochTally, NonFiniteLoss
+from .trackers import records_outcome
 
 __all__ = ["LOG_EVERY", "NonFiniteLoss", "RunStopped", "Trainer", "evaluate_loader"]
 
@@ -566,6 +567,7 @@ class Trainer:
         finally:
             signal.signal(signal.SIGINT, previous)
 
+    @records_outcome  # status.json: finished, stopped or failed (and why)
     def fit(self, on_epoch_end=None) -> dict:
         """Train to ``cfg.epochs``; ``on_epoch_end(row)`` is called after each epoch (it may
         raise to stop, e.g. a pruned hyper-parameter trial)."""

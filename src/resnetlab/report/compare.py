@@ -1,0 +1,534 @@
+"""``resnetlab compare RUN RUN...``: runs side by side, in the terminal and as one HTML page.
+
+What differs between the runs' settings (config.yaml), their scores next to each other (the
+best of each row marked), their learning curves overlaid, and the classes on which they differ
+most (per-class F1, or AP for multi-label runs, on the same split). The page is one file with
+everything inline (styles, SVG charts): it opens offline, from an e-mail or a CI artefact.
+
+The per-class numbers come from each run's ``eval-SPLIT/metrics.json`` (``resnetlab
+evaluate``) when it has one; otherwise the run is evaluated now, its files kept in a temporary
+folder, so the run folders are only read.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, MissingFileError, ResnetlabError
+from ..fmt import pct, shell_command
+from ..io import atomic_write_text
+from ..run import RunDir
+from .html import CSS
+from .runs import aligned, calibration_text, duration, run_row
+
+# Settings that name where a run is, not what it computes.
+_PLACE = ("out", "name")
+# Colours of the runs, in order (matplotlib's tab10: tells ten runs apart, also in print).
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _labels(runs: Sequence[RunDir]) -> list[str]:
+    """Short names that tell the runs apart: the folder names, with their parents where two
+    are alike."""
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{r.path.parent.name}/{r.name}" for r in runs]
+    if len(set(names)) < len(names):
+        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    return names
+
+
+def _setting(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+    return str(v)
+
+
+def _per_class(run: RunDir, split: str, evaluate: bool, device: str) -> tuple[dict, str]:
+    """``(per_class, where)``: the run's per-class metrics on ``split`` and where they came
+    from; ``({}, why)`` when there are none."""
+    saved = run.eval_dir(split) / "metrics.json"
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        if data.get("split") == split and isinstance(data.get("per_class"), dict):
+            return data, str(saved)
+    except (OSError, ValueError):
+        pass
+    if not evaluate:
+        return {}, f"no {saved} (run `resnetlab evaluate {run.path} --split {split}`)"
+    if not run.meta.is_file():
+        return {}, f"no {run.META}: nothing to evaluate"
+    from ..evaluate import evaluate_run
+
+    with tempfile.TemporaryDirectory(prefix="resnetlab-compare-") as tmp:
+        try:
+            data = evaluate_run(str(run.path), split=split, out_dir=tmp, backend="torch",
+                                precision="fp32", device=device, gradcam=False)  # fmt: skip
+        except ResnetlabError as exc:
+            return {}, f"not evaluated: {exc}"
+    return data, f"evaluated now on {split}"
+
+
+def compare_runs(
+    runs: Sequence[str | os.PathLike],
+    split: str | None = None,
+    evaluate: bool = True,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Everything ``compare`` shows, as data: ``runs`` (their ``runs`` rows), ``settings``
+    (each setting that differs: one value per run), ``metrics`` (name -> values, with which is
+    best), ``curves`` (per run: epoch, losses, validation score), ``per_class`` (class ->
+    values per run, largest spread first) and ``split``. ``evaluate``: evaluate the runs that
+    have no saved evaluation on ``split`` (default: test where every run has one, else val)."""
+    if len(runs) < 2:
+        raise ConfigError("compare needs two or more runs: resnetlab compare RUN RUN ...")
+    dirs = []
+    for r in runs:
+        rd = RunDir(r)
+        if not rd.has_config():
+            raise MissingFileError(f"{r}: not a run folder (no {rd.CONFIG}); give run folders, "
+                                   "e.g. from `resnetlab runs`")  # fmt: skip
+        dirs.append(rd)
+    labels = _labels(dirs)
+    rows = [run_row(rd) for rd in dirs]
+    summaries = [rd.read_summary() for rd in dirs]
+    multilabel = any(r["task"] == "multilabel" for r in rows)
+    # settings that differ
+    configs = [{k: v for k, v in r["config"].items() if k not in _PLACE} for r in rows]
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    settings = {}
+    for k in keys:
+        values = [c.get(k) for c in configs]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
+            settings[k] = values
+    # evaluations on one split
+    if split is None:
+        test_key = "test_map" if multilabel else "test_top1"
+        split = "test" if all(s.get(test_key) is not None for s in summaries) else "val"
+    evals, sources = [], []
+    for rd in dirs:
+        data, where = _per_class(rd, split, evaluate, device)
+        evals.append(data)
+        sources.append(where)
+    metrics = _metrics(rows, summaries, evals, multilabel, split)
+    curves = [_curve(rd, multilabel) for rd in dirs]
+    per_class = _per_class_table(evals, multilabel)
+    return {
+        "labels": labels,
+        "runs": [{k: v for k, v in r.items() if k != "config"} for r in rows],
+        "configs": [r["config"] for r in rows],
+        "settings": settings,
+        "metrics": metrics,
+        "curves": dict(zip(labels, curves)),
+        "split": split,
+        "per_class_metric": "ap" if multilabel else "f1",
+        "per_class": per_class,
+        "per_class_sources": dict(zip(labels, sources)),
+        "task": "multilabel" if multilabel else "multiclass",
+    }
+
+
+# (label, summary key or evaluation key, which is better, how to show it)
+_MULTICLASS = (
+    ("best val top-1", "s:best_val_top1", "max", "pct"),
+    ("test top-1", "s:test_top1", "max", "pct"),
+    ("test top-5", "s:test_top5", "max", "pct"),
+    ("{split} balanced accuracy", "e:balanced_accuracy", "max", "pct"),
+    ("{split} macro-F1", "e:f1_macro", "max", "pct"),
+    ("{split} loss", "e:loss", "min", "num"),
+    ("temperature", "s:temperature", None, "num"),
+    ("ECE before (val)", "s:ece_before", "min", "pct"),
+    ("ECE after (val)", "s:ece_after", "min", "pct"),
+)
+_MULTILABEL = (
+    ("best val mAP", "s:best_val_map", "max", "pct"),
+    ("test mAP", "s:test_map", "max", "pct"),
+    ("test F1 micro", "s:test_f1_micro", "max", "pct"),
+    ("test F1 macro", "s:test_f1_macro", "max", "pct"),
+    ("test exact match", "s:test_exact_match", "max", "pct"),
+    ("{split} mAP", "e:map", "max", "pct"),
+    ("{split} loss", "e:loss", "min", "num"),
+)
+_COMMON = (
+    ("train time", "s:train_seconds", "min", "time"),
+    ("train images/s", "s:train_images_per_second", "max", "rate"),
+)
+
+
+def _metrics(rows, summaries, evals, multilabel: bool, split: str) -> list[dict]:
+    out = [
+        {"name": "state", "values": [r["state"] for r in rows], "better": None, "show": "text"},
+        {"name": "epochs", "values": [f"{r['epochs_done']}/{r['epochs_planned']}" for r in rows],
+         "better": None, "show": "text"},
+        {"name": "best epoch", "values": [r["best_epoch"] for r in rows], "better": None,
+         "show": "text"},
+    ]  # fmt: skip
+    for name, key, better, show in (_MULTILABEL if multilabel else _MULTICLASS) + _COMMON:
+        where, k = key.split(":")
+        values = [(s if where == "s" else e).get(k) for s, e in zip(summaries, evals)]
+        values = [v if isinstance(v, (int, float)) else None for v in values]
+        if all(v is None for v in values):
+            continue
+        out.append({"name": name.format(split=split), "values": values, "better": better,
+                    "show": show, "best": _best(values, better)})  # fmt: skip
+    return out
+
+
+def _best(values: list, better: str | None) -> list[int]:
+    """Indices of the best value (ties share it); none when the values are all alike."""
+    have = [v for v in values if v is not None]
+    if better is None or len(have) < 2 or len(set(have)) == 1:
+        return []
+    top = max(have) if better == "max" else min(have)
+    return [i for i, v in enumerate(values) if v == top]
+
+
+def _curve(run: RunDir, multilabel: bool) -> dict[str, list]:
+    try:
+        history = run.read_metrics()
+    except (OSError, ValueError):
+        history = []
+    score = "val_map" if multilabel else "val_top1"
+    return {
+        "epoch": [int(r["epoch"]) for r in history if r.get("epoch") is not None],
+        "train_loss": [r.get("train_loss") for r in history],
+        "val_loss": [r.get("val_loss") for r in history],
+        "val_score": [r.get(score) for r in history],
+        "lr": [r.get("lr") for r in history],
+    }
+
+
+def _per_class_table(evals: list[dict], multilabel: bool) -> dict[str, list]:
+    """class -> [metric per run (None where the run lacks the class or an evaluation)], the
+    classes with the largest spread between runs first, then in their own order."""
+    metric = "ap" if multilabel else "f1"
+    classes = list(dict.fromkeys(c for e in evals for c in (e.get("per_class") or {})))
+    table = {}
+    for c in classes:
+        table[c] = [((e.get("per_class") or {}).get(c) or {}).get(metric) for e in evals]
+
+    def spread(c):
+        have = [v for v in table[c] if v is not None]
+        return max(have) - min(have) if len(have) > 1 else 0.0
+
+    order = sorted(classes, key=lambda c: (-spread(c), classes.index(c)))
+    return {c: table[c] for c in order}
+
+
+# ----------------------------------------------------------------------------- terminal
+
+
+def _show(v: Any, show: str) -> str:
+    if v is None:
+        return "-"
+    if show == "pct":
+        return pct(v)
+    if show == "time":
+        return duration(v)
+    if show == "rate":
+        return f"{v:,.0f}"
+    if show == "num":
+        return f"{v:.4g}"
+    return str(v)
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """``▁▃▆█``: each value's height between the smallest and largest (`` `` for a gap)."""
+    have = [v for v in values if v is not None and math.isfinite(v)]
+    if not have:
+        return ""
+    lo, hi = min(have), max(have)
+    out = []
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(" ")
+        else:
+            level = 0 if hi == lo else round((v - lo) / (hi - lo) * (len(SPARKS) - 1))
+            out.append(SPARKS[level])
+    return "".join(out)
+
+
+def format_compare(result: dict, top_classes: int = 15) -> str:
+    """The terminal text of ``compare``."""
+    labels = result["labels"]
+    lines = []
+    for label, r in zip(labels, result["runs"]):
+        lines.append(f"{label}: {r['model']} on {r['data']}, {r['state']}  ({r['path']})")
+    diff = result["settings"]
+    lines.append("\nsettings that differ")
+    if diff:
+        rows = [[k, *[_setting(v) for v in vs]] for k, vs in diff.items()]
+        lines.append(_indent(aligned(["setting", *labels], rows, right=set())))
+    else:
+        lines.append("  none: the runs were configured alike")
+    lines.append("\nmetrics (* best)")
+    rows = []
+    for m in result["metrics"]:
+        cells = [_show(v, m["show"]) + (" *" if i in m.get("best", []) else "")
+                 for i, v in enumerate(m["values"])]  # fmt: skip
+        rows.append([m["name"], *cells])
+    lines.append(_indent(aligned(["", *labels], rows, right=set(range(1, len(labels) + 1)))))
+    score = "val mAP" if result["task"] == "multilabel" else "val top-1"
+    lines.append(f"\nlearning curves ({score} and train loss per epoch)")
+    rows = []
+    for label in labels:
+        c = result["curves"][label]
+        s = [v for v in c["val_score"] if v is not None]
+        loss = [v for v in c["train_loss"] if v is not None]
+        rows.append([label, sparkline(c["val_score"]),
+                     f"{pct(s[0])} → {pct(s[-1])}" if s else "-", sparkline(c["train_loss"]),
+                     f"{loss[0]:.3f} → {loss[-1]:.3f}" if loss else "-"])  # fmt: skip
+    lines.append(_indent(aligned(["", score, "", "train loss", ""], rows, right=set())))
+    metric = "AP" if result["per_class_metric"] == "ap" else "F1"
+    per_class = result["per_class"]
+    lines.append(f"\nper-class {metric} on {result['split']} (largest differences first)")
+    if per_class:
+        rows = []
+        for c, vs in list(per_class.items())[:top_classes]:
+            have = [v for v in vs if v is not None]
+            spread = max(have) - min(have) if len(have) > 1 else None
+            rows.append([c, *[pct(v, 1) if v is not None else "-" for v in vs],
+                         pct(spread, 1) if spread is not None else "-"])  # fmt: skip
+        lines.append(_indent(aligned(["class", *labels, "spread"], rows,
+                                     right=set(range(1, len(labels) + 2)))))  # fmt: skip
+        if len(per_class) > top_classes:
+            lines.append(f"  ... and {len(per_class) - top_classes} more classes (all in the "
+                         "HTML page and --json)")  # fmt: skip
+    for label, where in result["per_class_sources"].items():
+        if not (where.startswith("evaluated") or where.endswith("metrics.json")):
+            lines.append(f"  {label}: {where}")
+    return "\n".join(lines)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------------- HTML
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / max(n - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    start = math.floor(lo / step) * step
+    ticks, t = [], start
+    while t <= hi + step * 0.5:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def svg_chart(series: list[dict], title: str, percent: bool = False, log: bool = False,
+              width: int = 520, height: int = 280) -> str:  # fmt: skip
+    """One chart as inline SVG: ``series`` of ``{"label", "color", "x", "y", "dash"}``
+    overlaid, with axes, ticks and a tooltip on every point."""
+    e = html.escape
+    points = [(x, y) for s in series for x, y in zip(s["x"], s["y"])
+              if y is not None and math.isfinite(y) and (not log or y > 0)]  # fmt: skip
+    left, right, top, bottom = 56, 12, 26, 34
+    w, h = width - left - right, height - top - bottom
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">',
+        f'<text x="{left}" y="16" font-size="13" font-weight="600">{e(title)}</text>',
+    ]
+    # fmt: skip
+    if not points:
+        out.append(f'<text x="{left}" y="{top + h / 2}" fill="#5b6777">no values</text></svg>')
+        return "".join(out)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    if x0 == x1:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    f = (lambda v: math.log10(v)) if log else (lambda v: v)
+    y0, y1 = f(min(ys)), f(max(ys))
+    if percent:
+        y0, y1 = max(0.0, y0 - 0.05), min(1.0, y1 + 0.05)
+    pad = (y1 - y0) * 0.08 or 0.5
+    y0, y1 = (y0 - pad, y1 + pad) if not percent else (y0, y1)
+    if y1 <= y0:
+        y1 = y0 + 1e-3
+
+    def px(x):
+        return left + (x - x0) / (x1 - x0) * w
+
+    def py(y):
+        return top + h - (f(y) - y0) / (y1 - y0) * h
+
+    # axes, grid and ticks
+    out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" '
+               'stroke="#dde3ea"/>')  # fmt: skip
+    ticks = _nice_ticks(y0, y1)
+    for t in ticks:
+        if not y0 - 1e-9 <= t <= y1 + 1e-9:
+            continue
+        y = top + h - (t - y0) / (y1 - y0) * h
+        label = f"{t:.0%}" if percent else (f"{10**t:.2g}" if log else f"{t:.3g}")
+        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
+                   f'stroke="#eef1f4"/><text x="{left - 6}" y="{y + 4:.1f}" font-size="11" '
+                   f'text-anchor="end" fill="#5b6777">{label}</text>')  # fmt: skip
+    epochs = sorted({int(x) for x in xs})
+    step = max(1, math.ceil(len(epochs) / 10))
+    for x in epochs[::step]:
+        out.append(f'<text x="{px(x):.1f}" y="{top + h + 16}" font-size="11" '
+                   f'text-anchor="middle" fill="#5b6777">{x}</text>')  # fmt: skip
+    out.append(f'<text x="{left + w / 2}" y="{height - 4}" font-size="11" text-anchor="middle" '
+               'fill="#5b6777">epoch</text>')  # fmt: skip
+    for s in series:
+        pts = [(x, y) for x, y in zip(s["x"], s["y"])
+               if y is not None and math.isfinite(y) and (not log or y > 0)]  # fmt: skip
+        if not pts:
+            continue
+        dash = ' stroke-dasharray="5 4"' if s.get("dash") else ""
+        path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{s["color"]}" '
+                   f'stroke-width="2"{dash}/>')  # fmt: skip
+        for x, y in pts:
+            shown = f"{y:.2%}" if percent else f"{y:.4g}"
+            out.append(
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{s["color"]}">'
+                f"<title>{e(s['label'])}, epoch {x}: {shown}</title></circle>"
+            )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def compare_html(result: dict) -> str:
+    """The self-contained page: every style and chart inline, no script, no link out."""
+    e = html.escape
+    labels = result["labels"]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(labels))]
+    chip = [f'<span class="chip" style="background:{c}"></span>{e(n)}'
+            for n, c in zip(labels, colors)]  # fmt: skip
+    head = "".join(f"<th>{c}</th>" for c in chip)
+    runs = "".join(
+        f"<tr><td>{chip[i]}</td><td>{e(str(r['model']))}</td><td>{e(str(r['data']))}</td>"
+        f"<td>{e(r['state'])}</td><td>{e(calibration_text(r))}</td>"
+        f"<td>{e((r['date'] or '-')[:16].replace('T', ' '))}</td>"
+        f"<td class=path>{e(r['path'])}</td></tr>"
+        for i, r in enumerate(result["runs"])
+    )
+    sections = [
+        f"<h1>Comparing {len(labels)} runs</h1><p class=muted>generated "
+        f"{datetime.now().isoformat(timespec='seconds')} by resnetlab compare</p>",
+        '<section id="runs"><h2>Runs</h2><table class=text><tr><th>run</th><th>model</th>'
+        "<th>data</th>"
+        f"<th>state</th><th>calibration</th><th>date</th><th>folder</th></tr>{runs}</table>"
+        "</section>",
+    ]
+    if result["settings"]:
+        rows = "".join(
+            f"<tr><td>{e(k)}</td>" + "".join(f"<td>{e(_setting(v))}</td>" for v in vs) + "</tr>"
+            for k, vs in result["settings"].items()
+        )
+        body = f"<table><tr><th>setting</th>{head}</tr>{rows}</table>"
+    else:
+        body = "<p>None: the runs were configured alike.</p>"
+    sections.append(f'<section id="settings"><h2>Settings that differ</h2>{body}</section>')
+    rows = ""
+    for m in result["metrics"]:
+        cells = "".join(
+            f"<td class=best>{e(_show(v, m['show']))}</td>" if i in m.get("best", [])
+            else f"<td>{e(_show(v, m['show']))}</td>"
+            for i, v in enumerate(m["values"])
+        )  # fmt: skip
+        rows += f"<tr><td>{e(m['name'])}</td>{cells}</tr>"
+    sections.append(
+        f'<section id="metrics"><h2>Metrics</h2><p class=muted>The best of each row '
+        f"is shaded.</p><table><tr><th></th>{head}</tr>{rows}</table></section>"
+    )
+    curves = result["curves"]
+    score = "val mAP" if result["task"] == "multilabel" else "val top-1"
+
+    def series(key: str, dash: bool = False, suffix: str = "") -> list[dict]:
+        return [{"label": n + suffix, "color": c, "x": curves[n]["epoch"], "y": curves[n][key],
+                 "dash": dash} for n, c in zip(labels, colors)]  # fmt: skip
+
+    charts = [
+        svg_chart(series("val_score"), score, percent=True),
+        svg_chart(series("val_loss", suffix=" val") + series("train_loss", True, " train"),
+                  "loss (solid: val, dashed: train)"),
+        svg_chart(series("lr"), "learning rate"),
+    ]  # fmt: skip
+    legend = " ".join(f'<span class="legend">{c}</span>' for c in chip)
+    sections.append(f'<section id="curves"><h2>Learning curves</h2><p>{legend}</p>'
+                    f'<div class="charts">{"".join(charts)}</div></section>')  # fmt: skip
+    metric = "AP" if result["per_class_metric"] == "ap" else "F1"
+    per_class = result["per_class"]
+    if per_class:
+        rows = ""
+        for c, vs in per_class.items():
+            have = [v for v in vs if v is not None]
+            spread = max(have) - min(have) if len(have) > 1 else None
+            best = _best(vs, "max")
+            cells = "".join(
+                (f'<td class=best>{pct(v, 1)}</td>' if i in best else f"<td>{pct(v, 1)}</td>")
+                if v is not None else "<td>-</td>"
+                for i, v in enumerate(vs)
+            )  # fmt: skip
+            bar = (f'<span class="bar" style="width:{spread * 100:.0f}px"></span>'
+                   f"{pct(spread, 1)}" if spread is not None else "-")  # fmt: skip
+            rows += f"<tr><td>{e(c)}</td>{cells}<td class=spread>{bar}</td></tr>"
+        body = f"<table><tr><th>class</th>{head}<th>spread</th></tr>{rows}</table>"
+    else:
+        body = "<p>No per-class numbers: none of the runs could be evaluated.</p>"
+    notes = "".join(f"<li>{e(n)}: {e(w)}</li>" for n, w in result["per_class_sources"].items())
+    sections.append(f'<section id="per-class"><h2>Per-class {metric} on {e(result["split"])}'
+                    "</h2><p class=muted>Largest differences between the runs first.</p>"
+                    f"{body}<ul class=muted>{notes}</ul></section>")  # fmt: skip
+    configs = "".join(
+        f"<details><summary>{chip[i]}</summary><pre>{e(_yaml(cfg))}</pre></details>"
+        for i, cfg in enumerate(result["configs"])
+    )
+    sections.append(f'<section id="configs"><h2>Full settings</h2>{configs}</section>')
+    css = CSS + (
+        ".chip{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.35em;"
+        "vertical-align:-.05em}.best{background:#e3f4e1;font-weight:600}.charts{display:flex;"
+        "flex-wrap:wrap;gap:1rem}.charts svg{border:1px solid #eef1f4;background:#fff;"
+        "font-family:inherit}.legend{margin-right:1rem;white-space:nowrap}.bar{display:"
+        "inline-block;height:.7em;background:#f0a35e;margin-right:.4em}td.spread{text-align:"
+        "left}table.text td,table.text th{text-align:left}.path{font-size:.8rem;"
+        "color:#5b6777}details{margin:.3rem 0}"
+    )
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width,initial-scale=1">'
+        f"<title>resnetlab compare: {e(', '.join(labels))}</title><style>{css}</style></head>"
+        "<body>" + "\n".join(sections) + "</body></html>\n"
+    )
+
+
+def _yaml(cfg: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True)
+
+
+def write_compare_html(result: dict, path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "compare.html"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(p, compare_html(result))
+    return p
+
+
+def html_hint(runs: Sequence[str]) -> str:
+    return shell_command("resnetlab", "compare", *runs, "--html", "compare.html")
