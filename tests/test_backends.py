@@ -22,7 +22,8 @@ from resnetlab.backends import (
 )
 from resnetlab.bundle import load_model, run_pipeline
 from resnetlab.errors import ConfigError
-from resnetlab.export import export, weights_fingerprint
+from resnetlab.export import export
+from resnetlab.metrics.fingerprint import weights_fingerprint
 from resnetlab.predict import Predictor
 from resnetlab.run import ModelMeta, RunDir
 from resnetlab.weights import save_bundle

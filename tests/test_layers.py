@@ -23,6 +23,7 @@ LAYERS = [
         "calibrate",
         "multilabel",
         "optional",
+        "metrics",  # the logits loop, top-k counts, the weights fingerprint
     ),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
@@ -122,3 +123,18 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr
+
+
+def test_the_prediction_path_imports_nothing_from_training():
+    """Using a trained model (predict, evaluate, export, serve, and the command line's
+    parser) never loads the training package: ``evaluate``/``predict`` must not pay for the
+    trainer's imports, and a change in training cannot break them."""
+    code = (
+        "import sys\n"
+        "import resnetlab.predict, resnetlab.evaluate, resnetlab.export, resnetlab.serve.app\n"
+        "import resnetlab.backend_choice\n"
+        "print(sorted(m for m in sys.modules if m.startswith('resnetlab.train')))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

@@ -34,9 +34,9 @@ from .export import (
     is_resnetlab_export,
     onnx_logits,
     onnx_session,
-    weights_fingerprint,
 )
 from .fmt import shell_command
+from .metrics.fingerprint import weights_fingerprint
 from .run import RunDir, user_cache_dir
 
 log = logging.getLogger("resnetlab.predict")
@@ -93,7 +93,7 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """``export.weights_fingerprint(model)``, computed once per state of the weights.
+    """``metrics.fingerprint.weights_fingerprint(model)``, computed once per state of the weights.
 
     ``--backend auto``'s cache key and the export's staleness check both need it, and hashing
     resnet50's 100 MB takes a noticeable part of a short predict. Any change of a tensor (in

@@ -16,8 +16,8 @@ from .calibrate import apply_temperature, expected_calibration_error
 from .data import DataError
 from .errors import ConfigError
 from .io import atomic_write_text
+from .metrics.logits import accuracy_counts, iter_logits
 from .run import output_folder
-from .train.metrics import accuracy_counts, iter_logits
 
 
 def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
@@ -201,9 +201,14 @@ def _evaluate_multilabel(
 ) -> dict:  # fmt: skip
     """mAP, micro/macro F1 at the run's thresholds, per-class AP/F1, label frequencies, the
     precision-recall curves and (``top_losses``) the images with the highest loss."""
-    from .multilabel import chance_map, decisions, multilabel_metrics, probabilities
+    from .multilabel import (
+        chance_map,
+        decisions,
+        multilabel_loss,
+        multilabel_metrics,
+        probabilities,
+    )
     from .plots import plot_pr_curves
-    from .train.metrics import multilabel_loss
 
     classes, thresholds = loaded.classes, loaded.meta.thresholds
     probs = probabilities(logits)

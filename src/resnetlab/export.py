@@ -4,7 +4,6 @@ change measured on held-out images."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -22,8 +21,9 @@ from .errors import (
     MissingFileError,
 )
 from .fmt import pct
+from .metrics.fingerprint import weights_fingerprint
+from .metrics.logits import iter_logits
 from .run import RunDir, output_folder
-from .train.metrics import iter_logits
 
 FORMATS = tuple(RunDir.EXPORTS)  # onnx, torchscript
 TOLERANCE = 1e-4
@@ -34,21 +34,6 @@ INT8_MAX_MAP_DROP = 1.0
 
 
 WEIGHTS_KEY = "resnetlab.weights_sha256"
-
-
-def weights_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer (names, dtypes, shapes, values).
-
-    Stored in each ONNX export, so that predict and serve can tell an export made from
-    other weights (say, before ``train --resume`` rewrote the run) from a current one."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu")
-        # Layout and precision of the copy in memory are not part of the weights.
-        t = (t.float() if t.is_floating_point() else t).contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _metadata(loaded: LoadedModel) -> dict[str, str]:

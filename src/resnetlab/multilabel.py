@@ -12,6 +12,7 @@ highest; a class without a positive example there keeps 0.5.
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 TASKS = ("multiclass", "multilabel")
 DEFAULT_THRESHOLD = 0.5
@@ -159,3 +160,11 @@ def label_rows(
         hits.sort(key=lambda h: -h["prob"])
         rows.append(hits[:topk] if topk else hits)
     return rows
+
+
+def multilabel_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"):
+    """Binary cross-entropy per image (the mean over its classes); ``reduction`` over images."""
+    per_image = F.binary_cross_entropy_with_logits(
+        logits.float(), targets.float(), reduction="none"
+    ).mean(1)
+    return per_image.sum() if reduction == "sum" else per_image.mean()

@@ -20,10 +20,10 @@ from torch import nn
 from ..calibrate import calibration_summary
 from ..data import DataPipeline
 from ..io import atomic_write_text
+from ..metrics.logits import all_logits
 from ..multilabel import choose_thresholds, multilabel_metrics, probabilities
 from ..run import ModelMeta, RunDir
 from .checkpoint import load_checkpoint
-from .metrics import all_logits
 
 # The keys calibrate_run adds to summary.json (the architecture's "calibrated runs").
 SUMMARY_KEYS = ("temperature", "ece_before", "ece_after")

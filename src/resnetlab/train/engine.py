@@ -25,8 +25,9 @@ from ..device import autocast, resolve_device, resolve_precision
 from ..errors import ConfigError, FileConflictError
 from ..fmt import pct, shell_command
 from ..io import atomic_write_text
+from ..metrics.fingerprint import weights_fingerprint
 from ..models import create_model
-from ..multilabel import smoothed_targets
+from ..multilabel import multilabel_loss, smoothed_targets
 from ..run import ModelMeta, RunDir
 from ..weight_sources import resolve_weights
 from ..weights import (
@@ -44,7 +45,7 @@ from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .features import FeatureCache, build_cache, can_cache, sync_head_grads
 from .imbalance import resolve_class_weights
 from .loggers import MetricsCSV, Progress, TensorBoard
-from .metrics import evaluate_loader, multilabel_loss, state_checksum
+from .metrics import evaluate_loader
 from .mixing import mix_batch
 from .optim import (
     apply_freezing,
@@ -730,7 +731,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "run_dir": str(self.run_dir),
-            "weights_sha256": state_checksum(unwrap_model(self.model)),
+            "weights_sha256": weights_fingerprint(unwrap_model(self.model)),
             **(calibration or {}),
         }
         if self.dist.is_main:

@@ -1,0 +1,3 @@
+"""Measures of a model's outputs that training and the tools after it share: the one
+logits loop, top-k counts and the one fingerprint of a model's weights. Nothing here imports
+the training package, so predict, evaluate and export load without it."""
