@@ -143,10 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "help": "fp32 (default) gives the same probabilities alone or batched"}),
           ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),
           ("--max-wait-ms", {"type": float, "default": 5.0}),
-          ("--max-queue", {"type": int, "default": 64,
+          ("--max-queue", {"type": int, "default": 256,
                            "help": "prediction requests in progress at once (being read, "
                            "decoded, queued or run); beyond this: 503 + Retry-After at once, "
-                           "before the body is read"}),
+                           "before the body is read. Memory is bounded by --max-reading, not "
+                           "by this; it bounds the wait (256 / the images per second)"}),
           ("--max-reading", {"type": int, "help": "of those, how many read and decode their "
                              "upload at once, each holding up to --max-body-mb (default 2 x "
                              "--workers); the others wait, unread"}),
