@@ -36,7 +36,8 @@ def best_weights(model: nn.Module, checkpoint: Path, ema: bool = False) -> nn.Mo
     best = copy.deepcopy(model)
     if Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint)
-        best.load_state_dict(state["ema"] if ema else state["model"])
+        # The evaluation weights: EMA's, SWA's average (once it began), else the model's.
+        best.load_state_dict(state.get("ema") or state["model"])
     return best
 
 

@@ -130,6 +130,29 @@ class TrainConfig(DataConfig):
         None, "minutes: set --epochs from a measured step time so the schedule ends, fully "
         "annealed, within them", metavar="MIN", group="recipe",
     )  # fmt: skip
+    swa_epochs: int = option(
+        0, "stochastic weight averaging (Izmailov et al. 2018) over the last N epochs: the run's "
+        "model is the average, its BatchNorm statistics measured again on the training images",
+        metavar="N", group="recipe",
+    )  # fmt: skip
+    swa_lr: float | None = option(
+        None, "the constant learning rate of the averaged epochs (default: the schedule's own at "
+        "the first of them, held)", group="recipe",
+    )  # fmt: skip
+    # distillation
+    teacher: str | None = option(
+        None, "distil from this model (Hinton et al. 2015): a run folder or model file; with "
+        "--teacher-model: torchvision[:TAG], hf-hub:ORG/NAME or a weights FILE", metavar="SOURCE",
+        group="distillation",
+    )  # fmt: skip
+    teacher_model: str | None = option(None, "the teacher's architecture, for weights that "
+                                       "carry none (torchvision, hf-hub, a plain file)",
+                                       group="distillation")  # fmt: skip
+    kd_temperature: float = option(4.0, "softmax temperature of the soft targets",
+                                   group="distillation")  # fmt: skip
+    kd_weight: float = option(
+        0.9, "weight of the soft-target loss (the labels' loss gets 1 - it)", group="distillation"
+    )  # fmt: skip
     # system
     precision: str = option("auto", "auto: bf16 where the CPU has it natively, AMP on CUDA",
                             choices=PRECISIONS, group="system")  # fmt: skip
@@ -196,6 +219,16 @@ class TrainConfig(DataConfig):
             bad(f"--time-budget must be a positive number of minutes, got {self.time_budget}")
         if any(e < 1 for e in self.unfreeze_schedule):
             bad(f"--unfreeze-schedule epochs must be >= 1, got {self.unfreeze_schedule}")
+        if not 0 <= self.swa_epochs <= self.epochs:
+            bad(f"--swa-epochs must be between 0 and --epochs, got {self.swa_epochs}")
+        if self.swa_lr is not None and not self.swa_lr > 0:
+            bad(f"--swa-lr must be positive, got {self.swa_lr}")
+        if self.swa_epochs and self.ema_decay:
+            bad("--swa-epochs and --ema-decay both average the weights; use one of them")
+        if not self.kd_temperature > 0:
+            bad(f"--kd-temperature must be positive, got {self.kd_temperature}")
+        if not 0 <= self.kd_weight <= 1:
+            bad(f"--kd-weight must be in [0, 1], got {self.kd_weight}")
         super().check()
 
     @property

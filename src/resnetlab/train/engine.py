@@ -57,6 +57,7 @@ from .optim import (
 )
 from .pacing import eval_size, plan_for_budget, resized, train_size
 from .precise_bn import recompute_bn_stats
+from .swa import WeightAverager
 from .tally import EpochTally, NonFiniteLoss
 from .trackers import records_outcome
 
@@ -162,6 +163,12 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.train_loader))
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ema = copy.deepcopy(self.model).eval() if cfg.ema_decay > 0 else None
+        self.swa = WeightAverager(self) if cfg.swa_epochs else None  # train/swa.py
+        self.teacher = None  # --teacher: soft targets for each batch (train/distill.py)
+        if cfg.teacher:  # checked before the run folder is claimed
+            from .distill import load_teacher
+
+            self.teacher = load_teacher(self)
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.partial_sums = None
         self.history: list[dict] = []
@@ -307,6 +314,8 @@ class Trainer:
             self.scaler.load_state_dict(s["scaler"])
         if self.ema is not None and s.get("ema"):
             self.ema.load_state_dict(s["ema"])
+        if self.swa is not None:
+            self.swa.restore(s)
         self.epoch, self.step_in_epoch = int(s["epoch"]), int(s.get("step_in_epoch", 0))
         self.global_step = int(s.get("global_step", 0))
         self.partial_sums = s.get("partial_sums") if self.dist.is_main else None
@@ -348,6 +357,8 @@ class Trainer:
             "best": dict(self.best),
             "train_seconds": self.train_seconds,
             "train_images": self.train_images,
+            **(self.swa.state() if self.swa is not None else {}),
+            **({"teacher_sha256": self.teacher.sha256} if self.teacher is not None else {}),
         }
 
     def save(self, path: Path, sums: torch.Tensor | None = None) -> None:
@@ -371,11 +382,14 @@ class Trainer:
             x = tf(x, torch.Generator(device=self.device).manual_seed(seed))
         seed = mix_seed(cfg.seed, self.dist.rank, self.epoch, i, 4)
         x, ya, yb, lam = mix_batch(x, y, cfg.mixup, cfg.cutmix, seed)
+        soft = self.teacher.logits(x) if self.teacher is not None and tf is not None else None
 
         def loss_of(out: torch.Tensor, rows: slice) -> torch.Tensor:
             loss = self.criterion(out, ya[rows])
             if lam < 1.0:
                 loss = lam * loss + (1 - lam) * self.criterion(out, yb[rows])
+            if soft is not None:
+                loss = self.teacher.loss(loss, out, soft[rows])
             return loss
 
         def forward(inputs: torch.Tensor) -> torch.Tensor:
@@ -512,6 +526,8 @@ class Trainer:
                 v.copy_(src[k])
 
     def eval_model(self) -> nn.Module:
+        if self.swa is not None and self.swa.active:
+            return self.swa.model
         return self.ema if self.ema is not None else unwrap_model(self.model)
 
     def train_size(self, epoch: int) -> int:
@@ -591,6 +607,8 @@ class Trainer:
             )
             if self.weights_note:
                 self.progress.line(self.weights_note)
+            if self.teacher is not None:
+                self.progress.line(self.teacher.note)
             if self.resume_state is None:
                 self.progress.line(recipe_line(cfg, len(self.train_loader)))
             note = imbalance_note(self.data.source.class_counts("train"))
@@ -611,7 +629,9 @@ class Trainer:
             )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
-            if cfg.precise_bn:
+            if self.swa is not None:  # the average, its BatchNorm statistics measured
+                self.swa.epoch_end(self)
+            if cfg.precise_bn and not (self.swa is not None and self.swa.active):
                 recompute_bn_stats(self)
             size = eval_size(self.data.input_size, self.train_size(self.epoch - 1))
             val = self.evaluate("val", size=size) if has_val else {}
@@ -631,6 +651,8 @@ class Trainer:
             key = "map" if self.multilabel else "top1"
             score = [val[key] or 0.0, -val["loss"]] if has_val else [-stats["train_loss"]]
             improved = self.best["score"] is None or score > list(self.best["score"])
+            # SWA: each epoch's average holds one epoch more; the last one, of all, is kept.
+            improved = improved or (self.swa is not None and self.swa.active)
             if improved:
                 self.best = {"epoch": self.epoch, "val_top1": val.get("top1"), "score": score}
                 if self.multilabel:
@@ -696,7 +718,7 @@ class Trainer:
             model = copy.deepcopy(self.eval_model())
             if self.dist.is_main and best.is_file():
                 state = load_checkpoint(best)
-                model.load_state_dict(state["ema"] if self.ema is not None else state["model"])
+                model.load_state_dict(state.get("ema") or state["model"])  # EMA, SWA
             if self.dist.enabled:
                 for t in model.state_dict().values():
                     torch.distributed.broadcast(t, src=0)

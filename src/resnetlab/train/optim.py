@@ -151,7 +151,17 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
             return cfg.gamma ** sum(step >= m for m in marks)
         return 1.0
 
-    return factor
+    if not getattr(cfg, "swa_epochs", 0):
+        return factor
+    # --swa-epochs: the averaged epochs run at a constant lr (Izmailov et al. 2018), --swa-lr
+    # or the schedule's own where they begin.
+    start = max(0, cfg.epochs - cfg.swa_epochs) * steps_per_epoch
+    held = cfg.swa_lr / peak_lr(cfg) if cfg.swa_lr else factor(max(0, start - 1))
+
+    def swa_factor(step: int) -> float:
+        return held if step >= start else factor(step)
+
+    return swa_factor
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
