@@ -256,7 +256,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           + "".join(f"; {p}: {why}" for p, why in skipped[:3]))  # fmt: skip
     predictor = build_predictor(
         run, model=args.model, weights=args.weights, backend=args.backend, device=args.device,
-        batch_size=args.batch_size, precision=args.precision, streams=args.streams,
+        batch_size=args.batch_size, precision=args.precision, streams=args.streams, tta=args.tta,
     )  # fmt: skip
     rows = predictor.predict_paths(paths, topk=args.topk)
     if predictor.choice is not None:  # after the work: an error stays the only line
@@ -401,6 +401,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+@command("average")
+def cmd_average(args: argparse.Namespace) -> int:
+    from .train.average import average_runs
+
+    s = average_runs(args.runs, args.out, bn=args.bn, data=args.data, device=args.device,
+                     batch_size=args.batch_size)  # fmt: skip
+    if args.json:
+        print(json.dumps(s, indent=2, ensure_ascii=False))
+        return 0
+    print(f"averaged {len(s['averaged_from'])} models into {s['run_dir']}\n{s['bn_note']}")
+    if s.get("best_val_top1") is not None:
+        members = ", ".join(pct(v) for v in s["member_val_top1"])
+        print(f"val top-1  {pct(s['best_val_top1'])} (members: {members})")
+    if s.get("test_top1") is not None:
+        members = ", ".join(pct(v) for v in s["member_test_top1"])
+        print(f"test top-1 {pct(s['test_top1'])} (members: {members})")
+    print("next:\n  " + shell_command("resnetlab", "evaluate", s["run_dir"]))
+    return 0
+
+
 @command("convert")
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
@@ -427,7 +447,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_reading=args.max_reading, max_connections=args.max_connections,
         api_key=args.api_key, cors_origins=args.cors_origin or (), log_level=args.log_level,
         log_format=args.log_format, processes=args.processes,
-        shutdown_timeout=args.shutdown_timeout,
+        shutdown_timeout=args.shutdown_timeout, tta=args.tta,
     )  # fmt: skip
     return 0
 

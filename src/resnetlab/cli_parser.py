@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     device = ("--device", {"default": "auto", "help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps"})
     run = ("run", {"help": "run folder, model.safetensors or checkpoint"})
     data = ("--data", {"help": "DATA to evaluate on (default: the run's own)"})
+    tta = ("--tta", {"choices": ["none", "flip", "flip-crops"], "default": "none",
+                    "help": "test-time augmentation: logits averaged over 2 (flip) or 10 "
+                    "(flip-crops) views, then calibrated; x2 / x10 the model's time"})
 
     _args(sub.add_parser("models", help="list registered models with params and MACs"),
           ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "with its share of the threads (default: one per thread, at most 4)"}),
               backend, precision, device,
               ("--model", {"help": "with --weights: predict without a run folder"}),
-              ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}))  # fmt: skip
+              ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}), tta)  # fmt: skip
     out = p.add_mutually_exclusive_group()
     _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
     _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
@@ -171,12 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
                            "help": "info: one access line per request"}),
           ("--log-format", {"default": "text", "choices": ["text", "json"],
                             "help": "json: one object a line (client, bytes, status, time, "
-                            "request id)"}))  # fmt: skip
+                            "request id)"}), tta)  # fmt: skip
     _args(sub.add_parser("explain", help="Grad-CAM overlays (PNG): where the model looked"),
           run, ("inputs", {"nargs": "+", "help": "image files, folders, globs"}),
           ("--class", {"dest": "class_name", "metavar": "NAME",
                        "help": "explain this class (default: each image's predicted class)"}),
           ("--out", {"help": "folder for the overlays (default: RUN/gradcam)"}),
+          device, json_flag)  # fmt: skip
+    _args(sub.add_parser("average", help="uniform average of compatible runs or checkpoints (a "
+                         "model soup), saved as a run folder"),
+          ("runs", {"nargs": "+", "metavar": "RUN",
+                    "help": "run folders, model files or checkpoints (two or more)"}),
+          ("--out", {"required": True, "metavar": "RUN2", "help": "a new run folder"}),
+          ("--bn", {"choices": ["auto", "recompute", "average"], "default": "auto",
+                   "help": "BatchNorm statistics: measured again on the training images "
+                   "(recompute), or the members' mean (average); auto: recompute when the "
+                   "training data is known"}),
+          ("--data", {"help": "training DATA for --bn recompute (default: the first run's)"}),
+          ("--batch-size", {"type": int, "help": "batches of the BatchNorm pass (default: "
+                           "the first run's)"}),
           device, json_flag)  # fmt: skip
     _args(sub.add_parser("convert", help="MindSpore .ckpt / Keras .h5/.keras weights to "
                          "torchvision-layout safetensors (no foreign code run)"),

@@ -28,6 +28,7 @@ from .data.transforms import BatchTransform, eval_resize_size, file_transform, s
 from .errors import ConfigError
 from .multilabel import DEFAULT_THRESHOLD, label_rows
 from .multilabel import probabilities as sigmoid_probabilities
+from .tta import check_tta, tta_logits
 
 __all__ = ["BACKENDS", "Predictor", "build_predictor", "check_topk", "expand_inputs"]
 
@@ -46,6 +47,9 @@ class Predictor:
     """``Predictor("runs/x")``; ``predict_paths([...])``, ``predict_images([...])``.
 
     Thread-safe: ``serve`` calls it from several request handlers at once.
+
+    ``tta`` "flip" or "flip-crops": each batch's logits are the mean over 2 or 10 views of it
+    (as many passes of the model), calibrated once afterwards (see ``resnetlab.tta``).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class Predictor:
         onnx_path: str | os.PathLike | None = None,
         decode_threads: int = 2,
         streams: int | None = None,
+        tta: str = "none",
     ) -> None:
         if backend != "auto":
             check_backend(backend)
@@ -72,6 +77,7 @@ class Predictor:
         self.batch_size = batch_size
         self.decode_threads = max(1, decode_threads)
         self.streams = streams
+        self.tta = check_tta(tta)  # test-time augmentation: logits averaged over views (tta.py)
         self.choice = None  # what --backend auto measured and chose
         if backend == "auto":
             from .backend_choice import choose_backend
@@ -123,7 +129,7 @@ class Predictor:
         # One call at a time uses every intra-op thread; only the streams of predict_paths
         # run side by side (no lock), each with its share of the threads.
         with lock:
-            return self.backend.logits(x)
+            return tta_logits(self.backend.logits, x, self.tta)
 
     @property
     def temperature(self) -> float | None:

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
 from ..errors import ConfigError
 from ..predict import Predictor
+from ..tta import PASSES, check_tta
 from .batcher import MicroBatcher, QueueFull
 from .gate import Admission, Gate, Guard
 from .upload import MAX_FILES, Upload, UploadError, read_uploads
@@ -290,6 +291,8 @@ def create_app(
             # how far one image's probabilities may move between a lone and a batched call
             "tolerance": BATCH_TOLERANCE.get(predictor.precision, 1e-2),
             "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
+            # test-time augmentation: logits averaged over this many views, then calibrated
+            "tta": predictor.tta, "tta_passes": PASSES[predictor.tta],
         }  # fmt: skip
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -449,7 +452,8 @@ def _build(settings: dict):
 
     predictor = Predictor(settings["run"], backend=settings["backend"],
                           precision=settings["precision"], batch_size=settings["max_batch"],
-                          device=settings["device"])  # fmt: skip
+                          device=settings["device"],
+                          tta=settings.get("tta", "none"))  # fmt: skip
     c, h, w = predictor.meta.input_size
     predictor.probabilities(torch.zeros(settings["max_batch"], c, h, w, dtype=torch.uint8))
     app = create_app(predictor, settings["max_batch"], settings["max_wait_ms"],
@@ -463,7 +467,9 @@ def _build(settings: dict):
 def _describe(predictor: Predictor) -> str:
     kind = "labels, multi-label" if predictor.multilabel else "classes"
     return (f"{predictor.name} ({len(predictor.classes)} {kind}, {predictor.backend.name}, "
-            f"{predictor.precision})")  # fmt: skip
+            f"{predictor.precision}"
+            + (f", TTA {predictor.tta}: x{PASSES[predictor.tta]} passes" if predictor.tta != "none"
+               else "") + ")")  # fmt: skip
 
 
 def _run_uvicorn(app, sock: socket.socket, settings: dict) -> None:
@@ -509,7 +515,8 @@ def _process_worker(sock, settings: dict, index: int, threads: int, events) -> N
 
 SETTINGS = ("run", "host", "port", "backend", "precision", "max_batch", "max_wait_ms", "max_queue",
             "max_body_mb", "workers", "device", "max_reading", "max_connections", "api_key",
-            "cors_origins", "log_level", "log_format", "processes", "shutdown_timeout")  # fmt: skip
+            "cors_origins", "log_level", "log_format", "processes", "shutdown_timeout",
+            "tta")  # fmt: skip
 
 
 def serve(
@@ -532,6 +539,7 @@ def serve(
     log_format: str = "text",
     processes: int = 1,
     shutdown_timeout: float = 10.0,
+    tta: str = "none",
 ) -> None:
     import os
 
@@ -543,6 +551,7 @@ def serve(
     if processes < 1 or max_connections < 1 or (max_reading is not None and max_reading < 1):
         raise ConfigError("--processes, --max-connections and --max-reading must be at least 1")
     api_key = api_key or os.environ.get("RESNETLAB_API_KEY") or None
+    tta = check_tta(tta)  # before the port is taken
     settings = {k: v for k, v in locals().items() if k in SETTINGS}
     # The port first: a typo or a busy port is reported before the model is loaded; it listens
     # (accepts connections) only once the model is loaded and warm.
