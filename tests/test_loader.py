@@ -177,7 +177,8 @@ def test_bad_config_values():
 
 @pytest.mark.parametrize("preset", ["imagenet", "cifar", "small"])
 def test_eval_transform_equals_torchvision(preset):
-    """The torch-only evaluation transform gives torchvision's numbers, byte for byte."""
+    """The evaluation transform gives the numbers of torchvision's pipeline on a PIL image
+    (the tutorials' Resize, CenterCrop, then to a tensor), byte for byte."""
     import numpy as np
     from PIL import Image
     from torchvision.transforms import v2
@@ -185,11 +186,12 @@ def test_eval_transform_equals_torchvision(preset):
     from resnetlab.data.transforms import eval_resize_size, file_transform, resize_uint8
 
     size = 32 if preset != "imagenet" else 48
-    ops = [v2.ToImage()]
+    ops = []
     if preset == "imagenet":
         ops += [v2.Resize(eval_resize_size(size)), v2.CenterCrop(size)]
     else:
         ops += [v2.Resize((size, size))]
+    ops += [v2.PILToTensor()]
     reference, ours = v2.Compose(ops), file_transform(preset, size, train=False)
     rng = np.random.default_rng(0)
     # Portrait, landscape, square, odd sides, smaller than the target (upscaled), exact size.
@@ -213,8 +215,8 @@ def test_bicubic_evaluation_resize_equals_torchvision():
 
     from resnetlab.data.transforms import file_transform
 
-    reference = v2.Compose([v2.ToImage(), v2.Resize(54, interpolation=InterpolationMode.BICUBIC),
-                            v2.CenterCrop(48)])  # fmt: skip
+    reference = v2.Compose([v2.Resize(54, interpolation=InterpolationMode.BICUBIC),
+                            v2.CenterCrop(48), v2.PILToTensor()])  # fmt: skip
     ours = file_transform("imagenet", 48, train=False, resize_size=54, interpolation="bicubic")
     bilinear = file_transform("imagenet", 48, train=False, resize_size=54)
     rng = np.random.default_rng(1)

@@ -93,7 +93,7 @@ def test_a_run_from_hub_weights_predicts_with_their_preprocessing(tmp_path):
     meta = json.loads((run / "model.json").read_text())
     assert meta["resize_size"] == round(64 * 236 / 224) and meta["interpolation"] == "bicubic"
     p = Predictor(run, backend="torch")
-    assert p._decode_tf.short_side == 67 and p.min_side == 67
+    assert p._decode_tf.short_side == 67 and p.min_side is None  # full-scale JPEG decoding
     assert p._decode_tf.interpolation == "bicubic"  # the weights' kernel, not only recorded
     pipe = run_pipeline(load_model(run), num_workers=0)
     assert pipe.cfg.eval_resize == 67 and pipe.cfg.eval_interpolation == "bicubic"

@@ -208,6 +208,16 @@ def open_image(
         raise ImageDecodeError(path, f"corrupt image: {reason}") from None
 
 
+def from_pil(img: Image.Image, channels: int = 3) -> Image.Image:
+    """A PIL image a caller holds, made what ``open_image`` makes of a file: its EXIF
+    orientation applied (on a copy; the caller's image is left as it is) and its mode made
+    RGB or L (alpha composited on the fixed background), so that an image handed over in
+    memory is the same pixels as that image read from disk."""
+    if channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {channels}")
+    return to_mode(ImageOps.exif_transpose(img), channels)
+
+
 def image_to_uint8(img: Image.Image):
     """PIL image (RGB or L) to a (C, H, W) uint8 torch tensor."""
     import torch

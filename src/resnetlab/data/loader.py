@@ -211,9 +211,12 @@ def cache_size(preset: str, input_size: int) -> int:
     return eval_resize_size(input_size) if preset == "imagenet" else input_size
 
 
-def decode_to_memory(split: Split, channels: int, side: int, workers: int | None = None) -> Split:
-    """Decode every file once: shorter side to ``side``, center square, uint8 (N, C, side, side)."""
-    resize = file_transform("imagenet", side, train=False)  # resize + center crop, no random
+def decode_to_memory(
+    split: Split, channels: int, side: int, geometry=None, workers: int | None = None
+) -> Split:
+    """Decode every file once to uint8 (N, C, side, side) through ``geometry`` (PIL image ->
+    uint8 tensor); by default the shorter side to ``side`` and the center square."""
+    resize = geometry or file_transform("imagenet", side, train=False, resize_size=side)
 
     def load(path):
         return resize(open_image(path, channels))

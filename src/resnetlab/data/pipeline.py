@@ -150,17 +150,40 @@ class DataPipeline:
         loader = self.loader(split, train=train, **kwargs)
         return loader, self.batch_transform(train, loader.geometric, channels_last)
 
-    def _maybe_cache(self) -> None:
+    def _maybe_cache(self, names: tuple[str, ...] = ("train",)) -> None:
+        """Decode the files of the splits ``names`` into memory when they fit. The training
+        split is kept with room for random crops; a held-out split is decoded exactly as
+        ``predict`` decodes a file (``file_transform``: the evaluation resize, crop and
+        interpolation), the first time a loader asks for it, so that the evaluation resize
+        of the model's weights (``set_eval_preprocess``) is known by then."""
         if self.cfg.cache == "none":
             return
-        side = cache_size(self.preset, self.input_size)
-        for name, split in self.source.splits.items():
-            if split.in_memory or split.streamed:  # shards stream: they are there for size
+        for name in names:
+            split = self.source.splits.get(name)
+            if split is None or split.in_memory or split.streamed:  # shards stream
                 continue
+            train = name == "train"
+            side = cache_size(self.preset, self.input_size) if train else self.input_size
             if self.cfg.cache == "auto" and not fits_in_memory(split, self.channels, side):
                 continue
             log.info("decoding %d %s images into memory at %dx%d", len(split), name, side, side)
-            self.source.splits[name] = decode_to_memory(split, self.channels, side)
+            if train:
+                geometry = file_transform("imagenet" if self.preset == "imagenet" else "small",
+                                          side, train=False,
+                                          resize_size=side)  # fmt: skip
+            else:
+                geometry = file_transform(self.preset, side, train=False,
+                                          resize_size=self.cfg.eval_resize,
+                                          interpolation=self.cfg.eval_interpolation)  # fmt: skip
+            self.source.splits[name] = decode_to_memory(split, self.channels, side, geometry)
+
+    def set_eval_preprocess(
+        self, resize_size: int | None = None, interpolation: str | None = None
+    ) -> None:
+        """The evaluation resize of the model's weights (``ModelMeta.resize_size`` and
+        ``interpolation``): held-out splits are then decoded and resized as ``predict``
+        decodes a file for that model. Before the first loader of a held-out split."""
+        self.cfg.eval_resize, self.cfg.eval_interpolation = resize_size, interpolation
 
     def _train_stats(self) -> tuple[list[float], list[float]]:
         if "train" not in self.source.splits:
@@ -188,6 +211,7 @@ class DataPipeline:
                 f"{self.source.name} has no {split!r} split (it has "
                 f"{', '.join(self.source.splits)})"
             )
+        self._maybe_cache((split,))
         data: Split = self.source.splits[split]
         drop_last = train and len(data) > self.cfg.batch_size
         tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment,
@@ -232,6 +256,8 @@ class DataPipeline:
             geometric=geometric,
             random_erasing=self.cfg.random_erasing if train else 0.0,
             channels_last=channels_last,
+            resize_size=self.cfg.eval_resize,
+            interpolation=self.cfg.eval_interpolation,
         )
 
 

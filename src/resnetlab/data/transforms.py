@@ -112,12 +112,19 @@ def eval_interpolation(name: str | None) -> str:
     return name if name in ("bilinear", "bicubic") else "bilinear"
 
 
+# Pillow's kernels for the evaluation resize (antialiased when shrinking).
+PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
 class EvalTransform:
     """PIL image -> uint8 (C, size, size): the shorter side resized to ``resize_short_side``
-    and the center ``size`` square cut out (ImageNet evaluation), or both sides resized to
-    ``size``. Bilinear (or ``interpolation="bicubic"``, as some weights were published) with
-    antialiasing; the same numbers as torchvision's ``v2.Compose([ToImage(), Resize(...,
-    interpolation=...), CenterCrop(size)])`` (a test holds them equal)."""
+    (the longer one follows, rounded down) and the center ``size`` square cut out (ImageNet
+    evaluation), or both sides resized to ``size``. Bilinear (or ``interpolation="bicubic"``,
+    as some weights were published), by Pillow's own ``Image.resize``: the numbers of the
+    tutorials' torchvision pipeline ``Compose([Resize(...), CenterCrop(size), ToTensor()])``
+    on a PIL image and of a client with Pillow alone, byte for byte and on every CPU (tests
+    hold both equal). Every door into a model (predict, serve, evaluate, the evaluation in
+    training, an image given in memory) goes through this one transform."""
 
     def __init__(
         self, size: int, resize_short_side: int | None = None, interpolation: str = "bilinear"
@@ -125,25 +132,35 @@ class EvalTransform:
         self.size, self.short_side = size, resize_short_side
         self.interpolation = interpolation
 
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after the resize, before the crop."""
+        if self.short_side is None:
+            return self.size, self.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.short_side, int(self.short_side * long / short)
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        new_w, new_h = self.resized_size(w, h)
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), PIL_FILTERS[self.interpolation])
         a = np.array(img, dtype=np.uint8)  # a copy, (H, W) or (H, W, C)
         if a.ndim == 2:
             a = a[:, :, None]
         x = torch.from_numpy(a).permute(2, 0, 1)  # (C, H, W), channels-last in memory
-        h, w = x.shape[-2:]
-        if self.short_side is None:
-            new_h = new_w = self.size
-        else:  # the longer side follows, rounded down
-            short, long = (w, h) if w <= h else (h, w)
-            new_short, new_long = self.short_side, int(self.short_side * long / short)
-            new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        if (new_h, new_w) != (h, w):
-            x = resize_uint8(x, new_h, new_w, self.interpolation)
         if self.short_side is not None:
             top = int(round((new_h - self.size) / 2.0))
             left = int(round((new_w - self.size) / 2.0))
             x = x[:, top : top + self.size, left : left + self.size]
         return x
+
+    def tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The same for a uint8 (C, H, W) tensor (C = 1 or 3): a batch held in memory at
+        its stored size is brought to the input size exactly as a decoded file is."""
+        a = np.ascontiguousarray(x.permute(1, 2, 0).cpu().numpy())
+        out = self(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a))
+        return out.to(x.device)
 
     def __repr__(self) -> str:
         how = f"short side {self.short_side}, center {self.size}" if self.short_side else ""
@@ -214,7 +231,11 @@ class BatchTransform:
         geometric: bool,
         random_erasing: float = 0.0,
         channels_last: bool = True,
+        resize_size: int | None = None,
+        interpolation: str | None = None,
     ) -> None:
+        """``resize_size``, ``interpolation``: the evaluation resize of the model's weights
+        (as ``file_transform``), for uint8 batches not yet at the input size."""
         if preset not in PRESETS:
             raise ConfigError(f"preset={preset!r} is not one of {', '.join(PRESETS)}")
         if len(mean) != len(std) or any(s <= 0 for s in std):
@@ -225,11 +246,29 @@ class BatchTransform:
         self.geometric, self.random_erasing = geometric, random_erasing
         self.mean, self.std = tuple(mean), tuple(std)
         self.channels_last = channels_last
+        self.resize_size, self.interpolation = resize_size, interpolation
+
+    def eval_geometry(self) -> EvalTransform:
+        """The evaluation resize (and crop) of one image, as ``file_transform`` makes it."""
+        mode = eval_interpolation(self.interpolation)
+        if self.preset == "imagenet":
+            short = self.resize_size or eval_resize_size(self.input_size)
+            return EvalTransform(self.input_size, resize_short_side=short, interpolation=mode)
+        return EvalTransform(self.input_size, interpolation=mode)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
         size = self.input_size
         random_geometry = self.geometric and self.train
+        if (not self.train and x.dtype == torch.uint8 and (h, w) != (size, size)
+                and (self.geometric or self.preset != "imagenet")):  # fmt: skip
+            # Evaluation of images held in memory at their own size (digits, CIFAR, a cache):
+            # resized image by image in uint8 as a decoded file is, so a held-out image scores
+            # the same here as through predict. (An ImageNet-preset file batch is already
+            # cropped at the input size; only progressive resizing shrinks it, below.)
+            geometry = self.eval_geometry()
+            x = torch.stack([geometry.tensor(img) for img in x])
+            h, w = size, size
         if random_geometry and self.preset == "imagenet" and x.device.type == "cpu":
             # On the CPU, crop and resize in uint8 image by image: torchvision's uint8 resize
             # kernels are several times faster than a float grid_sample over the batch.

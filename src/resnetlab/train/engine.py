@@ -237,6 +237,8 @@ class Trainer:
                 "resize_size": round(pipe.input_size * pre.resize_size / pre.crop_size),
                 "interpolation": pre.interpolation,
             }
+        if any(self.eval_preprocess.values()):  # validation resizes as predict will
+            pipe.set_eval_preprocess(**self.eval_preprocess)
         return pipe
 
     def _build_model(self) -> nn.Module:
