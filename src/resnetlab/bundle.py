@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DataConfig, DataPipeline, load_source
+from .data import DataConfig, DataPipeline, Source, load_source
 from .errors import ConfigError
 from .models import create_model, get_model_entry
 from .run import ModelMeta, RunDir
@@ -238,22 +238,32 @@ def run_pipeline(
     batch_size: int = 64,
     max_bad_fraction: float | None = None,
     num_workers: int = 2,
+    source: Source | None = None,
 ) -> DataPipeline:
     """The data a model is evaluated on, preprocessed as its metadata says. Without ``data``:
     the run's own data, split exactly as in training (same ratios, seed and tolerance of
-    unreadable files)."""
+    unreadable files). ``source``: data already loaded (``data`` names it), used as it is."""
     meta = loaded.meta
     options = {}
-    if data is None:
+    if source is not None:
+        data = data or source.name
+    elif data is None:
         if not loaded.has_run_config:
             raise ConfigError("give --data: this model file has no run folder to take it from")
         config = loaded.run.read_config()
         data = config["data"]
-        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction")
+        keys = ("val_ratio", "test_ratio", "seed", "max_bad_fraction", "exclude", "relabel")
         options = {k: config[k] for k in keys if k in config}
     if max_bad_fraction is not None:
         options["max_bad_fraction"] = max_bad_fraction
-    source = load_source(data, channels=meta.in_chans, task=meta.task or "multiclass", **options)
+    curate = {k: options.pop(k, None) for k in ("exclude", "relabel")}
+    if source is None:
+        source = load_source(data, channels=meta.in_chans, task=meta.task or "multiclass",
+                             **options)  # fmt: skip
+    if any(curate.values()):  # the images and labels the run was trained and tested with
+        from .data.curate import apply_curation
+
+        source = apply_curation(source, **curate)
     cfg = DataConfig(
         data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
         std=list(meta.std), batch_size=batch_size, num_workers=num_workers,

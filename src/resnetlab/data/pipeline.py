@@ -68,6 +68,14 @@ class DataConfig:
     test_ratio: float = option(0.1, "held out for testing from a single folder", group="data")
     max_bad_fraction: float = option(0.01, "abort when more files than this are unreadable",
                                      group="data")  # fmt: skip
+    exclude: str | None = option(
+        None, "a file of images to leave out, one a line (what `resnetlab audit "
+        "--write-exclude` writes)", metavar="FILE", group="data",
+    )  # fmt: skip
+    relabel: str | None = option(
+        None, "a CSV of path,label giving images another label (what `resnetlab audit "
+        "--write-relabel` writes, after you checked it)", metavar="FILE", group="data",
+    )  # fmt: skip
     cache: str = option("auto", "decode once into memory (auto: when it fits)",
                         choices=CACHE_MODES, group="data")  # fmt: skip
     download: bool = option(False, "fetch MNIST/CIFAR when online", group="data")
@@ -275,4 +283,8 @@ def build_pipeline(
         max_bad_fraction=cfg.max_bad_fraction,
         task=cfg.task,
     )
+    if cfg.exclude or cfg.relabel:  # the user's files: nothing on disk changes
+        from .curate import apply_curation
+
+        source = apply_curation(source, cfg.exclude, cfg.relabel)
     return DataPipeline(source, cfg, seed, default_norm, size_from_data)
