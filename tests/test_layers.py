@@ -29,7 +29,7 @@ LAYERS = [
     ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
     ("bundle", "train"),  # loading a trained model; the training engine
     ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta"),
-    ("report", "serve", "experiments"),
+    ("report", "serve", "experiments", "audit"),  # audit: duplicates, leaks, label issues
     ("cli", "cli_parser", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

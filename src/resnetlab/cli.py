@@ -83,6 +83,58 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 1 if report["bad_files"] else 0
 
 
+@command("audit")
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .audit import audit, format_audit, public
+    from .audit.core import next_steps, write_exclude_file, write_relabel_file
+
+    for flag, path in (("--write-exclude", args.write_exclude),
+                       ("--write-relabel", args.write_relabel)):  # fmt: skip
+        if path and os.path.exists(path):  # said before the work, not after it
+            raise ConfigError(f"{flag} {path}: the file exists; give a new name (nothing is "
+                              "overwritten)")  # fmt: skip
+    if args.write_relabel and not (args.labels or args.oof):
+        raise ConfigError("--write-relabel writes the label issues: add --labels")
+    result = audit(args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
+                   seed=args.seed, channels=args.in_chans, download=args.download,
+                   task=args.task, near=not args.exact_only, labels=args.labels, run=args.run,
+                   oof=args.oof, folds=args.folds)  # fmt: skip
+    written: dict[str, str] = {}
+    notes = []
+    if args.write_exclude:
+        path, n = write_exclude_file(result, args.write_exclude)
+        written["exclude"] = str(path)
+        notes.append(f"wrote {path} ({n} image(s) to leave out)")
+    if args.write_relabel:
+        path, n = write_relabel_file(result, args.write_relabel)
+        written["relabel"] = str(path)
+        notes.append(f"wrote {path} ({n} suggested label(s): check the label column, edit it, "
+                     "delete the rows to keep as they are)")  # fmt: skip
+    if args.html:
+        from .audit.page import write_page
+
+        notes.append(f"wrote {write_page(result, args.html)}")
+    report = result.report
+    if args.json:
+        print(json.dumps(public(report), indent=2, ensure_ascii=False))
+    else:
+        print(format_audit(report))
+    steps = next_steps(report, args.data, written)
+    if not args.html and not args.json:
+        steps.append(shell_command("resnetlab", "audit", args.data, *(["--labels"] * bool(
+            report["label_issues"] is not None)), "--html", "audit.html"))  # fmt: skip
+    out = sys.stderr if args.json else sys.stdout
+    for line in notes:
+        print(line, file=out)
+    if steps:
+        print("next:\n" + "\n".join(f"  {x}" for x in steps), file=out)
+    s = report["duplicate_summary"]
+    # 1: something to act on (as stats does for unreadable files); copies within one class
+    # and split only cost time.
+    act = s["leaks"] or s["conflicts"] or report["label_issues"] or report["unreadable"]
+    return 1 if act else 0
+
+
 @command("shard")
 def cmd_shard(args: argparse.Namespace) -> int:
     from .data import load_source, parse_size, write_shards

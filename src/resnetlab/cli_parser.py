@@ -66,6 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
     add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
                 suppress=False)  # fmt: skip
+    p = _args(sub.add_parser("audit", help="duplicates, leaks across splits and likely wrong "
+                             "labels, with a page of thumbnails; changes nothing"),
+              ("data", {"help": "digits, a folder, csv:FILE, jsonl:FILE, mnist:DIR, cifar10:DIR"}),
+              ("--labels", {"action": "store_true", "help": "also rank images whose label is "
+                            "likely wrong (confident learning on out-of-fold probabilities)"}),
+              ("--run", {"metavar": "RUN", "help": "--labels: cross-validate a linear model on "
+                         "this trained model's features (default: on the pixels)"}),
+              ("--oof", {"metavar": "FILE", "help": "--labels from these out-of-fold "
+                         "probabilities: the oof.csv of train --folds K"}),
+              ("--folds", {"type": int, "default": 5, "metavar": "K",
+                           "help": "--labels: cross-validation folds of the linear model"}),
+              ("--exact-only", {"action": "store_true", "help": "no near duplicates (pHash)"}),
+              ("--html", {"metavar": "FILE", "help": "write the page of thumbnails here"}),
+              ("--write-exclude", {"metavar": "FILE", "help": "write the copies to leave out, "
+                                   "for train --exclude FILE (a new file)"}),
+              ("--write-relabel", {"metavar": "FILE", "help": "write a CSV of suggested labels "
+                                   "to check and edit, for train --relabel FILE (a new file)"}),
+              ("--seed", {"type": int, "default": 0, "help": "as train's: the same splits"}),
+              json_flag)  # fmt: skip
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
+                suppress=False)  # fmt: skip
     p = _args(sub.add_parser("shard", help="WebDataset tar shards from any DATA, classes and "
                              "splits kept"),
               ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, ..., csv:FILE"}),

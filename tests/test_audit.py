@@ -1,0 +1,324 @@
+"""The data audit: exact and near duplicates grouped, leaks across splits and label conflicts
+named, files to leave out that train --exclude honours, likely wrong labels ranked as
+cleanlab ranks them on the same probabilities, on folders, listings and the original MNIST
+and CIFAR files, with Chinese class names."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datagen import write_idx
+from resnetlab.audit import audit
+from resnetlab.audit.labels import confident_joint, find_label_issues
+from resnetlab.audit.scan import grey_square, phash_bits
+from resnetlab.cli import main
+from resnetlab.data import DataConfig, build_pipeline
+from resnetlab.data.curate import apply_exclude, apply_relabel
+from resnetlab.errors import DataError
+
+CLASSES = {"猫": (200, 60, 40), "狗": (40, 160, 60), "鸟": (50, 70, 210)}
+TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
+        "--batch-size", "16", "--num-workers", "0", "--no-precise-bn"]  # fmt: skip
+
+
+def pattern(rng, colour, size=32) -> Image.Image:
+    """A smooth random field tinted with the class colour: every image its own, none a copy
+    of another (JPEG and resizing keep it recognisable, as they keep a photo)."""
+    field = rng.random((5, 5))
+    field = np.asarray(Image.fromarray((field * 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC), np.float32) / 255.0  # fmt: skip
+    rgb = np.clip(np.array(colour)[None, None] * (0.5 + field[..., None]), 0, 255)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def messy_folder(root: Path, per_class=(10, 3, 3), seed: int = 0) -> dict[str, Path]:
+    """train/val/test of three Chinese-named classes, and the copies an audit must find."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val", "test"), per_class):
+        for name, colour in CLASSES.items():
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                pattern(rng, colour).save(root / split / name / f"{split}_{k}.png")
+    cat, dog, bird = (root / "train" / c for c in CLASSES)
+    copies = {
+        # the same pixels, other bytes, in the test split: a leak
+        "exact_leak": root / "test" / "猫" / "copy of train_0.png",
+        # re-encoded as JPEG, in val: a near leak
+        "near_leak": root / "val" / "狗" / "again train_1.jpg",
+        # twice the size, same class and split: copies within
+        "resized": bird / "large train_2.png",
+        # the same picture in two classes: a label conflict
+        "conflict": dog / "cat_3.png",
+    }
+    Image.open(cat / "train_0.png").save(copies["exact_leak"], compress_level=9, optimize=True)
+    jpeg(Image.open(dog / "train_1.png").convert("RGB")).save(copies["near_leak"], quality=95)
+    Image.open(bird / "train_2.png").resize((64, 64), Image.Resampling.BICUBIC).save(
+        copies["resized"])  # fmt: skip
+    Image.open(cat / "train_3.png").save(copies["conflict"])
+    return copies
+
+
+def _groups(report) -> dict[str, dict]:
+    """Each group under the name of its copy (the file that is not an original)."""
+    out = {}
+    for g in report["duplicates"]:
+        for p in g["paths"]:
+            name = Path(p).name
+            if not name.startswith(("train_", "val_", "test_")):
+                out[name] = g
+    return out
+
+
+def test_phash_is_imagehash_phash():
+    imagehash = pytest.importorskip("imagehash")
+    rng = np.random.default_rng(1)
+    for k in range(8):
+        img = pattern(rng, (120, 90, 200), size=24 + 8 * k)
+        ours = int(phash_bits(grey_square(img)[None])[0])
+        assert ours == int(str(imagehash.phash(img)), 16)
+
+
+def test_duplicate_groups_leaks_and_conflicts(tmp_path):
+    copies = messy_folder(tmp_path / "messy")
+    report = audit(str(tmp_path / "messy")).report
+    by_copy = _groups(report)
+    assert len(report["duplicates"]) == 4  # nothing else: the originals are all different
+    g = by_copy[copies["exact_leak"].name]
+    assert (g["kind"], g["status"], g["classes"]) == ("exact", "leak", ["猫"])
+    assert g["splits"] == ["train", "test"]
+    assert g["exclude"] == [str(copies["exact_leak"])]  # the training copy is kept
+    g = by_copy[copies["near_leak"].name]
+    assert (g["kind"], g["status"], g["splits"]) == ("near", "leak", ["train", "val"])
+    g = by_copy[copies["resized"].name]
+    assert (g["kind"], g["status"], g["leak"], g["conflict"]) == ("near", "within", False, False)
+    assert len(g["exclude"]) == 1
+    g = by_copy[copies["conflict"].name]
+    assert (g["kind"], g["status"], g["classes"]) == ("exact", "conflict", ["狗", "猫"])
+    assert sorted(g["exclude"]) == sorted(g["paths"])  # neither label can be trusted
+    # the worst first: the conflict, then the leaks, then the copies within
+    assert [x["status"] for x in report["duplicates"]] == ["conflict", "leak", "leak", "within"]
+    exact_only = audit(str(tmp_path / "messy"), near=False).report
+    assert {g["kind"] for g in exact_only["duplicates"]} == {"exact"}
+    assert len(exact_only["duplicates"]) == 2
+
+
+def test_a_clean_folder_has_no_groups(tmp_path):
+    for copy in messy_folder(tmp_path / "d").values():  # the folder without its copies
+        copy.unlink()
+    assert audit(str(tmp_path / "d")).report["duplicates"] == []
+
+
+def test_cli_table_json_page_and_exclusion_round_trip(tmp_path, capsys, caplog):
+    data = tmp_path / "messy"
+    copies = messy_folder(data)
+    exclude = tmp_path / "exclude.txt"
+    page = tmp_path / "audit.html"
+    before = sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*"))
+    assert (
+        main(["audit", str(data), "--json", "--write-exclude", str(exclude), "--html", str(page)])
+        == 1
+    )  # leaks and a conflict: something to act on
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert {"paths", "kind", "splits", "classes"} <= set(report["duplicates"][0])
+    assert "_index" not in report["duplicates"][0]
+    assert sorted((p, p.stat().st_mtime_ns) for p in data.rglob("*")) == before  # untouched
+    text = exclude.read_text(encoding="utf-8")
+    listed = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(listed) == 5  # one copy of each of three groups, both of the conflict
+    assert "messy/test/猫/copy of train_0.png" in listed  # relative to the file's folder
+    assert "messy/train/鸟/large train_2.png" not in listed  # the larger copy is kept
+    html = page.read_text(encoding="utf-8")
+    assert html.count("<img") == 8 and "猫" in html and "http" not in html.replace(
+        "http-equiv", "")  # fmt: skip
+    # written once: a second audit refuses to overwrite it
+    assert main(["audit", str(data), "--write-exclude", str(exclude)]) == 2
+    assert "exists" in capsys.readouterr().err
+
+    # train --exclude leaves them out of every split
+    pipe = build_pipeline(DataConfig(data=str(data), exclude=str(exclude), num_workers=0))
+    kept = {str(p) for s in pipe.source.splits.values() for p in s.paths}
+    assert str(copies["exact_leak"]) not in kept and str(copies["near_leak"]) not in kept
+    assert len(pipe.source.splits["test"]) == 9 and len(pipe.source.splits["val"]) == 9
+    assert main(["train", "--data", str(data), "--exclude", str(exclude), *TINY,
+                 "--out", str(tmp_path / "runs"), "--name", "clean", "--quiet"]) == 0  # fmt: skip
+    assert "5 image(s) left out" in caplog.text
+    config = (tmp_path / "runs" / "clean" / "config.yaml").read_text(encoding="utf-8")
+    assert "exclude.txt" in config
+    # evaluate tests the run on the test split as it trained: the leaked copy stays out
+    r = main(["evaluate", str(tmp_path / "runs" / "clean"), "--json", "--backend", "torch"])
+    assert r == 0 and json.loads(capsys.readouterr().out)["num_samples"] == 9
+
+
+def test_exclude_file_naming_nothing_of_the_data_is_refused(tmp_path):
+    messy_folder(tmp_path / "d")
+    wrong = tmp_path / "ex.txt"
+    wrong.write_text("elsewhere/a.png\nelsewhere/b.png\n", encoding="utf-8")
+    from resnetlab.data import load_source
+
+    source = load_source(str(tmp_path / "d"))
+    with pytest.raises(DataError, match="none of its 2 image"):
+        apply_exclude(source, wrong)
+
+
+def _flip(root: Path, names: list[tuple[str, str, str]]) -> list[Path]:
+    """Move training images to another class folder: wrong labels."""
+    moved = []
+    for src_class, k, dst_class in names:
+        src = root / "train" / src_class / f"train_{k}.png"
+        dst = root / "train" / dst_class / f"moved_{src_class}_{k}.png"
+        src.rename(dst)
+        moved.append(dst)
+    return moved
+
+
+def test_label_issues_found_and_relabel_round_trip(tmp_path, capsys):
+    data = tmp_path / "d"
+    messy_folder(data, per_class=(24, 4, 4), seed=3)
+    for p in data.rglob("*"):  # the copies are not this test's business
+        if p.is_file() and not p.name.startswith(("train_", "val_", "test_")):
+            p.unlink()
+    moved = _flip(data, [("猫", "5", "狗"), ("鸟", "7", "猫")])
+    relabel = tmp_path / "relabel.csv"
+    main(["audit", str(data), "--labels", "--json", "--write-relabel", str(relabel)])
+    report = json.loads(capsys.readouterr().out)
+    issues = report["label_issues"]
+    assert {"path", "given", "suggested", "score"} <= set(issues[0])
+    found = {Path(r["path"]).name: r for r in issues}
+    assert found["moved_猫_5.png"]["suggested"] == "猫" and found["moved_猫_5.png"]["given"] == "狗"
+    assert found["moved_鸟_7.png"]["suggested"] == "鸟"
+    assert len(issues) <= 4  # the two, and at most as many false alarms
+    scores = [r["score"] for r in issues]
+    assert scores == sorted(scores, reverse=True)
+    rows = relabel.read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "path,given,label,probability"
+    from resnetlab.data import load_source
+
+    source = load_source(str(data))
+    fixed, changed = apply_relabel(source, relabel)
+    assert changed == len(issues)
+    train = fixed.splits["train"]
+    for path in moved:
+        i = train.paths.index(path)
+        assert fixed.classes[int(train.labels[i])] == found[path.name]["suggested"]
+    # the file checks the label it says an image has now
+    relabel.write_text(f"path,given,label\n{moved[0].relative_to(tmp_path)},鸟,猫\n",
+                       encoding="utf-8")  # fmt: skip
+    with pytest.raises(DataError, match="written for other data"):
+        apply_relabel(source, relabel)
+
+
+def test_ranking_agrees_with_cleanlab_on_the_same_probabilities():
+    cleanlab = pytest.importorskip("cleanlab")
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues as cleanlab_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    rng = np.random.default_rng(0)
+    n, k = 800, 6
+    true = rng.integers(0, k, n)
+    logits = rng.normal(0, 1.0, (n, k)) + 3.0 * np.eye(k)[true]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    given = true.copy()
+    wrong = rng.choice(n, 48, replace=False)
+    given[wrong] = (true[wrong] + rng.integers(1, k, len(wrong))) % k
+    # the paper's prune by noise rate: cleanlab's default filter
+    ours = set(find_label_issues(given, probs, method="noise_rate").tolist())
+    theirs = set(np.nonzero(cleanlab_issues(given, probs))[0].tolist())
+    assert len(ours & theirs) / len(ours | theirs) >= 0.95, cleanlab.__version__
+    # the default: as many as the calibrated confident joint counts, ranked by self-confidence
+    found = find_label_issues(given, probs)
+    calibrated = num_label_issues(given, probs, estimation_method="off_diagonal_calibrated")
+    joint = confident_joint(given, probs)
+    assert abs(int(joint.sum() - np.trace(joint)) - calibrated) <= 1
+    quality = get_label_quality_scores(given, probs, method="self_confidence")
+    disagree = probs.argmax(1) != given
+    theirs_ranked = [i for i in np.argsort(quality, kind="stable") if disagree[i]][: len(found)]
+    assert found.tolist() == theirs_ranked
+    assert len(set(found) & set(wrong)) / len(wrong) >= 0.8
+
+
+def test_listings_with_chinese_labels(tmp_path):
+    root = tmp_path / "listing"
+    (root / "images").mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    rows = []
+    for k in range(12):
+        name = list(CLASSES)[k % 3]
+        pattern(rng, CLASSES[name]).save(root / "images" / f"{k}.png")
+        rows.append((f"images/{k}.png", name, "train" if k < 9 else "test"))
+    rows.append(("images/0.png", "狗", "test"))  # the same file under another label, in test
+    (root / "labels.csv").write_text(
+        "path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in rows), encoding="utf-8"
+    )
+    (root / "labels.jsonl").write_text("".join(json.dumps(
+        {"path": p, "label": c, "split": s}, ensure_ascii=False) + "\n" for p, c, s in rows),
+        encoding="utf-8")  # fmt: skip
+    for kind in ("csv", "jsonl"):
+        report = audit(f"{kind}:{root / f'labels.{kind}'}").report
+        (g,) = report["duplicates"]
+        assert (g["kind"], g["status"], g["classes"]) == ("exact", "leak+conflict", ["狗", "猫"])
+        assert g["splits"] == ["train", "test"]
+
+
+def test_mnist_originals_in_memory_and_their_exclude_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    train = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    test[3] = train[10]  # a training digit in the test set
+    write_idx(folder / "train-images-idx3-ubyte", train)
+    write_idx(folder / "train-labels-idx1-ubyte", (np.arange(40) % 10).astype(np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte", test)
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.r_[0, 1, 2, 0, 4:10].astype(np.uint8))
+    data = f"mnist:{folder}"
+    exclude = tmp_path / "ex.txt"
+    assert main(["audit", data, "--write-exclude", str(exclude)]) == 1
+    out = capsys.readouterr().out
+    assert "leak across train / test" in out and "test#3" in out
+    line = [x for x in exclude.read_text().splitlines() if x.startswith("test#")]
+    assert line == [f"test#3\tpixels={line[0].split('pixels=')[1]}"]
+    from resnetlab.data import load_source
+
+    source = load_source(data)
+    kept, n = apply_exclude(source, exclude)
+    assert n == 1 and len(kept.splits["test"]) == 9
+    # written for other splits (another seed): refused, not applied to other images
+    exclude.write_text("test#4\tpixels=" + line[0].split("pixels=")[1] + "\n")
+    with pytest.raises(DataError, match="other splits"):
+        apply_exclude(source, exclude)
+
+
+def test_cifar10_batches_with_chinese_names(tmp_path):
+    rng = np.random.default_rng(0)
+    sub = tmp_path / "cifar" / "cifar-10-batches-py"
+    sub.mkdir(parents=True)
+    names = ["飞机", "汽车", "鸟", "猫", "鹿", "狗", "青蛙", "马", "船", "卡车"]
+    batches = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (8, 3072), dtype=np.uint8)
+        batches.append(data)
+        labels = list(range(8))
+        if name == "data_batch_2":
+            data[0] = batches[0][1]  # class 1 again, under class 0: a label conflict
+        with open(sub / name, "wb") as f:
+            pickle.dump({b"data": data, b"labels": labels}, f, protocol=2)
+    with open(sub / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names]}, f, protocol=2)
+    report = audit(f"cifar10:{tmp_path / 'cifar'}", val_ratio=0.0).report
+    (g,) = report["duplicates"]
+    assert g["kind"] == "exact" and g["conflict"] and g["classes"] == ["汽车", "飞机"]
