@@ -322,3 +322,28 @@ def test_cifar10_batches_with_chinese_names(tmp_path):
     report = audit(f"cifar10:{tmp_path / 'cifar'}", val_ratio=0.0).report
     (g,) = report["duplicates"]
     assert g["kind"] == "exact" and g["conflict"] and g["classes"] == ["汽车", "飞机"]
+
+
+def test_folds_keep_out_of_fold_probabilities_for_the_audit(tmp_path, capsys):
+    data = tmp_path / "d"
+    for copy in messy_folder(data, per_class=(8, 2, 2)).values():
+        copy.unlink()
+    out = tmp_path / "runs"
+    assert main(["train", "--data", str(data), *TINY, "--folds", "2", "--out", str(out),
+                 "--name", "cv", "--quiet"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    oof = out / "cv" / "oof.csv"
+    assert f"--oof {oof}" in printed
+    import csv
+
+    rows = list(csv.DictReader(oof.open(encoding="utf-8")))
+    # every training and validation image once (the test split is in no fold), held out once
+    assert len(rows) == 30 and len({r["path"] for r in rows}) == 30
+    assert {r["fold"] for r in rows} == {"0", "1"}
+    assert {r["label"] for r in rows} == set(CLASSES)
+    for r in rows:
+        assert abs(sum(float(r[f"p:{c}"]) for c in CLASSES) - 1) < 1e-4
+    summary = json.loads((out / "cv" / "kfold.json").read_text(encoding="utf-8"))
+    assert summary["oof"] == str(oof)
+    report = audit(str(data), oof=str(oof)).report
+    assert report["label_model"]["source"] == "oof" and report["label_model"]["images"] == 30

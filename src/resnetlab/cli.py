@@ -178,6 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"best fold {r['best_fold']}: "
             + shell_command("resnetlab", "predict", r["best_run"], "IMAGES")
         )
+        print(f"out-of-fold probabilities {r['oof']}: likely wrong labels with "
+              + shell_command("resnetlab", "audit", cfg.data, "--oof", r["oof"]))  # fmt: skip
         return 0
     if args.lr_find:
         from .train.lr_find import lr_find

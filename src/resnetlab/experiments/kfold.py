@@ -8,7 +8,9 @@ a ``csv:`` list of its files, so ``predict``, ``evaluate`` and ``report`` take a
 
 Resumable like ``tune``'s trials: a fold with a summary.json is finished and kept; a fold
 stopped midway continues from its last checkpoint; the others start. ``OUT/kfold.json`` holds
-every fold's summary, the mean ± std of every metric, and the best fold.
+every fold's summary, the mean ± std of every metric, and the best fold; ``OUT/oof.csv`` each
+pooled image's calibrated probabilities from the run that held it out (out-of-fold: what
+``resnetlab audit DATA --oof OUT/oof.csv`` ranks likely wrong labels with).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..train import Trainer
 from ..train.config import TrainConfig
 
 SUMMARY = "kfold.json"
+OOF = "oof.csv"  # each pooled image's probabilities from the fold run that held it out
 # The per-fold numbers averaged (those a fold's summary.json has).
 METRICS = ("best_val_top1", "test_top1", "test_top5", "ece_before", "ece_after", "temperature",
            "best_val_map", "test_map", "test_f1_micro", "test_f1_macro", "test_exact_match",
@@ -136,6 +139,49 @@ def kfold_folder(cfg: TrainConfig, folds: int) -> Path:
     return Path(cfg.out) / (cfg.name or f"{cfg.model}-{tag}-{folds}fold")
 
 
+def held_out_probabilities(run: str | Path) -> tuple[list[str], list[str], torch.Tensor, list]:
+    """The best weights of a fold's run on its validation split (the held-out fold): paths,
+    given labels (names; multi-label: joined by |), calibrated probabilities (softmax at the
+    run's temperature; multi-label: the sigmoids), and the class names."""
+    from ..bundle import load_model, run_pipeline
+    from ..calibrate import apply_temperature
+    from ..multilabel import probabilities
+
+    loaded = load_model(run)
+    pipe = run_pipeline(loaded, num_workers=0)  # the fold's own list, split as it trained
+    split = pipe.source.splits["val"]
+    loader, tf = pipe.split_loader("val", channels_last=False)
+    model = loaded.model.eval()
+    logits = []
+    with torch.inference_mode():
+        for x, _ in loader:
+            logits.append(model(tf(x)).float())
+    out = torch.cat(logits) if logits else torch.zeros(0, len(loaded.classes))
+    if loaded.meta.multilabel:
+        probs = probabilities(out)
+        given = [LABEL_SEPARATOR.join(pipe.classes[j] for j in (y > 0.5).nonzero().flatten())
+                 for y in split.labels]  # fmt: skip
+    else:
+        probs = apply_temperature(out, loaded.meta.temperature)
+        given = [pipe.classes[int(y)] for y in split.labels]
+    # The model's columns are its classes; the data's are the same names (checked on loading).
+    index = [loaded.classes.index(c) for c in pipe.classes]
+    return [str(p) for p in split.paths], given, probs[:, index], list(pipe.classes)
+
+
+def write_oof(out: Path, folds: int) -> Path:
+    """``OUT/oof.csv``: every pooled image once, with the probabilities of the fold run that
+    held it out (``resnetlab audit DATA --oof OUT/oof.csv`` ranks its likely wrong labels)."""
+    from ..audit.labels import write_oof as write
+
+    rows, classes = [], None
+    for k in range(folds):
+        paths, given, probs, names = held_out_probabilities(out / f"fold-{k}")
+        classes = classes or names
+        rows += [(p, g, k, row) for p, g, row in zip(paths, given, probs.numpy())]
+    return write(out / OOF, rows, classes or [])
+
+
 def run_kfold(cfg: TrainConfig, folds: int, out: str | Path, verbose: bool = True) -> dict:
     """Train (or finish) the K fold runs of ``cfg`` under ``out``; write and return the
     summary. ``cfg.out`` and ``cfg.name`` are replaced by ``out/fold-K``."""
@@ -154,5 +200,6 @@ def run_kfold(cfg: TrainConfig, folds: int, out: str | Path, verbose: bool = Tru
             trainer = Trainer(fold_cfg, verbose=verbose)
         summaries.append(trainer.fit())
     result = summarize_folds(summaries, out)
+    result["oof"] = str(write_oof(out, folds))
     atomic_write_text(out / SUMMARY, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return result
