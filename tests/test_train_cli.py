@@ -1,15 +1,26 @@
-"""`resnetlab train` as a user types it: bare --resume, refused flags, degenerate data, sizes."""
+"""`resnetlab train` as a user types it: bare --resume, refused flags, degenerate data, sizes;
+one run per folder; a full disk, no permission, a read-only mount."""
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import shutil
+import subprocess
+import threading
 
 import pytest
 import torch
 import yaml
 
 from datagen import make_folder
+from resnetlab import io as resnetlab_io
 from resnetlab import list_models
 from resnetlab.cli import main
+from resnetlab.io import FolderLock
+from resnetlab.train import Trainer, engine, resolve_config
+from resnetlab.train.checkpoint import load_checkpoint
 
 TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--batch-size", "8",
         "--input-size", "16", "--num-workers", "0", "--warmup-epochs", "0"]  # fmt: skip
@@ -171,3 +182,127 @@ def test_predict_given_an_image_instead_of_a_run(tmp_path, folder, capsys):
     assert main(["predict", str(image)]) == 2
     err = capsys.readouterr().err
     assert "is an image, not a run" in err
+
+
+# ----------------------------------------------------------- one run per folder, write errors
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("resnetlab train: error:")]
+
+
+def test_two_trainings_of_one_name_started_together(tmp_path, folder, capsys):
+    argv = ["train", "--data", str(folder), *TINY, "--out", str(tmp_path), "--name", "twin",
+            "--epochs", "2", "--test-ratio", "0"]  # fmt: skip
+    codes: list = [None, None]
+    together = threading.Barrier(2)
+
+    def train(i):
+        together.wait()
+        codes[i] = main(argv)
+
+    threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert sorted(codes) == [0, 2], codes
+    out, err = capsys.readouterr()
+    refused = _errors(err)
+    assert len(refused) == 1 and f"{tmp_path / 'twin'} is in use by another training" in refused[0]
+    assert "test top-1        -   (no test split)" in out
+    assert len((tmp_path / "twin" / "metrics.csv").read_text().splitlines()) == 3
+    assert not (tmp_path / "twin" / ".train.lock").exists()
+
+
+def test_default_names_of_runs_started_in_the_same_second_differ(tmp_path, folder, monkeypatch):
+    monkeypatch.setattr(engine, "_run_name", lambda cfg: "resnet20-data-20260102-030405")
+    base = dict(data=str(folder), model="resnet20", model_kwargs={"widths": [4, 8, 8]},
+                input_size=16, batch_size=8, num_workers=0, out=str(tmp_path))  # fmt: skip
+    first = Trainer(resolve_config(base), verbose=False)
+    second = Trainer(resolve_config(base), verbose=False)
+    assert first.run_dir.name == "resnet20-data-20260102-030405"
+    assert second.run_dir.name == "resnet20-data-20260102-030405-2"
+    first.close()
+    second.close()
+
+
+def test_a_run_in_use_is_refused_and_a_lock_left_by_a_killed_one_is_not(tmp_path, folder, capsys):
+    assert _train(folder, tmp_path, "--epochs", "1") == 0
+    run = tmp_path / "r"
+    held = FolderLock.acquire(run / ".train.lock")  # another training, as it runs
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"resnetlab train: error: {run} is in use by another training (process "
+                   f"{os.getpid()}); resume it once that one has stopped")  # fmt: skip
+    held.release()
+    (run / ".train.lock").write_text("999999\n")  # what a SIGKILL leaves: no lock held on it
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert not (run / ".train.lock").exists()
+
+
+def test_a_write_refused_by_permissions_is_one_line(tmp_path, folder, capsys, monkeypatch):
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(resnetlab_io.tempfile, "mkstemp", refused)  # root ignores chmod
+    assert _train(folder, tmp_path, "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"resnetlab train: error: cannot write {tmp_path / 'r' / 'config.yaml'}: "
+                   f"permission denied; make {tmp_path / 'r'} writable, then run the same "
+                   "command again (the folder is reused)")  # fmt: skip
+    assert not any((tmp_path / "r").iterdir())
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped where mounting is refused)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                       capture_output=True, text=True)  # fmt: skip
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_full_disk_then_read_only_are_one_line_and_the_checkpoint_survives(small_disk, folder,
+                                                                          capsys):  # fmt: skip
+    out = small_disk / "runs"
+    assert _train(folder, out, "--epochs", "1") == 0
+    run = out / "r"
+    # Fill the disk but a few pages: config.yaml and metrics.csv fit, a checkpoint does not.
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    os.truncate(small_disk / "filler", os.path.getsize(small_disk / "filler") - 16384)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = _errors(capsys.readouterr().err)
+    assert err == [f"resnetlab train: error: cannot write {run / 'checkpoint-last.pt'}: no space "
+                   "left on the device; checkpoint-last.pt (after epoch 1) is intact: free some "
+                   f"space, then continue with: resnetlab train --resume {run}"]  # fmt: skip
+    assert load_checkpoint(run / "checkpoint-last.pt")["epoch"] == 1
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp files, no lock
+    (small_disk / "filler").unlink()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # the same command
+    assert load_checkpoint(run / "checkpoint-last.pt")["epoch"] == 2
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    capsys.readouterr()
+    assert _train(folder, out / "more", "--epochs", "1") == 2
+    assert _errors(capsys.readouterr().err) == [
+        f"resnetlab train: error: cannot create the folder {out / 'more'}: read-only file system; "
+        "give --out a folder you can write to"
+    ]
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"resnetlab train: error: cannot write in {run}: read-only file system")
+    assert len(err.splitlines()) == 1
+    assert load_checkpoint(run / "checkpoint-last.pt")["epoch"] == 2

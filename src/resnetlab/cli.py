@@ -213,7 +213,7 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
     except RunStopped as exc:
         again = shell_command("resnetlab", "train", "--resume", exc.run_dir)
         print(f"resnetlab train: {exc}; continue with: {again}", file=sys.stderr)
-        return 130 if exc.interrupted else 0
+        return 128 + exc.signum if exc.interrupted else 0  # 130 Ctrl-C, 143 SIGTERM
     if trainer.dist.enabled:
         print(f"rank {trainer.dist.rank}/{trainer.dist.world_size}: final weights sha256 "
               f"{s['weights_sha256']}", flush=True)  # fmt: skip
@@ -231,7 +231,10 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
                   f"{pct(s['test_exact_match'])} at the per-class thresholds)")  # fmt: skip
     else:
         print(f"best val top-1    {pct(s['best_val_top1'])}")
-        print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
+        if s["test_top1"] is None:
+            print("test top-1        -   (no test split)")
+        else:
+            print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
     if s.get("temperature") is not None:
         print(f"calibration       T = {s['temperature']:.3g}, ECE {pct(s['ece_before'])} -> "
               f"{pct(s['ece_after'])} (val)")  # fmt: skip

@@ -44,6 +44,16 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def max_over_ranks(value: int, info: DistInfo, device: torch.device | str = "cpu") -> int:
+    """The largest of every rank's ``value`` (e.g. a signal one rank received); ``device``: where
+    the process group's backend takes tensors (CUDA for NCCL)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Every rank's rows of ``t`` (CPU tensors of any length), concatenated in rank order."""
     if not info.enabled:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
+import itertools
 import json
 import logging
 import re
 import signal
 import threading
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -22,9 +25,9 @@ from ..data.loader import mix_seed
 from ..data.sources import class_name
 from ..data.stats import imbalance_note
 from ..device import autocast, resolve_device, resolve_precision
-from ..errors import ConfigError, FileConflictError
+from ..errors import ConfigError, FileConflictError, WriteError
 from ..fmt import pct, shell_command
-from ..io import atomic_write_text
+from ..io import WRITE_CAUSES, FolderLock, atomic_write_text, writing
 from ..metrics.fingerprint import weights_fingerprint
 from ..models import create_model
 from ..multilabel import multilabel_loss, smoothed_targets
@@ -40,7 +43,14 @@ from ..weights import (
 from . import distributed as D
 from .accumulate import accumulate_gradients
 from .calibration import best_weights, calibrate_run, fit_thresholds, multilabel_test
-from .checkpoint import capture_rng, load_checkpoint, load_for_resume, restore_rng, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    load_for_resume,
+    resolve_checkpoint_path,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import TrainConfig, dump_yaml, explicit_settings, resume_config
 from .features import FeatureCache, build_cache, can_cache, sync_head_grads
 from .imbalance import resolve_class_weights
@@ -67,11 +77,16 @@ LOG_EVERY = 20  # steps between progress updates (each one is a host sync on CUD
 
 
 class RunStopped(Exception):
-    """Training stopped on purpose (--max-steps, or Ctrl-C) after a resumable checkpoint."""
+    """Training stopped on purpose (--max-steps, Ctrl-C, SIGTERM) after a resumable
+    checkpoint; ``signum``: the signal that stopped it (None: --max-steps)."""
 
-    def __init__(self, message: str, run_dir: Path, interrupted: bool = False) -> None:
+    def __init__(self, message: str, run_dir: Path, signum: int | None = None) -> None:
         super().__init__(message)
-        self.run_dir, self.interrupted = run_dir, interrupted
+        self.run_dir, self.signum = run_dir, signum
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signum is not None
 
 
 def _count(n: int, noun: str) -> str:
@@ -107,13 +122,32 @@ class Trainer:
     ) -> None:
         """``resume``: a run folder or checkpoint to continue with its saved settings; only
         the settings in ``overrides`` (the flags given; by default those of ``cfg`` that differ
-        from the defaults) may change, and only those a resumed run can change."""
+        from the defaults) may change, and only those a resumed run can change.
+
+        The run folder is locked from here until ``fit`` ends (or ``close``): a second
+        training of the same folder, new or resumed, is refused while this one holds it."""
+        self._lock: FolderLock | None = None
+        self._signal: int | None = None  # SIGINT or SIGTERM received by this process
+        self._stop_signal: int | None = None  # the one every rank agreed to stop on
+        self._saved: int | None = None  # the epoch of the last checkpoint this run wrote
+        try:
+            self._build(cfg, resume, verbose, device, overrides)
+        except WriteError as exc:
+            self.close()
+            raise self._write_failed(exc) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, cfg, resume, verbose, device, overrides) -> None:
         self.dist = D.init_distributed()
         self.resume_state = None
         self.weights_note = ""
         self.weight_source = None  # --weights, resolved with the preprocessing they carry
         self.eval_preprocess: dict = {}  # their evaluation resize, for model.json
         if resume is not None:
+            if self.dist.is_main:  # before anything in it is read, cleared or written
+                self._lock_run(resolve_checkpoint_path(resume).parent, resuming=True)
             path, self.resume_state = load_for_resume(resume)
             if overrides is None:
                 overrides = explicit_settings(cfg) if cfg is not None else {}
@@ -176,8 +210,9 @@ class Trainer:
         self.train_seconds, self.train_images = 0.0, 0
         if self.resume_state is not None:
             self._restore(self.resume_state)
-        self.run_dir = Path(cfg.out) / (cfg.name or _run_name(cfg))
-        self.run_dir = Path(D.broadcast_object(str(self.run_dir), self.dist))
+            self._saved = self._position()
+        run_dir = self._claim_run_dir() if self.dist.is_main else None
+        self.run_dir = Path(D.broadcast_object(str(run_dir), self.dist))
         self.run = RunDir(self.run_dir)
         if self.dist.is_main:
             self._prepare_run_dir()
@@ -194,7 +229,6 @@ class Trainer:
             )
         self._eval_loaders: dict = {}
         self.features: FeatureCache | None = None
-        self._stop_requested = False
 
     # ----------------------------------------------------------------------------- setup
 
@@ -289,6 +323,92 @@ class Trainer:
             wrapped = torch.compile(wrapped)
         return wrapped
 
+    def _claim_run_dir(self) -> Path:
+        """The run folder, claimed before anything is written in it: a folder of the default
+        name is created exclusively (with -2, -3, ... when a run started in the same second
+        has it), a named one is locked (and refused by ``_prepare_run_dir`` when it holds a
+        run). A resumed run's folder was locked before its checkpoint was read."""
+        cfg = self.cfg
+        out = Path(cfg.out)
+        if self.resume_state is not None:
+            return out / cfg.name
+        with writing(out, "create the folder"):
+            out.mkdir(parents=True, exist_ok=True)
+        if cfg.name:
+            d = out / cfg.name
+            try:
+                with writing(d, "create the folder"):
+                    d.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise FileConflictError(
+                    f"{d} is a file, not a run folder; pick another --name"
+                ) from None
+            self._lock_run(d)
+            return d
+        base = _run_name(cfg)
+        for n in itertools.count(1):
+            d = out / (base if n == 1 else f"{base}-{n}")
+            try:
+                with writing(d, "create the folder"):
+                    d.mkdir()  # exclusive: of two runs started together, one gets it
+            except FileExistsError:
+                continue
+            self._lock_run(d)
+            return d
+        raise AssertionError("unreachable")
+
+    def _lock_run(self, d: Path, resuming: bool = False) -> None:
+        """Hold ``d`` for this run; another training holding it is refused in one line."""
+        lock_file = RunDir(d).lock
+        try:
+            lock = FolderLock.acquire(lock_file)
+        except WriteError as exc:
+            if not resuming or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            err = WriteError(
+                f"cannot write in {d}: {WRITE_CAUSES[exc.errno]}; a resumed run writes its "
+                "checkpoints there: make it writable, or copy the run somewhere writable and "
+                "resume the copy",
+                exc.errno,
+                exc.filename,
+            )
+            err.advised = True
+            raise err from None
+        if lock is None:
+            pid = FolderLock.holder(lock_file)
+            then = "resume it once that one has stopped" if resuming else (
+                "wait for it to end, or pick another --name"
+            )  # fmt: skip
+            raise FileConflictError(
+                f"{d} is in use by another training{f' (process {pid})' if pid else ''}; {then}"
+            )
+        self._lock = lock
+
+    def close(self) -> None:
+        """Let go of the run folder (``fit`` does when it ends); the trainer stays usable."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _write_failed(self, exc: WriteError) -> WriteError:
+        """``exc`` (a full disk, no permission, a read-only mount) with what to do next: the
+        last checkpoint, which atomic writes leave intact, and the command that continues."""
+        if getattr(exc, "advised", False):
+            return exc
+        run = getattr(self, "run", None)
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        if run is None:  # the run folder itself could not be made
+            fix = "free some space" if full else "give --out a folder you can write to"
+            return WriteError(f"{exc}; {fix}", exc.errno, exc.filename)
+        fix = "free some space" if full else f"make {run.path} writable"
+        if run.last_checkpoint.is_file():
+            when = f" ({self._saved})" if self._saved else ""
+            msg = (f"{exc}; {run.LAST_CHECKPOINT}{when} is intact: {fix}, then continue with: "
+                   + shell_command("resnetlab", "train", "--resume", run.path))  # fmt: skip
+        else:
+            msg = f"{exc}; {fix}, then run the same command again (the folder is reused)"
+        return WriteError(msg, exc.errno, exc.filename)
+
     def _prepare_run_dir(self) -> None:
         run, d = self.run, self.run_dir
         if self.resume_state is None and not run.only_startup_files():
@@ -368,6 +488,13 @@ class Trainer:
         for a checkpoint written mid-epoch."""
         if self.dist.is_main:
             save_checkpoint(self._checkpoint_state(sums), path)
+            if path == self.run.last_checkpoint:
+                self._saved = self._position()
+
+    def _position(self) -> str:
+        if self.step_in_epoch:
+            return f"epoch {self.epoch + 1}, step {self.step_in_epoch}"
+        return f"after epoch {self.epoch}"
 
     # -------------------------------------------------------------------------- loops
 
@@ -504,9 +631,15 @@ class Trainer:
         return D.all_reduce_sum(tally.sums.clone(), self.dist)
 
     def _stop_if_asked(self, tally: EpochTally | None = None) -> None:
-        """End the run here when --max-steps is reached or Ctrl-C was pressed. Mid-epoch
-        (``tally`` given) a resumable checkpoint with the epoch's running sums is written
-        first; at the end of an epoch its own checkpoint is already there."""
+        """End the run here when --max-steps is reached or a stop was asked (Ctrl-C, SIGTERM).
+        Mid-epoch (``tally`` given) a resumable checkpoint with the epoch's running sums is
+        written first; at the end of an epoch its own checkpoint is already there. Under DDP
+        the ranks agree on a signal every LOG_EVERY steps and at each epoch's end, and wait
+        for rank 0's checkpoint before they stop, so each stops after the same step."""
+        if not self.dist.enabled:
+            self._stop_signal = self._signal
+        elif tally is None or self.step_in_epoch % LOG_EVERY == 0:
+            self._stop_signal = D.max_over_ranks(self._signal or 0, self.dist, self.device) or None
         reason = self._stop_reason()
         if reason is None:
             return
@@ -515,7 +648,8 @@ class Trainer:
             self._account(tally)
             self.save(self.run.last_checkpoint, self._all_sums(tally))
             self.progress.close()
-        raise RunStopped(reason, self.run_dir, interrupted=self._stop_requested)
+        D.barrier(self.dist)
+        raise RunStopped(reason, self.run_dir, self._stop_signal)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -557,41 +691,56 @@ class Trainer:
     # ---------------------------------------------------------------------------- fit
 
     def _stop_reason(self) -> str | None:
-        if self._stop_requested:
-            return (
-                f"interrupted at step {self.global_step} (epoch {self.epoch + 1}); checkpoint saved"
-            )
+        if self._stop_signal is not None:
+            how = "interrupted" if self._stop_signal == signal.SIGINT else (
+                f"stopped by {signal.Signals(self._stop_signal).name}"
+            )  # fmt: skip
+            return f"{how} at step {self.global_step} (epoch {self.epoch + 1}); checkpoint saved"
         if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
             return f"stopped after step {self.global_step} (--max-steps)"
         return None
 
     @contextlib.contextmanager
-    def _ctrl_c_saves(self):
-        """The first Ctrl-C ends the run after its current step with a resumable checkpoint;
-        a second one stops at once. Single-process runs only: under DDP every rank would have
-        to agree on the step to stop at."""
-        if self.dist.enabled or threading.current_thread() is not threading.main_thread():
+    def _signals_save(self) -> Iterator[None]:
+        """The first Ctrl-C, or SIGTERM (what Docker, Kubernetes and Slurm send a preempted
+        job), ends the run after its current step with a resumable checkpoint; a second one
+        stops at once. Signals reach the main thread only: a run in another thread keeps
+        Python's handlers."""
+        if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self.progress.line("stopping after this step (Ctrl-C again to stop at once)")
+            if self._signal is not None:
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(128 + signum)
+            self._signal = signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            self.progress.line(f"{name}: stopping after this step with a checkpoint ({name} "
+                               "again to stop at once)")  # fmt: skip
 
-        previous = signal.signal(signal.SIGINT, handler)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.signal(s, handler) for s in signals}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, signal.SIG_DFL if h is None else h)
 
     @records_outcome  # status.json: finished, stopped or failed (and why)
     def fit(self, on_epoch_end=None) -> dict:
         """Train to ``cfg.epochs``; ``on_epoch_end(row)`` is called after each epoch (it may
-        raise to stop, e.g. a pruned hyper-parameter trial)."""
-        with self._ctrl_c_saves():
-            return self._fit(on_epoch_end)
+        raise to stop, e.g. a pruned hyper-parameter trial). The run folder is let go at the
+        end; a write the disk or its permissions refuse is one ``WriteError`` that says how to
+        continue."""
+        try:
+            with self._signals_save():
+                return self._fit(on_epoch_end)
+        except WriteError as exc:
+            raise self._write_failed(exc) from None
+        finally:
+            self.close()
 
     def _fit(self, on_epoch_end=None) -> dict:
         cfg = self.cfg

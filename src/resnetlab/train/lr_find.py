@@ -59,6 +59,7 @@ def lr_find(
             t.epoch += 1
             continue
         break
+    t.close()  # the run folder's lock: no checkpoint follows
     suggestion = suggest_lr(lrs, losses)
     plot = t.run.lr_find_plot
     plot_lr_find(lrs, losses, suggestion, plot, cfg.model)
