@@ -67,20 +67,24 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import logging
 
     from .data import dataset_stats, load_source
+    from .data.problems import collect_problems
     from .data.stats import format_report
 
     quiet = logging.getLogger("resnetlab.data")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # bad files are listed in the report instead
     try:
-        source = load_source(args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
-                             seed=args.seed, download=args.download, channels=args.in_chans,
-                             max_bad_fraction=1.0, task=args.task)  # fmt: skip
+        with collect_problems() as problems:  # listed with the rest: none stops the doctor
+            source = load_source(args.data, val_ratio=args.val_ratio,
+                                 test_ratio=args.test_ratio, seed=args.seed,
+                                 download=args.download, channels=args.in_chans,
+                                 max_bad_fraction=1.0, task=args.task)  # fmt: skip
+            report = dataset_stats(source)
     finally:
         quiet.setLevel(level)  # the doctor lists every bad file; the process keeps its logging
-    report = dataset_stats(source)
+    report["problems"] = list(problems)
     print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else format_report(report))
-    return 1 if report["bad_files"] else 0
+    return 1 if report["bad_files"] or report["problems"] else 0
 
 
 @command("audit")
@@ -256,6 +260,8 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
 
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .evaluate import evaluate_run
 
     r = evaluate_run(
@@ -275,20 +281,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
               f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n")  # fmt: skip
         rows = [[name, "-" if m["ap"] is None else f"{m['ap']:.3f}", f"{m['precision']:.3f}",
-                 f"{m['recall']:.3f}", f"{m['f1']:.3f}", f"{m['threshold']:.2f}",
-                 str(m["support"])] for name, m in r["per_class"].items()]  # fmt: skip
+                 *_recall_f1(m), f"{m['threshold']:.2f}", str(m["support"])]
+                for name, m in r["per_class"].items()]  # fmt: skip
         head = ["label", "AP", "precision", "recall", "F1", "threshold", "support"]
     else:
         print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
         print(f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 "
               f"{pct(r['f1_macro'])}   ECE {pct(r['ece'])}\n")  # fmt: skip
-        rows = [[name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                 str(m["support"])] for name, m in r["per_class"].items()]  # fmt: skip
+        predicted = dict(zip(r["classes"], np.asarray(r["confusion_matrix"]).sum(0).tolist()))
+        rows = [[name, f"{m['precision']:.3f}" if m["support"] or predicted.get(name) else "-",
+                 *_recall_f1(m), str(m["support"])]
+                for name, m in r["per_class"].items()]  # fmt: skip
         head = ["class", "precision", "recall", "F1", "support"]
     print(table(head, rows, right_from=1) + "\n")
     for key, path in r["files"].items():
         print(f"{key.replace('_', ' '):22} {path}")
     return 0
+
+
+def _recall_f1(m: dict) -> list[str]:
+    """A class the split has no image of has no recall or F1 to give: "no images", not the
+    zeros that read as a model that never finds it."""
+    if not m["support"]:
+        return ["no images", "-"]
+    return [f"{m['recall']:.3f}", f"{m['f1']:.3f}"]
 
 
 @command("predict")

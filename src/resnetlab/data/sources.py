@@ -22,6 +22,7 @@ import torch
 from ..errors import DataError
 from ..multilabel import LABEL_SEPARATOR
 from .images import ImageDecodeError, is_image_file, is_junk, open_image, skip_reason
+from .problems import report_problems
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +316,8 @@ def _build_file_source(
         counts = label_counts(s.labels, len(classes)) if len(s) else None
         if split in ("train", "all") and counts is not None:
             empty = [classes[i] for i, c in enumerate(counts.tolist()) if c == 0]
-            if empty:
-                raise DataError(f"{name}: class {empty[0]!r} has no readable training image")
+            report_problems([(("no training image", c), f"{name}: class {c!r} has no readable "
+                              "training image") for c in empty])  # fmt: skip
     return Source(name, kind, classes, splits, channels, bad, ignored, multilabel)
 
 
@@ -356,25 +357,27 @@ def load_folder_source(
     index = {c: i for i, c in enumerate(classes)}
     split_files: dict[str, tuple[list[Path], list[int]]] = {}
     ignored: list[BadFile] = []
+    problems = []  # said all at once (stats lists them with the rest: data.problems)
     for split, root in split_roots.items():
         paths, labels = [], []
         for d in _class_dirs(root):
             name = class_name(d.name)
             if name not in index:
-                raise DataError(
-                    f"{d}: class {name!r} is not among the training classes "
-                    f"({', '.join(classes)}); every split must use the same class folders"
-                )
+                problems.append((("unknown class", split, name),
+                                 f"{d}: class {name!r} is not among the training classes "
+                                 f"({', '.join(classes)}); every split must use the same class "
+                                 "folders"))  # fmt: skip
+                continue
             files, left_out = _list_class_dir(d)
             ignored += left_out
             if not files and split in ("train", "all"):
                 why = f"; {left_out[0].path}: {left_out[0].reason}" if left_out else ""
-                raise DataError(
-                    f"{d}: class folder is empty (no image files{why}); add images or remove it"
-                )
+                problems.append((("no training image", name), f"{d}: class folder is empty (no "
+                                 f"image files{why}); add images or remove it"))  # fmt: skip
             paths += files
             labels += [index[name]] * len(files)
         split_files[split] = (paths, labels)
+    report_problems(problems)
     log_ignored(str(folder), ignored)
 
     source = _build_file_source(

@@ -77,6 +77,19 @@ def channel_stats(splits: list[Split], channels: int) -> tuple[list[float], list
     return [float(v) for v in mean], [float(v) for v in np.sqrt(var)]
 
 
+def missing_classes(source: Source) -> dict[str, list[str]]:
+    """Per held-out split, the classes it has no image of (their scores there are undefined:
+    ``evaluate`` says "no images"); splits streamed without class counts are left out."""
+    out = {}
+    for name, split in source.splits.items():
+        if name == "train" or (split.shards is not None and split.shards.class_counts is None):
+            continue
+        gaps = [c for c, n in source.class_counts(name).items() if n == 0]
+        if gaps:
+            out[name] = gaps
+    return out
+
+
 def _sizes(split: Split) -> list[tuple[int, int]]:
     if split.images is not None:
         return [tuple(split.images.shape[-2:])] * len(split)
@@ -114,6 +127,8 @@ def dataset_stats(source: Source) -> dict:
         "mean": mean,
         "std": std,
         "sizes": size_info,
+        "missing": missing_classes(source),
+        "problems": [],  # what stops a run; cmd_stats collects them (data.problems)
         "imbalance": imbalance_ratio(counts),
         # The remedies it names weigh single-label classes; multi-label labels are not rivals.
         "imbalance_note": None if source.multilabel else imbalance_note(counts),
@@ -191,6 +206,13 @@ def format_report(report: dict) -> str:
     bad = report["bad_files"]
     lines.append(f"unreadable {len(bad)} file(s)" + (":" if bad else ""))
     lines += [f"  {b['path']}: {b['reason']}" for b in bad]
+    problems = report.get("problems") or []
+    if problems:
+        lines.append(f"problems  {len(problems)} that stop train:")
+        lines += [f"  {p}" for p in problems]
+    for split, names in (report.get("missing") or {}).items():
+        lines.append(f"missing   the {split} split has no images of {len(names)} class(es): "
+                     f"{', '.join(names)} (evaluate says 'no images' for them)")  # fmt: skip
     note = report.get("imbalance_note")
     if note is None and report.get("imbalance", 0.0) > IMBALANCE_WARN:  # an older report
         note = imbalance_note(counts)
