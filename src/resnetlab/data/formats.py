@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -52,13 +53,31 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def _download(fetch, what: str, url: str, by_hand: str) -> None:
+    """Run torchvision's download; offline (or refused by the server) it is one line that
+    names the URL and the files to place by hand, not its traceback."""
+    try:
+        fetch()
+    except (OSError, RuntimeError) as exc:  # URLError, HTTPError, timeouts; MNIST's mirrors
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        reason = re.sub(r"^<urlopen error (.*)>$", r"\1", lines[-1].strip())
+        msg = f"--download: cannot fetch {what} from {url} ({reason}); {by_hand}"
+        raise DataError(msg) from None
+
+
 def load_mnist_source(folder: Path, val_ratio: float, seed: int, download: bool) -> Source:
     folders = [folder, folder / "MNIST" / "raw"]
     if download and _find_file(folders, MNIST_FILES["train"][0]) is None:
         from torchvision.datasets import MNIST
 
-        for train in (True, False):
-            MNIST(str(folder), train=train, download=True)
+        names = ", ".join(f"{n}.gz" for pair in MNIST_FILES.values() for n in pair)
+        hand = f"without a connection, fetch {names} elsewhere and place them in {folder}"
+
+        def fetch():
+            for train in (True, False):
+                MNIST(str(folder), train=train, download=True)
+
+        _download(fetch, "MNIST", MNIST.mirrors[0], hand)
     splits: dict[str, Split] = {}
     for split, (img_name, lbl_name) in MNIST_FILES.items():
         img_path, lbl_path = _find_file(folders, img_name), _find_file(folders, lbl_name)
@@ -147,7 +166,11 @@ def load_cifar_source(
     if download and not (root / meta_file).is_file():
         from torchvision.datasets import CIFAR10, CIFAR100
 
-        (CIFAR10 if variant == 10 else CIFAR100)(str(folder), train=True, download=True)
+        cls = CIFAR10 if variant == 10 else CIFAR100
+        hand = (f"without a connection, fetch {cls.filename} elsewhere and place it in {folder} "
+                f"(add --download to unpack it), or unpack it there yourself ({sub}/)")  # fmt: skip
+        _download(lambda: cls(str(folder), train=True, download=True), f"CIFAR-{variant}",
+                  cls.url, hand)  # fmt: skip
         root = folder / sub
     missing = [n for n in [*train_files, test_file, meta_file] if not (root / n).is_file()]
     if missing:

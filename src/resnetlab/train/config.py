@@ -211,6 +211,8 @@ class TrainConfig(DataConfig):
             bad(f"--patience must be at least 1, got {self.patience}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             bad(f"--warmup-epochs must be between 0 and --epochs, got {self.warmup_epochs}")
+        if self.batch_size < 1:  # before --accum-steps, which is measured against it
+            bad(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.accum_steps < 1 or self.accum_steps > self.batch_size:
             bad(f"--accum-steps must be between 1 and --batch-size, got {self.accum_steps}")
         if self.feature_views < 0:
