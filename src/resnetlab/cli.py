@@ -246,6 +246,10 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
     print(f"time              {s['train_seconds']:.1f} s training, {speed}")
     held_out = any(s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map",
                                                    "test_map"))  # fmt: skip
+    if held_out and trainer.cfg.tracker != "none":  # the tracker run gets the report too
+        from .report import build_report
+
+        print(f"report            {build_report(run)} (added to the {trainer.cfg.tracker} run)")
     # evaluate and report need images the model did not train on
     steps = [["evaluate", run]] * held_out + [["predict", run, "IMAGE_OR_FOLDER"]]
     longer = s["epochs_completed"] + 10

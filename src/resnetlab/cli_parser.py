@@ -43,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     device = ("--device", {"default": "auto", "help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps"})
     run = ("run", {"help": "run folder, model.safetensors or checkpoint"})
     data = ("--data", {"help": "DATA to evaluate on (default: the run's own)"})
-    tta = ("--tta", {"choices": ["none", "flip", "flip-crops"], "default": "none",
-                    "help": "test-time augmentation: logits averaged over 2 (flip) or 10 "
-                    "(flip-crops) views, then calibrated; x2 / x10 the model's time"})
+    tta = ("--tta", {"choices": ["none", "flip", "crops", "flip-crops"], "default": "none",
+                    "help": "test-time augmentation: logits averaged over 2 (flip), 5 (crops: "
+                    "shifted to the corners, for images that are not left-right symmetric) or "
+                    "10 (flip-crops) views, then calibrated; x2 / x5 / x10 the model's time"})
 
     _args(sub.add_parser("models", help="list registered models with params and MACs"),
           ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),

@@ -30,6 +30,9 @@ EXTRAS = {
     "google.protobuf": "convert",
     "webdataset": "wds",
     "huggingface_hub": "hub",
+    "mlflow": "tracking",
+    "wandb": "tracking",
+    "datasets": "hf",
 }
 # the name pip knows it by, where it differs from the import name
 PIP_NAMES = {

@@ -55,8 +55,8 @@ class Predictor:
 
     Thread-safe: ``serve`` calls it from several request handlers at once.
 
-    ``tta`` "flip" or "flip-crops": each batch's logits are the mean over 2 or 10 views of it
-    (as many passes of the model), calibrated once afterwards (see ``resnetlab.tta``).
+    ``tta`` "flip", "crops" or "flip-crops": each batch's logits are the mean over 2, 5 or 10
+    views of it (as many passes of the model), calibrated once afterwards (``resnetlab.tta``).
     """
 
     def __init__(

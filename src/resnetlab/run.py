@@ -216,9 +216,11 @@ class RunDir:
     LOCK = ".train.lock"
     # How the training ended: finished, stopped (resumable) or failed, with the reason.
     STATUS = "status.json"
+    # The experiment tracker's run this one reports to (--tracker): a resumed run continues it.
+    TRACKER = "tracker.json"
     # Written before the first checkpoint: a folder holding only these (a run stopped during
     # start-up) may be taken over by the same command instead of being refused.
-    STARTUP_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, LOCK, STATUS)
+    STARTUP_FILES: ClassVar[tuple[str, ...]] = (CONFIG, METRICS, LOCK, STATUS, TRACKER)
     EXPORTS: ClassVar[dict[str, str]] = {"onnx": ONNX, "torchscript": TORCHSCRIPT}
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -305,6 +307,10 @@ class RunDir:
     @property
     def status(self) -> Path:
         return self.path / self.STATUS
+
+    @property
+    def tracker(self) -> Path:
+        return self.path / self.TRACKER
 
     @property
     def lr_find_plot(self) -> Path:

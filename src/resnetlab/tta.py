@@ -4,9 +4,11 @@ in ``predict``, ``serve`` and ``Predictor(tta=...)``).
 Views of the model's input batch (N, C, S, S), after its preprocessing:
 
 - ``flip``: the batch and its horizontal mirror: 2 passes of the model (x2 the time).
-- ``flip-crops``: each of those at the centre and shifted by S/8 pixels towards each of the four
-  corners (the image padded by reflection, as the CIFAR preset's training crops are): 10 passes
-  (x10 the time).
+- ``crops``: the batch at the centre and shifted by S/8 pixels towards each of the four corners
+  (the image padded by reflection, as the CIFAR preset's training crops are), no mirror: for
+  images that are not left-right symmetric (digits, text; the small preset never flips): 5
+  passes (x5 the time).
+- ``flip-crops``: both: the batch and its mirror, each at those 5 places: 10 passes (x10).
 
 The maths: the views' **logits** are averaged, and the run's calibration is applied to the mean
 once, as to a single pass: ``softmax(mean_v(z_v) / T)`` (multi-label: the sigmoid of the mean
@@ -29,9 +31,9 @@ from torch.nn import functional as F
 
 from .errors import ConfigError
 
-TTA_MODES = ("none", "flip", "flip-crops")
-PASSES = {"none": 1, "flip": 2, "flip-crops": 10}
-CROP_SHIFT = 8  # flip-crops: shifted by the side / 8 (4 px at 32, 28 px at 224)
+TTA_MODES = ("none", "flip", "crops", "flip-crops")
+PASSES = {"none": 1, "flip": 2, "crops": 5, "flip-crops": 10}
+CROP_SHIFT = 8  # crops: shifted by the side / 8 (4 px at 32, 28 px at 224)
 
 
 def check_tta(mode: str | None) -> str:
@@ -56,8 +58,8 @@ def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     """The model inputs whose logits ``mode`` averages, the batch itself first."""
     mode = check_tta(mode)
-    base = [x] if mode == "none" else [x, x.flip(-1)]
-    if mode != "flip-crops":
+    base = [x] if mode in ("none", "crops") else [x, x.flip(-1)]
+    if mode not in ("crops", "flip-crops"):
         return base
     s = max(1, min(x.shape[-2:]) // CROP_SHIFT)
     corners = [(-s, -s), (-s, s), (s, -s), (s, s)]

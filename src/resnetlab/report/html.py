@@ -268,4 +268,22 @@ def build_report(
         + "</body></html>\n"
     )
     atomic_write_text(home.report, page)
+    _attach_to_tracker(rd, home.report)
     return home.report
+
+
+def _attach_to_tracker(rd: RunDir, page: Path) -> None:
+    """The page joins the run's experiment-tracker run (``train --tracker``), if it has one;
+    a tracker that cannot be reached now is a warning, never a lost report."""
+    import logging
+
+    from ..train.trackers import attach_files
+
+    if not rd.tracker.is_file():
+        return
+    try:
+        attach_files(rd, [(page, "report")])
+    except Exception as exc:  # noqa: BLE001  the tracker's own errors: no server, no package
+        logging.getLogger(__name__).warning(
+            "report not added to the run's tracker (%s): %s", rd.tracker.name, exc
+        )

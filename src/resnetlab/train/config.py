@@ -172,6 +172,20 @@ class TrainConfig(DataConfig):
                               group="system")  # fmt: skip
     tensorboard: bool = option(False, "TensorBoard event files in the run folder",
                                group="system")  # fmt: skip
+    tracker: str = option(
+        "none", "log params, metrics and the model to an experiment tracker (needs "
+        "'resnetlab[tracking]'); a resumed run continues its tracker run",
+        choices=("none", "mlflow", "wandb"), group="system",
+    )  # fmt: skip
+    tracker_uri: str | None = option(
+        None, "mlflow: the tracking server (default: $MLFLOW_TRACKING_URI, else mlflow's "
+        "own); wandb: the server's base URL (default: $WANDB_BASE_URL)", metavar="URI",
+        group="system",
+    )  # fmt: skip
+    tracker_project: str | None = option(
+        None, "mlflow experiment / wandb project (default: resnetlab, or $WANDB_PROJECT)",
+        metavar="NAME", group="system",
+    )  # fmt: skip
 
     def data_config(self) -> DataConfig:
         return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
@@ -318,7 +332,8 @@ def resolve_config(
 # What a resumed run may change: its length and how it is run, not what it computes.
 # ``max_steps`` belongs to one invocation (stop after N steps), so a bare --resume drops it.
 RESUME_MAY_CHANGE = ("epochs", "max_steps", "patience", "checkpoint_every", "num_workers",
-                     "tensorboard", "compile", "device")  # fmt: skip
+                     "tensorboard", "compile", "device", "tracker", "tracker_uri",
+                     "tracker_project")  # fmt: skip
 # Settings added later, with the value that reproduces runs saved before they existed.
 _BEFORE = {"precise_bn": False}
 # Taken from the folder being resumed, never compared.
