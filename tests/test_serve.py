@@ -195,6 +195,17 @@ def test_topk_above_the_classes_gives_all_and_below_one_is_refused(server):
         assert status == 400 and f"topk must be at least 1, got {topk}" in r["error"]
 
 
+def test_bad_query_unknown_path_and_method_answer_in_the_error_shape(server):
+    png = {"Content-Type": "image/png"}
+    status, r, _ = server.request("POST", "/predict?topk=abc", _png(), png)
+    assert status == 400 and list(r) == ["error"]
+    assert r["error"].startswith("topk: input should be a valid integer") and "'abc'" in r["error"]
+    status, r, _ = server.request("GET", "/nowhere")
+    assert status == 404 and list(r) == ["error"] and "POST /predict" in r["error"]
+    status, r, _ = server.request("GET", "/predict")
+    assert status == 405 and r == {"error": "GET is not allowed on /predict; use POST"}
+
+
 def test_413_reaches_a_client_that_sends_the_whole_body_first(server):
     """urllib (like requests) writes the whole body before it reads the answer; the server
     reads and drops the rest of a refused body so that such a client sees the 413 instead of

@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
 from ..errors import ConfigError
@@ -43,6 +45,29 @@ def _refused(data: bytes, ctype: str | None) -> bool:
         return True
     head = data[:64].lstrip()
     return any(head.startswith(m) for m in REFUSED_MAGIC)
+
+
+def validation_message(exc) -> str:
+    """FastAPI's list of validation errors as one sentence: ``topk: input should be a valid
+    integer, unable to parse string as an integer (got 'abc')``."""
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body", "path"))
+        msg = str(e.get("msg", "invalid value"))
+        msg = msg[:1].lower() + msg[1:]
+        got = f" (got {e['input']!r})" if "input" in e and e["input"] is not None else ""
+        parts.append(f"{where or 'request'}: {msg}{got}")
+    return "; ".join(parts) or "invalid request"
+
+
+def endpoints(app) -> list[str]:
+    """``METHOD /path`` of every route the app answers (HEAD left out)."""
+    out = []
+    for route in app.routes:
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method != "HEAD" and getattr(route, "include_in_schema", True):
+                out.append(f"{method} {route.path}")
+    return out
 
 
 def create_app(
@@ -113,6 +138,24 @@ def create_app(
     @app.exception_handler(UploadError)
     async def _http_error(request: Request, exc: UploadError):
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    # FastAPI's own answers (a bad query value, an unknown path or method) in the same
+    # {"error": message} shape as every other refusal.
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": validation_message(exc)}, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException):
+        path, method = request.url.path, request.method
+        if exc.status_code == 404:
+            message = f"no endpoint {path}; this server has {', '.join(endpoints(app))}"
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow")
+            message = f"{method} is not allowed on {path}; use {allowed or 'another method'}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
     def decode(data: bytes):
         img = open_image(
