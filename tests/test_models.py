@@ -59,9 +59,13 @@ def test_parameter_groups_hold_every_parameter_once(name):
 def test_feature_api(name):
     model = create_model(name, num_classes=5, in_chans=1).eval()
     x = torch.randn(3, 1, 32, 32)
-    feats = model.forward_features(x)
-    assert feats.shape == (3, model.num_features)
+    feats = model.forward_features(x)  # timm's contract: the unpooled map
+    assert feats.ndim == 4 and feats.shape[:2] == (3, model.num_features)
     torch.testing.assert_close(model.forward_head(feats), model(x))
+    pooled = model.forward_pooled(x)
+    assert pooled.shape == (3, model.num_features)
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), pooled)
+    torch.testing.assert_close(model.forward_head(pooled), model(x))  # pooled taken as is
     model.reset_classifier(11)
     assert model(x).shape == (3, 11)
     assert model.get_classifier().out_features == 11

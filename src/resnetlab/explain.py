@@ -1,6 +1,6 @@
 """Where the model looked: Grad-CAM heat maps (Selvaraju et al. 2017, arXiv:1610.02391).
 
-The attribution itself is Captum's ``LayerGradCam`` on the feature map that ``forward_features``
+The attribution itself is Captum's ``LayerGradCam`` on the feature map that ``forward_pooled``
 pools (the output of ``layer4`` in the ImageNet family, of ``layer3`` in the CIFAR family, after
 the final BN-ReLU in pre-activation nets), upsampled to the input with
 ``LayerAttribution.interpolate``. This module only picks the
@@ -46,7 +46,7 @@ _UNSAFE = re.compile(r'[\x00-\x1f/\\:*?"<>|]')
 
 
 def target_layer(model: nn.Module) -> tuple[nn.Module, bool]:
-    """Where the feature map that ``forward_features`` pools can be caught: ``(module,
+    """Where the feature map that ``forward_pooled`` pools can be caught: ``(module,
     True)`` for the pool's input, ``(module, False)`` for a stage's output.
 
     The pool's input is the last stage's output (``layer4``, CIFAR's ``layer3``) and, in a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -37,6 +38,47 @@ def resolve_norm_layer(norm_layer) -> Callable[[int], nn.Module]:
             f"norm_layer must be a name or a callable, got {type(norm_layer).__name__}"
         )
     return norm_layer
+
+
+# ImageNet's statistics: the normalisation of a model until it is trained on data of its own.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def crop_pct_for(size: int, resize_size: int) -> float:
+    """timm's ``crop_pct`` for a center ``size`` crop of an image whose shorter side was
+    resized to ``resize_size``: timm resizes to ``floor(size / crop_pct)``, which must come
+    back to ``resize_size`` whatever the rounding of the division."""
+    pct = size / resize_size
+    while math.floor(size / pct) < resize_size:  # 64 / (64 / 67) = 66.999...
+        pct = math.nextafter(pct, 0.0)
+    return pct
+
+
+def make_pretrained_cfg(
+    input_size: Sequence[int],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
+    resize_size: int | None = None,
+    num_classes: int | None = None,
+    first_conv: str = "conv1",
+    classifier: str = "fc",
+    **extra,
+) -> dict:
+    """timm's ``pretrained_cfg`` for a model fed as resnetlab feeds it, so that
+    ``timm.data.resolve_model_data_config(model)`` gives its size, mean/std, interpolation and
+    crop: ``resize_size`` given, the shorter side resized to it and the center cropped (the
+    ImageNet evaluation); None, both sides resized to the input size (timm's ``squash``)."""
+    c, h, w = (int(v) for v in input_size)
+    cfg = {"input_size": (c, h, w), "interpolation": interpolation,
+           "mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std),
+           "crop_pct": crop_pct_for(h, resize_size) if resize_size else 1.0,
+           "crop_mode": "center" if resize_size else "squash", "first_conv": first_conv,
+           "classifier": classifier}  # fmt: skip
+    if num_classes is not None:
+        cfg["num_classes"] = int(num_classes)
+    return {**cfg, **extra}
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -148,14 +190,29 @@ class ClassifierNet(nn.Module, ABC):
         return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features before the classifier (N, num_features)."""
+        """timm's contract: the feature map of the last stage, before pooling
+        (N, num_features, h, w); ``forward_pooled`` gives the pooled vector."""
+        return self.forward_feature_map(x)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features before the classifier (N, num_features): what
+        ``forward_features`` returned before it followed timm (an image's embedding)."""
         return torch.flatten(self.avgpool(self.forward_feature_map(x)), 1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.get_classifier()(self.dropout(features))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """timm's contract: the feature map of ``forward_features`` (N, C, h, w), pooled,
+        through dropout and the classifier; ``pre_logits=True`` stops before the classifier
+        (N, num_features). Already pooled features (N, C) are taken as they are."""
+        if x.ndim == 4:
+            x = torch.flatten(self.avgpool(x), 1)
+        x = self.dropout(x)
+        return x if pre_logits else self.get_classifier()(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        # Straight through, without forward_head's test of the input's shape: FX (BatchNorm
+        # folding for inference) and the exporters trace this.
+        x = torch.flatten(self.avgpool(self.forward_feature_map(x)), 1)
+        return self.get_classifier()(self.dropout(x))
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import ConfigError
+from .base import IMAGENET_MEAN, IMAGENET_STD, make_pretrained_cfg
 from .zoo_stats import ZOO_STATS
 
 __all__ = [
@@ -176,4 +177,15 @@ def create_model(
         num_classes = entry.default_num_classes
     model = entry.builder(**entry.fixed, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.model_name = name
+    # timm's data config of a fresh model: ImageNet's evaluation at 224 (256 -> 224, bilinear),
+    # the CIFAR family's plain resize to 32; a trained model gets its run's (bundle).
+    size = entry.input_size[1]
+    model.pretrained_cfg = make_pretrained_cfg(
+        (in_chans, size, size),
+        mean=IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,) * in_chans,
+        std=IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,) * in_chans,
+        resize_size=256 if entry.family == "imagenet" else None, num_classes=num_classes,
+        first_conv=getattr(model, "first_conv", "conv1"),
+        classifier=getattr(model, "classifier_name", "fc"), architecture=name,
+    )  # fmt: skip
     return model

@@ -119,7 +119,7 @@ def build_cache(
                 x = x.to(device, non_blocking=True)
                 g = torch.Generator(device=device).manual_seed(seed_of(b))
                 with autocast(precision, device):
-                    f = model.forward_features(tf(x, g))
+                    f = model.forward_pooled(tf(x, g))
                 feats[v, row : row + len(f)] = f.float().cpu()
                 row += len(f)
     model.train(was_training)
