@@ -76,3 +76,16 @@ def test_evaluate_says_no_images_for_a_class_without_support(trained_run, tmp_pa
     rows = {line.split()[0]: line for line in out.splitlines() if line[:1].isdigit()}
     assert "no images" in rows["5"] and "0.000" not in rows["5"].split("no images")[1]
     assert "no images" not in rows["1"]
+
+
+def test_audit_labels_from_a_runs_features(trained_run):
+    # The session's tiny run gives each digit its pooled features; a linear model is
+    # cross-validated on them (the fast way with a trained backbone).
+    from resnetlab.audit import audit, format_audit
+
+    report = audit("digits", labels=True, run=str(trained_run)).report
+    model = report["label_model"]
+    assert model["source"] == "run" and model["images"] == 1797 and model["folds"] == 5
+    assert "resnet20" in model["description"]
+    if model["accuracy"] < 0.8:  # one epoch of a 4-8-8 net: its suggestions are said weak
+        assert "its own mistakes" in format_audit(report)

@@ -123,10 +123,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(public(report), indent=2, ensure_ascii=False))
     else:
         print(format_audit(report))
-    steps = next_steps(report, args.data, written)
+    found_by = ["--oof", args.oof] if args.oof else ["--labels"] * args.labels + (
+        ["--run", args.run] if args.run and args.labels else [])  # fmt: skip
+    steps = next_steps(report, args.data, written, found_by)
     if not args.html and not args.json:
-        steps.append(shell_command("resnetlab", "audit", args.data, *(["--labels"] * bool(
-            report["label_issues"] is not None)), "--html", "audit.html"))  # fmt: skip
+        steps.append(shell_command("resnetlab", "audit", args.data, *found_by, "--html",
+                                   "audit.html"))  # fmt: skip
     out = sys.stderr if args.json else sys.stdout
     for line in notes:
         print(line, file=out)

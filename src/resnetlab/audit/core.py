@@ -23,6 +23,8 @@ from .scan import PIXEL_SIDE, Items, scan
 
 SHOW_GROUPS = 10  # groups and label issues the table shows (--json and the page: all)
 SHOW_ISSUES = 15
+# Below this out-of-fold accuracy the label model's suggestions are said to be weak.
+WEAK_MODEL = 0.8
 
 
 @dataclass
@@ -60,7 +62,10 @@ def run_features(run: str, source: Source, batch_size: int = 64) -> tuple[np.nda
         for split in source.splits:
             loader, tf = pipe.split_loader(split, channels_last=False)
             for x, _ in loader:
-                out.append(model.forward_features(tf(x)).float().cpu().numpy())
+                f = model.forward_features(tf(x)).float()
+                if f.ndim == 4:  # the last stage's feature map: pooled as the head pools it
+                    f = f.mean(dim=(2, 3))
+                out.append(f.cpu().numpy())
     width_ = getattr(model, "num_features", out[0].shape[1] if out else 0)
     return np.concatenate(out), f"features of {run} ({loaded.meta.model}, {width_} per image)"
 
@@ -297,10 +302,13 @@ def format_audit(report: dict) -> str:
             if len(issues) > SHOW_ISSUES:
                 lines.append(f"  ... and {len(issues) - SHOW_ISSUES} more (--json and --html "
                              "list them all)")  # fmt: skip
-        if model["source"] == "pixels" and (model["accuracy"] or 0) < 0.8:
+        if (model["accuracy"] or 0) < WEAK_MODEL:
+            better = {"pixels": "give --run RUN (a trained model's features) or train --folds K "
+                      "and --oof", "run": "train the run longer, or train --folds K and --oof",
+                      "oof": "train the folds longer"}[model["source"]]  # fmt: skip
             lines.append(
-                "note        a model on raw pixels is weak on photos; for better suggestions "
-                "give --run RUN (a trained model's features) or train --folds K and --oof"
+                f"note        the label model is right on {pct(model['accuracy'], 0)} of the "
+                "images only: many of these are its own mistakes, not the labels'; " + better
             )
     return "\n".join(lines)
 
@@ -309,25 +317,22 @@ def _indent(text: str) -> str:
     return "\n".join("  " + line for line in text.splitlines())
 
 
-def next_steps(report: dict, data: str, written: dict[str, str]) -> list[str]:
-    """Commands that use what was written."""
-    steps = []
+def next_steps(report: dict, data: str, written: dict[str, str], label_flags=()) -> list[str]:
+    """Commands that use what was written, or that write it (``label_flags``: how the label
+    issues were found, e.g. ``["--labels", "--run", RUN]``)."""
     extra = []
     if "exclude" in written:
         extra += ["--exclude", written["exclude"]]
     if "relabel" in written:
         extra += ["--relabel", written["relabel"]]
     if extra:
-        steps.append(shell_command("resnetlab", "train", "--data", data, *extra))
-    elif report["duplicate_summary"]["to_exclude"] or report.get("label_issues"):
-        flags = []
-        if report["duplicate_summary"]["to_exclude"]:
-            flags += ["--write-exclude", "exclude.txt"]
-        if report.get("label_issues"):
-            flags += ["--write-relabel", "relabel.csv"]
-        steps.append(shell_command("resnetlab", "audit", data, *flags, *(
-            ["--labels"] if report.get("label_issues") else [])))  # fmt: skip
-    return steps
+        return [shell_command("resnetlab", "train", "--data", data, *extra)]
+    flags = []
+    if report["duplicate_summary"]["to_exclude"]:
+        flags += ["--write-exclude", "exclude.txt"]
+    if report.get("label_issues"):
+        flags += ["--write-relabel", "relabel.csv", *label_flags]
+    return [shell_command("resnetlab", "audit", data, *flags)] if flags else []
 
 
 __all__ = ["AuditResult", "audit", "format_audit", "public"]
