@@ -28,7 +28,7 @@ LAYERS = [
     ("data", "models", "resnetlab"),  # the package root exposes the model API
     ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
     ("bundle", "train"),  # loading a trained model; the training engine
-    ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta"),
+    ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta", "hub"),
     ("report", "serve", "experiments", "audit"),  # audit: duplicates, leaks, label issues
     ("cli", "cli_parser", "__main__"),
 ]

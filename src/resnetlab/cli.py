@@ -381,6 +381,8 @@ def _print_skipped(name: str, skipped: list[tuple[str, str]], show: int = 10) ->
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "hub":
+        return _export_hub(args)
     from .export import export, real_inputs
 
     real = real_inputs(args.run) if args.verify else None
@@ -405,6 +407,33 @@ def cmd_export(args: argparse.Namespace) -> int:
                   f"{pct(q['top1_agreement'])}")  # fmt: skip
         print("  " + shell_command("resnetlab", "predict", args.run, "IMAGES", "--backend",
                                    "onnx-int8"))  # fmt: skip
+    return 0
+
+
+def _export_hub(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .hub import export_hub
+
+    home = Path(args.run) if os.path.isdir(args.run) else Path(args.run).parent
+    r = export_hub(args.run, args.out or home / "hub")
+    print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB: config.json, model.safetensors, "
+          "README.md)")  # fmt: skip
+    if r["timm"]:
+        print(f"  timm.create_model('local-dir:{r['path']}') opens it ({r['architecture']})")
+    else:
+        print(f"  timm has no {r['architecture']}; resnetlab reads it: --weights {r['path']}")
+    print("  " + shell_command("resnetlab", "push", args.run, "ORG/NAME"))
+    return 0
+
+
+@command("push")
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push
+
+    r = push(args.run, args.repo_id, private=args.private, token=args.token,
+             message=args.message)  # fmt: skip
+    print(f"pushed {args.repo_id} ({r['bytes'] / 2**20:.1f} MiB): {r['url']}")
     return 0
 
 

@@ -129,8 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
     _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
           ("run", {}),
-          ("--format", {"choices": ["onnx", "torchscript"], "default": "onnx"}),
-          ("--out", {"help": "file to write (default: RUN/model.onnx or RUN/model.ts)"}),
+          ("--format", {"choices": ["onnx", "torchscript", "hub"], "default": "onnx",
+                        "help": "hub: a folder for the Hugging Face hub and timm (config.json, "
+                        "model.safetensors, the model card README.md)"}),
+          ("--out", {"help": "file to write (default: RUN/model.onnx or RUN/model.ts; hub: "
+                     "the folder, default RUN/hub)"}),
           ("--verify", {"action": "store_true", "help": "compare outputs with PyTorch"}),
           ("--int8", {"action": "store_true", "help": "also write model.int8.onnx (static "
                       "int8) and measure its accuracy change"}),
@@ -224,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
           ("run", {}), data, ("--top-losses", {"type": int, "default": 12}),
           ("--out", {"metavar": "DIR", "help": "folder for report.html and its figures "
                      "(default: the run folder)"}))  # fmt: skip
+    _args(sub.add_parser("push", help="upload the run's hub folder (export --format hub) to "
+                         "the Hugging Face hub"),
+          ("run", {}), ("repo_id", {"metavar": "ORG/NAME", "help": "the model repository "
+                                    "(created when it does not exist)"}),
+          ("--private", {"action": "store_true", "help": "a new repository is private"}),
+          ("--token", {"help": "hub token (default: HF_TOKEN or the one `hf auth login` "
+                       "saved)"}),
+          ("--message", {"help": "commit message"}))  # fmt: skip
     p = _args(sub.add_parser("runs", help="every run in a folder as one table: scores, "
                              "calibration, time, state"),
               ("folder", {"nargs": "?", "default": "runs", "metavar": "DIR",
