@@ -6,7 +6,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["data_loading.py", "train_throughput.py", "predict_throughput.py", "serve_load.py"]
+BENCHMARKS = [
+    "data_loading.py",
+    "train_throughput.py",
+    "predict_throughput.py",
+    "serve_load.py",
+    "data_audit.py",
+]
 
 if __name__ == "__main__":
     failed = []
