@@ -84,7 +84,7 @@ def _duplicates(result: AuditResult) -> str:
             tags += '<span class="tag conflict">label conflict</span>'
         if not (g["leak"] or g["conflict"]):
             tags += '<span class="tag within">within</span>'
-        sim = f" (thumbnails correlate ≥ {g['similarity']:.3f})" if g["similarity"] else ""
+        sim = f" (similarity {g['similarity']:.4f})" if g["similarity"] else ""
         figures = "".join(
             _figure(result, k, [m["path"], f"{m['split']} · {m['label']}"],
                     out=m["path"] in g["exclude"])
