@@ -36,7 +36,7 @@ def load_source(
     if task not in TASKS:
         raise DataError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     multilabel = is_multilabel(task)
-    if multilabel and data.partition(":")[0] not in ("csv", "jsonl"):
+    if multilabel and data.partition(":")[0] not in ("csv", "jsonl", "hf", "hf-disk"):
         raise DataError(
             f"--task multilabel reads its labels from csv:FILE (path,labels with | between "
             f"labels) or jsonl:FILE; {data!r} has one label per image"
@@ -53,6 +53,10 @@ def load_source(
         source = load_cifar_source(Path(rest), int(kind[5:]), val_ratio, seed, download)
     elif kind == "wds" and rest:
         source = load_wds_source(rest)
+    elif kind in ("hf", "hf-disk") and rest:  # Hugging Face datasets
+        from .hf import load_hf_source
+
+        source = load_hf_source(kind, rest, val_ratio, test_ratio, seed, channels, multilabel)
     elif kind in ("csv", "jsonl") and rest:
         source = load_listing_source(
             kind, Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction,
@@ -63,7 +67,8 @@ def load_source(
         if not folder.exists():
             raise DataError(
                 f"DATA {data!r} is not a folder or one of: digits, mnist:DIR, cifar10:DIR, "
-                "cifar100:DIR, csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN"
+                "cifar100:DIR, csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN, hf:NAME[:CONFIG], "
+                "hf-disk:PATH"
             )
         source = load_folder_source(
             folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
