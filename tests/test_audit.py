@@ -347,3 +347,20 @@ def test_folds_keep_out_of_fold_probabilities_for_the_audit(tmp_path, capsys):
     assert summary["oof"] == str(oof)
     report = audit(str(data), oof=str(oof)).report
     assert report["label_model"]["source"] == "oof" and report["label_model"]["images"] == 30
+
+
+def test_many_lookalikes_tighten_the_phash_distance(tmp_path, monkeypatch):
+    # Thousands of handwritten digits make millions of pairs within 16 bits; the distance
+    # tightens until the pairs to compare fit the budget (here made tiny), and says so.
+    import resnetlab.audit.duplicates as D
+    from resnetlab.audit.core import format_audit
+
+    copies = messy_folder(tmp_path / "d")
+    monkeypatch.setattr(D, "CANDIDATE_BUDGET", 3)
+    result = audit(str(tmp_path / "d"))
+    s = result.report["duplicate_summary"]
+    assert s["near_bits"] < D.NEAR_BITS
+    assert D.affordable_bits(result.items.phash, 16, budget=3) == s["near_bits"]
+    assert "pHash pairs within" in format_audit(result.report)
+    names = {Path(p).name for g in result.report["duplicates"] for p in g["paths"]}
+    assert copies["exact_leak"].name in names  # exact copies do not depend on it

@@ -18,7 +18,7 @@ from ..data.sources import Source
 from ..errors import ConfigError, DataError
 from ..fmt import pct, shell_command, table
 from . import labels as L
-from .duplicates import describe, find_duplicates
+from .duplicates import NEAR_BITS, describe, find_duplicates
 from .scan import PIXEL_SIDE, Items, scan
 
 SHOW_GROUPS = 10  # groups and label issues the table shows (--json and the page: all)
@@ -104,7 +104,8 @@ def audit(
             "listing the shards were written from"
         )
     items = scan(source, features=labels and not run and not oof)
-    groups = find_duplicates(items, near=near)
+    found: dict = {}
+    groups = find_duplicates(items, near=near, **({"info": found} if near else {}))
     report = {
         "data": source.name,
         "channels": source.channels,
@@ -116,7 +117,7 @@ def audit(
             for p, r in [(b.path, b.reason) for b in source.bad_files] + items.errors
         ],  # fmt: skip
         "duplicates": groups,
-        "duplicate_summary": _summary(groups),
+        "duplicate_summary": {**_summary(groups), "near_bits": found.get("near_bits")},
         "label_issues": None,
         "label_model": None,
     }
@@ -266,6 +267,10 @@ def format_audit(report: dict) -> str:
         lines.append(f"unreadable  {len(bad)} file(s), left out of the audit:")
         lines += [f"  {b['path']}: {b['reason']}" for b in bad[:SHOW_GROUPS]]
     s = report["duplicate_summary"]
+    if s.get("near_bits") is not None and s["near_bits"] < NEAR_BITS:
+        lines.append(f"note        near copies: pHash pairs within {s['near_bits']} bits, not "
+                     f"{NEAR_BITS}: the images look much alike (the pairs to compare are kept "
+                     "to a few million)")  # fmt: skip
     if not s["groups"]:
         lines.append("duplicates  none (exact or near)")
     else:

@@ -27,6 +27,9 @@ NEAR_SIMILARITY = 0.9925  # confirmed: thumbnails' (blur-matched) correlation at
 BLURS = (0.5, 0.8, 1.2)  # Gaussian sigmas, in pixels of the 16x16 thumbnail
 ASPECT_TOLERANCE = 0.1  # and aspect ratios within 10 % of each other
 _BLOCK_ELEMENTS = 4_000_000  # pairs compared at once (memory: 8 bytes each)
+_PAIR_CHUNK = 50_000  # candidate pairs confirmed at once (their thumbnails: 2 KB each)
+FIRST_LOOK = 0.9  # plain correlation a candidate pair needs before it is blur-matched
+CANDIDATE_BUDGET = 2_000_000  # candidate pairs at most: above, the pHash distance tightens
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -37,22 +40,37 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1)
 
 
-def hamming_pairs(hashes: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair (i < j) of 64-bit hashes within ``max_bits``, compared in blocks."""
+def _blocks(hashes: np.ndarray):
+    """(row offset, distances of rows start.. to every later hash) in bounded blocks."""
     n = len(hashes)
     rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    found_i, found_j = [], []
     for start in range(0, n, rows):
-        a = hashes[start : start + rows]
-        d = popcount(a[:, None] ^ hashes[None, start:])
+        yield start, popcount(hashes[start : start + rows, None] ^ hashes[None, start:])
+
+
+def affordable_bits(hashes: np.ndarray, max_bits: int, budget: int | None = None) -> int:
+    """The largest distance up to ``max_bits`` whose pairs number at most ``budget`` (default
+    ``CANDIDATE_BUDGET``; images that look much alike, handwritten digits say, make many pairs
+    within 16 bits)."""
+    budget = CANDIDATE_BUDGET if budget is None else budget
+    counts = np.zeros(65, np.int64)
+    for _, d in _blocks(hashes):
+        upper = np.arange(d.shape[1])[None, :] > np.arange(d.shape[0])[:, None]
+        counts += np.bincount(d[upper].ravel(), minlength=65)[:65]
+    within = np.cumsum(counts)
+    fits = [t for t in range(max_bits + 1) if within[t] <= budget]
+    return fits[-1] if fits else 0
+
+
+def hamming_pairs(hashes: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) of 64-bit hashes within ``max_bits``, compared in blocks."""
+    found_i, found_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start, d in _blocks(hashes):
         ii, jj = np.nonzero(d <= max_bits)
-        jj = jj + start
-        ii = ii + start
+        ii, jj = ii + start, jj + start
         keep = jj > ii
         found_i.append(ii[keep])
         found_j.append(jj[keep])
-    if not found_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(found_i), np.concatenate(found_j)
 
 
@@ -74,28 +92,50 @@ def blur_matched_similarity(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray) ->
 
     used, local = np.unique(np.concatenate([i, j]), return_inverse=True)
     a, b = local[: len(i)], local[len(i) :]
-    sharp = _unit(thumbs[used])
-    best = np.einsum("ij,ij->i", sharp[a], sharp[b])
-    for sigma in BLURS:
-        soft = _unit(gaussian_filter(thumbs[used].astype(np.float64), (0, sigma, sigma)))
-        best = np.maximum(best, np.einsum("ij,ij->i", soft[a], sharp[b]))
-        best = np.maximum(best, np.einsum("ij,ij->i", sharp[a], soft[b]))
+    views = [_unit(thumbs[used])]  # sharp first, then each blur
+    views += [_unit(gaussian_filter(thumbs[used].astype(np.float64), (0, s, s))) for s in BLURS]
+    best = np.empty(len(i))
+    for start in range(0, len(i), _PAIR_CHUNK):  # pairs a chunk at a time: bounded memory
+        pa, pb = a[start : start + _PAIR_CHUNK], b[start : start + _PAIR_CHUNK]
+        sharp_a, sharp_b = views[0][pa], views[0][pb]
+        out = np.einsum("ij,ij->i", sharp_a, sharp_b)
+        for soft in views[1:]:
+            out = np.maximum(out, np.einsum("ij,ij->i", soft[pa], sharp_b))
+            out = np.maximum(out, np.einsum("ij,ij->i", sharp_a, soft[pb]))
+        best[start : start + len(pa)] = out
     return best
 
 
 def near_pairs(
-    items: Items, max_bits: int = NEAR_BITS, similarity: float = NEAR_SIMILARITY
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i, j, similarity) of near duplicates that are not exact ones."""
+    items: Items, max_bits: int = NEAR_BITS, similarity: float = NEAR_SIMILARITY,
+    info: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Pairs (i, j, similarity) of near duplicates that are not exact ones. ``info`` gets
+    ``near_bits``: the pHash distance used (below ``max_bits`` when there were more candidate
+    pairs than ``CANDIDATE_BUDGET``)."""
     ok = np.nonzero(items.valid)[0]
-    i, j = hamming_pairs(items.phash[ok], max_bits)
+    bits = max_bits
+    if len(ok) * (len(ok) - 1) // 2 > CANDIDATE_BUDGET:
+        bits = affordable_bits(items.phash[ok], max_bits)
+    if info is not None:
+        info["near_bits"] = bits
+    i, j = hamming_pairs(items.phash[ok], bits)
     i, j = ok[i], ok[j]
-    exact = np.array([items.exact[a] == items.exact[b] for a, b in zip(i, j)], dtype=bool)
-    i, j = i[~exact], j[~exact]
+    _, code = np.unique(np.array(items.exact, dtype=object).astype(str), return_inverse=True)
+    differ = code[i] != code[j]  # exact copies are grouped by their hash already
+    i, j = i[differ], j[differ]
     h, w = items.size[:, 0].astype(np.float64), items.size[:, 1].astype(np.float64)
     aspect = np.log(np.maximum(w, 1) / np.maximum(h, 1))
     same_shape = np.abs(aspect[i] - aspect[j]) <= np.log1p(ASPECT_TOLERANCE)
     i, j = i[same_shape], j[same_shape]
+    # A cheap first look (the plain correlation: copies are above 0.98, most lookalikes far
+    # below) leaves the blur matching a few pairs.
+    plain = np.empty(len(i))
+    flat = items.thumb.reshape(len(items.thumb), -1)
+    for start in range(0, len(i), _PAIR_CHUNK):
+        pa, pb = i[start : start + _PAIR_CHUNK], j[start : start + _PAIR_CHUNK]
+        plain[start : start + len(pa)] = np.einsum("ij,ij->i", _unit(flat[pa]), _unit(flat[pb]))
+    i, j = i[plain >= FIRST_LOOK], j[plain >= FIRST_LOOK]
     if not len(i):
         return i, j, np.zeros(0)
     sim = blur_matched_similarity(items.thumb, i, j)
@@ -122,7 +162,8 @@ def _split_order(name: str) -> int:
 
 def find_duplicates(items: Items, near: bool = True, **near_options) -> list[dict]:
     """Groups of two or more images that are copies of each other, the worst first: leaks
-    with label conflicts, conflicts, leaks, then redundant copies; larger groups first."""
+    with label conflicts, conflicts, leaks, then redundant copies; larger groups first.
+    ``near_options`` go to ``near_pairs`` (``info``: a dict that gets its settings)."""
     n = len(items)
     by_hash: dict[str, list[int]] = {}
     for k in np.nonzero(items.valid)[0].tolist():
