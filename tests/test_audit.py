@@ -364,3 +364,32 @@ def test_many_lookalikes_tighten_the_phash_distance(tmp_path, monkeypatch):
     assert "pHash pairs within" in format_audit(result.report)
     names = {Path(p).name for g in result.report["duplicates"] for p in g["paths"]}
     assert copies["exact_leak"].name in names  # exact copies do not depend on it
+
+
+def test_audit_page_in_chromium_draws_thumbnails_and_chinese(tmp_path):
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("chromium not installed (make test installs it)")
+    from browser import chrome_driver
+    from resnetlab.audit.page import write_page
+
+    messy_folder(tmp_path / "d")
+    page = write_page(audit(str(tmp_path / "d")), tmp_path / "audit.html")
+    with chrome_driver() as driver:
+        driver.get(page.as_uri())
+        sizes = driver.execute_script(
+            "return [...document.images].map(i => [i.complete, i.naturalWidth])"
+        )
+        assert len(sizes) == 8 and all(done and w > 0 for done, w in sizes)  # every PNG decodes
+        driver.execute_cdp_cmd("DOM.enable", {})
+        driver.execute_cdp_cmd("CSS.enable", {})
+        root = driver.execute_cdp_cmd("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
+        nodes = driver.execute_cdp_cmd(
+            "DOM.querySelectorAll", {"nodeId": root, "selector": "figcaption"}
+        )["nodeIds"]
+        used = set()
+        for node in nodes:
+            fonts = driver.execute_cdp_cmd("CSS.getPlatformFontsForNode", {"nodeId": node})
+            used |= {f["familyName"] for f in fonts["fonts"]}
+    assert any("CJK" in name for name in used), used  # the class names, not boxes
