@@ -26,8 +26,10 @@ LAYERS = [
         "metrics",  # the logits loop, top-k counts, the weights fingerprint
     ),  # foundations
     ("data", "models", "resnetlab"),  # the package root exposes the model API
-    ("weights", "weight_sources", "summary", "run", "convert"),  # run: run folder + metadata
-    ("bundle", "train"),  # loading a trained model; the training engine
+    # run: run folder + metadata; preprocess: a model's preprocessing written out in full
+    ("weights", "weight_sources", "summary", "run", "convert", "preprocess"),
+    # loading a trained model (exported: from its own ONNX/TorchScript export); training
+    ("bundle", "exported", "train"),
     ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta", "hub"),
     ("report", "serve", "experiments", "audit"),  # audit: duplicates, leaks, label issues
     ("cli", "cli_parser", "__main__"),

@@ -155,6 +155,8 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     model = model.eval()
+    if isinstance(model, torch.jit.ScriptModule):  # a TorchScript export: FX cannot trace it
+        return model
     try:
         return fuse(model)
     except (torch.fx.proxy.TraceError, TypeError):

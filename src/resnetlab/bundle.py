@@ -16,7 +16,9 @@ from torch import nn
 
 from .data import DataConfig, DataPipeline, Source, load_source
 from .errors import ConfigError
+from .exported import is_torchscript, load_onnx, load_torchscript
 from .models import create_model, get_model_entry
+from .preprocess import attach
 from .run import ModelMeta, RunDir
 from .weights import (
     IMAGENET_MEAN,
@@ -63,7 +65,7 @@ def _build(meta: ModelMeta, state: dict, source: str) -> nn.Module:
         meta.model, num_classes=meta.num_classes, in_chans=meta.in_chans, **meta.model_kwargs
     )
     load_into(model, state, source)
-    return model.eval()
+    return attach(model, meta).eval()
 
 
 def _build_trained(meta: ModelMeta, state: dict, weights: Path, described: str,
@@ -102,7 +104,7 @@ def _build_trained(meta: ModelMeta, state: dict, weights: Path, described: str,
             f"{described} names {len(meta.classes)} classes but says num_classes "
             f"{meta.num_classes} (as {weights} has); {advice}"
         )
-    return model.eval()
+    return attach(model, meta).eval()
 
 
 def _checkpoint_hint(folder: RunDir, used: Path) -> str:
@@ -176,6 +178,11 @@ def load_model(path: str | Path) -> LoadedModel:
     if not p.is_file():
         raise WeightsError(f"{p}: no such run folder or model file")
     folder = RunDir(p.parent)
+    if p.suffix == ".onnx" or (p.suffix in (".ts", ".pt") and is_torchscript(p)):
+        # The project's own export, with the metadata it carries; it runs as it was
+        # exported (onnxruntime, or TorchScript), outside any run folder's caches.
+        module, meta = load_onnx(p) if p.suffix == ".onnx" else load_torchscript(p)
+        return LoadedModel(attach(module, meta), meta, p, None)
     if p.suffix == ".safetensors":
         try:
             meta, state = folder.read_meta(), read_state_dict(p)

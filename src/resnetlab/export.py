@@ -18,8 +18,9 @@ from .errors import (
     ConfigError,
     ExportError,
     FileConflictError,
-    MissingFileError,
 )
+from .exported import META_KEY, onnx_session
+from .exported import check_external_data as check_external_data  # backends import it here
 from .fmt import pct
 from .metrics.fingerprint import weights_fingerprint
 from .metrics.logits import iter_logits
@@ -37,9 +38,18 @@ WEIGHTS_KEY = "resnetlab.weights_sha256"
 
 
 def _metadata(loaded: LoadedModel) -> dict[str, str]:
+    """The export's metadata: the weights' fingerprint, the model's whole preprocessing
+    (``resnetlab.preprocessing``: resize rule and size, interpolation, crop, mean/std, channel
+    order, the input's dtype and range, temperature, classes, task, thresholds; what a client
+    with only onnxruntime, Pillow and numpy reads) and model.json, then the keys of earlier
+    versions."""
+    from .preprocess import describe
+
     m = loaded.meta
     return {
         WEIGHTS_KEY: weights_fingerprint(loaded.model),
+        "resnetlab.preprocessing": json.dumps(describe(m), ensure_ascii=False),
+        META_KEY: m.dumps().strip(),
         "resnetlab.model": m.model,
         "resnetlab.classes": json.dumps(m.classes, ensure_ascii=False),
         "resnetlab.input_size": json.dumps(m.input_size),
@@ -98,7 +108,12 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
 def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
     c, h, w = loaded.meta.input_size
-    extra = {"resnetlab.json": json.dumps(loaded.meta.to_json(), ensure_ascii=False)}
+    from .preprocess import describe
+
+    extra = {
+        "resnetlab.json": json.dumps(loaded.meta.to_json(), ensure_ascii=False),
+        "preprocessing.json": json.dumps(describe(loaded.meta), ensure_ascii=False),
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     # PyTorch marks TorchScript deprecated (the README says so and points to ONNX); the user
     # asked for this format, so its warning would only repeat that on every export.
@@ -134,38 +149,6 @@ def check_replaceable(path: Path) -> None:
             f"{path} already exists and is not a resnetlab export; it is left as it is: "
             "choose another --out, or move it away first"
         )
-
-
-def check_external_data(path: Path) -> None:
-    """External tensor files must lie inside the model's own folder (no absolute paths, no
-    ``..``): a crafted model could otherwise make the runtime read any file."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    model = onnx.load(str(path), load_external_data=False)
-    root = path.parent.resolve()
-    for tensor in model.graph.initializer:
-        if not uses_external_data(tensor):
-            continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (root / location).resolve()
-        if os.path.isabs(location) or root not in target.parents:
-            raise ExportError(
-                f"{path}: tensor {tensor.name!r} points at external data {location!r} outside "
-                f"{root}; refusing to load it"
-            )
-
-
-def onnx_session(path: str | os.PathLike):
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no such ONNX file")
-    check_external_data(path)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_logits(session, x: torch.Tensor) -> torch.Tensor:
