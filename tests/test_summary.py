@@ -102,3 +102,22 @@ def test_cli_output_into_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_the_summary_says_multiply_adds_and_the_bottleneck_version(capsys):
+    assert main(["summary", "resnet50", "--depth", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "4.09G  (multiply-adds, one image: what the ResNet paper's Table 1 calls FLOPs)" in out
+    assert "v1.5 (stride on the 3x3 conv" in out and "--v1" in out
+    for name, paper in (("resnet50", "3.8"), ("resnet101", "7.6"), ("resnet152", "11.3")):
+        assert main(["summary", name, "--v1", "--depth", "0"]) == 0
+        out = capsys.readouterr().out
+        assert "Bottleneck:        v1 (stride on the first 1x1" in out
+        assert f"Paper (Table 1):   {paper} x 10^9 multiply-adds" in out
+        macs = float(out.split("(here ")[1].split(")")[0])
+        assert abs(macs - float(paper)) < 0.07, name  # 3.86, 7.57, 11.28
+    assert main(["summary", "resnet18", "--depth", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Paper (Table 1):   1.8" in out and "Bottleneck" not in out
+    assert main(["summary", "resnet18", "--v1"]) == 2
+    assert "has no bottleneck blocks" in capsys.readouterr().err

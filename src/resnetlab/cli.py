@@ -51,11 +51,25 @@ def cmd_models(args: argparse.Namespace) -> int:
 @command("summary")
 def cmd_summary(args: argparse.Namespace) -> int:
     from .models import create_model
-    from .summary import format_summary, resolve_input_size, small_input_note, summarize
+    from .summary import (
+        bottleneck_version,
+        format_summary,
+        resolve_input_size,
+        small_input_note,
+        summarize,
+    )
 
     size = resolve_input_size(args.model, args.input_size, args.in_chans)
     model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0])
-    print(format_summary(args.model, summarize(model, size, depth=args.depth)))
+    version = bottleneck_version(model)
+    if args.v1:
+        if version is None:
+            raise ConfigError(f"--v1: {args.model} has no bottleneck blocks (v1 and v1.5 differ "
+                              "only in where a bottleneck strides)")  # fmt: skip
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0],
+                             stride_in_1x1=True)  # fmt: skip
+        version = "v1"
+    print(format_summary(args.model, summarize(model, size, depth=args.depth), version))
     note = small_input_note(args.model, size)
     if note:
         print(f"\n{note}")

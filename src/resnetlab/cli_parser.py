@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
           ("--input-size", {"type": int, "nargs": 3, "metavar": ("C", "H", "W")}),
           ("--in-chans", {"type": int, "help": "input channels (1 for grayscale)"}),
           ("--num-classes", {"type": int, "help": "classifier outputs (default: family's)"}),
-          ("--depth", {"type": int, "default": 2, "help": "levels of nesting shown"}))  # fmt: skip
+          ("--depth", {"type": int, "default": 2, "help": "levels of nesting shown"}),
+          ("--v1", {"action": "store_true", "help": "bottleneck models as the paper built them "
+                    "(stride on the first 1x1 conv; default v1.5, torchvision's): Table 1's "
+                    "3.8 / 7.6 / 11.3 G multiply-adds"}))  # fmt: skip
     p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
               ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip

@@ -213,7 +213,30 @@ def small_input_note(model: str, input_size: tuple[int, int, int]) -> str | None
     )
 
 
-def format_summary(model_name: str, s: ModelSummary) -> str:
+# He et al. 2016 (arXiv:1512.03385), Table 1: "FLOPs" at 224x224 (multiply-adds, x 10^9), of
+# the original ("v1") bottleneck, strided on its first 1x1 convolution.
+PAPER_TABLE1 = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6,
+                "resnet152": 11.3}  # fmt: skip
+
+
+def bottleneck_version(model: nn.Module) -> str | None:
+    """``v1`` or ``v1.5`` for a network of bottleneck blocks (v1.5, torchvision's: the stride
+    on the 3x3 convolution; v1, the paper's: on the first 1x1), None for basic blocks."""
+    from .models.blocks import Bottleneck
+
+    if not hasattr(model, "stride_in_1x1"):
+        return None
+    if not any(isinstance(m, Bottleneck) for m in model.modules()):
+        return None
+    return "v1" if model.stride_in_1x1 else "v1.5"
+
+
+def format_summary(
+    model_name: str, s: ModelSummary, version: str | None = None, v1_hint: bool = True
+) -> str:
+    """The per-layer table and totals. MACs are the paper's "FLOPs" (multiply-adds);
+    ``version``: the bottleneck version (``bottleneck_version``), said on its own line, with
+    Table 1's figure when the model is one of it, at 224x224, as the paper built it."""
     header = ("Layer", "Type", "Output shape", "Params", "MACs")
     body = [
         (
@@ -240,10 +263,23 @@ def format_summary(model_name: str, s: ModelSummary) -> str:
         rule,
         f"Total params:      {s.total_params:,}",
         f"Trainable params:  {s.trainable_params:,}",
-        f"MACs:              {human(s.macs)}  (multiply-accumulates, one image)",
-        f"FLOPs:             {human(s.flops)}  (= 2 x MACs)",
+        f"MACs:              {human(s.macs)}  (multiply-adds, one image: what the ResNet "
+        "paper's Table 1 calls FLOPs)",
+        f"FLOPs:             {human(s.flops)}  (= 2 x MACs: multiplications and additions "
+        "counted apart)",
         f"Weights size:      {s.total_params * 4 / 2**20:.1f} MiB as fp32",
     ]
+    if version == "v1.5":
+        out.append(
+            "Bottleneck:        v1.5 (stride on the 3x3 conv, as torchvision)"
+            + ("; --v1 for the paper's (stride on the first 1x1)" if v1_hint else "")
+        )
+    elif version == "v1":
+        out.append("Bottleneck:        v1 (stride on the first 1x1 conv, as the paper)")
+    paper = PAPER_TABLE1.get(model_name)
+    if paper is not None and s.input_size[1:] == (224, 224) and version in (None, "v1"):
+        out.append(f"Paper (Table 1):   {paper} x 10^9 multiply-adds at 224x224 (here "
+                   f"{s.macs / 1e9:.2f})")  # fmt: skip
     return "\n".join(out)
 
 
