@@ -25,13 +25,16 @@ LAYERS = [
         "optional",
         "metrics",  # the logits loop, top-k counts, the weights fingerprint
     ),  # foundations
-    ("data", "models", "resnetlab"),  # the package root exposes the model API
+    # the package root exposes the model API; its notebook API (fit, load, Run) is api's,
+    # imported on first use (``__getattr__``), so it is no import of this layer
+    ("data", "models", "resnetlab"),
     # run: run folder + metadata; preprocess: a model's preprocessing written out in full
     ("weights", "weight_sources", "summary", "run", "convert", "preprocess"),
     # loading a trained model (exported: from its own ONNX/TorchScript export); training
     ("bundle", "exported", "train"),
     ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta", "hub"),
-    ("report", "serve", "experiments", "audit"),  # audit: duplicates, leaks, label issues
+    ("report", "serve", "experiments", "audit", "api"),  # audit: duplicates, leaks, label
+    # issues; api: the notebook API (fit, load, Run)
     ("cli", "cli_parser", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -47,11 +50,28 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _lazy_nodes(tree: ast.Module) -> set[int]:
+    """The import statements of the package root that load its names on first use (inside
+    ``__getattr__``) or only for type checkers (``if TYPE_CHECKING:``)."""
+    lazy = set()
+    for node in tree.body:
+        if (isinstance(node, ast.FunctionDef) and node.name == "__getattr__") or (
+            isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+        ):
+            lazy.update(id(n) for n in ast.walk(node))
+    return lazy
+
+
 def _imports(name: str, path: Path) -> set[str]:
-    """resnetlab modules that ``name`` imports, at the top or inside functions."""
+    """resnetlab modules that ``name`` imports, at the top or inside functions (the package
+    root's lazy names excepted: see ``_lazy_nodes``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    lazy = _lazy_nodes(tree) if name == "resnetlab" else set()
+    for node in ast.walk(tree):
+        if id(node) in lazy:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -127,16 +147,19 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr
 
 
-def test_the_prediction_path_imports_nothing_from_training():
-    """Using a trained model (predict, evaluate, export, serve, and the command line's
-    parser) never loads the training package: ``evaluate``/``predict`` must not pay for the
-    trainer's imports, and a change in training cannot break them."""
+def test_the_package_root_loads_its_notebook_api_on_first_use():
+    """``import resnetlab`` does not import the training or the notebook API (``--help``
+    stays quick); ``resnetlab.fit`` and the other lazy names resolve to api's."""
     code = (
-        "import sys\n"
-        "import resnetlab.predict, resnetlab.evaluate, resnetlab.export, resnetlab.serve.app\n"
-        "import resnetlab.backend_choice\n"
-        "print(sorted(m for m in sys.modules if m.startswith('resnetlab.train')))\n"
+        "import sys, resnetlab\n"
+        "heavy = [m for m in ('resnetlab.api', 'resnetlab.train', 'resnetlab.predict') "
+        "if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "import resnetlab.api as api\n"
+        "for name in resnetlab._LAZY:\n"
+        "    assert getattr(resnetlab, name) is getattr(api, name), name\n"
+        "    assert name in resnetlab.__all__ and name in dir(resnetlab), name\n"
+        "print('ok')\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == "[]"
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr

@@ -239,27 +239,10 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
               f"{s['weights_sha256']}", flush=True)  # fmt: skip
     if not trainer.dist.is_main or args.quiet:
         return 0
+    from .train.closing import closing_lines
+
     run = s["run_dir"]
-    print(f"\nbest epoch        {s['best_epoch']} of {s['epochs_completed']}")
-    if "best_val_map" in s:  # multi-label
-        print(f"best val mAP      {pct(s['best_val_map'])}")
-        if s.get("test_map") is None:
-            print("test mAP          -   (no test split)")
-        else:
-            print(f"test mAP          {pct(s['test_map'])}   (best checkpoint; F1 micro "
-                  f"{pct(s['test_f1_micro'])}, macro {pct(s['test_f1_macro'])}, exact match "
-                  f"{pct(s['test_exact_match'])} at the per-class thresholds)")  # fmt: skip
-    else:
-        print(f"best val top-1    {pct(s['best_val_top1'])}")
-        if s["test_top1"] is None:
-            print("test top-1        -   (no test split)")
-        else:
-            print(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
-    if s.get("temperature") is not None:
-        print(f"calibration       T = {s['temperature']:.3g}, ECE {pct(s['ece_before'])} -> "
-              f"{pct(s['ece_after'])} (val)")  # fmt: skip
-    speed = f"{s['train_images_per_second']:,.0f} images/s ({s['precision']}, {s['device']})"
-    print(f"time              {s['train_seconds']:.1f} s training, {speed}")
+    print("\n" + "\n".join(closing_lines(s)[:-1]))  # the run folder below, with what next
     held_out = any(s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map",
                                                    "test_map"))  # fmt: skip
     if held_out and trainer.cfg.tracker != "none":  # the tracker run gets the report too

@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from .data.images import ImageDecodeError, open_image
+from .data.images import ImageDecodeError, from_pil, open_image
 from .data.transforms import BatchTransform, file_transform, stack_images
 from .errors import ConfigError
 
@@ -269,7 +269,7 @@ class Explainer:
         if isinstance(image, torch.Tensor):
             a = image.detach().cpu().numpy().transpose(1, 2, 0)
             image = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-        image = image.convert("RGB" if self.in_chans == 3 else "L")
+        image = from_pil(image, self.in_chans)  # EXIF orientation and alpha as a file's
         return self._to_input(image)
 
     def explain_batch(

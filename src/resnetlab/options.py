@@ -100,3 +100,84 @@ def add_options(
             kw["type"] = kind
         kw["help"] = (text + _default_text(f)).strip() or None
         made[name].add_argument(flag_name(f.name), **kw)
+
+
+_KIND_WORDS = {bool: "True or False", int: "a whole number", float: "a number", str: "a string",
+               list: "a list", dict: "a mapping"}  # fmt: skip
+
+
+def _optional(tp) -> bool:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return type(None) in typing.get_args(tp)
+    return False
+
+
+def _coerce(kind, value):
+    """``value`` as ``kind`` when it is one (an int is a float; a tuple a list; a path a
+    string), else raise ``TypeError``."""
+    import numbers
+    import operator
+    import os
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if kind is int:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)  # numpy integers too; a float is refused
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError
+        return float(value)
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError
+    if kind is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)  # KEY=VALUE items, parsed by the setting's own reader
+        raise TypeError
+    return value
+
+
+def check_types(config_cls, values: dict) -> dict:
+    """``values`` (setting name -> value, from YAML or a Python call) checked against the
+    types of ``config_cls``'s fields and made exactly those types (an int where a float is
+    declared, a tuple where a list, a path where a string); a value of another type is a
+    ``ConfigError`` naming the setting (its flag), before anything compares or uses it."""
+    from .errors import ConfigError
+
+    hints = typing.get_type_hints(config_cls)
+    out = dict(values)
+    for name, value in values.items():
+        if name not in hints:
+            continue
+        tp = hints[name]
+        if value is None:
+            if _optional(tp):
+                continue
+            kind, _ = _scalar(tp)
+            raise ConfigError(f"{flag_name(name)} must be {_KIND_WORDS.get(kind, kind)}, "
+                              "not None")  # fmt: skip
+        kind, item = _scalar(tp)
+        try:
+            if kind is list:
+                if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+                    raise TypeError
+                out[name] = [_coerce(item, v) for v in value]
+            else:
+                out[name] = _coerce(kind, value)
+        except TypeError:
+            what = _KIND_WORDS.get(kind, getattr(kind, "__name__", str(kind)))
+            if kind is list:
+                what = f"a list of {_KIND_WORDS.get(item, item).removeprefix('a ')}s"
+            raise ConfigError(
+                f"{flag_name(name)} must be {what}; {value!r} is a {type(value).__name__}"
+            ) from None
+    return out

@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import re
+import sys
 import unicodedata
 import warnings
 from collections.abc import Iterator
@@ -67,7 +68,10 @@ def _plt():
     # Some CJK fonts come in one weight only (WenQuanYi Zen Hei: 500); matplotlib then logs
     # a warning per text item that it used that weight. Nothing is wrong: keep stderr clean.
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:
+        # Files only, no display needed. In a Jupyter kernel the notebook's own backend
+        # (inline) is kept, so the user's plots still show after one of ours.
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.rcParams["font.family"] = font_families()

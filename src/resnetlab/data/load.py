@@ -53,6 +53,10 @@ def load_source(
         source = load_cifar_source(Path(rest), int(kind[5:]), val_ratio, seed, download)
     elif kind == "wds" and rest:
         source = load_wds_source(rest)
+    elif kind == "memory" and rest:  # images a Python caller handed over (resnetlab.fit)
+        from .memory import load_memory_source
+
+        source = load_memory_source(rest, val_ratio, test_ratio, seed)
     elif kind in ("hf", "hf-disk") and rest:  # Hugging Face datasets
         from .hf import load_hf_source
 

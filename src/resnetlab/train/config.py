@@ -17,7 +17,7 @@ from ..data import DataConfig
 from ..device import PRECISIONS
 from ..errors import ConfigError
 from ..fmt import shell_command
-from ..options import flag_name, option
+from ..options import check_types, flag_name, option
 from ..run import RunDir
 
 MODES = ("auto", "scratch", "finetune", "feature-extract")
@@ -310,8 +310,9 @@ def resolve_config(
 ) -> TrainConfig:
     """Defaults < recipe < config file < overrides (flags actually given)."""
     merged: dict = {}
-    file_values = load_yaml(config_file) if config_file else {}
-    overrides = _known(dict(overrides or {}), "command line")
+    file_values = check_types(TrainConfig, load_yaml(config_file) if config_file else {})
+    # A value of the wrong type (lr="fast") is one ConfigError naming the setting.
+    overrides = check_types(TrainConfig, _known(dict(overrides or {}), "command line"))
     if "model_kwargs" in overrides:
         overrides["model_kwargs"] = parse_kwargs(overrides["model_kwargs"])
     recipe = overrides.get("recipe") or file_values.get("recipe") or recipe

@@ -1,0 +1,278 @@
+"""The Python API at the package root: fit, load and Run, as a notebook user calls them.
+
+Settings resolve through the command line's own function (the same job trained both ways
+writes the same config.yaml), errors name Python's arguments, ``data`` takes what a notebook
+holds, and ``Run.predict`` takes every kind of image a user holds and refuses the rest in one
+line that says what it accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import resnetlab
+from resnetlab.cli import main
+from resnetlab.errors import ConfigError, DataError, ResnetlabError
+
+TINY = {"model_kwargs": {"widths": [4, 8, 8]}, "epochs": 1, "num_workers": 0,
+        "precise_bn": False, "batch_size": 8}  # fmt: skip
+
+
+def _shapes(rng, n_per_class: int = 12, size: int = 12):
+    """(images uint8 (N, size, size, 3), class names): one bright channel per class."""
+    images, labels = [], []
+    for c, name in enumerate(["红", "green", "blue"]):
+        for _ in range(n_per_class):
+            a = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            a[..., c] += 180
+            images.append(a)
+            labels.append(name)
+    return np.stack(images), labels
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_the_cli_and_fit_resolve_the_same_job_to_the_same_config(tmp_path, capsys):
+    """--weights picks the finetune recipe both ways; config.yaml is the same file."""
+    from safetensors.torch import save_file
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data"
+    images, labels = _shapes(rng, n_per_class=8)
+    for i, (a, name) in enumerate(zip(images, labels)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(folder / name / f"{i}.png")
+    weights = tmp_path / "w.safetensors"
+    model = resnetlab.create_model("resnet20", widths=[4, 8, 8])
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    argv = ["train", "--data", str(folder), "--model", "resnet20", "--model-kwargs",
+            "widths=[4,8,8]", "--weights", str(weights), "--epochs", "1", "--num-workers", "0",
+            "--no-precise-bn", "--batch-size", "8", "--out", str(tmp_path / "runs"),
+            "--name", "cli", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    run = resnetlab.fit(data=folder, model="resnet20", weights=str(weights),
+                        out=tmp_path / "runs", name="python", **TINY)  # fmt: skip
+    captured = capsys.readouterr()
+    out = captured.err + captured.out  # the run's lines on stderr, the closing block on stdout
+    assert "recipe finetune (chosen for" in out and ": AdamW lr 0.001" in out  # as the CLI
+    for line in ("best epoch", "best val top-1", "test top-1", "run folder"):
+        assert line in out, line  # the closing block
+    cli = yaml.safe_load((tmp_path / "runs" / "cli" / "config.yaml").read_text())
+    python = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert cli.pop("name") == "cli" and python.pop("name") == "python"
+    assert python == cli
+    assert python["recipe"] == "finetune" and python["optimizer"] == "adamw"
+    assert isinstance(run, resnetlab.Run) and run.path == tmp_path / "runs" / "python"
+
+
+@pytest.mark.parametrize(
+    ("settings", "python", "argv", "flag"),
+    [
+        ({"epochs": -1}, "epochs=-1: must be at least 1", ["--epochs", "-1"],
+         "--epochs must be at least 1, got -1"),
+        ({"lr": "fast"}, "lr='fast': must be a number; 'fast' is a str", ["--lr", "fast"],
+         "argument --lr: invalid float value: 'fast'"),
+        ({"epochs": 2.5}, "epochs=2.5: must be a whole number; 2.5 is a float",
+         ["--epochs", "2.5"], "argument --epochs: invalid int value: '2.5'"),
+        ({"nesterov": "maybe"}, "nesterov='maybe': must be True or False; 'maybe' is a str",
+         "nesterov: maybe", "--nesterov must be True or False; 'maybe' is a str"),
+        ({"mode": "finetune"}, "mode='finetune' needs weights (torchvision or a file)",
+         ["--mode", "finetune"], "--mode finetune needs --weights"),
+        ({"lrr": 0.1}, "fit(): unknown setting(s): lrr (did you mean lr?)", ["--lrr", "0.1"],
+         "unrecognized arguments: --lrr 0.1"),
+        ({"val_ratio": 1.5}, "val_ratio=1.5: must be in [0, 1) (e.g. 0.1 holds out 10 %)",
+         ["--val-ratio", "1.5"], "--val-ratio must be in [0, 1), got 1.5"),
+    ],
+)  # fmt: skip
+def test_errors_in_python_name_the_argument_and_in_the_cli_the_flag(
+    settings, python, argv, flag, capsys, tmp_path
+):  # fmt: skip
+    with pytest.raises(ResnetlabError) as exc:
+        resnetlab.fit(data="digits", out=tmp_path, **settings)
+    assert python in str(exc.value)
+    assert "--" not in str(exc.value)
+    if isinstance(argv, str):  # a YAML file of settings
+        (tmp_path / "c.yaml").write_text(argv + "\n")
+        argv = ["--config", str(tmp_path / "c.yaml")]
+    try:  # argparse's refusals exit; the library's are one line and status 2
+        code = main(["train", "--out", str(tmp_path), *argv])
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 2
+    assert flag in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()) or all(p.suffix == ".yaml" for p in tmp_path.iterdir())
+
+
+def test_python_messages_keep_the_commands_they_quote():
+    from resnetlab.api import python_message
+
+    text = python_message(
+        "--epochs 3: runs/x has already completed 5 epochs; resnetlab train --resume runs/x "
+        "--epochs 9; or pass --weights PATH",
+        {"epochs": 3}, {"epochs", "weights", "resume"},
+    )  # fmt: skip
+    assert text.startswith("epochs=3: runs/x has already completed 5 epochs; ")
+    assert "resnetlab train --resume runs/x --epochs 9" in text and "weights=PATH" in text
+
+
+# ------------------------------------------------------------------------------- data
+
+
+def test_fit_takes_an_in_memory_pair_a_dataset_and_images_of_several_sizes(
+    tmp_path, monkeypatch
+):  # fmt: skip
+    from torch.utils.data import TensorDataset
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rng = np.random.default_rng(1)
+    images, labels = _shapes(rng)
+    run = resnetlab.fit(data=(images, labels), verbose=False, out=tmp_path, name="pair", **TINY)
+    assert run.classes == sorted(["红", "green", "blue"])
+    assert run.config["data"].startswith("memory:") and run.summary["test_top1"] is not None
+    assert run.meta.input_size == [3, 16, 16]  # from the images' own size, as a folder's
+    # the same pair, evaluated in this process on the run's own test split
+    ev = run.evaluate()
+    assert ev["split"] == "test" and ev["num_samples"] == sum(map(sum, ev["confusion_matrix"]))
+    # a Dataset of (CHW float in [0, 1], int label), as torchvision's ToTensor gives them
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    y = torch.tensor([["红", "green", "blue"].index(v) for v in labels])
+    ds = TensorDataset(x, y)
+    ds.classes = ["红", "green", "blue"]
+    run2 = resnetlab.fit(data=ds, verbose=False, out=tmp_path, name="dataset", **TINY)
+    assert run2.classes == ["红", "green", "blue"]
+    # PIL images of several sizes: written once as a folder of PNGs, trained as a folder
+    pil = [Image.fromarray(a).resize((12 + i % 3, 12)) for i, a in enumerate(images)]
+    run3 = resnetlab.fit(data=(pil, labels), verbose=False, out=tmp_path, name="pil", **TINY)
+    data = Path(run3.config["data"])
+    assert data.is_dir() and data.is_relative_to(tmp_path / "cache")
+    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == sorted(run3.classes)
+
+
+def test_fit_refuses_data_it_cannot_use_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="data=dict: give a DATA string"):
+        resnetlab.fit(data={"x": 1})
+    with pytest.raises(ConfigError, match="3 images but 2 labels"):
+        resnetlab.fit(data=(np.zeros((3, 8, 8), np.uint8), [0, 1]))
+    with pytest.raises(ConfigError, match="a float64 array; images are uint8"):
+        resnetlab.fit(data=([np.zeros((8, 8))], [0]))
+    with pytest.raises(DataError, match=r"data='nowhere/x' is not a folder"):
+        resnetlab.fit(data="nowhere/x")
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@pytest.fixture(scope="module")
+def digits(trained_run, tmp_path_factory):
+    """The digits run opened, and a folder of digit PNGs (8x8 greyscale)."""
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("digits")
+    d = load_digits()
+    arrays = [np.rint(d.images[i] * 255 / 16).astype(np.uint8) for i in range(4)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a, "L").save(folder / f"{i}.png")
+    return resnetlab.load(trained_run), folder, arrays
+
+
+def test_predict_takes_every_kind_of_image_a_user_holds(digits):
+    run, folder, arrays = digits
+    files = sorted(folder.glob("*.png"))
+    ref = run.predict([str(f) for f in files]).probs
+    assert ref.shape == (4, 10) and np.isfinite(ref).all()
+
+    def close(x, rows=slice(None), atol=1e-6):
+        got = run.predict(x)
+        assert got.probs.shape == ref[rows].shape, type(x)
+        assert np.abs(got.probs - ref[rows]).max() <= atol, type(x)
+        return got
+
+    assert len(close(str(files[0]), slice(0, 1))) == 1  # a bare string is one image
+    close(files[0], slice(0, 1))  # a Path
+    close(folder)  # a folder, walked
+    close(str(folder / "*.png"))  # a glob
+    close([f.read_bytes() for f in files])  # bytes
+    close([Image.open(f) for f in files])  # PIL images
+    close(arrays)  # HxW uint8 arrays
+    close(np.stack(arrays))  # NxHxW
+    close([a[:, :, None] for a in arrays])  # HxWx1
+    close([np.repeat(a[:, :, None], 3, axis=2) for a in arrays])  # RGB, made greyscale
+    close(torch.from_numpy(np.stack(arrays))[:, None])  # NCHW uint8
+    close(torch.from_numpy(arrays[0])[None], slice(0, 1))  # CHW uint8
+    mixed = run.predict(iter([str(files[0]), Image.open(files[1]), arrays[2],
+                              torch.from_numpy(arrays[3])[None]]))  # fmt: skip
+    assert np.abs(mixed.probs - ref).max() <= 1e-6  # a generator mixing kinds
+    # float in [0, 1] at the input size: the exact pixels the model sees, without rounding
+    p = run._predictor("torch", None, "fp32", 32)
+    from resnetlab.data.images import open_image
+
+    seen = torch.stack([p.preprocess(open_image(f, 1)) for f in files]).float() / 255
+    close(seen, atol=1e-5)
+    close(list(seen), atol=1e-5)
+
+
+def test_predictions_have_labels_topk_errors_pandas_and_a_notebook_display(digits, tmp_path):
+    run, folder, _ = digits
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    files = [str(folder / "0.png"), str(bad), str(tmp_path / "missing.png"),
+             str(tmp_path / "none-*.png"), str(folder / "1.png")]  # fmt: skip
+    r = run.predict(files, topk=3)
+    assert len(r) == 5 and r.probs.shape == (5, 10)
+    assert [e is None for e in r.errors] == [True, False, False, False, True]
+    assert "not an image" in r.errors[1] and r.errors[3] == "no file matches this pattern"
+    assert np.isnan(r.probs[1]).all() and r.labels[1] is None and r.topk()[1] == []
+    assert r.labels[0] == run.classes[int(np.argmax(r.probs[0]))]
+    tops = r.topk(2)[0]
+    assert [t["index"] for t in tops] == list(np.argsort(-r.probs[0])[:2])
+    assert r.rows()[0]["path"] == files[0] and r[0]["label"] == r.labels[0]
+    frame = r.to_pandas()
+    assert list(frame.columns[:4]) == ["name", "label", "prob", "error"]
+    assert list(frame.columns[4:]) == run.classes and len(frame) == 5
+    page = r._repr_html_()
+    assert page.count("<img") == 2 and "no file matches" in page and "%" in page
+    assert "2 unreadable" not in repr(r) and "3 unreadable" in repr(r)
+
+
+@pytest.mark.parametrize(
+    ("x", "says"),
+    [
+        (42, "cannot predict on a int"),
+        ({"a": 1}, "cannot predict on a dict"),
+        (np.zeros((8, 8), np.float32), "dtype float32: numpy images are uint8"),
+        (np.zeros((2, 3, 8, 8), np.uint8), "looks NCHW"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), "looks channels-last: x.permute(2, 0, 1)"),
+        (torch.randn(1, 8, 8), "a float tensor holds pixels in [0, 1]"),
+        (torch.zeros(1, 8, 8, dtype=torch.int64), "dtype torch.int64"),
+        (torch.zeros(1, 1, 1, 8, 8), "tensors are CHW or NCHW"),
+        (["a.png", 3.5], "cannot predict on a float"),
+    ],
+)  # fmt: skip
+def test_predict_refuses_what_it_cannot_read_saying_what_it_accepts(digits, x, says):
+    run, _, _ = digits
+    with pytest.raises(ConfigError) as exc:
+        run.predict(x)
+    assert says in str(exc.value) and "a path (str or Path)" in str(exc.value)
+
+
+def test_a_run_shows_its_summary_history_and_curves(digits, trained_run):
+    run = digits[0]
+    assert run.summary["best_epoch"] == 1 and len(run.history) == 1
+    assert run.meta.model == "resnet20" and run.classes == [str(i) for i in range(10)]
+    assert isinstance(run.model, torch.nn.Module) and not run.model.training
+    assert run.model.pretrained_cfg["input_size"] == (1, 32, 32)
+    page = run._repr_html_()
+    assert "best epoch" in page and "<img" in page  # the learning curves
+    ev = run.evaluate(out=trained_run.parent / "eval-api")
+    assert 0 <= ev["top1"] <= 1 and ev["num_samples"] == sum(map(sum, ev["confusion_matrix"]))
+    assert "<img" in ev._repr_html_() and "precision" in ev._repr_html_()
+    ex = run.explain(str(digits[1] / "0.png"))
+    assert len(ex) == 1 and ex[0].heatmap.shape == (32, 32) and "<img" in ex._repr_html_()
