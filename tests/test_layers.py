@@ -32,7 +32,8 @@ LAYERS = [
     ("weights", "weight_sources", "summary", "run", "convert", "preprocess"),
     # loading a trained model (exported: from its own ONNX/TorchScript export); training
     ("bundle", "exported", "train"),
-    ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta", "hub"),
+    ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta", "hub",
+     "openvino_ir"),
     ("report", "serve", "experiments", "audit", "api"),  # audit: duplicates, leaks, label
     # issues; api: the notebook API (fit, load, Run)
     ("cli", "cli_parser", "__main__"),

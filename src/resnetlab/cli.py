@@ -380,6 +380,8 @@ def _print_skipped(name: str, skipped: list[tuple[str, str]], show: int = 10) ->
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "hub":
         return _export_hub(args)
+    if args.format == "openvino":
+        return _export_openvino(args)
     from .export import export, real_inputs
 
     real = real_inputs(args.run) if args.verify else None
@@ -421,6 +423,34 @@ def _export_hub(args: argparse.Namespace) -> int:
     else:
         print(f"  timm has no {r['architecture']}; resnetlab reads it: --weights {r['path']}")
     print("  " + shell_command("resnetlab", "push", args.run, "ORG/NAME"))
+    return 0
+
+
+def _export_openvino(args: argparse.Namespace) -> int:
+    from .export import real_inputs
+    from .openvino_ir import export_openvino
+
+    real = real_inputs(args.run) if args.verify else None
+    r = export_openvino(args.run, out=args.out, do_verify=args.verify, real=real,
+                        int8=args.int8, calibration=args.calibration, data=args.data)  # fmt: skip
+    print(f"wrote {r['path']} (+ .bin, {r['bytes'] / 2**20:.1f} MiB, OpenVINO IR, fp32 weights; "
+          "preprocessing in its runtime info)")  # fmt: skip
+    checks = r.get("verify", {})
+    for name, diff in checks.get("fp32", {}).items():
+        print(f"verified {name}: max |difference| {diff:.2e}")
+    if "bf16" in checks:
+        b = checks["bf16"]
+        print(f"bf16 (this CPU runs it natively): max |difference| "
+              f"{max(b['max_abs_diff'].values()):.2e}, top-1 agreement {pct(b['top1_agreement'])}")
+    elif args.verify:
+        print("bf16: not checked (this CPU has no native bf16)")
+    if args.int8:
+        q = r["int8"]
+        print(f"wrote {q['path']} (+ .bin, {q['bytes'] / 2**20:.1f} MiB, int8; calibrated on "
+              f"{q['calibration_images']} {q['calibration_split']} images)")  # fmt: skip
+        if "fp32_top1" in q:
+            print(f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
+                  f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points)")  # fmt: skip
     return 0
 
 

@@ -132,9 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
     _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
           ("run", {}),
-          ("--format", {"choices": ["onnx", "torchscript", "hub"], "default": "onnx",
+          ("--format", {"choices": ["onnx", "torchscript", "hub", "openvino"],
+                        "default": "onnx",
                         "help": "hub: a folder for the Hugging Face hub and timm (config.json, "
-                        "model.safetensors, the model card README.md)"}),
+                        "model.safetensors, the model card README.md); openvino: an OpenVINO "
+                        "IR (RUN/model.xml + .bin) with the preprocessing in its runtime info"}),
           ("--out", {"help": "file to write (default: RUN/model.onnx or RUN/model.ts; hub: "
                      "the folder, default RUN/hub)"}),
           ("--verify", {"action": "store_true", "help": "compare outputs with PyTorch"}),
