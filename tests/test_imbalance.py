@@ -52,6 +52,7 @@ def pipe(tmp_path_factory):
 
 def _features(pipe, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean colour of each image, standardised: a linear probe learns from it in a blink."""
+    pipe.loader(split, train=False)  # a held-out split is decoded when a loader first asks
     s = pipe.source.splits[split]
     x = s.images.float().mean(dim=(2, 3)) / 255.0
     return (x - 0.5) / 0.2, s.labels

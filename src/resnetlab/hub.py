@@ -31,9 +31,10 @@ from .errors import ConfigError, FileConflictError, ResnetlabError, WeightsError
 from .fmt import pct, shell_command
 from .io import atomic_write_bytes, atomic_write_text
 from .models import get_model_entry
+from .run import RunDir
 
 CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
+WEIGHTS = RunDir.WEIGHTS  # the hub folder keeps the run's file name
 CARD = "README.md"
 # model_kwargs that change only how a model is initialised or regularised, not its weights'
 # names and shapes: a model built with them is still timm's architecture.

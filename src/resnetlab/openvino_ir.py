@@ -28,7 +28,7 @@ import torch
 from .bundle import LoadedModel, load_model
 from .errors import ConfigError, ExportError, FileConflictError
 from .export import TOLERANCE, _metadata, export_onnx, quantize_int8
-from .run import output_folder
+from .run import RunDir, output_folder
 
 IR = "model.xml"
 IR_INT8 = "model.int8.xml"
@@ -244,7 +244,7 @@ def _int8(loaded, int8_path: Path, calibration: int, data, do_verify: bool, real
     which OpenVINO runs with int8 kernels."""
     ov = _ov()
     with tempfile.TemporaryDirectory(prefix="resnetlab-ov-") as tmp:
-        fp32_onnx, int8_onnx = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        fp32_onnx, int8_onnx = Path(tmp) / RunDir.ONNX, Path(tmp) / RunDir.ONNX_INT8
         export_onnx(loaded, fp32_onnx)
         report = quantize_int8(loaded, fp32_onnx, int8_onnx, calibration=calibration, data=data)
         ir = ov.convert_model(str(int8_onnx))

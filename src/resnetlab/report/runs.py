@@ -39,7 +39,7 @@ KEYS = ("name", "path", "model", "data", "task", "epochs_done", "epochs_planned"
 # Column -> the key it sorts and filters by, where the two differ.
 _SORT_KEY = {"epochs": "epochs_done", "time": "train_seconds", "calibration": "ece_after"}
 _FRACTIONS = ("best_val", "test", "ece_before", "ece_after")
-_SKIP_DIRS = {"report-files", "openvino-cache", "gradcam", "__pycache__", "hub"}
+_SKIP_DIRS = {RunDir.REPORT_FILES, RunDir.OPENVINO_CACHE, RunDir.EXPLAIN, "__pycache__", "hub"}
 
 
 def find_runs(folder: str | os.PathLike, max_depth: int = 4) -> list[RunDir]:
