@@ -22,6 +22,7 @@ from .errors import (
 from .exported import META_KEY, onnx_session
 from .exported import check_external_data as check_external_data  # backends import it here
 from .fmt import pct
+from .io import writing
 from .metrics.fingerprint import weights_fingerprint
 from .metrics.logits import iter_logits
 from .run import RunDir, output_folder
@@ -100,8 +101,13 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
         )
     proto = program.model_proto
     _set_metadata(proto, _metadata(loaded))
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+    with writing(path):  # a full disk or no permission: one line naming the export
+        try:
+            onnx.save(proto, str(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -120,8 +126,13 @@ def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.trace(model, torch.randn(1, c, h, w))
-        torch.jit.save(scripted, str(tmp), _extra_files=extra)
-    os.replace(tmp, path)
+        with writing(path):
+            try:
+                torch.jit.save(scripted, str(tmp), _extra_files=extra)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
     return path
 
 

@@ -136,9 +136,12 @@ def wrap_label(text: str, width: int = 34) -> str:
 
 
 def _save(fig, path: Path) -> Path:
+    from .io import writing
+
     plt = _plt()
     try:
-        fig.savefig(path)
+        with writing(path):  # a full disk or a read-only folder: one line naming the figure
+            fig.savefig(path)
     finally:
         plt.close(fig)
     return path
