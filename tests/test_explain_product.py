@@ -39,7 +39,7 @@ def noisy_folder(root: Path, seed: int = 0) -> Path:
         (root / name).mkdir(parents=True)
         for k in range(PER_CLASS):
             x = rng.normal(110, 45, size=(32, 32, 3))
-            x[..., ci] += 35
+            x[..., ci] += 8
             Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(root / name / f"{k}.png")
     return root
 
