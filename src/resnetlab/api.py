@@ -842,7 +842,9 @@ class Evaluation(dict):
 
     def confusion_figure(self):
         """The confusion matrix as a matplotlib Figure (rows: true class)."""
-        import matplotlib.pyplot as plt
+        from .plots import _plt
+
+        plt = _plt()  # with the CJK fonts, for Chinese class names
 
         cm = np.asarray(self["confusion_matrix"])
         classes = self["classes"]
