@@ -276,3 +276,42 @@ def test_a_run_shows_its_summary_history_and_curves(digits, trained_run):
     assert "<img" in ev._repr_html_() and "precision" in ev._repr_html_()
     ex = run.explain(str(digits[1] / "0.png"))
     assert len(ex) == 1 and ex[0].heatmap.shape == (32, 32) and "<img" in ex._repr_html_()
+
+
+def test_create_model_with_weights_attaches_them_and_their_preprocessing(tmp_path):
+    """weights= (a file, a hub folder) loads the weights and their preprocessing; another
+    num_classes gets a fresh head; without weights it is the zoo's create_model."""
+    import json
+
+    import timm.data
+    from safetensors.torch import save_file
+
+    source = resnetlab.create_model("resnet18", num_classes=7)
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "w.safetensors"))
+    same = resnetlab.create_model("resnet18", weights=tmp_path / "w.safetensors")
+    assert same.num_classes == 7
+    assert all(torch.equal(v, state[k]) for k, v in same.state_dict().items())
+    cfg = timm.data.resolve_model_data_config(same)
+    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
+    new = resnetlab.create_model("resnet18", num_classes=3, in_chans=1,
+                                 weights=str(tmp_path / "w.safetensors"))  # fmt: skip
+    assert new.fc.out_features == 3 and torch.equal(new.layer4[1].conv2.weight,
+                                                    state["layer4.1.conv2.weight"])  # fmt: skip
+    assert (
+        new.pretrained_cfg["input_size"] == (1, 224, 224) and len(new.pretrained_cfg["mean"]) == 1
+    )
+    hub = tmp_path / "hub"  # a timm hub folder published with a bicubic 0.95 crop
+    hub.mkdir()
+    save_file(state, str(hub / "model.safetensors"))
+    (hub / "config.json").write_text(json.dumps({
+        "architecture": "resnet18", "num_classes": 7, "pretrained_cfg": {
+            "input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95,
+            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))  # fmt: skip
+    cfg = timm.data.resolve_model_data_config(resnetlab.create_model("resnet18", weights=hub))
+    assert cfg["interpolation"] == "bicubic" and cfg["mean"] == (0.5, 0.5, 0.5)
+    assert int(224 / cfg["crop_pct"]) == 236  # the resize weight_sources takes from the hub
+    plain = resnetlab.create_model("resnet20", num_classes=4)
+    assert plain.pretrained_cfg["input_size"] == (3, 32, 32)
+    with pytest.raises(ValueError, match="did you mean"):
+        resnetlab.create_model("resnet18", weights=tmp_path / "w.safetensors", drop_pth_rate=0.1)

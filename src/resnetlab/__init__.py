@@ -9,7 +9,7 @@ The Python API (``docs/api.md``): ``create_model`` and ``list_models`` build net
 
 from typing import TYPE_CHECKING
 
-from .models import create_model, list_models
+from .models import list_models
 
 __version__ = "0.1.0"
 __all__ = [
@@ -24,11 +24,12 @@ __all__ = [
     "load",
 ]
 
-# Names resolved on first use, from the modules that define them.
-_LAZY = {"fit", "load", "Run", "Predictions", "Evaluation", "Explanations"}
+# Names resolved on first use, from the modules that define them. create_model is api's:
+# the zoo's models.create_model, which with pretrained=True / weights= also loads weights.
+_LAZY = {"create_model", "fit", "load", "Run", "Predictions", "Evaluation", "Explanations"}
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time ``__getattr__`` imports them
-    from .api import Evaluation, Explanations, Predictions, Run, fit, load
+    from .api import Evaluation, Explanations, Predictions, Run, create_model, fit, load
 
 
 def __getattr__(name: str):

@@ -27,7 +27,7 @@ from torch import nn
 from .errors import ConfigError, ImageDecodeError, ResnetlabError
 from .run import ModelMeta, RunDir
 
-__all__ = ["Evaluation", "Explanations", "Predictions", "Run", "fit", "load"]
+__all__ = ["Evaluation", "Explanations", "Predictions", "Run", "create_model", "fit", "load"]
 
 # What Run.predict takes, said by every refusal.
 ACCEPTED = (
@@ -203,6 +203,56 @@ def fit(
 
         print("\n" + "\n".join(closing_lines(summary)))
     return Run(summary["run_dir"])
+
+
+def create_model(
+    name: str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model; with ``pretrained=True`` (torchvision's default weights) or
+    ``weights=`` (``"torchvision"``, ``"torchvision:TAG"``, ``"hf-hub:ORG/NAME"``, a hub folder
+    or a ``.pth``/``.safetensors`` file, as ``--weights``) with those weights loaded and their
+    preprocessing attached as timm's ``pretrained_cfg`` (input size, mean/std, interpolation,
+    crop; ``label_names`` when the weights name their classes).
+
+    ``num_classes`` None keeps the weights' classifier; another count gets a fresh head (the
+    backbone keeps the weights). ``in_chans`` other than the weights' adapts the first
+    convolution (RGB filters summed for greyscale). Unknown names and keyword arguments are a
+    ``ValueError`` naming the close matches, as without weights."""
+    from .models import create_model as build
+
+    if weights is None and not pretrained:
+        return build(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    import dataclasses
+
+    from .bundle import pretrained_model
+    from .preprocess import attach
+    from .weights import load_into
+
+    spec = os.fspath(weights) if weights is not None else "torchvision"
+    found = pretrained_model(name, spec)  # the weights, their classes and preprocessing
+    meta = found.meta
+    model = build(name, num_classes=meta.num_classes if num_classes is None else num_classes,
+                  in_chans=in_chans, **kwargs)  # fmt: skip
+    new_head = model.num_classes != meta.num_classes
+    load_into(model, found.model.state_dict(), str(found.source), skip_classifier=new_head)
+    if in_chans != meta.in_chans:  # the normalisation of the weights, per channel of ours
+        mean, std = sum(meta.mean) / len(meta.mean), sum(meta.std) / len(meta.std)
+        meta = dataclasses.replace(meta, in_chans=in_chans, mean=[mean] * in_chans,
+                                   std=[std] * in_chans,
+                                   input_size=[in_chans, *meta.input_size[1:]])  # fmt: skip
+    if new_head:
+        meta = dataclasses.replace(meta, num_classes=model.num_classes,
+                                   classes=[str(i) for i in range(model.num_classes)])  # fmt: skip
+    attach(model, meta)
+    if new_head:
+        model.pretrained_cfg.pop("label_names", None)
+    return model.train()
 
 
 def load(path: str | os.PathLike) -> Run:
