@@ -315,3 +315,13 @@ def test_create_model_with_weights_attaches_them_and_their_preprocessing(tmp_pat
     assert plain.pretrained_cfg["input_size"] == (3, 32, 32)
     with pytest.raises(ValueError, match="did you mean"):
         resnetlab.create_model("resnet18", weights=tmp_path / "w.safetensors", drop_pth_rate=0.1)
+
+
+def test_a_train_config_of_the_wrong_type_is_a_config_error_naming_the_setting():
+    from resnetlab.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="--lr must be a number; 'fast' is a str"):
+        TrainConfig(lr="fast").check()
+    with pytest.raises(ConfigError, match="--milestones must be a list of numbers"):
+        TrainConfig(milestones="0.5").check()
+    TrainConfig(lr=1, milestones=(1, 2)).check()  # an int is a number, a tuple a list

@@ -197,6 +197,8 @@ class TrainConfig(DataConfig):
         def bad(msg):
             raise ConfigError(msg)
 
+        # A value of the wrong type (TrainConfig(lr="fast")) is named, not a TypeError below.
+        check_types(type(self), {f.name: getattr(self, f.name) for f in fields(self)})
         if self.mode not in MODES:
             bad(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.optimizer not in OPTIMIZERS:
