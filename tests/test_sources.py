@@ -179,24 +179,39 @@ def test_unknown_data_string():
 
 
 def test_stats_match_direct_numpy(tmp_path, capsys):
+    """Mean/std are the training split's, each image at the training resolution (the square
+    training keeps it at) and weighing the same: a wide image counts as much as the others,
+    not by its pixels; and they are what `train` takes with the same flags."""
+    from resnetlab.data import DataConfig, build_pipeline
+    from resnetlab.data.loader import cache_geometry
+
     make_folder(tmp_path, {"a": 5, "b": 7}, size=(30, 20))
-    Image.new("RGB", (50, 10), (1, 2, 3)).save(tmp_path / "a" / "wide.png")
+    Image.new("RGB", (500, 100), (1, 2, 3)).save(tmp_path / "a" / "wide.png")
     _add_bad_files(tmp_path / "b")
-    pixels = [
-        np.asarray(open_image(p), dtype=np.float64) / 255
-        for p in sorted(tmp_path.rglob("*.png"))
-        if p.stat().st_size
-    ]
-    flat = np.concatenate([p.reshape(-1, 3) for p in pixels])
     rc = main(["stats", str(tmp_path), "--json"])
     report = json.loads(capsys.readouterr().out)
     assert rc == 1  # bad files found
     assert report["num_images"] == 13
     assert report["classes"] == {"a": 6, "b": 7}
     assert sum(report["splits"].values()) == 13
-    np.testing.assert_allclose(report["mean"], flat.mean(0), atol=1e-9)
-    np.testing.assert_allclose(report["std"], flat.std(0), atol=1e-9)
-    assert report["sizes"]["min"] == [10, 30] and report["sizes"]["max"] == [20, 50]
+    # The reference, image by image in float64: the split and the size train would use.
+    source = load_source(str(tmp_path), max_bad_fraction=1.0)
+    geometry = cache_geometry("cifar", 24)  # the images' median side 20, rounded to 8s: 24
+    per_image = [
+        np.asarray(geometry(open_image(path)), dtype=np.float64) / 255
+        for path in source.splits["train"].paths
+    ]
+    means = np.array([x.mean(axis=(1, 2)) for x in per_image])
+    squares = np.array([np.square(x).mean(axis=(1, 2)) for x in per_image])
+    mean = means.mean(0)
+    np.testing.assert_allclose(report["mean"], mean, atol=1e-12)
+    np.testing.assert_allclose(report["std"], np.sqrt(squares.mean(0) - mean**2), atol=1e-12)
+    assert report["stats_at"] == {"split": "train", "images": len(per_image), "size": [24, 24]}
+    pipe = build_pipeline(DataConfig(data=str(tmp_path), max_bad_fraction=1.0),
+                          size_from_data=True, progress=False)  # fmt: skip
+    np.testing.assert_allclose(pipe.mean, report["mean"], atol=1e-12)
+    np.testing.assert_allclose(pipe.std, report["std"], atol=1e-12)
+    assert report["sizes"]["min"] == [20, 30] and report["sizes"]["max"] == [100, 500]
     assert sorted(b["path"].rsplit("/", 1)[1] for b in report["bad_files"]) == [
         "cut.jpg",
         "zero.png",
@@ -204,6 +219,7 @@ def test_stats_match_direct_numpy(tmp_path, capsys):
     assert main(["stats", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "zero.png: empty file (0 bytes)" in out and "suggested: --mean" in out
+    assert "each at 24x24 as training keeps it" in out
 
 
 def test_stats_digits_in_memory():

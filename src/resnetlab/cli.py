@@ -92,8 +92,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             source = load_source(args.data, val_ratio=args.val_ratio,
                                  test_ratio=args.test_ratio, seed=args.seed,
                                  download=args.download, channels=args.in_chans,
-                                 max_bad_fraction=1.0, task=args.task)  # fmt: skip
-            report = dataset_stats(source)
+                                 max_bad_fraction=1.0, task=args.task, check=False)  # fmt: skip
+            # Each file decoded once: its check and its statistics (progress on stderr).
+            report = dataset_stats(source, input_size=args.input_size, progress=True)
     finally:
         quiet.setLevel(level)  # the doctor lists every bad file; the process keeps its logging
     report["problems"] = list(problems)

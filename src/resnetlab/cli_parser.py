@@ -68,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
               ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
-                suppress=False)  # fmt: skip
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task",
+                                     "input_size"), suppress=False)  # fmt: skip
     p = _args(sub.add_parser("audit", help="duplicates, leaks across splits and likely wrong "
                              "labels, with a page of thumbnails; changes nothing"),
               ("data", {"help": "digits, a folder, csv:FILE, jsonl:FILE, mnist:DIR, cifar10:DIR"}),

@@ -208,6 +208,51 @@ def open_image(
         raise ImageDecodeError(path, f"corrupt image: {reason}") from None
 
 
+# EXIF orientations that turn the image a quarter: its height and width swap.
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
+def probe_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(h, w) of the image ``open_image`` would give (EXIF orientation applied), from the
+    file's header alone: refuses with the same ``ImageDecodeError`` what can be told without
+    decoding (an empty or unreadable file, a format we do not decode, a decompression bomb).
+    A corrupt or truncated body is found only when the pixels are decoded."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageDecodeError(path, "empty file (0 bytes)")
+    except OSError as exc:
+        raise ImageDecodeError(path, unreadable_reason(path, exc)) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=DECODE_FORMATS) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(
+                        path, f"{w}x{h} pixels exceeds the limit of {max_pixels:,} (possible "
+                        "decompression bomb)", kind="too_large"
+                    )  # fmt: skip
+                turned = img.getexif().get(0x0112) in _QUARTER_TURNS
+                return (w, h) if turned else (h, w)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(
+            path, f"refused as a decompression bomb: {exc}", kind="too_large"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            path,
+            f"not an image in a supported format ({', '.join(DECODE_FORMATS)})",
+            kind="unsupported",
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated file ({reason})"
+        raise ImageDecodeError(path, f"corrupt image: {reason}") from None
+
+
 def from_pil(img: Image.Image, channels: int = 3) -> Image.Image:
     """A PIL image a caller holds, made what ``open_image`` makes of a file: its EXIF
     orientation applied (on a copy; the caller's image is left as it is) and its mode made

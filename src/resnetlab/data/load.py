@@ -30,9 +30,12 @@ def load_source(
     channels: int | None = None,
     max_bad_fraction: float = 0.01,
     task: str = "multiclass",
+    check: bool = True,
 ) -> Source:
     """Parse a DATA string and load it. ``channels`` forces 1 (greyscale) or 3 (RGB).
-    ``task`` "multilabel": several labels per image, from ``csv:FILE`` or ``jsonl:FILE``."""
+    ``task`` "multilabel": several labels per image, from ``csv:FILE`` or ``jsonl:FILE``.
+    ``check`` False: image files are only listed and their headers read; their pixels are
+    decoded later, once (``DataPipeline``, ``dataset_stats``, ``sources.check_splits``)."""
     if task not in TASKS:
         raise DataError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     multilabel = is_multilabel(task)
@@ -64,7 +67,7 @@ def load_source(
     elif kind in ("csv", "jsonl") and rest:
         source = load_listing_source(
             kind, Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction,
-            multilabel,
+            multilabel, check,
         )  # fmt: skip
     else:
         folder = Path(data)
@@ -75,7 +78,7 @@ def load_source(
                 "hf-disk:PATH"
             )
         source = load_folder_source(
-            folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction
+            folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction, check
         )
     if channels is not None and channels != source.channels:
         source = _convert_channels(source, channels)

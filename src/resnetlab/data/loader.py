@@ -211,6 +211,15 @@ def cache_size(preset: str, input_size: int) -> int:
     return eval_resize_size(input_size) if preset == "imagenet" else input_size
 
 
+def cache_geometry(preset: str, input_size: int):
+    """PIL image -> uint8 (C, side, side), ``side = cache_size(...)``: how a training image is
+    kept in memory (ImageNet preset: the shorter side to ``side`` and the centre square;
+    otherwise both sides to ``side``), and the resolution its statistics are taken at."""
+    side = cache_size(preset, input_size)
+    kind = "imagenet" if preset == "imagenet" else "small"
+    return file_transform(kind, side, train=False, resize_size=side)
+
+
 def decode_to_memory(
     split: Split, channels: int, side: int, geometry=None, workers: int | None = None
 ) -> Split:

@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..multilabel import TASKS
 from ..options import option
+from .decode import decode_files
 from .load import load_source
 from .loader import (
+    MEMORY_CACHE_BYTES,
     EpochSampler,
     FileLoader,
     TensorLoader,
+    cache_geometry,
     cache_size,
-    decode_to_memory,
-    fits_in_memory,
 )
-from .sources import DataError, Source, Split, check_ratios
+from .moments import CHUNK_BYTES, image_moments, stats_from_moments
+from .sources import DataError, Source, Split, check_ratios, keep_readable, settle_bad_files
 from .stats import channel_stats
 from .stream import ShardLoader, stream_stats
 from .transforms import (
@@ -32,9 +35,12 @@ from .transforms import (
 
 log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "memory", "none")
-# Mean/std from at most this many training files when they are not in memory (enough for
-# three significant digits; decoding a whole large folder only for statistics is wasteful).
+# Mean/std from at most this many training files when they are not in memory and were not
+# decoded by the pipeline itself (enough for three significant digits).
 STATS_SAMPLE = 2000
+# Room left under MEMORY_CACHE_BYTES for what is made while the cache fills: the statistics'
+# integer chunks, and the images being decoded and resized.
+TEMPORARY_BYTES = 16 * CHUNK_BYTES + 32 * 2**20
 
 
 @dataclass
@@ -112,12 +118,13 @@ class DataPipeline:
 
     def __init__(
         self, source: Source, cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None,
-        size_from_data: bool = False,
+        size_from_data: bool = False, progress: bool = True,
     ) -> None:  # fmt: skip
         """``default_norm`` (RGB mean, std), e.g. a pretrained model's, replaces statistics
         computed from the training split when --mean/--std are not given. ``size_from_data``
         (a new run from scratch): with ``preset`` auto and no ``input_size``, both come from
-        the training images' sizes (``size_from_images``); ``size_note`` then says so."""
+        the training images' sizes (``size_from_images``); ``size_note`` then says so.
+        ``progress``: show the progress of decoding files (``progress.Meter``, on stderr)."""
         self.source, self.cfg, self.seed = source, cfg, seed
         self.preset = default_preset(source.kind) if cfg.preset == "auto" else cfg.preset
         self.input_size = cfg.input_size or (224 if self.preset == "imagenet" else 32)
@@ -129,7 +136,13 @@ class DataPipeline:
             self.preset, self.input_size, side = size_from_images(train.sizes, source.channels)
             self.size_note = f"from the images: median side {side} px"
         self.channels = source.channels
-        self._maybe_cache()
+        self.progress = progress
+        # The in-memory cache of all splits together, and what is made while it fills, stay
+        # under MEMORY_CACHE_BYTES (--cache auto).
+        self._cache_left = MEMORY_CACHE_BYTES - TEMPORARY_BYTES
+        self._train_moments = None  # image_moments of the training files, when decoded here
+        need_stats = (cfg.mean is None or cfg.std is None) and default_norm is None
+        self._maybe_cache(("train",), moments=need_stats)
         if cfg.mean is not None and cfg.std is not None:
             self.mean, self.std = list(cfg.mean), list(cfg.std)
         elif default_norm is not None:
@@ -158,32 +171,76 @@ class DataPipeline:
         loader = self.loader(split, train=train, **kwargs)
         return loader, self.batch_transform(train, loader.geometric, channels_last)
 
-    def _maybe_cache(self, names: tuple[str, ...] = ("train",)) -> None:
-        """Decode the files of the splits ``names`` into memory when they fit. The training
-        split is kept with room for random crops; a held-out split is decoded exactly as
-        ``predict`` decodes a file (``file_transform``: the evaluation resize, crop and
-        interpolation), the first time a loader asks for it, so that the evaluation resize
-        of the model's weights (``set_eval_preprocess``) is known by then."""
-        if self.cfg.cache == "none":
-            return
+    def _maybe_cache(self, names: tuple[str, ...] = ("train",), moments: bool = False) -> None:
+        """Decode the files of the splits ``names`` once each, for everything at once: the
+        check that they can be read (``load_source(check=False)`` left it to this), their
+        square in memory when the cache has room, and with ``moments`` the training images'
+        statistics. The training split is kept with room for random crops; a held-out split
+        is decoded exactly as ``predict`` decodes a file (``file_transform``: the evaluation
+        resize, crop and interpolation), the first time a loader asks for it (or at
+        ``prepare``), so that the evaluation resize of the model's weights
+        (``set_eval_preprocess``) is known by then. Unreadable files leave their split and
+        are reported (``sources.settle_bad_files``: too many stop the run)."""
         for name in names:
             split = self.source.splits.get(name)
             if split is None or split.in_memory or split.streamed:  # shards stream
                 continue
             train = name == "train"
             side = cache_size(self.preset, self.input_size) if train else self.input_size
-            if self.cfg.cache == "auto" and not fits_in_memory(split, self.channels, side):
+            need = len(split) * self.channels * side * side
+            cache = self.cfg.cache == "memory" or (
+                self.cfg.cache == "auto" and need <= self._cache_left
+            )
+            want = moments and train
+            if not (cache or want or not split.checked):
                 continue
-            log.info("decoding %d %s images into memory at %dx%d", len(split), name, side, side)
             if train:
-                geometry = file_transform("imagenet" if self.preset == "imagenet" else "small",
-                                          side, train=False,
-                                          resize_size=side)  # fmt: skip
+                geometry = cache_geometry(self.preset, self.input_size)
             else:
                 geometry = file_transform(self.preset, side, train=False,
                                           resize_size=self.cfg.eval_resize,
                                           interpolation=self.cfg.eval_interpolation)  # fmt: skip
-            self.source.splits[name] = decode_to_memory(split, self.channels, side, geometry)
+            self._decode(name, geometry, side, cache, want)
+        settle_bad_files(self.source)
+
+    def _decode(self, name: str, geometry, side: int, cache: bool, moments: bool) -> None:
+        """The one decode of split ``name``'s files: into a uint8 (N, C, side, side) tensor
+        filled in place (``cache``; never a list of images stacked afterwards), their
+        ``image_moments`` (``moments``), and the check of each."""
+        split = self.source.splits[name]
+        n, c = len(split), self.channels
+        images = torch.empty((n, c, side, side), dtype=torch.uint8) if cache else None
+
+        def take(i, img):
+            x = geometry(img)
+            if images is not None:
+                images[i].copy_(x)
+            return image_moments(x)[0] if moments else None
+
+        if cache:
+            self._cache_left -= n * c * side * side
+            log.info("decoding %d %s images into memory at %dx%d", n, name, side, side)
+            desc = f"decoding {name} images into memory at {side}x{side}"
+        else:
+            desc = f"reading {name} images" if moments else f"checking {name} images"
+        results = decode_files(split.paths, c, take if cache or moments else None,
+                               desc if self.progress else None)  # fmt: skip
+        keep = keep_readable(self.source, name, results)
+        if images is not None:
+            if len(keep) < n:  # close the gaps the unreadable files left, in place
+                for j, i in enumerate(keep):
+                    if i != j:
+                        images[j] = images[i]
+                images = images[: len(keep)]
+            self.source.splits[name].images = images
+        if moments:
+            found = [results[i] for i in keep]
+            self._train_moments = np.stack(found) if found else np.zeros((0, 2, c))
+
+    def prepare(self) -> None:
+        """Decode (check, and cache where it fits) every split now, before training, rather
+        than when its first loader is made; after ``set_eval_preprocess``."""
+        self._maybe_cache(tuple(self.source.splits))
 
     def set_eval_preprocess(
         self, resize_size: int | None = None, interpolation: str | None = None
@@ -198,15 +255,21 @@ class DataPipeline:
             raise DataError(
                 f"{self.source.name} has no train split to take --mean/--std from; give them"
             )
+        # Each image weighs the same, at the training resolution (see stats' module doc).
+        if self._train_moments is not None:
+            return stats_from_moments(self._train_moments)
         train = self.source.splits["train"]
+        geometry = cache_geometry(self.preset, self.input_size)
         if train.shards is not None:
             if train.shards.mean is not None and len(train.shards.mean) == self.channels:
                 return list(train.shards.mean), list(train.shards.std)  # from the index
-            return stream_stats(train.shards, self.channels, STATS_SAMPLE)
-        if not train.in_memory and len(train) > STATS_SAMPLE:
+            return stream_stats(train.shards, self.channels, STATS_SAMPLE, geometry)
+        if train.in_memory:
+            return stats_from_moments(image_moments(train.images))
+        if len(train) > STATS_SAMPLE:
             g = torch.Generator().manual_seed(self.seed)
             train = train.subset(torch.randperm(len(train), generator=g)[:STATS_SAMPLE])
-        return channel_stats([train], self.channels)
+        return channel_stats([train], self.channels, geometry)
 
     def loader(
         self, split: str, train: bool, rank: int = 0, world_size: int = 1, pin_memory=False,
@@ -270,8 +333,10 @@ class DataPipeline:
 
 
 def build_pipeline(
-    cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None, size_from_data=False
-):
+    cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None, size_from_data=False,
+    progress: bool = True,
+):  # fmt: skip
+    """The pipeline of ``cfg.data``, each image file decoded once (see ``DataPipeline``)."""
     cfg.check()
     source = load_source(
         cfg.data,
@@ -282,9 +347,10 @@ def build_pipeline(
         channels=cfg.in_chans,
         max_bad_fraction=cfg.max_bad_fraction,
         task=cfg.task,
+        check=False,  # the pipeline decodes each file once: check, cache and statistics
     )
     if cfg.exclude or cfg.relabel:  # the user's files: nothing on disk changes
         from .curate import apply_curation
 
         source = apply_curation(source, cfg.exclude, cfg.relabel)
-    return DataPipeline(source, cfg, seed, default_norm, size_from_data)
+    return DataPipeline(source, cfg, seed, default_norm, size_from_data, progress)

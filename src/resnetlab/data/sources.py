@@ -4,6 +4,13 @@
 ``cifar100:DIR`` and ``csv:FILE``. Small sets come back as uint8 tensors in memory; folders and
 CSV lists as file paths checked once before training (unreadable files listed and skipped);
 WebDataset shards (``wds:``, read in ``wds``) as a list of tar files streamed per epoch.
+
+Files are checked in two steps: their headers when they are listed (size, format, an empty or
+missing file, a decompression bomb: what the split and the input size need), and their pixels
+once, after the split. ``load_source(check=False)`` leaves the second step to the pipeline,
+which decodes each file once for everything at the same time (the check, the in-memory cache,
+the statistics); a file whose pixels cannot be decoded leaves its split then, so the splits are
+the same either way.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 
 from ..errors import DataError
 from ..multilabel import LABEL_SEPARATOR
-from .images import ImageDecodeError, is_image_file, is_junk, open_image, skip_reason
+from .decode import Unreadable, decode_files
+from .images import ImageDecodeError, is_image_file, is_junk, probe_image, skip_reason
 from .problems import report_problems
 
 log = logging.getLogger(__name__)
@@ -71,6 +79,8 @@ class Split:
     paths: list[Path] | None = None
     sizes: list[tuple[int, int]] | None = None  # (h, w) per file, from the scan
     shards: Shards | None = None
+    # Files whose pixels were decoded once without an error (their headers always were read).
+    checked: bool = True
 
     def __len__(self) -> int:
         return self.shards.count if self.shards is not None else int(self.labels.shape[0])
@@ -93,6 +103,7 @@ class Split:
             images=self.images[index] if self.images is not None else None,
             paths=[self.paths[i] for i in idx] if self.paths is not None else None,
             sizes=[self.sizes[i] for i in idx] if self.sizes is not None else None,
+            checked=self.checked,
         )
 
 
@@ -108,6 +119,11 @@ class Source:
     ignored: list[BadFile] = field(default_factory=list)
     # Multi-label data: each split's labels are multi-hot float rows (N, classes).
     multilabel: bool = False
+    # Files listed (readable or not) and the unreadable fraction that stops a run; the files
+    # in ``bad_files`` up to ``reported`` have been logged.
+    listed: int = 0
+    max_bad_fraction: float = 1.0
+    reported: int = field(default=0, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -221,21 +237,84 @@ def carve_val(splits: dict[str, Split], val_ratio: float, seed: int) -> dict[str
 # ------------------------------------------------------------------------- files on disk
 
 
-def scan_files(
-    paths: list[Path], channels: int, workers: int | None = None
-) -> list[tuple[int, int] | str]:
-    """Decode every file once; for each, its (h, w) or the reason it cannot be used."""
+def scan_files(paths: list[Path], workers: int | None = None) -> list[tuple[int, int] | str]:
+    """Read every file's header (``probe_image``); for each, its (h, w) or the reason it
+    cannot be used. The pixels are decoded later, once (``check_splits`` or the pipeline)."""
 
     def check(path: Path) -> tuple[int, int] | str:
         try:
-            img = open_image(path, channels)
+            return probe_image(path)
         except ImageDecodeError as exc:
             return exc.reason
-        return (img.height, img.width)
 
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow releases the GIL to decode
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # the reads overlap
         return list(pool.map(check, paths))
+
+
+def keep_readable(source: Source, name: str, results: list) -> list[int]:
+    """After the one decode of split ``name``'s files (``decode_files``' ``results``): the
+    files found unreadable join ``source.bad_files`` and leave the split, which is then
+    checked. Returns the positions kept. ``settle_bad_files`` then reports them."""
+    split = source.splits[name]
+    keep = [i for i, r in enumerate(results) if not isinstance(r, Unreadable)]
+    source.bad_files += [
+        BadFile(str(split.paths[i]), r.reason)
+        for i, r in enumerate(results)
+        if isinstance(r, Unreadable)
+    ]
+    if len(keep) < len(split):
+        split = split.subset(torch.tensor(keep, dtype=torch.long))
+    split.checked = True
+    source.splits[name] = split
+    return keep
+
+
+def check_splits(source: Source, names=None, progress: bool = True) -> Source:
+    """Decode the files of the splits not yet checked (``names``: those only), leaving out
+    the unreadable ones; then ``settle_bad_files``."""
+    for name in list(names or source.splits):
+        split = source.splits.get(name)
+        if split is None or split.checked or split.paths is None:
+            continue
+        results = decode_files(split.paths, source.channels, None,
+                               desc=f"checking {name} images" if progress else None)  # fmt: skip
+        keep_readable(source, name, results)
+    settle_bad_files(source)
+    return source
+
+
+def settle_bad_files(source: Source) -> None:
+    """Stop when more of the listed files than ``max_bad_fraction`` are unreadable (the
+    error lists them); else log the ones not logged yet, once. A training split left without
+    a readable image of some class is an error naming it."""
+    bad, total = source.bad_files, source.listed
+    if bad and total and len(bad) / total > source.max_bad_fraction:
+        listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad[:20])
+        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise DataError(
+            f"{source.name}: {len(bad)} of {total} files ({len(bad) / total:.1%}) cannot be "
+            f"read, more than --max-bad-fraction {source.max_bad_fraction:g}:\n  {listing}"
+            f"{more}\nFix or remove them, or raise --max-bad-fraction to skip them."
+        )
+    new = bad[source.reported :]
+    if new:
+        # Listed once: here when they are skipped, in the error above when they stop the run.
+        log.warning("%d of %d files cannot be read and are skipped:", len(new), total)
+        for b in new:
+            log.warning("  %s: %s", b.path, b.reason)
+        source.reported = len(bad)
+    _check_classes(source)
+
+
+def _check_classes(source: Source) -> None:
+    for split, s in source.splits.items():
+        if split not in ("train", "all") or s.shards is not None or not len(s):
+            continue
+        counts = label_counts(s.labels, len(source.classes))
+        empty = [source.classes[i] for i, c in enumerate(counts.tolist()) if c == 0]
+        report_problems([(("no training image", c), f"{source.name}: class {c!r} has no "
+                          "readable training image") for c in empty])  # fmt: skip
 
 
 def _list_class_dir(folder: Path) -> tuple[list[Path], list[BadFile]]:
@@ -286,11 +365,12 @@ def _build_file_source(
     multilabel: bool = False,
 ) -> Source:
     """``split_files``: per split, the paths and their labels (a class index each, or for
-    ``multilabel`` a list of class indices each); ``ignored``: files left out by their name."""
+    ``multilabel`` a list of class indices each); ``ignored``: files left out by their name.
+    Only the headers are read here: the splits come back not yet ``checked``."""
     splits, bad = {}, []
     total = 0
     for split, (paths, labels) in split_files.items():
-        results = scan_files(paths, channels)
+        results = scan_files(paths)
         keep = [i for i, r in enumerate(results) if not isinstance(r, str)]
         bad += [BadFile(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
         total += len(paths)
@@ -298,27 +378,14 @@ def _build_file_source(
             labels=_label_tensor([labels[i] for i in keep], len(classes), multilabel),
             paths=[paths[i] for i in keep],
             sizes=[results[i] for i in keep],
+            checked=False,
         )
-    if bad:
-        if total and len(bad) / total > max_bad_fraction:
-            listing = "\n  ".join(f"{b.path}: {b.reason}" for b in bad[:20])
-            more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-            raise DataError(
-                f"{name}: {len(bad)} of {total} files ({len(bad) / total:.1%}) cannot be read, "
-                f"more than --max-bad-fraction {max_bad_fraction:g}:\n  {listing}{more}\n"
-                "Fix or remove them, or raise --max-bad-fraction to skip them."
-            )
-        # Listed once: here when they are skipped, in the error above when they stop the run.
-        log.warning("%d of %d files cannot be read and are skipped:", len(bad), total)
-        for b in bad:
-            log.warning("  %s: %s", b.path, b.reason)
-    for split, s in splits.items():
-        counts = label_counts(s.labels, len(classes)) if len(s) else None
-        if split in ("train", "all") and counts is not None:
-            empty = [classes[i] for i, c in enumerate(counts.tolist()) if c == 0]
-            report_problems([(("no training image", c), f"{name}: class {c!r} has no readable "
-                              "training image") for c in empty])  # fmt: skip
-    return Source(name, kind, classes, splits, channels, bad, ignored, multilabel)
+    source = Source(name, kind, classes, splits, channels, bad, ignored, multilabel,
+                    listed=total, max_bad_fraction=max_bad_fraction)  # fmt: skip
+    if bad and total and len(bad) / total > max_bad_fraction:
+        settle_bad_files(source)  # raises
+    _check_classes(source)
+    return source
 
 
 def _label_tensor(labels: list, num_classes: int, multilabel: bool) -> torch.Tensor:
@@ -337,8 +404,10 @@ def load_folder_source(
     seed: int,
     channels: int,
     max_bad_fraction: float,
+    check: bool = True,
 ) -> Source:
-    """``DIR/train|val|test/<class>/*`` or ``DIR/<class>/*`` (split by seeded ratios)."""
+    """``DIR/train|val|test/<class>/*`` or ``DIR/<class>/*`` (split by seeded ratios).
+    ``check``: decode every file now (else the pipeline does, once; see the module's doc)."""
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (DATA is digits, a folder, mnist:DIR, ...)")
     presplit = (folder / "train").is_dir()
@@ -389,7 +458,7 @@ def load_folder_source(
         source.splits = {k: full.subset(v) for k, v in parts.items()}
     elif "val" not in source.splits:
         source.splits = carve_val(source.splits, val_ratio, seed)
-    return source
+    return check_splits(source) if check else source
 
 
 def load_listing_source(
@@ -401,14 +470,16 @@ def load_listing_source(
     channels: int,
     max_bad_fraction: float,
     multilabel: bool = False,
+    check: bool = True,
 ) -> Source:
     """``csv:FILE`` or ``jsonl:FILE`` (``kind``): a listing of image files and their labels,
     paths relative to the listing; a split given for every image or for none."""
     records = (_csv_records if kind == "csv" else _jsonl_records)(path, multilabel)
-    return _labelled_files_source(
+    source = _labelled_files_source(
         f"{kind}:{path}", kind, path, records, val_ratio, test_ratio, seed, channels,
         max_bad_fraction, multilabel,
     )  # fmt: skip
+    return check_splits(source) if check else source
 
 
 def _csv_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]]:

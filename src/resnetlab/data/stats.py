@@ -1,16 +1,23 @@
-"""Data set statistics: class counts, image sizes, unreadable files, pooled mean/std."""
+"""Data set statistics: class counts, image sizes, unreadable files, mean/std.
+
+Mean and std are those of what the model is given: every image at the training resolution
+(the square the in-memory cache holds, or a file decoded to it), each image weighing the
+same. They come from each image's own mean and mean square (``image_moments``), summed in
+integers a bounded chunk at a time, so no float copy of a data set is ever made.
+"""
 
 from __future__ import annotations
-
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from .images import image_to_uint8, open_image
-from .sources import SHOW_SKIPPED, Source, Split
-from .stream import shard_pixel_sums
+from .decode import Unreadable, decode_files
+from .images import image_to_uint8
+from .loader import cache_geometry, cache_size
+from .moments import image_moments, stats_from_moments
+from .sources import SHOW_SKIPPED, Source, Split, keep_readable, settle_bad_files
+from .stream import shard_moments
+from .transforms import default_preset, size_from_images
 
 # Above this largest/smallest class ratio, stats and train say so and name the remedies; a
 # common rule of thumb (3:1 is where plain cross-entropy starts to favour the big classes).
@@ -41,40 +48,74 @@ def imbalance_note(counts, threshold: float = IMBALANCE_WARN) -> str | None:
     )
 
 
-def _pixel_sums(split: Split, channels: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel sum and sum of squares of [0, 1] pixel values, and the pixel count."""
+def split_moments(split: Split, channels: int, geometry=None, desc: str | None = None,
+                  limit: int | None = None) -> np.ndarray:  # fmt: skip
+    """``image_moments`` of each readable image of ``split``: in memory as it is stored; files
+    decoded through ``geometry`` (PIL image -> uint8 tensor; None: at their own size); shards
+    the first ``limit`` samples. ``desc``: the decoding's progress line."""
     if split.shards is not None:
-        return shard_pixel_sums(split.shards, channels)
+        return shard_moments(split.shards, channels, limit, geometry)
     if split.images is not None:
-        x = split.images.to(torch.float64) / 255.0
-        return (
-            x.sum(dim=(0, 2, 3)).numpy(),
-            x.square().sum(dim=(0, 2, 3)).numpy(),
-            int(x.numel() // max(1, x.shape[1])),
-        )
+        return image_moments(split.images)
 
-    def one(path):
-        t = image_to_uint8(open_image(path, channels)).to(torch.float64) / 255.0
-        return t.sum(dim=(1, 2)).numpy(), t.square().sum(dim=(1, 2)).numpy(), t[0].numel()
+    def take(_, img):
+        return image_moments(geometry(img) if geometry is not None else image_to_uint8(img))[0]
 
-    s, sq, n = np.zeros(channels), np.zeros(channels), 0
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        for a, b, c in pool.map(one, split.paths or []):
-            s, sq, n = s + a, sq + b, n + c
-    return s, sq, n
+    found = [r for r in decode_files(split.paths or [], channels, take, desc)
+             if not isinstance(r, Unreadable)]  # fmt: skip
+    return np.stack(found) if found else np.zeros((0, 2, channels))
 
 
-def channel_stats(splits: list[Split], channels: int) -> tuple[list[float], list[float]]:
-    """Mean and std over all pixels of all images (pooled, not a mean of per-image stds)."""
-    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
-    for split in splits:
-        s, sq, n = _pixel_sums(split, channels)
-        total, total_sq, count = total + s, total_sq + sq, count + n
-    if count == 0:
-        return [0.0] * channels, [1.0] * channels
-    mean = total / count
-    var = np.maximum(total_sq / count - mean**2, 0.0)
-    return [float(v) for v in mean], [float(v) for v in np.sqrt(var)]
+def channel_stats(
+    splits: list[Split], channels: int, geometry=None, desc: str | None = None
+) -> tuple[list[float], list[float]]:
+    """Mean and std of the images of ``splits``, each image weighing the same, files decoded
+    through ``geometry`` (the training resolution; None: their own size)."""
+    found = [split_moments(s, channels, geometry, desc) for s in splits]
+    return stats_from_moments(np.concatenate(found) if found else np.zeros((0, 2, channels)))
+
+
+def training_resolution(source: Source, input_size: int | None = None) -> tuple[str, int, int]:
+    """(preset, input size, stored side) of a new run from scratch on ``source`` (as
+    ``DataPipeline`` chooses them): the side is the square each training image is kept at."""
+    preset = default_preset(source.kind)
+    size = input_size or (224 if preset == "imagenet" else 32)
+    train = source.splits.get("train")
+    if input_size is None and train is not None and train.sizes:
+        preset, size, _ = size_from_images(train.sizes, source.channels)
+    return preset, size, cache_size(preset, size)
+
+
+def _source_moments(
+    source: Source, input_size: int | None, progress: bool
+) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """The one decode of every file of ``source`` not yet checked (the unreadable ones join
+    ``bad_files``), taking the training images' moments at the training resolution on the
+    way; and where they were taken (``stats_at`` of the report)."""
+    preset, size, side = training_resolution(source, input_size)
+    name = "train" if "train" in source.splits else next(iter(source.splits), None)
+    geometry = cache_geometry(preset, size)
+    moments = np.zeros((0, 2, source.channels))
+    for split_name in list(source.splits):
+        split = source.splits[split_name]
+        if split_name == name:
+            desc = f"reading {split_name} images at {side}x{side}" if progress else None
+            if split.checked or split.paths is None:
+                moments = split_moments(split, source.channels, geometry, desc, limit=None)
+                continue
+            results = decode_files(
+                split.paths, source.channels, lambda _, img: image_moments(geometry(img))[0], desc
+            )
+            keep = keep_readable(source, split_name, results)
+            moments = np.stack([results[i] for i in keep]) if keep else moments
+        elif not split.checked and split.paths is not None:
+            desc = f"checking {split_name} images" if progress else None
+            keep_readable(source, split_name, decode_files(split.paths, source.channels, None,
+                                                           desc))  # fmt: skip
+    settle_bad_files(source)
+    in_memory = name is not None and source.splits[name].images is not None
+    shape = list(source.splits[name].images.shape[-2:]) if in_memory else [side, side]
+    return moments, {"split": name, "images": len(moments), "size": shape}
 
 
 def missing_classes(source: Source) -> dict[str, list[str]]:
@@ -96,10 +137,15 @@ def _sizes(split: Split) -> list[tuple[int, int]]:
     return list(split.sizes or [])
 
 
-def dataset_stats(source: Source) -> dict:
-    """The report behind ``resnetlab stats``; keys as in the architecture contract."""
+def dataset_stats(source: Source, input_size: int | None = None, progress: bool = False) -> dict:
+    """The report behind ``resnetlab stats``; keys as in the architecture contract. Files not
+    yet checked (``load_source(check=False)``) are decoded here, once each; mean and std are
+    the training split's at the training resolution (``input_size``, else the one a new run
+    chooses), each image weighing the same: what ``train`` computes with the same flags.
+    ``progress``: the decoding's progress on stderr."""
+    moments, stats_at = _source_moments(source, input_size, progress)
+    mean, std = stats_from_moments(moments)
     splits = list(source.splits.values())
-    mean, std = channel_stats(splits, source.channels)
     sizes = [s for split in splits for s in _sizes(split)]
     if sizes:
         hs, ws = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
@@ -126,6 +172,7 @@ def dataset_stats(source: Source) -> dict:
         "channels": source.channels,
         "mean": mean,
         "std": std,
+        "stats_at": stats_at,
         "sizes": size_info,
         "missing": missing_classes(source),
         "problems": [],  # what stops a run; cmd_stats collects them (data.problems)
@@ -228,5 +275,11 @@ def format_report(report: dict) -> str:
             lines.append(f"  ... and {len(named) - SHOW_SKIPPED} more (--json lists them all)")
     mean = " ".join(f"{v:.4f}" for v in report["mean"])
     std = " ".join(f"{v:.4f}" for v in report["std"])
-    lines += [f"mean      {mean}", f"std       {std}", f"suggested: --mean {mean} --std {std}"]
+    lines += [f"mean      {mean}", f"std       {std}"]
+    at = report.get("stats_at")
+    if at and at["split"]:
+        lines.append(f"          of the {at['split']} split's {at['images']:,} images, each at "
+                     f"{at['size'][0]}x{at['size'][1]} as training keeps it and weighing the "
+                     "same")  # fmt: skip
+    lines.append(f"suggested: --mean {mean} --std {std}")
     return "\n".join(lines)

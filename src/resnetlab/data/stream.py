@@ -29,7 +29,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, ImageDecodeError
+from .images import image_to_uint8
 from .loader import mix_seed, worker_loader
+from .moments import image_moments, stats_from_moments
 from .sources import BadFile, Shards
 from .wds import (
     IMAGE_KEYS,
@@ -206,12 +208,13 @@ class ShardLoader:
             )
 
 
-def shard_pixel_sums(
-    shards: Shards, channels: int, limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-channel sum and sum of squares of [0, 1] pixel values, and the pixel count, over the
-    first ``limit`` samples (all by default) in shard order; unreadable ones left out."""
-    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+def shard_moments(
+    shards: Shards, channels: int, limit: int | None = None, geometry=None
+) -> np.ndarray:
+    """``moments.image_moments`` (N, 2, C) of the first ``limit`` samples (all by default) in
+    shard order, each decoded through ``geometry`` (PIL image -> uint8 tensor; None: at its
+    own size); unreadable ones left out."""
+    found = []
     samples = (x for p, n in zip(shards.files, shards.counts) for x in read_segment(p, 0, n))
     for name, sample in islice(samples, limit):
         ext = next((k for k in sample if k in IMAGE_KEYS), None)
@@ -220,21 +223,13 @@ def shard_pixel_sums(
         except ImageDecodeError:
             img = None  # the loader reports it, once, when it meets it
         if img is not None:
-            a = np.asarray(img, dtype=np.float64).reshape(-1, channels) / 255.0
-            total, total_sq, count = (
-                total + a.sum(0),
-                total_sq + np.square(a).sum(0),
-                count + len(a),
-            )
-    return total, total_sq, count
+            found.append(image_moments(geometry(img) if geometry else image_to_uint8(img))[0])
+    return np.stack(found) if found else np.zeros((0, 2, channels))
 
 
-def stream_stats(shards: Shards, channels: int, limit: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the first ``limit`` samples in shard order (pooled over
-    pixels, as ``stats.channel_stats``)."""
-    total, total_sq, count = shard_pixel_sums(shards, channels, limit)
-    if count == 0:
-        return [0.0] * channels, [1.0] * channels
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return [float(v) for v in mean], [float(v) for v in std]
+def stream_stats(
+    shards: Shards, channels: int, limit: int, geometry=None
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the first ``limit`` samples in shard order, each image
+    weighing the same (as ``stats.channel_stats``)."""
+    return stats_from_moments(shard_moments(shards, channels, limit, geometry))

@@ -261,7 +261,8 @@ class Trainer:
         # not blown up to 224); saved in config.yaml, so --resume and --config keep it.
         fresh = not self.cfg.weights and self.resume_state is None
         pipe = build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm,
-                              size_from_data=fresh)  # fmt: skip
+                              size_from_data=fresh,
+                              progress=self.progress.enabled)  # fmt: skip
         if pipe.size_note:
             self.cfg.input_size, self.cfg.preset = pipe.input_size, pipe.preset
         pre = self.weight_source.preprocess if self.weight_source else None
@@ -273,6 +274,7 @@ class Trainer:
             }
         if any(self.eval_preprocess.values()):  # validation resizes as predict will
             pipe.set_eval_preprocess(**self.eval_preprocess)
+        pipe.prepare()  # every file decoded once, unreadable ones reported, before training
         return pipe
 
     def _build_model(self) -> nn.Module:
