@@ -129,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
               ("--model", {"help": "with --weights: predict without a run folder"}),
               ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}), tta)  # fmt: skip
     out = p.add_mutually_exclusive_group()
-    _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
+    _args(out, ("--json", {"nargs": "?", "const": "-", "metavar": "FILE",
+                           "help": "rows as JSON, to FILE (default: standard output)"}),
+          ("--csv", {"nargs": "?", "const": "-", "metavar": "FILE",
+                     "help": "rows as CSV, to FILE (default: standard output); either is "
+                     "written as each batch is done"}))  # fmt: skip
     _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
           ("run", {}),
           ("--format", {"choices": ["onnx", "torchscript", "hub", "openvino"],

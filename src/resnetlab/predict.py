@@ -13,7 +13,7 @@ import os
 import stat
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -230,12 +230,24 @@ class Predictor:
         self, paths: Sequence[str | os.PathLike], topk: int | None = None
     ) -> list[dict]:
         """One row per path, in order: ``{"path", "topk", "error"}``; a bad file gets an error
-        row and the others still get predictions.
+        row and the others still get predictions (``iter_predict_paths`` gives them as each
+        batch completes).
 
         With one stream, the files of the next batch are decoded in background threads while
         the model runs on the current one; with several (see :meth:`stream_count`), each
         stream takes the next batch, decodes it and runs the model on it."""
+        return list(self.iter_predict_paths(paths, topk))
+
+    def iter_predict_paths(
+        self, paths: Sequence[str | os.PathLike], topk: int | None = None
+    ) -> Iterator[dict]:
+        """The rows of :meth:`predict_paths`, in order, each batch's as soon as it is done (and
+        earlier ones before later ones): a caller writes them out as they come, and holds none.
+        Closing the iterator early stops the work after the batches in progress."""
         check_topk(topk)  # before any file is decoded
+        return self._iter_rows(paths, topk)
+
+    def _iter_rows(self, paths: Sequence, topk: int | None) -> Iterator[dict]:
         chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         streams = self.stream_count(len(chunks))
         if streams > 1:
@@ -244,23 +256,65 @@ class Predictor:
             n = min(len(paths), -(-len(chunks) // streams) * streams)
             bounds = [round(i * len(paths) / n) for i in range(n + 1)]
             chunks = [paths[a:b] for a, b in zip(bounds, bounds[1:])]
-            return self._predict_streams(chunks, topk, streams)
-        rows: list[dict] = []
+            yield from self._predict_streams(chunks, topk, streams)
+            return
         with ThreadPoolExecutor(max_workers=self.decode_threads) as pool:
             pending = pool.map(self._decode, chunks[0]) if chunks else None
             for n, chunk in enumerate(chunks):
                 decoded = list(pending)
                 if n + 1 < len(chunks):
                     pending = pool.map(self._decode, chunks[n + 1])
-                rows += self._rows(chunk, decoded, topk, self._lock)
-        return rows
+                yield from self._rows(chunk, decoded, topk, self._lock)
 
-    def _predict_streams(self, chunks: list, topk: int, streams: int) -> list[dict]:
-        def rows(n: int) -> list[dict]:
+    def _predict_streams(self, chunks: list, topk: int, streams: int) -> Iterator[dict]:
+        """``run_streams`` in a thread of its own; its batches handed over in order as each is
+        done, so that none waits for the slowest of the others to be written out."""
+        done: dict[int, list[dict]] = {}
+        ready = threading.Condition()
+        cancelled = threading.Event()
+        failed: list[BaseException] = []
+        finished = False
+
+        def rows(n: int) -> None:
+            if cancelled.is_set():  # the caller has gone: stop after the batches in progress
+                raise _Cancelled
             decoded = [self._decode(p) for p in chunks[n]]
-            return self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
+            batch = self._rows(chunks[n], decoded, topk, contextlib.nullcontext())
+            with ready:
+                done[n] = batch
+                ready.notify_all()
 
-        return [row for batch in run_streams(len(chunks), streams, rows) for row in batch]
+        def run() -> None:
+            nonlocal finished
+            try:
+                run_streams(len(chunks), streams, rows)
+            except _Cancelled:
+                pass
+            except BaseException as exc:  # raised again in the caller's thread
+                failed.append(exc)
+            finally:
+                with ready:
+                    finished = True
+                    ready.notify_all()
+
+        worker = threading.Thread(target=run, name="predict-streams", daemon=True)
+        worker.start()
+        try:
+            for n in range(len(chunks)):
+                with ready:
+                    while n not in done and not finished:
+                        ready.wait()
+                    if n not in done:
+                        raise failed[0] if failed else RuntimeError("prediction streams ended")
+                    batch = done.pop(n)
+                yield from batch
+        finally:
+            cancelled.set()
+            worker.join()
+
+
+class _Cancelled(Exception):
+    """The reader of ``iter_predict_paths`` stopped: the streams end."""
 
 
 def check_topk(k: int | None) -> int | None:

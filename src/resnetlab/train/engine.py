@@ -577,6 +577,8 @@ class Trainer:
             tally.add(loss, out, ya)
             if self.step_in_epoch % LOG_EVERY == 0 or self.step_in_epoch == total:
                 self._log_progress(tally)
+            elif self.progress.due():  # the first step, then by time (rank 0 only)
+                self._log_progress(tally, check=False)
             if self.step_in_epoch < total:
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                     self._check_finite(tally)
@@ -613,11 +615,15 @@ class Trainer:
     def _check_finite(self, tally: EpochTally) -> None:
         tally.check_finite(self.global_step, self.step_losses)
 
-    def _log_progress(self, tally: EpochTally) -> None:
-        self._check_finite(tally)
-        steps = self.step_in_epoch % LOG_EVERY or LOG_EVERY  # the steps since the last update
-        self.progress.update(
-            steps, loss=f"{self.step_losses[-1]:.3f}", img_s=f"{tally.images_per_second():.0f}"
+    def _log_progress(self, tally: EpochTally, check: bool = True) -> None:
+        """Show the step, loss and images/s. ``check``: the pending losses are checked for
+        NaN first (every LOG_EVERY steps, on every rank alike); an update between those, which
+        only rank 0 makes, reads the last loss without raising, so the ranks stay in step."""
+        if check:
+            self._check_finite(tally)
+        last = tally.pending[-1].item() if tally.pending else self.step_losses[-1]
+        self.progress.update_to(
+            self.step_in_epoch, loss=f"{last:.3f}", img_s=f"{tally.images_per_second():.0f}"
         )
 
     def _account(self, tally: EpochTally) -> float:

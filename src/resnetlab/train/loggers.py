@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
+from ..progress import Meter, is_terminal
 
 METRIC_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
@@ -43,38 +44,35 @@ def _fmt(v):
 
 
 class Progress:
-    """tqdm bar on a terminal; plain periodic lines in logs and CI."""
+    """What a run prints: its lines, and each epoch's progress (``progress.Meter``): a tqdm
+    bar on a terminal that moves from the first step; in logs and CI a plain line every
+    ``RESNETLAB_PROGRESS_SECONDS`` (30 s) with the step, the loss, images/s and the time left."""
 
     def __init__(self, enabled: bool, stream=None) -> None:
         self.enabled = enabled
         self.stream = stream or sys.stderr
-        self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.bar = None
+        self.tty = enabled and is_terminal(self.stream)
+        self.meter: Meter | None = None
 
     def start(self, epoch: int, epochs: int, total: int, initial: int = 0) -> None:
-        if not self.tty:
-            return
-        from tqdm import tqdm
+        if self.enabled:
+            self.meter = Meter(f"epoch {epoch}/{epochs}", total, unit="steps",
+                               stream=self.stream, initial=initial)  # fmt: skip
 
-        self.bar = tqdm(
-            total=total,
-            initial=initial,
-            desc=f"epoch {epoch}/{epochs}",
-            unit="batch",
-            leave=False,
-            dynamic_ncols=True,
-            file=self.stream,
-        )
+    def due(self) -> bool:
+        """Whether an update at this step would show (the first step, or enough time since
+        the last): the caller pays a host sync for the loss only then."""
+        return self.meter is not None and self.meter.due()
 
-    def update(self, n: int, **stats) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            self.bar.set_postfix(stats, refresh=False)
+    def update_to(self, step: int, **stats) -> None:
+        """At ``step`` (counted in the epoch) with ``stats`` such as ``loss="1.234"``."""
+        if self.meter is not None:
+            self.meter.update_to(step, **stats)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        if self.meter is not None:
+            self.meter.close()
+            self.meter = None
 
     def line(self, text: str) -> None:
         if self.enabled:
