@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from .weights import (
     safe_torch_load,
     torchvision_weights,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -170,6 +173,9 @@ def load_model(path: str | Path) -> LoadedModel:
     if p.is_dir():
         run = RunDir(p)
         if not run.weights.is_file():
+            unfinished = _unfinished_run(run)
+            if unfinished is not None:
+                return unfinished
             raise WeightsError(f"{p}: no {run.WEIGHTS}; is it a run folder from `resnetlab "
                                f"train`?{_checkpoint_hint(run, run.weights)}")  # fmt: skip
         loaded = load_model(run.weights)
@@ -190,7 +196,29 @@ def load_model(path: str | Path) -> LoadedModel:
             raise WeightsError(f"{exc}{_checkpoint_hint(folder, p)}") from None
         model = _build_trained(meta, state, p, str(folder.meta), _mismatch_advice(folder))
         return LoadedModel(model, meta, p, folder if folder.has_config() else None)
-    state = safe_torch_load(p)
+    return _from_checkpoint(p, safe_torch_load(p), folder)
+
+
+def _unfinished_run(run: RunDir) -> LoadedModel | None:
+    """A run stopped before its first epoch ended (``--max-steps``, Ctrl-C, SIGTERM) has no
+    model file and no best checkpoint yet, only ``checkpoint-last.pt``: its model is the
+    weights of that step, used with one line saying so. None for any other folder."""
+    last = run.last_checkpoint
+    if run.best_checkpoint.is_file() or not last.is_file():
+        return None
+    state = safe_torch_load(last)
+    if not isinstance(state, dict) or state.get("best", {}).get("epoch") is not None:
+        return None
+    step, epoch = state.get("global_step"), int(state.get("epoch") or 0) + 1
+    log.warning(
+        "%s: no epoch of this run has finished (it stopped at step %s of epoch %d), so it has "
+        "no %s yet; using %s, the weights at that step (not validated, not calibrated)",
+        run.path, step, epoch, run.WEIGHTS, last,
+    )  # fmt: skip
+    return _from_checkpoint(last, state, run)
+
+
+def _from_checkpoint(p: Path, state, folder: RunDir) -> LoadedModel:
     if not isinstance(state, dict) or "model_meta" not in state:
         raise WeightsError(
             f"{p}: not a resnetlab checkpoint or model file; for plain weights use "

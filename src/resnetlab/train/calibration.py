@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibrate import calibration_summary
+from ..calibrate import MAX_TEMPERATURE, MIN_TEMPERATURE, calibration_summary
 from ..data import DataPipeline
 from ..io import atomic_write_text
 from ..metrics.logits import all_logits
@@ -27,6 +27,10 @@ from .checkpoint import load_checkpoint
 
 # The keys calibrate_run adds to summary.json (the architecture's "calibrated runs").
 SUMMARY_KEYS = ("temperature", "ece_before", "ece_after")
+# Fewer validation images than this fit no temperature: one scalar fitted on a handful of
+# images follows their noise (6 images gave T = 100, every probability about 1/classes).
+# Its ECE, over 15 bins, needs a few images per bin to mean anything.
+MIN_CALIBRATION_IMAGES = 50
 
 
 def best_weights(model: nn.Module, checkpoint: Path, ema: bool = False) -> nn.Module:
@@ -70,17 +74,37 @@ def calibrate_run(
     Writes ``run.calibration`` and ``run.meta`` (``meta`` with its ``temperature`` set; the
     object is updated too). Returns ``{"temperature", "ece_before", "ece_after"}`` for
     summary.json, or None when there is no such split (nothing to fit on: the model stays
-    uncalibrated) or the model has a single output."""
+    uncalibrated) or the model has a single output. With fewer than
+    ``MIN_CALIBRATION_IMAGES`` images, or a fit that ends at a bound of T, nothing is
+    recorded (the model stays uncalibrated, T = 1) and ``{"calibration_skipped": why}``
+    says so, with the count."""
     splits = data.source.splits
     if split not in splits or len(splits[split]) == 0 or len(data.classes) < 2:
         return None
+    n = len(splits[split])
+    if n < MIN_CALIBRATION_IMAGES:
+        return _skipped(run, f"{n} {split} image(s), fewer than the {MIN_CALIBRATION_IMAGES} a "
+                        "temperature needs: left uncalibrated (T = 1)")  # fmt: skip
     logits, labels = validation_logits(model, data, device, precision, split)
     found = calibration_summary(logits, labels)
+    t = float(found["temperature"])
+    if t >= MAX_TEMPERATURE or t <= MIN_TEMPERATURE:
+        right = float((logits.argmax(1) == labels).double().mean()) if len(labels) else 0.0
+        return _skipped(run, f"the temperature fitted on {n} {split} images ended at its bound "
+                        f"{t:g} (top-1 there {right:.1%}): no single T calibrates this model; "
+                        "left uncalibrated (T = 1)")  # fmt: skip
     record = {"split": split, "num_samples": len(labels), **found}
     atomic_write_text(run.calibration, json.dumps(record, indent=2) + "\n")
     meta.temperature = float(found["temperature"])
     atomic_write_text(run.meta, meta.dumps())
     return {k: found[k] for k in SUMMARY_KEYS}
+
+
+def _skipped(run: RunDir, why: str) -> dict[str, Any]:
+    """No temperature recorded; a calibration.json of an earlier end of this run is removed,
+    so that nothing shows a temperature the model no longer has."""
+    run.calibration.unlink(missing_ok=True)
+    return {"calibration_skipped": why}
 
 
 def fit_thresholds(
