@@ -23,7 +23,6 @@ LAYERS = [
         "calibrate",
         "multilabel",
         "optional",
-        "progress",  # a bar on a terminal, a plain line every N seconds in logs
         "metrics",  # the logits loop, top-k counts, the weights fingerprint
     ),  # foundations
     # the package root exposes the model API; its notebook API (fit, load, Run) is api's,
@@ -33,8 +32,17 @@ LAYERS = [
     ("weights", "weight_sources", "summary", "run", "convert", "preprocess"),
     # loading a trained model (exported: from its own ONNX/TorchScript export); training
     ("bundle", "exported", "train"),
-    ("evaluate", "export", "backends", "backend_choice", "predict", "explain", "tta", "hub",
-     "openvino_ir"),
+    (
+        "evaluate",
+        "export",
+        "backends",
+        "backend_choice",
+        "predict",
+        "explain",
+        "tta",
+        "hub",
+        "openvino_ir",
+    ),
     ("report", "serve", "experiments", "audit", "api"),  # audit: duplicates, leaks, label
     # issues; api: the notebook API (fit, load, Run)
     ("cli", "cli_parser", "__main__"),

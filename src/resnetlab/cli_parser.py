@@ -43,10 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     device = ("--device", {"default": "auto", "help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps"})
     run = ("run", {"help": "run folder, model.safetensors or checkpoint"})
     data = ("--data", {"help": "DATA to evaluate on (default: the run's own)"})
-    tta = ("--tta", {"choices": ["none", "flip", "crops", "flip-crops"], "default": "none",
-                    "help": "test-time augmentation: logits averaged over 2 (flip), 5 (crops: "
-                    "shifted to the corners, for images that are not left-right symmetric) or "
-                    "10 (flip-crops) views, then calibrated; x2 / x5 / x10 the model's time"})
+    tta = (
+        "--tta",
+        {
+            "choices": ["none", "flip", "crops", "flip-crops"],
+            "default": "none",
+            "help": "test-time augmentation: logits averaged over 2 (flip), 5 (crops: "
+            "shifted to the corners, for images that are not left-right symmetric) or "
+            "10 (flip-crops) views, then calibrated; x2 / x5 / x10 the model's time",
+        },
+    )
 
     _args(sub.add_parser("models", help="list registered models with params and MACs"),
           ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),
@@ -68,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
               ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task",
-                                     "input_size"), suppress=False)  # fmt: skip
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
+                suppress=False)  # fmt: skip
     p = _args(sub.add_parser("audit", help="duplicates, leaks across splits and likely wrong "
                              "labels, with a page of thumbnails; changes nothing"),
               ("data", {"help": "digits, a folder, csv:FILE, jsonl:FILE, mnist:DIR, cifar10:DIR"}),
@@ -129,11 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
               ("--model", {"help": "with --weights: predict without a run folder"}),
               ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}), tta)  # fmt: skip
     out = p.add_mutually_exclusive_group()
-    _args(out, ("--json", {"nargs": "?", "const": "-", "metavar": "FILE",
-                           "help": "rows as JSON, to FILE (default: standard output)"}),
-          ("--csv", {"nargs": "?", "const": "-", "metavar": "FILE",
-                     "help": "rows as CSV, to FILE (default: standard output); either is "
-                     "written as each batch is done"}))  # fmt: skip
+    _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
     _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
           ("run", {}),
           ("--format", {"choices": ["onnx", "torchscript", "hub", "openvino"],
