@@ -23,6 +23,7 @@ LAYERS = [
         "calibrate",
         "multilabel",
         "optional",
+        "progress",  # a bar on a terminal, a plain line every N seconds in logs
         "metrics",  # the logits loop, top-k counts, the weights fingerprint
     ),  # foundations
     # the package root exposes the model API; its notebook API (fit, load, Run) is api's,

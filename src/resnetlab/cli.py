@@ -92,8 +92,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
             source = load_source(args.data, val_ratio=args.val_ratio,
                                  test_ratio=args.test_ratio, seed=args.seed,
                                  download=args.download, channels=args.in_chans,
-                                 max_bad_fraction=1.0, task=args.task)  # fmt: skip
-            report = dataset_stats(source)
+                                 max_bad_fraction=1.0, task=args.task, check=False)  # fmt: skip
+            # Each file decoded once: its check and its statistics (progress on stderr).
+            report = dataset_stats(source, input_size=args.input_size, progress=True)
     finally:
         quiet.setLevel(level)  # the doctor lists every bad file; the process keeps its logging
     report["problems"] = list(problems)
@@ -334,35 +335,105 @@ def cmd_predict(args: argparse.Namespace) -> int:
         run, model=args.model, weights=args.weights, backend=args.backend, device=args.device,
         batch_size=args.batch_size, precision=args.precision, streams=args.streams, tta=args.tta,
     )  # fmt: skip
-    rows = predictor.predict_paths(paths, topk=args.topk)
+    rows = predictor.iter_predict_paths(paths, topk=args.topk)
+    form = "csv" if args.csv else "json" if args.json else "text"
+    with _prediction_output(args.csv or args.json) as out:
+        total, bad = _write_predictions(rows, out, form, predictor.multilabel, len(paths))
     if predictor.choice is not None:  # after the work: an error stays the only line
         print(predictor.choice.note, file=sys.stderr)
     _print_skipped("predict", skipped)
-    if args.json:
-        print(json.dumps(rows, indent=2, ensure_ascii=False))
-    elif args.csv:
-        import csv
-
-        w = csv.writer(sys.stdout)
-        # Multi-label: each label's threshold too, and a row (no label) for an image with none.
-        ml = predictor.multilabel
-        w.writerow(["path", "rank", "label", "index", "prob", *["threshold"] * ml, "error"])
-        for r in rows:
-            if r["error"] or not r["topk"]:
-                w.writerow([r["path"], "", "", "", "", *[""] * ml, r["error"] or ""])
-            for rank, t in enumerate(r["topk"], start=1):
-                w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}",
-                            *[f"{t.get('threshold', 0.5):.6f}"] * ml, ""])  # fmt: skip
-    else:
-        for r in rows:
-            tops = ", ".join(f"{t['label']} {pct(t['prob'], 1)}" for t in r["topk"]) or (
-                "no label above its threshold"  # multi-label: none of the labels
-            )
-            print(f"{r['path']}: " + (f"ERROR {r['error']}" if r["error"] else tops))
-    bad = sum(1 for r in rows if r["error"])
     if bad:
-        print(f"resnetlab predict: {bad} of {len(rows)} file(s) could not be read", file=sys.stderr)
+        print(f"resnetlab predict: {bad} of {total} file(s) could not be read", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _output_flags(argv: list[str]) -> list[str]:
+    """``predict``'s ``--csv [FILE]`` and ``--json [FILE]``: what follows the flag is its FILE
+    unless it is an input (an image's name, a folder, a glob, ``-``) or another flag (then
+    the rows go to standard output). Each is moved to the end as ``--csv=FILE``, so that the
+    inputs around it stay together (``predict RUN --json a.jpg b.jpg`` reads both)."""
+    if "predict" not in argv:
+        return argv
+    import glob
+
+    from .data.images import is_image_file
+
+    out, moved, i = [], [], 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("--csv", "--json"):
+            value = argv[i + 1] if i + 1 < len(argv) else None
+            if value is None or value.startswith("-") or is_image_file(value) or (
+                os.path.isdir(value) or glob.has_magic(value)
+            ):  # fmt: skip
+                moved.append(f"{word}=-")
+            else:
+                moved.append(f"{word}={value}")
+                i += 1
+        elif word.startswith(("--csv=", "--json=")):
+            moved.append(word)
+        else:
+            out.append(word)
+        i += 1
+    return out + moved
+
+
+@contextlib.contextmanager
+def _prediction_output(target: str | None):
+    """Standard output (no FILE, or ``-``), else FILE, opened for the rows as they come."""
+    if not target or target == "-":
+        yield sys.stdout
+        return
+    try:
+        f = open(target, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+    with f:
+        yield f
+    print(f"wrote {target}", file=sys.stderr)
+
+
+def _write_predictions(rows, out, form: str, multilabel: bool, total: int) -> tuple[int, int]:
+    """Each row written as it comes and flushed (a log, a pipe or FILE has it at once; none is
+    held): ``form`` text, csv or json (the same JSON array as all rows at once). Progress on
+    stderr, unless the rows themselves go to the terminal. Returns (rows, unreadable)."""
+    import csv
+    import textwrap
+
+    from .progress import Meter, is_terminal
+
+    w = csv.writer(out) if form == "csv" else None
+    ml = multilabel  # each label's threshold too, and a row (no label) for an image with none
+    if w is not None:
+        w.writerow(["path", "rank", "label", "index", "prob", *["threshold"] * ml, "error"])
+    if form == "json":
+        out.write("[")
+    count = bad = 0
+    shown = not (out is sys.stdout and is_terminal(sys.stdout))
+    with Meter("predict", total, enabled=shown) as meter:
+        for r in rows:
+            if w is not None:
+                if r["error"] or not r["topk"]:
+                    w.writerow([r["path"], "", "", "", "", *[""] * ml, r["error"] or ""])
+                for rank, t in enumerate(r["topk"], start=1):
+                    w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}",
+                                *[f"{t.get('threshold', 0.5):.6f}"] * ml, ""])  # fmt: skip
+            elif form == "json":
+                text = json.dumps(r, indent=2, ensure_ascii=False)
+                out.write(("," if count else "") + "\n" + textwrap.indent(text, "  "))
+            else:
+                tops = ", ".join(f"{t['label']} {pct(t['prob'], 1)}" for t in r["topk"]) or (
+                    "no label above its threshold"  # multi-label: none of the labels
+                )
+                out.write(f"{r['path']}: " + (f"ERROR {r['error']}" if r["error"] else tops)
+                          + "\n")  # fmt: skip
+            out.flush()
+            count += 1
+            bad += bool(r["error"])
+            meter.update()
+    if form == "json":
+        out.write("\n]\n" if count else "]\n")
+    return count, bad
 
 
 def _print_skipped(name: str, skipped: list[tuple[str, str]], show: int = 10) -> None:
@@ -647,7 +718,7 @@ def _is_entry_point(argv: Sequence[str] | None) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_output_flags(list(sys.argv[1:] if argv is None else argv)))
     tune_allocator()
     try:
         status = COMMANDS[args.command](args)

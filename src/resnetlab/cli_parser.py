@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
               ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
               ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
-                suppress=False)  # fmt: skip
+    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task",
+                                     "input_size"), suppress=False)  # fmt: skip
     p = _args(sub.add_parser("audit", help="duplicates, leaks across splits and likely wrong "
                              "labels, with a page of thumbnails; changes nothing"),
               ("data", {"help": "digits, a folder, csv:FILE, jsonl:FILE, mnist:DIR, cifar10:DIR"}),
@@ -135,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
               ("--model", {"help": "with --weights: predict without a run folder"}),
               ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}), tta)  # fmt: skip
     out = p.add_mutually_exclusive_group()
-    _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
+    _args(out, ("--json", {"nargs": "?", "const": "-", "metavar": "FILE",
+                           "help": "rows as JSON, to FILE (default: standard output)"}),
+          ("--csv", {"nargs": "?", "const": "-", "metavar": "FILE",
+                     "help": "rows as CSV, to FILE (default: standard output); either is "
+                     "written as each batch is done"}))  # fmt: skip
     _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
           ("run", {}),
           ("--format", {"choices": ["onnx", "torchscript", "hub", "openvino"],
