@@ -7,6 +7,7 @@ empty files are refused with an ``ImageDecodeError`` that names the file and the
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -147,6 +148,43 @@ def to_mode(img: Image.Image, channels: int = 3) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
+@contextlib.contextmanager
+def _opened(source, path, max_pixels: int):
+    """``Image.open`` of ``source`` within the pixel limit, every failure (inside the ``with``
+    too) as the ``ImageDecodeError`` that names ``path`` and the reason: ``open_image`` and
+    ``probe_image`` refuse a file in the same words."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source, formats=DECODE_FORMATS) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageDecodeError(
+                        path,
+                        f"{w}x{h} pixels exceeds the limit of {max_pixels:,} (possible "
+                        "decompression bomb)",
+                        kind="too_large",
+                    )
+                yield img
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(
+            path, f"refused as a decompression bomb: {exc}", kind="too_large"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            path,
+            f"not an image in a supported format ({', '.join(DECODE_FORMATS)})",
+            kind="unsupported",
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason.lower():
+            reason = f"truncated file ({reason})"
+        raise ImageDecodeError(path, f"corrupt image: {reason}") from None
+
+
 def open_image(
     source: str | os.PathLike | bytes | io.IOBase,
     channels: int = 3,
@@ -172,40 +210,14 @@ def open_image(
         if not source:
             raise ImageDecodeError(None, "empty upload (0 bytes)")
         source = io.BytesIO(source)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source, formats=DECODE_FORMATS) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageDecodeError(
-                        path, f"{w}x{h} pixels exceeds the limit of {max_pixels:,} (possible "
-                        "decompression bomb)", kind="too_large"
-                    )  # fmt: skip
-                if min_side and img.format == "JPEG":
-                    img.draft("RGB" if channels == 3 else "L", (min_side, min_side))
-                img.load()
-                # In place: a photo without an orientation tag is not copied (a copy costs
-                # a quarter of the decode of a small JPEG).
-                ImageOps.exif_transpose(img, in_place=True)
-                return to_mode(img, channels)
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(
-            path, f"refused as a decompression bomb: {exc}", kind="too_large"
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(
-            path,
-            f"not an image in a supported format ({', '.join(DECODE_FORMATS)})",
-            kind="unsupported",
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason.lower():
-            reason = f"truncated file ({reason})"
-        raise ImageDecodeError(path, f"corrupt image: {reason}") from None
+    with _opened(source, path, max_pixels) as img:
+        if min_side and img.format == "JPEG":
+            img.draft("RGB" if channels == 3 else "L", (min_side, min_side))
+        img.load()
+        # In place: a photo without an orientation tag is not copied (a copy costs a quarter
+        # of the decode of a small JPEG).
+        ImageOps.exif_transpose(img, in_place=True)
+        return to_mode(img, channels)
 
 
 # EXIF orientations that turn the image a quarter: its height and width swap.
@@ -222,35 +234,10 @@ def probe_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[
             raise ImageDecodeError(path, "empty file (0 bytes)")
     except OSError as exc:
         raise ImageDecodeError(path, unreadable_reason(path, exc)) from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path, formats=DECODE_FORMATS) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageDecodeError(
-                        path, f"{w}x{h} pixels exceeds the limit of {max_pixels:,} (possible "
-                        "decompression bomb)", kind="too_large"
-                    )  # fmt: skip
-                turned = img.getexif().get(0x0112) in _QUARTER_TURNS
-                return (w, h) if turned else (h, w)
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(
-            path, f"refused as a decompression bomb: {exc}", kind="too_large"
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(
-            path,
-            f"not an image in a supported format ({', '.join(DECODE_FORMATS)})",
-            kind="unsupported",
-        ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason.lower():
-            reason = f"truncated file ({reason})"
-        raise ImageDecodeError(path, f"corrupt image: {reason}") from None
+    with _opened(path, path, max_pixels) as img:
+        w, h = img.size
+        turned = img.getexif().get(0x0112) in _QUARTER_TURNS
+        return (w, h) if turned else (h, w)
 
 
 def from_pil(img: Image.Image, channels: int = 3) -> Image.Image:
