@@ -168,17 +168,28 @@ def onnx_logits(session, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {"input": batch})[0])
 
 
+def verification_inputs(
+    loaded: LoadedModel, real: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """What an export is checked on against PyTorch: seeded random batches of 1 and 5 at the
+    model's input size and, when given, real preprocessed images."""
+    c, h, w = loaded.meta.input_size
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "random batch 1": torch.randn(1, c, h, w, generator=g),
+        "random batch 5": torch.randn(5, c, h, w, generator=g),
+    }
+    if real is not None and len(real):
+        inputs["real images"] = real.float()
+    return inputs
+
+
 def verify(loaded: LoadedModel, path: Path, fmt: str, real: torch.Tensor | None = None) -> dict:
     """Max |difference| of logits between PyTorch and the exported file on random inputs and,
     when given, real preprocessed images; fails above ``TOLERANCE`` (scaled by the largest
     logit when that exceeds 1)."""
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
-    c, h, w = loaded.meta.input_size
-    g = torch.Generator().manual_seed(0)
-    inputs = {"random batch 1": torch.randn(1, c, h, w, generator=g),
-              "random batch 5": torch.randn(5, c, h, w, generator=g)}  # fmt: skip
-    if real is not None and len(real):
-        inputs["real images"] = real.float()
+    inputs = verification_inputs(loaded, real)
     if fmt == "onnx":
         session = onnx_session(path)
 

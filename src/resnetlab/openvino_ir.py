@@ -27,7 +27,7 @@ import torch
 
 from .bundle import LoadedModel, load_model
 from .errors import ConfigError, ExportError, FileConflictError
-from .export import TOLERANCE, _metadata, export_onnx, quantize_int8
+from .export import TOLERANCE, _metadata, export_onnx, quantize_int8, verification_inputs
 from .run import RunDir, output_folder
 
 IR = "model.xml"
@@ -158,16 +158,6 @@ def ir_logits(compiled, x: torch.Tensor) -> np.ndarray:
     return np.asarray(compiled(x.float().numpy())[compiled.outputs[0]])
 
 
-def _inputs(loaded: LoadedModel, real: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    c, h, w = loaded.meta.input_size
-    g = torch.Generator().manual_seed(0)
-    inputs = {"random batch 1": torch.randn(1, c, h, w, generator=g),
-              "random batch 5": torch.randn(5, c, h, w, generator=g)}  # fmt: skip
-    if real is not None and len(real):
-        inputs["real images"] = real.float()
-    return inputs
-
-
 def verify_ir(loaded: LoadedModel, path: Path, real: torch.Tensor | None = None) -> dict:
     """fp32: max |difference| of logits from PyTorch, failing above the ONNX export's
     tolerance; bf16 (where the CPU has it natively): the same difference and the top-1
@@ -176,7 +166,7 @@ def verify_ir(loaded: LoadedModel, path: Path, real: torch.Tensor | None = None)
     compiled = _compile(path, "f32")
     report: dict[str, Any] = {}
     refs = {}
-    for name, x in _inputs(loaded, real).items():
+    for name, x in verification_inputs(loaded, real).items():
         with torch.inference_mode():
             ref = model(x).numpy()
         refs[name] = (x, ref)
