@@ -44,6 +44,16 @@ def noisy_folder(root: Path, seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _calibrate_small_validation_splits():
+    """The runs here have a few dozen validation images, and what these tests check needs a
+    fitted temperature: the minimum a fit takes (``MIN_CALIBRATION_IMAGES``, which keeps a real
+    run from a temperature fitted on a handful of images) is lowered for this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("resnetlab.train.calibration.MIN_CALIBRATION_IMAGES", 1)
+        yield
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     torch.set_num_threads(1)

@@ -22,6 +22,16 @@ from resnetlab.train import RunStopped, Trainer, resolve_config
 CLASSES = {"人参": 8, "当归": 8, "枸杞 子": 8}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _calibrate_small_validation_splits():
+    """The runs here have a few dozen validation images, and what these tests check needs a
+    fitted temperature: the minimum a fit takes (``MIN_CALIBRATION_IMAGES``, which keeps a real
+    run from a temperature fitted on a handful of images) is lowered for this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("resnetlab.train.calibration.MIN_CALIBRATION_IMAGES", 1)
+        yield
+
+
 @pytest.fixture(scope="module")
 def herbs(tmp_path_factory):
     """Tiny runs on a folder of three Chinese-named classes: two finished (different lr and

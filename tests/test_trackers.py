@@ -65,6 +65,16 @@ def mlflow_server(tmp_path_factory):
     log.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _calibrate_small_validation_splits():
+    """The runs here have a few dozen validation images, and what these tests check needs a
+    fitted temperature: the minimum a fit takes (``MIN_CALIBRATION_IMAGES``, which keeps a real
+    run from a temperature fitted on a handful of images) is lowered for this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("resnetlab.train.calibration.MIN_CALIBRATION_IMAGES", 1)
+        yield
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("data") / "herbs", CLASSES, size=(32, 32))
