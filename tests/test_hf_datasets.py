@@ -141,6 +141,41 @@ def test_problems_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["stats", "hf:someone/no-such-dataset-here"]) == 2
     err = capsys.readouterr().err
     assert "not in the Hugging Face cache" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_hub_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    """The hub's libraries read HF_HUB_OFFLINE once, at import: set later (a notebook, a
+    script) it still counts; and a machine that cannot reach the hub gets its one line at
+    once, not after the hub's retries and their warnings."""
+    import socket
+    import time
+
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["stats", "hf:someone/no-such-dataset-here"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the Hugging Face cache" in err and len(err.strip().splitlines()) == 1
+    assert hub_constants.HF_HUB_OFFLINE is False  # put back
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    started = time.monotonic()
+    assert main(["stats", "hf:someone/no-such-dataset-here"]) == 2
+    err = capsys.readouterr().err
+    assert "not in the Hugging Face cache" in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - started < 10  # no retries (they take 23 s)
+
+
+def test_a_missing_datasets_package_names_the_extra(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "noimage"
+    D.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).save_to_disk(str(path))
     monkeypatch.setitem(sys.modules, "datasets", None)
     assert main(["stats", f"hf-disk:{path}"]) == 2
     assert "pip install 'resnetlab[hf]'" in capsys.readouterr().err

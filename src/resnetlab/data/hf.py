@@ -14,6 +14,7 @@ several sizes are written once, as the files they came as, to the user's cache
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -55,11 +56,12 @@ def _open(kind: str, spec: str):
     name, _, config = spec.partition(":")
     if Path(os.path.expanduser(name)).exists():
         name = os.path.expanduser(name)
+    offline = _offline()
     try:
-        return ds.load_dataset(name, config or None)
+        with _hub_mode(offline):
+            return ds.load_dataset(name, config or None)
     except Exception as exc:  # noqa: BLE001  the hub's and the builders' own errors
         text = _first(exc)
-        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
         if offline or "onnect" in text or "offline" in text.lower() or "resolve" in text:
             raise DataError(
                 f"hf:{spec}: not in the Hugging Face cache and the hub cannot be reached "
@@ -67,6 +69,46 @@ def _open(kind: str, spec: str):
                 "hf-disk:PATH"
             ) from None
         raise DataError(f"hf:{spec}: {text[:200]}") from None
+
+
+def _offline() -> bool:
+    """Whether to read the Hugging Face cache only: the environment says so now (the hub's
+    own libraries read it once, at import), or the hub cannot be reached at all, so that an
+    offline machine gets its one line at once instead of after the hub's retries."""
+    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+           for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):  # fmt: skip
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError:
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def _hub_mode(offline: bool):
+    """The hub's and datasets' offline switches set for one call (and their retry
+    warnings kept off stderr); both are put back afterwards."""
+    import logging
+
+    from datasets import config as ds_config
+    from huggingface_hub import constants as hub_constants
+
+    saved = (hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    if offline:
+        hub_constants.HF_HUB_OFFLINE = ds_config.HF_HUB_OFFLINE = True
+    hub_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE = saved
+        hub_log.setLevel(level)
 
 
 def _first(exc: BaseException) -> str:
