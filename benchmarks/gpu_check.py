@@ -218,7 +218,7 @@ def check_backend_auto(ck: Check):
     import numpy as np
     from PIL import Image
 
-    from resnetlab.predict import Predictor
+    from resnetlab.inference.predict import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer, _ = _train(ck, Path(tmp), "served", epochs=1)
@@ -333,8 +333,8 @@ def _timed(step, steps: int, max_seconds: float, sync) -> float:
 
 def _ours(ck: Check, batch: int, size: int, compile: bool = False):
     from resnetlab import create_model
+    from resnetlab.core.device import autocast, resolve_precision
     from resnetlab.data.transforms import BatchTransform
-    from resnetlab.device import autocast, resolve_precision
     from resnetlab.train.config import TrainConfig
     from resnetlab.train.optim import build_optimizer
 

@@ -38,10 +38,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
-from resnetlab.bundle import load_model, run_pipeline  # noqa: E402
 from resnetlab.data.sources import load_digits_source, stratified_split  # noqa: E402
+from resnetlab.inference.loading import load_model, run_pipeline  # noqa: E402
+from resnetlab.inference.tta import PASSES, tta_logits  # noqa: E402
 from resnetlab.train import Trainer, resolve_config  # noqa: E402
-from resnetlab.tta import PASSES, tta_logits  # noqa: E402
 
 TTA_MODES = ("none", "flip", "crops", "flip-crops")
 

@@ -29,11 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import make_jpeg_folder, write_result  # noqa: E402
-from resnetlab import backend_choice, create_model  # noqa: E402
-from resnetlab.bundle import load_model  # noqa: E402
-from resnetlab.device import cpu_has_native_bf16  # noqa: E402
-from resnetlab.run import ModelMeta, RunDir  # noqa: E402
-from resnetlab.weights import IMAGENET_MEAN, IMAGENET_STD, save_bundle  # noqa: E402
+from resnetlab import create_model
+from resnetlab.artifacts.run import ModelMeta, RunDir  # noqa: E402
+from resnetlab.artifacts.weights import IMAGENET_MEAN, IMAGENET_STD, save_bundle  # noqa: E402
+from resnetlab.core.device import cpu_has_native_bf16  # noqa: E402
+from resnetlab.inference import choice as backend_choice  # noqa: E402
+from resnetlab.inference.loading import load_model  # noqa: E402
 
 BATCH = 16
 TUTORIAL = """

@@ -45,8 +45,8 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_result  # noqa: E402
+from resnetlab.core.device import resolve_precision  # noqa: E402
 from resnetlab.data.load import load_source  # noqa: E402
-from resnetlab.device import resolve_precision  # noqa: E402
 from resnetlab.train import Trainer, resolve_config  # noqa: E402
 
 # ----------------------------------------------------------------------- tutorial sides

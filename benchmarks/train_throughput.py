@@ -3,7 +3,7 @@
 Reference: a torchvision-style model in eager fp32 (NCHW), PIL + torchvision transforms in a
 2-worker DataLoader, ``loss.item()`` every step, in a plain Python process. Ours: what
 ``resnetlab train`` runs by default (bf16 autocast where the CPU has it, channels_last, data
-decoded once into memory, no per-step sync, the allocator setting of ``resnetlab.runtime``).
+decoded once into memory, no per-step sync, the allocator setting of ``resnetlab.core.runtime``).
 Each side runs in its own process, the epochs alternate; ``ours_default_malloc`` is ours
 without the allocator setting, to show what that one lever is worth, and ``ours_compile``
 is ours with ``--compile`` (compiled in the untimed warm-up epoch, so the compile time is not
@@ -36,8 +36,8 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).parent))
 from common import Worker, alternate, make_jpeg_folder, serve_worker, write_result  # noqa: E402
 from resnetlab import create_model  # noqa: E402
-from resnetlab.device import resolve_precision  # noqa: E402
-from resnetlab.runtime import tune_allocator  # noqa: E402
+from resnetlab.core.device import resolve_precision  # noqa: E402
+from resnetlab.core.runtime import tune_allocator  # noqa: E402
 from resnetlab.train import Trainer, resolve_config  # noqa: E402
 
 

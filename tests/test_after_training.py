@@ -15,12 +15,12 @@ from PIL import Image
 
 from datagen import make_folder
 from resnetlab import create_model
-from resnetlab.bundle import load_model
-from resnetlab.cli import main
-from resnetlab.errors import ExportError
-from resnetlab.evaluate import evaluate_run
-from resnetlab.export import onnx_session
-from resnetlab.predict import Predictor
+from resnetlab.analysis.evaluate import evaluate_run
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import ExportError
+from resnetlab.inference.export import onnx_session
+from resnetlab.inference.loading import load_model
+from resnetlab.inference.predict import Predictor
 from resnetlab.train import Trainer, resolve_config
 
 CLASSES = ["当归", "枸杞 子", "café"]
@@ -351,7 +351,7 @@ def test_evaluate_uses_the_runs_bad_file_tolerance(tmp_path):
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50d", "resnet20"])
 def test_fold_batchnorm_keeps_outputs(name):
-    from resnetlab.backends import fold_batchnorm
+    from resnetlab.inference.backends import fold_batchnorm
 
     model = create_model(name).eval()
     for m in model.modules():
@@ -366,9 +366,9 @@ def test_fold_batchnorm_keeps_outputs(name):
 
 
 def test_export_verify_failure_is_a_clear_error(run, tmp_path, capsys, monkeypatch):
-    import resnetlab.export
+    import resnetlab.inference.export
 
-    monkeypatch.setattr(resnetlab.export, "TOLERANCE", 0.0)
+    monkeypatch.setattr(resnetlab.inference.export, "TOLERANCE", 0.0)
     run_dir, _ = run
     out = tmp_path / "m.onnx"
     assert main(["export", str(run_dir), "--out", str(out), "--verify"]) == 2
@@ -378,7 +378,7 @@ def test_export_verify_failure_is_a_clear_error(run, tmp_path, capsys, monkeypat
 def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monkeypatch):
     import onnx
 
-    import resnetlab.export
+    import resnetlab.inference.export
 
     src, data = run
     run_dir = tmp_path / "herbs"
@@ -396,7 +396,9 @@ def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monke
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= 19  # every convolution's weights (and the classifier's)
     # The fp32 figure it reports is the model's test accuracy, computed another way.
-    r = resnetlab.export.quantize_int8(run_dir, run_dir / "model.onnx", tmp_path / "q.onnx", 16)
+    r = resnetlab.inference.export.quantize_int8(
+        run_dir, run_dir / "model.onnx", tmp_path / "q.onnx", 16
+    )
     assert r["fp32_top1"] == pytest.approx(evaluate_run(str(run_dir), precision="fp32")["top1"])
     assert r["delta_points"] == pytest.approx(100 * (r["int8_top1"] - r["fp32_top1"]))
     # predict / serve use it through the onnx-int8 backend.
@@ -409,7 +411,7 @@ def test_export_int8_measures_accuracy_and_predicts(run, tmp_path, capsys, monke
     # --verify holds the int8 model to a top-1 agreement bound; a failure is a clear error,
     # and the int8 file exported earlier stays as it was.
     before = (run_dir / "model.int8.onnx").read_bytes()
-    monkeypatch.setattr(resnetlab.export, "INT8_MIN_AGREEMENT", 1.01)
+    monkeypatch.setattr(resnetlab.inference.export, "INT8_MIN_AGREEMENT", 1.01)
     assert main(["export", str(run_dir), "--int8", "--verify"]) == 2
     err = capsys.readouterr().err
     assert "model.int8.onnx not written: int8 top-1 agrees with fp32 on only" in err

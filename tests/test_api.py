@@ -17,8 +17,8 @@ import yaml
 from PIL import Image
 
 import resnetlab
-from resnetlab.cli import main
-from resnetlab.errors import ConfigError, DataError, ResnetlabError
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import ConfigError, DataError, ResnetlabError
 
 TINY = {"model_kwargs": {"widths": [4, 8, 8]}, "epochs": 1, "num_workers": 0,
         "precise_bn": False, "batch_size": 8}  # fmt: skip

@@ -18,10 +18,10 @@ from datagen import write_idx
 from resnetlab.audit import audit
 from resnetlab.audit.labels import confident_joint, find_label_issues
 from resnetlab.audit.scan import grey_square, phash_bits
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import DataError
 from resnetlab.data import DataConfig, build_pipeline
 from resnetlab.data.curate import apply_exclude, apply_relabel
-from resnetlab.errors import DataError
 
 CLASSES = {"猫": (200, 60, 40), "狗": (40, 160, 60), "鸟": (50, 70, 210)}
 TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",

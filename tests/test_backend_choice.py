@@ -8,13 +8,14 @@ import torch
 from safetensors.torch import save_file
 
 from datagen import make_folder
-from resnetlab import backend_choice, create_model
-from resnetlab.backends import BACKENDS, TorchBackend, register_backend
-from resnetlab.bundle import load_model, pretrained_model
-from resnetlab.cli import main
-from resnetlab.predict import Predictor
-from resnetlab.run import ModelMeta, RunDir
-from resnetlab.weights import save_bundle
+from resnetlab import create_model
+from resnetlab.artifacts.run import ModelMeta, RunDir
+from resnetlab.artifacts.weights import save_bundle
+from resnetlab.cli.commands import main
+from resnetlab.inference import choice as backend_choice
+from resnetlab.inference.backends import BACKENDS, TorchBackend, register_backend
+from resnetlab.inference.loading import load_model, pretrained_model
+from resnetlab.inference.predict import Predictor
 
 SPEED = {"torch": 100.0, "onnx": 150.0, "openvino": 140.0, "openvino-bf16": 400.0,
          "wrong": 1000.0}  # fmt: skip
@@ -133,7 +134,7 @@ def test_without_a_run_folder_torch_runs(tmp_path):
 )  # fmt: skip
 def test_bf16_is_a_candidate_only_where_the_cpu_has_it(run, timed, monkeypatch, tmp_path, flags,
                                                        bf16):  # fmt: skip
-    from resnetlab import device
+    from resnetlab.core import device
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n")

@@ -8,7 +8,10 @@ import torch
 
 from datagen import make_folder
 from resnetlab import create_model
-from resnetlab.backends import (
+from resnetlab.artifacts.run import ModelMeta, RunDir
+from resnetlab.artifacts.weights import save_bundle
+from resnetlab.core.errors import ConfigError
+from resnetlab.inference.backends import (
     BACKENDS,
     OPENVINO_CACHE,
     Backend,
@@ -20,13 +23,10 @@ from resnetlab.backends import (
     register_backend,
     run_streams,
 )
-from resnetlab.bundle import load_model, run_pipeline
-from resnetlab.errors import ConfigError
-from resnetlab.export import export
+from resnetlab.inference.export import export
+from resnetlab.inference.loading import load_model, run_pipeline
+from resnetlab.inference.predict import Predictor
 from resnetlab.metrics.fingerprint import weights_fingerprint
-from resnetlab.predict import Predictor
-from resnetlab.run import ModelMeta, RunDir
-from resnetlab.weights import save_bundle
 
 CLASSES = ["red", "green", "blue"]
 
@@ -169,7 +169,7 @@ def _cache_folders(run):
 
 def test_openvino_reuses_its_compiled_model_and_never_a_stale_one(own_run, monkeypatch):
     pytest.importorskip("openvino")
-    import resnetlab.backends as backends
+    import resnetlab.inference.backends as backends
 
     loaded = load_model(own_run)
     x = _batch()

@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.calibrate import (
+from resnetlab.core.errors import ConfigError
+from resnetlab.core.plots import plot_reliability
+from resnetlab.metrics.calibration import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     apply_temperature,
@@ -17,8 +19,6 @@ from resnetlab.calibrate import (
     fit_temperature,
     reliability_bins,
 )
-from resnetlab.errors import ConfigError
-from resnetlab.plots import plot_reliability
 
 
 def calibrated(n: int = 4000, classes: int = 5, seed: int = 0):

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from resnetlab.bundle import load_model
+from resnetlab.artifacts.run import ModelMeta, RunDir
+from resnetlab.artifacts.weights import save_bundle
 from resnetlab.data import DataConfig, build_pipeline
+from resnetlab.inference.loading import load_model
 from resnetlab.models import create_model
-from resnetlab.run import ModelMeta, RunDir
 from resnetlab.train.calibration import calibrate_run, validation_logits
 from resnetlab.train.config import TrainConfig, dump_yaml
-from resnetlab.weights import save_bundle
 
 WIDTHS = [4, 8, 8]
 # The trained logits multiplied by this: the same predictions, far too sure of themselves.
@@ -96,7 +96,7 @@ def test_an_overconfident_model_is_calibrated(calibrated):
 
 
 def test_predict_returns_calibrated_probabilities(calibrated, tmp_path):
-    from resnetlab.predict import Predictor
+    from resnetlab.inference.predict import Predictor
 
     run, result, _ = calibrated
     p = Predictor(run.path, backend="torch", device="cpu", precision="fp32")
@@ -116,7 +116,7 @@ def test_predict_returns_calibrated_probabilities(calibrated, tmp_path):
 
 
 def test_evaluate_reports_the_calibrated_ece(calibrated):
-    from resnetlab.evaluate import evaluate_run
+    from resnetlab.analysis.evaluate import evaluate_run
 
     run, result, _ = calibrated
     r = evaluate_run(str(run.path), split="val", backend="torch", precision="fp32", device="cpu")
@@ -126,7 +126,7 @@ def test_evaluate_reports_the_calibrated_ece(calibrated):
 
 
 def test_export_metadata_carries_the_temperature(calibrated):
-    from resnetlab.export import _metadata
+    from resnetlab.inference.export import _metadata
 
     run, result, _ = calibrated
     meta = _metadata(load_model(run.path))

@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
+from resnetlab.artifacts.weights import WeightsError
 from resnetlab.train.checkpoint import (
     capture_rng,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
 )
-from resnetlab.weights import WeightsError
 
 WRITER = r"""
 import sys, torch

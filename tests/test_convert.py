@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from resnetlab import create_model
-from resnetlab.cli import main
-from resnetlab.convert import _checkpoint_message, convert, read_mindspore_ckpt
+from resnetlab.artifacts.convert import _checkpoint_message, convert, read_mindspore_ckpt
+from resnetlab.cli.commands import main
 
 h5py = pytest.importorskip("h5py")
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import DataError
 from resnetlab.data import load_source
-from resnetlab.errors import DataError
 
 
 def _images(folder, n, colour, size=(20, 16)):

@@ -171,7 +171,7 @@ def test_decoding_prints_progress_lines_where_stderr_is_a_log(photos, tmp_path):
 
 
 def test_stats_reads_each_file_once_and_reports_the_resolution(photos, monkeypatch, capsys):
-    from resnetlab.cli import main
+    from resnetlab.cli.commands import main
 
     counts = _count_decodes(monkeypatch)
     assert main(["stats", str(photos), "--json"]) == 1  # the truncated file

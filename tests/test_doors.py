@@ -23,8 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import resnetlab
-from resnetlab.cli import main
-from resnetlab.errors import ConfigError
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CLASSES = ("红triangle", "square", "circle")
@@ -118,7 +118,7 @@ def test_the_same_jpeg_gets_the_same_probabilities_through_every_door(photos, ph
 
     from fastapi.testclient import TestClient
 
-    from resnetlab.predict import Predictor
+    from resnetlab.inference.predict import Predictor
     from resnetlab.serve.app import create_app
 
     app = create_app(Predictor(photos_run, backend="torch", precision="fp32"))
@@ -140,11 +140,11 @@ def test_evaluate_and_training_feed_the_model_what_predict_feeds_it(photos_run, 
     in memory or decoded per file) are predict's inputs, byte for byte."""
     from dataclasses import replace
 
-    from resnetlab.bundle import load_model, run_pipeline
     from resnetlab.data import build_pipeline
     from resnetlab.data.images import open_image
     from resnetlab.data.transforms import stack_images
-    from resnetlab.predict import Predictor
+    from resnetlab.inference.loading import load_model, run_pipeline
+    from resnetlab.inference.predict import Predictor
     from resnetlab.train.config import TrainConfig
 
     p = Predictor(photos_run, backend="torch", precision="fp32")

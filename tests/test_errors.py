@@ -6,9 +6,11 @@ import urllib.request
 
 import pytest
 
-from resnetlab import cli, errors, io
+from resnetlab.artifacts.weights import WeightsError
+from resnetlab.cli import commands as cli
+from resnetlab.core import errors
+from resnetlab.core import files as io
 from resnetlab.data import DataError, ImageDecodeError
-from resnetlab.weights import WeightsError
 
 
 def test_a_bug_inside_a_command_keeps_its_traceback(monkeypatch):

@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
 from resnetlab.experiments.degradation import _verdict, run_degradation
 
 TINY = {"model_kwargs": {"widths": [4, 8, 8]}, "batch_size": 64, "num_workers": 0}

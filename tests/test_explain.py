@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from resnetlab.errors import ConfigError
-from resnetlab.explain import (
+from resnetlab.analysis.explain import (
     Explainer,
     explain,
     explain_files,
@@ -25,6 +24,7 @@ from resnetlab.explain import (
     overlay,
     target_layer,
 )
+from resnetlab.core.errors import ConfigError
 from resnetlab.models import CifarResNet, create_model
 
 pytest.importorskip("captum")

@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.bundle import load_model
 from resnetlab.data import DataConfig, build_pipeline
+from resnetlab.inference.loading import load_model
 from resnetlab.train.calibration import calibrate_run
 from test_calibration_run import tiny_run
 from test_serve import Server, _multipart
@@ -120,7 +120,7 @@ def test_explain_a_named_class_and_refuse_an_unknown_one(server, tmp_path):
 
 
 def test_model_info_and_predictions_carry_the_temperature(server, run, tmp_path):
-    from resnetlab.predict import Predictor
+    from resnetlab.inference.predict import Predictor
 
     t = run.read_meta().temperature
     assert t is not None
@@ -176,7 +176,7 @@ def test_page_shows_where_the_model_looked(server, tmp_path):
 
 
 def test_report_has_calibration_and_gradcam_gallery(run, tmp_path):
-    from resnetlab.report import build_report
+    from resnetlab.analysis.report import build_report
 
     page = build_report(run.path, top_losses=6).read_text(encoding="utf-8")
     assert '<section id="calibration">' in page and "reliability diagram" in page

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from datagen import make_folder
-from resnetlab.bundle import load_model
-from resnetlab.cli import main
-from resnetlab.errors import StaleExportError
-from resnetlab.export import WEIGHTS_KEY
-from resnetlab.predict import Predictor
+from resnetlab.artifacts.weights import save_bundle
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import StaleExportError
+from resnetlab.inference.export import WEIGHTS_KEY
+from resnetlab.inference.loading import load_model
+from resnetlab.inference.predict import Predictor
 from resnetlab.train import Trainer, resolve_config
-from resnetlab.weights import save_bundle
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
 from resnetlab.data import load_source
 
 D = pytest.importorskip("datasets")

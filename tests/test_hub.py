@@ -13,9 +13,9 @@ from PIL import Image
 
 import resnetlab
 from datagen import make_folder
-from resnetlab.cli import main
-from resnetlab.run import ModelMeta, RunDir
-from resnetlab.weights import save_bundle
+from resnetlab.artifacts.run import ModelMeta, RunDir
+from resnetlab.artifacts.weights import save_bundle
+from resnetlab.cli.commands import main
 
 CLASSES = ["人参", "当归", "枸杞 子"]
 
@@ -63,7 +63,7 @@ def test_timm_opens_the_folder_with_the_classes_preprocessing_and_logits_of_pred
     assert int(64 / cfg["crop_pct"]) == 73  # resnetlab's resize: 64 / 0.875
     # the same logits as resnetlab's model on the same input ...
     ours = resnetlab.create_model("resnet18", num_classes=3).eval()
-    from resnetlab.weights import read_state_dict
+    from resnetlab.artifacts.weights import read_state_dict
 
     ours.load_state_dict(read_state_dict(RunDir(imagenet_run).weights))
     x = torch.randn(2, 3, 64, 64)
@@ -86,7 +86,7 @@ def test_timm_opens_the_folder_with_the_classes_preprocessing_and_logits_of_pred
 @pytest.fixture(scope="module")
 def cifar_hub(trained_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("cifar") / "hub"
-    from resnetlab.hub import export_hub
+    from resnetlab.inference.hub import export_hub
 
     r = export_hub(trained_run, out)
     assert r["timm"] is False and r["architecture"] == "resnet20"
@@ -94,8 +94,8 @@ def cifar_hub(trained_run, tmp_path_factory):
 
 
 def test_a_cifar_net_gets_the_same_folder_for_weights_dir(trained_run, cifar_hub):
-    from resnetlab.weight_sources import resolve_weights
-    from resnetlab.weights import read_state_dict
+    from resnetlab.artifacts.weight_sources import resolve_weights
+    from resnetlab.artifacts.weights import read_state_dict
 
     config = json.loads((cifar_hub / "config.json").read_text(encoding="utf-8"))
     assert config["architecture"] == "resnet20"

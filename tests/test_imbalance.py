@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from resnetlab.analysis.evaluate import balanced_metrics
+from resnetlab.core.errors import ConfigError, DataError
 from resnetlab.data import DataConfig, build_pipeline, dataset_stats, load_source
 from resnetlab.data.balanced import BalancedSampler, make_sampler
 from resnetlab.data.stats import format_report, imbalance_note
-from resnetlab.errors import ConfigError, DataError
-from resnetlab.evaluate import balanced_metrics
 from resnetlab.train.imbalance import class_weights, resolve_class_weights
 
 MAJOR, MINOR = 200, 20  # 10:1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datagen import make_folder
-from resnetlab.errors import ConfigError
+from resnetlab.core.errors import ConfigError
 from resnetlab.experiments.kfold import SUMMARY, fold_assignment, run_kfold
 from resnetlab.train import RunStopped
 from resnetlab.train.config import TrainConfig
@@ -62,7 +62,7 @@ def test_three_folds_resume_after_one_is_stopped(tmp_path):
     run_kfold(_cfg(data), 3, out, verbose=False)
     assert stamps == [(out / f"fold-{k}" / "summary.json").stat().st_mtime_ns for k in range(3)]
     # The best fold is a normal run folder: predict takes it.
-    from resnetlab.predict import Predictor
+    from resnetlab.inference.predict import Predictor
 
     p = Predictor(r["best_run"], backend="torch", device="cpu", precision="fp32")
     row = p.predict_paths([next((data / "a").iterdir())], topk=1)[0]

@@ -10,43 +10,28 @@ import resnetlab
 
 PACKAGE = Path(resnetlab.__file__).parent
 
-# Lowest first. A module may import from its own layer (without a cycle) and from any below.
+# Lowest first: packages, and a module of a package where it sits lower or higher than the
+# rest of its package (the longest name that matches counts). A module may import from its own
+# layer (without a cycle) and from any below.
 LAYERS = [
-    (
-        "errors",
-        "io",
-        "runtime",
-        "device",
-        "plots",
-        "fmt",
-        "options",
-        "calibrate",
-        "multilabel",
-        "optional",
-        "progress",  # a bar on a terminal, a plain line every N seconds in logs
-        "metrics",  # the logits loop, top-k counts, the weights fingerprint
-    ),  # foundations
+    # the error family, atomic files, settings, device and runtime, formatting, figures,
+    # progress, the optional-package guard; the logits loop, calibration, multi-label
+    # measures and the one weights fingerprint
+    ("core", "metrics"),
     # the package root exposes the model API; its notebook API (fit, load, Run) is api's,
     # imported on first use (``__getattr__``), so it is no import of this layer
     ("data", "models", "resnetlab"),
-    # run: run folder + metadata; preprocess: a model's preprocessing written out in full
-    ("weights", "weight_sources", "summary", "run", "convert", "preprocess"),
-    # loading a trained model (exported: from its own ONNX/TorchScript export); training
-    ("bundle", "exported", "train"),
-    (
-        "evaluate",
-        "export",
-        "backends",
-        "backend_choice",
-        "predict",
-        "explain",
-        "tta",
-        "hub",
-        "openvino_ir",
-    ),
-    ("report", "serve", "experiments", "audit", "api"),  # audit: duplicates, leaks, label
-    # issues; api: the notebook API (fit, load, Run)
-    ("cli", "cli_parser", "__main__"),
+    # the run folder and model metadata, weights in and out, weight sources, converters, a
+    # model's preprocessing written out; the MACs table reads a model and its weights
+    ("artifacts", "models.summary"),
+    # loading a trained model back (from a run, or its own ONNX/TorchScript export); training
+    ("inference.loading", "inference.exported", "train"),
+    # using a model: exports, one backend per runtime and the choice, prediction, TTA, the
+    # hub folder and the OpenVINO IR; evaluation and Grad-CAM
+    ("inference", "analysis.evaluate", "analysis.explain"),
+    # the report, the server, the experiments, the data audit, the notebook API
+    ("analysis", "serve", "experiments", "audit", "api"),
+    ("cli", "__main__"),
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -101,8 +86,11 @@ def _imports(name: str, path: Path) -> set[str]:
 
 
 def _layer(module: str) -> int:
-    parts = module.split(".")
-    return LAYER[parts[1] if len(parts) > 1 else "resnetlab"]
+    parts = module.split(".")[1:]
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYER:
+            return LAYER[".".join(parts[:n])]
+    return LAYER["resnetlab"]
 
 
 def test_every_module_has_a_layer():
@@ -163,7 +151,7 @@ def test_the_package_root_loads_its_notebook_api_on_first_use():
     stays quick); ``resnetlab.fit`` and the other lazy names resolve to api's."""
     code = (
         "import sys, resnetlab\n"
-        "heavy = [m for m in ('resnetlab.api', 'resnetlab.train', 'resnetlab.predict') "
+        "heavy = [m for m in ('resnetlab.api', 'resnetlab.train', 'resnetlab.inference') "
         "if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "import resnetlab.api as api\n"
@@ -174,3 +162,19 @@ def test_the_package_root_loads_its_notebook_api_on_first_use():
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_the_prediction_path_imports_nothing_from_training():
+    """Using a trained model (predict, evaluate, export, serve, the command line's parser and
+    ``resnetlab --help``) never loads the training package: they do not pay for the trainer's
+    imports, and a change in training cannot break them."""
+    code = (
+        "import sys\n"
+        "import resnetlab.inference.predict, resnetlab.analysis.evaluate\n"
+        "import resnetlab.inference.export, resnetlab.inference.choice, resnetlab.serve.app\n"
+        "import resnetlab.cli.parser\n"
+        "print(sorted(m for m in sys.modules if m.startswith('resnetlab.train')))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

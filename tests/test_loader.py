@@ -235,9 +235,9 @@ def test_commands_that_do_not_train_skip_the_torchvision_import():
 
     code = (
         "import sys\n"
-        "from resnetlab.cli import build_parser\n"
+        "from resnetlab.cli.commands import build_parser\n"
         "build_parser()\n"
-        "import resnetlab.predict, resnetlab.data\n"
+        "import resnetlab.inference.predict, resnetlab.data\n"
         "from resnetlab.data.transforms import file_transform\n"
         "file_transform('imagenet', 224, train=False)\n"
         "print('torchvision' in sys.modules)\n"

@@ -19,10 +19,10 @@ import yaml
 from PIL import Image
 
 from datagen import make_folder
-from resnetlab import plots
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
+from resnetlab.core import plots
+from resnetlab.core.fmt import table, width
 from resnetlab.data import load_source
-from resnetlab.fmt import table, width
 
 TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--batch-size", "8",
         "--num-workers", "0", "--warmup-epochs", "0", "--no-precise-bn"]  # fmt: skip

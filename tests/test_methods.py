@@ -10,13 +10,13 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from datagen import make_folder
-from resnetlab.bundle import load_model, run_pipeline
-from resnetlab.cli import main
-from resnetlab.errors import ConfigError
-from resnetlab.predict import Predictor
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import ConfigError
+from resnetlab.inference.loading import load_model, run_pipeline
+from resnetlab.inference.predict import Predictor
+from resnetlab.inference.tta import shifted, tta_logits, views
 from resnetlab.train import RunStopped, Trainer, resolve_config
 from resnetlab.train.distill import class_order, soft_target_loss
-from resnetlab.tta import shifted, tta_logits, views
 
 TINY = {"model": "resnet20", "model_kwargs": {"widths": [4, 8, 8]}, "batch_size": 16}
 

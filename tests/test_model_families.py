@@ -14,8 +14,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from resnetlab import create_model, list_models
-from resnetlab.cli import main
-from resnetlab.errors import ConfigError
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import ConfigError
 from resnetlab.models import get_model_entry, list_families, model_for_timm_name
 from resnetlab.models.layers import DropPath
 from resnetlab.models.padding import Conv2dSame, MaxPool2dSame, same_padding

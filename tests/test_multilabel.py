@@ -16,10 +16,10 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score
 
 from datagen import MULTILABEL_PATCHES, make_folder, make_multilabel, multilabel_image
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import ConfigError, DataError
 from resnetlab.data import DataConfig, build_pipeline, load_source
-from resnetlab.errors import ConfigError, DataError
-from resnetlab.multilabel import (
+from resnetlab.metrics.multilabel import (
     average_precision,
     chance_map,
     choose_thresholds,
@@ -213,10 +213,10 @@ def test_run_beats_chance_and_records_thresholds(ml_run):
 
 
 def test_every_label_above_its_threshold_by_default_and_topk_caps(tmp_path):
+    from resnetlab.artifacts.run import ModelMeta
+    from resnetlab.artifacts.weights import save_bundle
+    from resnetlab.inference.predict import Predictor
     from resnetlab.models import create_model
-    from resnetlab.predict import Predictor
-    from resnetlab.run import ModelMeta
-    from resnetlab.weights import save_bundle
 
     names = [f"l{i}" for i in range(7)]
     model = create_model("resnet20", num_classes=7, widths=[4, 8, 8])

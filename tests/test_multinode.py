@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-from resnetlab.run import RunDir
+from resnetlab.artifacts.run import RunDir
 from resnetlab.train.distributed import DistInfo
 from resnetlab.train.elastic import (
     ElasticStart,

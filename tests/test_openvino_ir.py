@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from resnetlab.bundle import load_model
-from resnetlab.cli import main
-from resnetlab.export import real_inputs
+from resnetlab.cli.commands import main
+from resnetlab.inference.export import real_inputs
+from resnetlab.inference.loading import load_model
 
 ov = pytest.importorskip("openvino")
 
 
 def test_the_ir_gives_pytorchs_logits_and_carries_its_preprocessing(trained_run, tmp_path,
                                                                     capsys):  # fmt: skip
-    from resnetlab.openvino_ir import read_rt_info
+    from resnetlab.inference.openvino_ir import read_rt_info
 
     out = tmp_path / "ir" / "model.xml"
     assert main(["export", str(trained_run), "--format", "openvino", "--out", str(out),
@@ -56,7 +56,7 @@ def test_the_ir_gives_pytorchs_logits_and_carries_its_preprocessing(trained_run,
 
 
 def test_int8_ir_and_the_default_place(trained_run, tmp_path, capsys):
-    from resnetlab.openvino_ir import read_rt_info
+    from resnetlab.inference.openvino_ir import read_rt_info
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from resnetlab.errors import ConfigError
-from resnetlab.optional import EXTRAS, MissingDependencyError, require
+from resnetlab.core.errors import ConfigError
+from resnetlab.core.optional import EXTRAS, MissingDependencyError, require
 
 
 def test_missing_package_names_the_extra(monkeypatch):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from resnetlab import device as precision
-from resnetlab.device import resolve_precision
+from resnetlab.core import device as precision
+from resnetlab.core.device import resolve_precision
 
 
 @pytest.mark.parametrize(
@@ -48,8 +48,8 @@ def test_fp16_on_the_cpu_is_a_clear_error():
 
 
 def test_device_choice(monkeypatch):
-    from resnetlab.device import resolve_device
-    from resnetlab.errors import ConfigError
+    from resnetlab.core.device import resolve_device
+    from resnetlab.core.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(precision, "_mps_available", lambda: False)
@@ -69,7 +69,7 @@ def test_device_choice(monkeypatch):
 
 
 def test_precision_on_mps_and_unknown_names():
-    from resnetlab.errors import ConfigError
+    from resnetlab.core.errors import ConfigError
 
     mps = torch.device("mps")
     assert resolve_precision("auto", mps) == "fp32" and resolve_precision("fp16", mps) == "fp16"
@@ -83,13 +83,13 @@ def test_precision_on_mps_and_unknown_names():
      ["experiment", "degradation"], ["tune"]],
 )  # fmt: skip
 def test_every_command_that_runs_a_model_takes_device(argv):
-    from resnetlab.cli_parser import build_parser
+    from resnetlab.cli.parser import build_parser
 
     assert build_parser().parse_args([*argv, "--device", "cuda:1"]).device == "cuda:1"
 
 
 def test_experiment_and_tune_hand_the_device_to_their_runs(monkeypatch):
-    from resnetlab import cli
+    from resnetlab.cli import commands as cli
     from resnetlab.experiments import degradation, tune
 
     seen = {}

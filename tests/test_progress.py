@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnetlab.cli import main
-from resnetlab.predict import Predictor
-from resnetlab.progress import Meter, duration
+from resnetlab.cli.commands import main
+from resnetlab.core.progress import Meter, duration
+from resnetlab.inference.predict import Predictor
 from resnetlab.train.loggers import Progress
 
 

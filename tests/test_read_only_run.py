@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from resnetlab import backend_choice
-from resnetlab.cli import main
-from resnetlab.predict import Predictor
+from resnetlab.cli.commands import main
+from resnetlab.inference import choice as backend_choice
+from resnetlab.inference.predict import Predictor
 from resnetlab.serve.app import create_app
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datagen import make_folder
-from resnetlab import plots
+from resnetlab.core import plots
 from resnetlab.train import Trainer, resolve_config
 
 # The herbal-medicine users' names: Latin and Chinese mixed, long enough to wrap.
@@ -119,7 +119,7 @@ def test_curves_label_whole_epochs_only():
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from resnetlab.report import build_report
+    from resnetlab.analysis.report import build_report
 
     root = tmp_path_factory.mktemp("zh")
     data = make_folder(root / "data", {c: 8 for c in CLASSES}, size=(36, 36))

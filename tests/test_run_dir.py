@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import resnetlab
-from resnetlab.errors import WeightsError
-from resnetlab.run import ModelMeta, RunDir, default_preset
+from resnetlab.artifacts.run import ModelMeta, RunDir, default_preset
+from resnetlab.core.errors import WeightsError
 
 # A model.json as `train` has always written it (key order included).
 WRITTEN = {

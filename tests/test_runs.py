@@ -12,11 +12,11 @@ import shutil
 import pytest
 
 from datagen import make_folder
-from resnetlab.cli import main
-from resnetlab.io import FolderLock
-from resnetlab.report.compare import compare_runs, sparkline
-from resnetlab.report.runs import list_runs, parse_filter
-from resnetlab.run import RunDir
+from resnetlab.analysis.report.compare import compare_runs, sparkline
+from resnetlab.analysis.report.runs import list_runs, parse_filter
+from resnetlab.artifacts.run import RunDir
+from resnetlab.cli.commands import main
+from resnetlab.core.files import FolderLock
 from resnetlab.train import RunStopped, Trainer, resolve_config
 
 CLASSES = {"人参": 8, "当归": 8, "枸杞 子": 8}

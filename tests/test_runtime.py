@@ -5,11 +5,11 @@ import sys
 
 import pytest
 
-from resnetlab import cli
+from resnetlab.cli import commands as cli
 
 PROBE = """
 import resource, sys, torch
-from resnetlab.runtime import tune_allocator
+from resnetlab.core.runtime import tune_allocator
 print(tune_allocator() if sys.argv[1] == "tuned" else False)
 torch.set_num_threads(1)  # one thread, one malloc arena: the count is the allocator's alone
 def step():
@@ -63,7 +63,7 @@ def test_command_line_applies_it(monkeypatch):
 ENTRY = """
 import atexit, sys, time
 from concurrent.futures import ThreadPoolExecutor
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
 atexit.register(lambda: print("exit handlers ran", file=sys.stderr))
 # A pool left open with work in it (OpenVINO's import leaves an idle one): joined first.
 ThreadPoolExecutor(1).submit(lambda: time.sleep(0.5) or print("pool done", file=sys.stderr))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from datagen import make_cifar, make_folder, make_mnist, write_idx
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
 from resnetlab.data import DataError, dataset_stats, load_source
 from resnetlab.data.images import open_image
 

@@ -3,10 +3,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab import create_model, list_models
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
 from resnetlab.models import get_model_entry
 from resnetlab.models.registry import ZOO_STATS
-from resnetlab.summary import compute_model_stats, count_macs, summarize
+from resnetlab.models.summary import compute_model_stats, count_macs, summarize
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from datagen import make_folder
-from resnetlab.cli import main
-from resnetlab.run import RunDir
+from resnetlab.artifacts.run import RunDir
+from resnetlab.cli.commands import main
 
 pytest.importorskip("mlflow")
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from datagen import make_folder
 from resnetlab import create_model
-from resnetlab.cli import main
+from resnetlab.artifacts.weights import WeightsError
+from resnetlab.cli.commands import main
 from resnetlab.train import NonFiniteLoss, RunStopped, Trainer, resolve_config
-from resnetlab.weights import WeightsError
 
 TINY = {"model": "resnet20", "model_kwargs": {"widths": [4, 8, 8]}, "batch_size": 16}
 

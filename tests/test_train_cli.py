@@ -15,10 +15,10 @@ import torch
 import yaml
 
 from datagen import make_folder
-from resnetlab import io as resnetlab_io
 from resnetlab import list_models
-from resnetlab.cli import main
-from resnetlab.io import FolderLock
+from resnetlab.cli.commands import main
+from resnetlab.core import files as resnetlab_io
+from resnetlab.core.files import FolderLock
 from resnetlab.train import Trainer, engine, resolve_config
 from resnetlab.train.checkpoint import load_checkpoint
 

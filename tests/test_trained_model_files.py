@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.bundle import load_model
-from resnetlab.cli import main
-from resnetlab.errors import WeightsError
-from resnetlab.predict import Predictor
+from resnetlab.cli.commands import main
+from resnetlab.core.errors import WeightsError
+from resnetlab.inference.loading import load_model
+from resnetlab.inference.predict import Predictor
 
 
 @pytest.fixture

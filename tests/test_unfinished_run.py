@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetlab.cli import main
-from resnetlab.run import RunDir
+from resnetlab.artifacts.run import RunDir
+from resnetlab.cli.commands import main
 from resnetlab.train import RunStopped, Trainer, calibration, resolve_config
 from resnetlab.train.closing import closing_lines
 

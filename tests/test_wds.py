@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from datagen import make_cifar, make_folder, make_mnist
-from resnetlab.cli import main
+from resnetlab.cli.commands import main
 from resnetlab.data import DataError, load_source, parse_size, write_shards
 from resnetlab.data.images import image_to_uint8, open_image
 from resnetlab.data.stats import channel_stats

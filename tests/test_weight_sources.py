@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 from torchvision.models import ResNet50_Weights
 
 from resnetlab import create_model
-from resnetlab.errors import WeightsError
-from resnetlab.weight_sources import resolve_weights, torchvision_preprocess
+from resnetlab.artifacts.weight_sources import resolve_weights, torchvision_preprocess
+from resnetlab.core.errors import WeightsError
 
 TIMM_CFG = {
     "architecture": "resnet50",
@@ -75,9 +75,9 @@ def test_hub_offline_uses_the_cache_and_says_when_it_is_not_there(tmp_path, monk
 
 def test_a_run_from_hub_weights_predicts_with_their_preprocessing(tmp_path):
     from datagen import make_folder
-    from resnetlab.bundle import load_model, run_pipeline
-    from resnetlab.cli import main
-    from resnetlab.predict import Predictor
+    from resnetlab.cli.commands import main
+    from resnetlab.inference.loading import load_model, run_pipeline
+    from resnetlab.inference.predict import Predictor
 
     hub = _hub_folder(tmp_path / "resnet18.tv_in1k")
     cfg = json.loads((hub / "config.json").read_text())
@@ -97,7 +97,7 @@ def test_a_run_from_hub_weights_predicts_with_their_preprocessing(tmp_path):
     assert p._decode_tf.interpolation == "bicubic"  # the weights' kernel, not only recorded
     pipe = run_pipeline(load_model(run), num_workers=0)
     assert pipe.cfg.eval_resize == 67 and pipe.cfg.eval_interpolation == "bicubic"
-    from resnetlab.explain import Explainer
+    from resnetlab.analysis.explain import Explainer
 
     assert Explainer.from_loaded(load_model(run))._to_input.interpolation == "bicubic"
 
@@ -112,7 +112,7 @@ def test_v2_metadata_builds_the_232_transform():
 
 
 def test_models_lists_the_published_weights_with_top1_and_preprocessing(capsys):
-    from resnetlab.cli import main
+    from resnetlab.cli.commands import main
 
     assert main(["models", "resnet50", "--weights"]) == 0
     out = capsys.readouterr().out
@@ -125,7 +125,7 @@ def test_a_run_folder_as_weights_brings_its_normalisation(tmp_path, capsys):
     """Weights made by resnetlab (a run folder, or its model.safetensors) are fine-tuned with
     the mean/std they were trained with, not ImageNet's."""
     from datagen import make_folder
-    from resnetlab.cli import main
+    from resnetlab.cli.commands import main
 
     common = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
               "--num-workers", "0", "--out", str(tmp_path / "runs")]  # fmt: skip

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, ImageDecodeError, ResnetlabError
-from .run import ModelMeta, RunDir
+from .artifacts.run import ModelMeta, RunDir
+from .core.errors import ConfigError, ImageDecodeError, ResnetlabError
 
 __all__ = ["Evaluation", "Explanations", "Predictions", "Run", "create_model", "fit", "load"]
 
@@ -230,9 +230,9 @@ def create_model(
         return build(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     import dataclasses
 
-    from .bundle import pretrained_model
-    from .preprocess import attach
-    from .weights import load_into
+    from .artifacts.preprocess import attach
+    from .artifacts.weights import load_into
+    from .inference.loading import pretrained_model
 
     spec = os.fspath(weights) if weights is not None else "torchvision"
     found = pretrained_model(name, spec)  # the weights, their classes and preprocessing
@@ -306,7 +306,7 @@ class Run:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from .bundle import load_model
+        from .inference.loading import load_model
 
         self.path = Path(path)
         self._loaded = load_model(self.path)
@@ -349,7 +349,7 @@ class Run:
 
     def curves(self):
         """The learning curves (loss, top-1, learning rate per epoch): a matplotlib Figure."""
-        from .plots import curves_figure
+        from .core.plots import curves_figure
 
         if not self.history:
             raise ConfigError(f"{self.path} has no metrics.csv: no curves to draw")
@@ -379,7 +379,7 @@ class Run:
     # -- using the model
 
     def _predictor(self, backend: str, device, precision: str, batch_size: int):
-        from .predict import Predictor
+        from .inference.predict import Predictor
 
         key = (backend, str(device), precision, batch_size)
         if key not in self._predictors:
@@ -419,7 +419,7 @@ class Run:
         Images go through the one evaluation transform of the run (the same pixels as
         ``resnetlab predict``, ``serve``, ``evaluate`` and the validation in training).
         Anything else, or a tensor of the wrong shape or range, is a ``ConfigError``."""
-        from .predict import check_topk
+        from .inference.predict import check_topk
 
         check_topk(topk)
         items = _gather(x)
@@ -477,7 +477,7 @@ class Run:
             :class:`Evaluation`: the result mapping of ``evaluate --json`` (``top1``,
             ``per_class``, ``confusion_matrix``, ``files``...), shown as tables and the
             confusion matrix in a notebook."""
-        from .evaluate import evaluate_run
+        from .analysis.evaluate import evaluate_run
 
         given = {"data": data, "split": split, "batch_size": batch_size, "out": out}
         with _PythonNames(given):
@@ -500,7 +500,7 @@ class Run:
         """Export the model (``onnx`` or ``torchscript``) as ``resnetlab export`` does, its
         metadata carrying the whole preprocessing; ``verify``: compare its outputs with
         PyTorch's (an ``ExportError`` above tolerance). Returns the file written."""
-        from .export import export, real_inputs
+        from .inference.export import export, real_inputs
 
         source = self._source_for_files("export")
         with _PythonNames({"format": format, "out": out, "int8": int8}):
@@ -511,7 +511,7 @@ class Run:
     def report(self, out: str | os.PathLike | None = None, data: Any = None) -> Path:
         """The HTML report (curves, confusion matrix, misclassified examples) as
         ``resnetlab report``; returns the path of ``report.html``."""
-        from .report import build_report
+        from .analysis.report import build_report
 
         source = self._source_for_files("report")
         with _PythonNames({"out": out, "data": data}):
@@ -523,7 +523,7 @@ class Run:
         class named ``class_name``). ``x`` as in :meth:`predict`. Returns
         :class:`Explanations` (each with ``.overlay()``, a PIL image), shown side by side in
         a notebook."""
-        from .explain import Explainer
+        from .analysis.explain import Explainer
 
         if not any(True for _ in self.model.parameters()):
             raise ConfigError(f"{self.path}: Grad-CAM needs the weights; load the run folder "
@@ -568,7 +568,7 @@ def _gather(x: Any) -> list[tuple[str, Any]]:
     PIL image, a uint8 (H, W, C) array or a float (C, H, W) tensor in [0, 1]."""
     from PIL import Image
 
-    from .predict import expand_inputs
+    from .inference.predict import expand_inputs
 
     out: list[tuple[str, Any]] = []
 
@@ -652,7 +652,7 @@ def _prepare(payload: Any, predictor) -> torch.Tensor:
     from PIL import Image
 
     from .data.images import from_pil, open_image
-    from .predict import NO_MATCH, is_stream, read_stream
+    from .inference.predict import NO_MATCH, is_stream, read_stream
 
     channels = predictor.channels
     if isinstance(payload, (str, bytes)):
@@ -791,7 +791,7 @@ class Predictions(Sequence):
     def topk(self, k: int | None = None) -> list[list[dict[str, Any]]]:
         """The ``k`` (default 5) most probable classes of each input, most probable first:
         ``[{"label", "index", "prob"}, ...]``; an empty list for an input with an error."""
-        from .predict import check_topk
+        from .inference.predict import check_topk
 
         k = min(check_topk(k) or self.k or 5, len(self.classes))
         rows = []
@@ -892,7 +892,7 @@ class Evaluation(dict):
 
     def confusion_figure(self):
         """The confusion matrix as a matplotlib Figure (rows: true class)."""
-        from .plots import _plt
+        from .core.plots import _plt
 
         plt = _plt()  # with the CJK fonts, for Chinese class names
 

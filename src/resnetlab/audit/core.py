@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import ConfigError, DataError
+from ..core.fmt import pct, shell_command, table
 from ..data import load_source
 from ..data.curate import pixel_hash, write_exclude, write_relabel
 from ..data.sources import Source
-from ..errors import ConfigError, DataError
-from ..fmt import pct, shell_command, table
 from . import labels as L
 from .duplicates import NEAR_BITS, describe, find_duplicates
 from .scan import PIXEL_SIDE, Items, scan
@@ -50,7 +50,7 @@ def _load(data: str, **options) -> Source:
 def run_features(run: str, source: Source, batch_size: int = 64) -> tuple[np.ndarray, str]:
     """The pooled features (N, F) a trained model gives every image of ``source``, in split
     order, preprocessed as the model's metadata says; and what they are, in words."""
-    from ..bundle import load_model, run_pipeline
+    from ..inference.loading import load_model, run_pipeline
 
     loaded = load_model(run)
     # A copy: the pipeline may cache decoded images in its source, the audit keeps the files.
@@ -91,7 +91,7 @@ def audit(
     start = time.perf_counter()
     labels = labels or bool(oof)
     if run and channels is None:
-        from ..bundle import load_model
+        from ..inference.loading import load_model
 
         channels = load_model(run).meta.in_chans  # the model reads its own channel count
     source = _load(data, val_ratio=val_ratio, test_ratio=test_ratio, seed=seed,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
 
 FOLDS = 5
 PROB_PREFIX = "p:"  # oof.csv: one column per class, "p:" and its name
@@ -213,7 +213,7 @@ def write_oof(path: Path, rows: list[tuple[str, str, int, np.ndarray]], classes:
     """``oof.csv``: per held-out image its path, given label, fold and probabilities."""
     import io
 
-    from ..io import atomic_write_text
+    from ..core.files import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

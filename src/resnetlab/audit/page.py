@@ -10,10 +10,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..errors import ImageDecodeError
-from ..fmt import pct
-from ..io import atomic_write_text
-from ..report.html import CSS
+from ..analysis.report.html import CSS
+from ..core.errors import ImageDecodeError
+from ..core.files import atomic_write_text
+from ..core.fmt import pct
 from .core import AuditResult
 from .duplicates import describe
 from .scan import load_pixels, to_pil

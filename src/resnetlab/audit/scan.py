@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..core.errors import ImageDecodeError
 from ..data.curate import item_refs, pixel_hash
 from ..data.images import open_image
 from ..data.sources import Source
-from ..errors import ImageDecodeError
 
 HASH_SIDE = 32  # pHash: the image in grey at 32x32, its 8x8 lowest DCT frequencies
 THUMB_SIDE = 16  # the grey thumbnail near duplicates are confirmed on

@@ -292,7 +292,7 @@ def write_exclude(path: str | os.PathLike, refs: list[tuple[str, str | None, str
                   data: str) -> Path:  # fmt: skip
     """An exclude file: ``refs`` are (ref, pixel fingerprint for images in memory or None,
     why) per image."""
-    from ..io import atomic_write_text
+    from ..core.files import atomic_write_text
 
     path = Path(path)
     lines = [
@@ -313,7 +313,7 @@ def write_relabel(path: str | os.PathLike, rows: list[dict], memory: bool) -> Pa
     ``pixels``): the label column starts as the suggestion, for the user to edit."""
     import io as _io
 
-    from ..io import atomic_write_text
+    from ..core.files import atomic_write_text
 
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..progress import Meter
+from ..core.progress import Meter
 from .images import ImageDecodeError, open_image
 
 

@@ -36,7 +36,7 @@ _LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category")
 
 
 def _datasets():
-    from ..optional import require
+    from ..core.optional import require
 
     return require("datasets", "--data hf:")
 
@@ -255,7 +255,7 @@ def _split(part, image_col: str, label_col: str, num_classes: int, multi: bool, 
                "TIFF": ".tif"}.get(head[2] or "", ".png")  # fmt: skip
         p = folder / f"{i:07d}{ext}"
         if not p.is_file():
-            from ..io import atomic_write_bytes
+            from ..core.files import atomic_write_bytes
 
             atomic_write_bytes(p, data)
         paths.append(p)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from ..errors import ConfigError, ImageDecodeError
+from ..core.errors import ConfigError, ImageDecodeError
 
 # Pillow's formats we accept. EPS/PDF/SVG/PSD and other formats that run external programs or
 # carry scripts are never opened.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..multilabel import TASKS, is_multilabel
+from ..metrics.multilabel import TASKS, is_multilabel
 from .formats import load_cifar_source, load_mnist_source
 from .sources import (
     DataError,

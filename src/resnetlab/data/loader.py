@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .images import open_image
 from .sources import Split
 from .transforms import auto_augment_batch, eval_resize_size, file_transform

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
 from .images import from_pil
 from .sources import Source, Split, class_name, stratified_split
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..multilabel import TASKS
-from ..options import option
+from ..core.options import option
+from ..metrics.multilabel import TASKS
 from .decode import decode_files
 from .load import load_source
 from .loader import (

@@ -9,7 +9,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 
 class Problems(list):

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import DataError, FileConflictError
-from ..fmt import shell_command
-from ..io import atomic_write_text
+from ..core.errors import DataError, FileConflictError
+from ..core.files import atomic_write_text
+from ..core.fmt import shell_command
 from .load import load_source
 from .pipeline import STATS_SAMPLE
 from .sources import Source, Split

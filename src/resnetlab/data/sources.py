@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from ..multilabel import LABEL_SEPARATOR
+from ..core.errors import DataError
+from ..metrics.multilabel import LABEL_SEPARATOR
 from .decode import Unreadable, decode_files
 from .images import ImageDecodeError, is_image_file, is_junk, probe_image, skip_reason
 from .problems import report_problems

@@ -207,7 +207,7 @@ def label_stats(source: Source) -> dict:
 
 def _co_occurrence_lines(report: dict, names: list[str]) -> list[str]:
     """Labels per image and the co-occurrence table (the 12 most frequent labels)."""
-    from ..fmt import ljust, rjust, width
+    from ..core.fmt import ljust, rjust, width
 
     per = report["labels_per_image"]
     lines = [f"per image {per['mean']:.2f} labels on average, at most {per['max']}; "
@@ -229,7 +229,7 @@ def _co_occurrence_lines(report: dict, names: list[str]) -> list[str]:
 
 def format_report(report: dict) -> str:
     """The data set doctor's report (``dataset_stats``) as the text ``resnetlab stats`` prints."""
-    from ..fmt import ljust, width
+    from ..core.fmt import ljust, width
 
     lines = [f"data      {report['data']}  ({report['channels']} channel(s))"]
     splits = ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import ConfigError, DataError, ImageDecodeError
+from ..core.errors import ConfigError, DataError, ImageDecodeError
 from .images import image_to_uint8
 from .loader import mix_seed, worker_loader
 from .moments import image_moments, stats_from_moments

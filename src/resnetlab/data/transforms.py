@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 PRESETS = ("imagenet", "cifar", "small")
 AUTO_AUGMENTS = ("none", "trivial", "randaugment")

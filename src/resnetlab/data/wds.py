@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..errors import DataError, ImageDecodeError
+from ..core.errors import DataError, ImageDecodeError
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS, open_image
 from .loader import mix_seed
 from .sources import SPLITS, Shards, Source, Split

@@ -17,11 +17,11 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from ..errors import ConfigError, FileConflictError
-from ..fmt import pct
-from ..io import atomic_write_text
-from ..plots import plot_degradation
-from ..summary import count_params
+from ..core.errors import ConfigError, FileConflictError
+from ..core.files import atomic_write_text
+from ..core.fmt import pct
+from ..core.plots import plot_degradation
+from ..models.summary import count_params
 from ..train import TrainConfig, Trainer, resolve_config
 
 PLAIN_DEPTHS = (20, 32, 44, 56, 110)
@@ -169,7 +169,7 @@ def _markdown(result: dict) -> str:
 
 def format_degradation(r: dict) -> str:
     """The study's table (mean ± std over seeds) and its verdict, as the CLI prints them."""
-    from ..fmt import pct, table
+    from ..core.fmt import pct, table
 
     header = ["model", "depth", "params", "final train err", "final test err", "time (s)"]
     rows = [[t["model"], str(t["depth"]), f"{t['params']:,}",

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts.run import RunDir
+from ..core.errors import ConfigError
+from ..core.files import atomic_write_text
 from ..data import load_source
 from ..data.sources import label_counts, strata
-from ..errors import ConfigError
-from ..io import atomic_write_text
-from ..multilabel import LABEL_SEPARATOR
-from ..run import RunDir
+from ..metrics.multilabel import LABEL_SEPARATOR
 from ..train import Trainer
 from ..train.config import TrainConfig
 
@@ -143,9 +143,9 @@ def held_out_probabilities(run: str | Path) -> tuple[list[str], list[str], torch
     """The best weights of a fold's run on its validation split (the held-out fold): paths,
     given labels (names; multi-label: joined by |), calibrated probabilities (softmax at the
     run's temperature; multi-label: the sigmoids), and the class names."""
-    from ..bundle import load_model, run_pipeline
-    from ..calibrate import apply_temperature
-    from ..multilabel import probabilities
+    from ..inference.loading import load_model, run_pipeline
+    from ..metrics.calibration import apply_temperature
+    from ..metrics.multilabel import probabilities
 
     loaded = load_model(run)
     pipe = run_pipeline(loaded, num_workers=0)  # the fold's own list, split as it trained

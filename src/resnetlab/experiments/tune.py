@@ -9,11 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError, ResnetlabError, TrainingError
-from ..fmt import pct
-from ..io import atomic_write_text
-from ..plots import plot_tune_history
-from ..run import RunDir
+from ..artifacts.run import RunDir
+from ..core.errors import ConfigError, ResnetlabError, TrainingError
+from ..core.files import atomic_write_text
+from ..core.fmt import pct
+from ..core.plots import plot_tune_history
 from ..train import TrainConfig, Trainer, resolve_config
 
 STUDY_NAME = "resnetlab-tune"

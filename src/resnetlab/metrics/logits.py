@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from ..device import autocast
+from ..core.device import autocast
 
 
 def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> torch.Tensor:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .init import init_weights, zero_init_last_norm
 from .padding import apply_pad_mode
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .layers import create_attn, make_drop_path
 
 NormLayer = Callable[[int], nn.Module]

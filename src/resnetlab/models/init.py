@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .layers import ConvClassifier
 
 INIT_SCHEMES = ("kaiming", "normal")

@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import (
     ClassifierNet,
     check_int,

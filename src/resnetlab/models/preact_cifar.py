@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import check_bool, check_int, resolve_norm_layer
 from .blocks import conv3x3, option_shortcut
 from .cifar import check_cifar_args, make_cifar_stages

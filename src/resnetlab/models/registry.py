@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import IMAGENET_MEAN, IMAGENET_STD, make_pretrained_cfg
 from .zoo_stats import ZOO_STATS
 

@@ -16,10 +16,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core.errors import ConfigError
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
-from ..errors import ConfigError
-from ..predict import Predictor
-from ..tta import PASSES, check_tta
+from ..inference.predict import Predictor
+from ..inference.tta import PASSES, check_tta
 from .batcher import MicroBatcher, QueueFull
 from .gate import Admission, Gate, Guard
 from .upload import MAX_FILES, Upload, UploadError, read_uploads
@@ -248,7 +248,7 @@ def create_app(
         if "explainer" not in state:
             import torch
 
-            from ..explain import Explainer
+            from ..analysis.explain import Explainer
 
             loaded = copy.copy(predictor.loaded)
             model = copy.deepcopy(loaded.model).float()
@@ -539,7 +539,7 @@ def _process_worker(sock, settings: dict, index: int, threads: int, events) -> N
     """One process of ``--processes N`` (see ``processes``)."""
     import torch
 
-    from ..errors import ResnetlabError
+    from ..core.errors import ResnetlabError
     from .gate import setup_logging
 
     torch.set_num_threads(threads)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ..core.errors import ConfigError
 from ..data.transforms import stack_images
-from ..errors import ConfigError
 
 
 class QueueFull(Exception):

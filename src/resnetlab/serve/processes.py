@@ -21,7 +21,7 @@ import signal
 import sys
 import tempfile
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 
 def supervise(sock, settings: dict, url: str, worker) -> None:

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 import yaml
 
-from ..bundle import LoadedModel, load_model, model_on, run_pipeline
-from ..device import resolve_device
-from ..errors import ConfigError, FileConflictError
-from ..io import atomic_write_text, writing
-from ..run import RunDir
-from ..weights import save_bundle
+from ..artifacts.run import RunDir
+from ..artifacts.weights import save_bundle
+from ..core.device import resolve_device
+from ..core.errors import ConfigError, FileConflictError
+from ..core.files import atomic_write_text, writing
+from ..inference.loading import LoadedModel, load_model, model_on, run_pipeline
 from .calibration import calibrate_run, fit_thresholds, validation_logits
 from .swa import batch_norms, measure_bn, training_images
 

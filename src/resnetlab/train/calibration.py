@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calibrate import MAX_TEMPERATURE, MIN_TEMPERATURE, calibration_summary
+from ..artifacts.run import ModelMeta, RunDir
+from ..core.files import atomic_write_text
 from ..data import DataPipeline
-from ..io import atomic_write_text
+from ..metrics.calibration import MAX_TEMPERATURE, MIN_TEMPERATURE, calibration_summary
 from ..metrics.logits import all_logits
-from ..multilabel import choose_thresholds, multilabel_metrics, probabilities
-from ..run import ModelMeta, RunDir
+from ..metrics.multilabel import choose_thresholds, multilabel_metrics, probabilities
 from .checkpoint import load_checkpoint
 
 # The keys calibrate_run adds to summary.json (the architecture's "calibrated runs").

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fmt import shell_command
-from ..io import atomic_torch_save
-from ..run import RunDir
-from ..weights import WeightsError, safe_torch_load
+from ..artifacts.run import RunDir
+from ..artifacts.weights import WeightsError, safe_torch_load
+from ..core.files import atomic_torch_save
+from ..core.fmt import shell_command
 
 FORMAT = "resnetlab-checkpoint"
 VERSION = 1

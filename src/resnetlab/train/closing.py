@@ -3,7 +3,7 @@ run folder, as ``resnetlab train`` and ``resnetlab.fit(verbose=True)`` print it.
 
 from __future__ import annotations
 
-from ..fmt import pct
+from ..core.fmt import pct
 
 
 def closing_lines(s: dict) -> list[str]:

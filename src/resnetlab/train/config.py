@@ -13,12 +13,12 @@ from pathlib import Path
 
 import yaml
 
+from ..artifacts.run import RunDir
+from ..core.device import PRECISIONS
+from ..core.errors import ConfigError
+from ..core.fmt import shell_command
+from ..core.options import check_types, flag_name, option
 from ..data import DataConfig
-from ..device import PRECISIONS
-from ..errors import ConfigError
-from ..fmt import shell_command
-from ..options import check_types, flag_name, option
-from ..run import RunDir
 
 MODES = ("auto", "scratch", "finetune", "feature-extract")
 OPTIMIZERS = ("sgd", "adamw")

@@ -26,10 +26,10 @@ import os
 import torch
 from torch.nn import functional as F
 
-from ..bundle import LoadedModel, load_model, model_on, pretrained_model
+from ..core.device import autocast
+from ..core.errors import ConfigError, WeightsError
 from ..data.sources import class_name
-from ..device import autocast
-from ..errors import ConfigError, WeightsError
+from ..inference.loading import LoadedModel, load_model, model_on, pretrained_model
 from ..metrics.fingerprint import weights_fingerprint
 from .features import can_cache
 

@@ -32,8 +32,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from ..io import atomic_write_text
-from ..run import RunDir
+from ..artifacts.run import RunDir
+from ..core.files import atomic_write_text
 from . import distributed as D
 
 __all__ = [

@@ -20,26 +20,26 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..data import DataError, DataPipeline, build_pipeline
-from ..data.loader import mix_seed
-from ..data.sources import class_name
-from ..data.stats import imbalance_note
-from ..device import autocast, resolve_device, resolve_precision
-from ..errors import ConfigError, FileConflictError, WriteError
-from ..fmt import pct, shell_command
-from ..io import WRITE_CAUSES, FolderLock, atomic_write_text, writing
-from ..metrics.fingerprint import weights_fingerprint
-from ..models import create_model
-from ..multilabel import multilabel_loss, smoothed_targets
-from ..run import ModelMeta, RunDir
-from ..weight_sources import resolve_weights
-from ..weights import (
+from ..artifacts.run import ModelMeta, RunDir
+from ..artifacts.weight_sources import resolve_weights
+from ..artifacts.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     load_into,
     save_bundle,
     unwrap_model,
 )
+from ..core.device import autocast, resolve_device, resolve_precision
+from ..core.errors import ConfigError, FileConflictError, WriteError
+from ..core.files import WRITE_CAUSES, FolderLock, atomic_write_text, writing
+from ..core.fmt import pct, shell_command
+from ..data import DataError, DataPipeline, build_pipeline
+from ..data.loader import mix_seed
+from ..data.sources import class_name
+from ..data.stats import imbalance_note
+from ..metrics.fingerprint import weights_fingerprint
+from ..metrics.multilabel import multilabel_loss, smoothed_targets
+from ..models import create_model
 from . import distributed as D
 from .accumulate import accumulate_gradients
 from .calibration import best_weights, calibrate_run, fit_thresholds, multilabel_test

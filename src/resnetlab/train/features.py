@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.device import autocast
 from ..data import DataPipeline
 from ..data.loader import EpochSampler, FileLoader, TensorLoader, mix_seed
 from ..data.transforms import file_transform
-from ..device import autocast
 from . import distributed as D
 
 # Features of 2 GiB: 1 M images x 512 floats (resnet18/34), 250 k x 2048 (resnet50).

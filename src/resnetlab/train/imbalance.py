@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import ConfigError
 from ..data.stats import imbalance_note, imbalance_ratio
-from ..errors import ConfigError
 
 __all__ = ["CLASS_WEIGHT_MODES", "class_weights", "imbalance_note", "imbalance_ratio",
            "resolve_class_weights"]  # fmt: skip

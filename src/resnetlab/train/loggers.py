@@ -7,9 +7,9 @@ import io
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..io import atomic_write_text
-from ..progress import Meter, is_terminal
+from ..core.errors import ConfigError
+from ..core.files import atomic_write_text
+from ..core.progress import Meter, is_terminal
 
 METRIC_COLUMNS = [
     "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",

@@ -7,8 +7,8 @@ import json
 import math
 from datetime import datetime
 
-from ..io import atomic_write_text
-from ..plots import plot_lr_find
+from ..core.files import atomic_write_text
+from ..core.plots import plot_lr_find
 from .config import TrainConfig
 from .optim import apply_freezing, frozen_groups, set_train_mode
 

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from ..metrics.logits import accuracy_counts, all_logits, iter_logits
-from ..multilabel import multilabel_loss, multilabel_metrics, probabilities
+from ..metrics.multilabel import multilabel_loss, multilabel_metrics, probabilities
 from . import distributed as D
 
 

@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from ..core.files import atomic_write_text
 from ..data.transforms import BatchTransform
-from ..io import atomic_write_text
 from . import distributed as D
 from .config import dump_yaml
 from .optim import apply_freezing, build_scheduler, frozen_groups, set_train_mode

@@ -18,8 +18,8 @@ import time
 import torch
 from torch import nn
 
+from ..core.device import autocast
 from ..data.loader import mix_seed
-from ..device import autocast
 from . import distributed as D
 from .optim import frozen_groups
 from .pacing import precise_bn_batches as batches

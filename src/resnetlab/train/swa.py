@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..weights import unwrap_model
+from ..artifacts.weights import unwrap_model
 from . import distributed as D
 from .optim import frozen_groups
 from .precise_bn import _training_norms

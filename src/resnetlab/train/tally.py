@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..errors import TrainingError
+from ..core.errors import TrainingError
 from . import distributed as D
 
 

@@ -20,9 +20,9 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..io import atomic_write_text
-from ..run import RunDir
+from ..artifacts.run import RunDir
+from ..core.errors import ConfigError
+from ..core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class MLflowTracker:
     name = "mlflow"
 
     def __init__(self, uri: str | None, project: str | None) -> None:
-        from ..optional import require
+        from ..core.optional import require
 
         require("mlflow", "--tracker mlflow")
         from mlflow.tracking import MlflowClient
@@ -244,7 +244,7 @@ class WandbTracker:
     name = "wandb"
 
     def __init__(self, uri: str | None, project: str | None) -> None:
-        from ..optional import require
+        from ..core.optional import require
 
         self.wandb = require("wandb", "--tracker wandb")
         if uri:
@@ -377,7 +377,7 @@ def attach_files(run: str | os.PathLike | RunDir, files: list[tuple[Path, str]])
     rd = run if isinstance(run, RunDir) else RunDir(run)
     record = read_tracker_record(rd)
     if record.get("tracker") == "mlflow" and record.get("run_id"):
-        from ..optional import require
+        from ..core.optional import require
 
         require("mlflow", "the run's MLflow tracker")
         from mlflow.tracking import MlflowClient

@@ -15,13 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import DataConfig, DataPipeline, Source, load_source
-from .errors import ConfigError
-from .exported import is_torchscript, load_onnx, load_torchscript
-from .models import create_model, get_model_entry
-from .preprocess import attach
-from .run import ModelMeta, RunDir
-from .weights import (
+from ..artifacts.preprocess import attach
+from ..artifacts.run import ModelMeta, RunDir
+from ..artifacts.weights import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     WeightsError,
@@ -31,6 +27,10 @@ from .weights import (
     safe_torch_load,
     torchvision_weights,
 )
+from ..core.errors import ConfigError
+from ..data import DataConfig, DataPipeline, Source, load_source
+from ..models import create_model, get_model_entry
+from .exported import is_torchscript, load_onnx, load_torchscript
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
     """A model from weights alone (no run): ``torchvision`` or a ``.pth``/``.safetensors`` file.
 
     Class names come from torchvision's ImageNet metadata when the head has 1000 outputs."""
-    from .weight_sources import resolve_weights
+    from ..artifacts.weight_sources import resolve_weights
 
     found = resolve_weights(weights, name)
     state, source, pre = found.state, found.source, found.preprocess
@@ -296,7 +296,7 @@ def run_pipeline(
         source = load_source(data, channels=meta.in_chans, task=meta.task or "multiclass",
                              **options)  # fmt: skip
     if any(curate.values()):  # the images and labels the run was trained and tested with
-        from .data.curate import apply_curation
+        from ..data.curate import apply_curation
 
         source = apply_curation(source, **curate)
     cfg = DataConfig(

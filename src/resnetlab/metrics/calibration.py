@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 # The paper's choice: 15 equal-width confidence bins.
 DEFAULT_BINS = 15

@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from .data.transforms import eval_interpolation, eval_resize_size
-from .models.base import make_pretrained_cfg
+from ..data.transforms import eval_interpolation, eval_resize_size
+from ..models.base import make_pretrained_cfg
 from .run import ModelMeta
 
 # Bumped when a key changes meaning; a reader checks it.

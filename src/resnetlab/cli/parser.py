@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from .device import PRECISIONS
-from .options import add_options
+from ..core.device import PRECISIONS
+from ..core.options import add_options
 
 
 def _args(p: argparse.ArgumentParser, *specs: tuple) -> argparse.ArgumentParser:
@@ -17,8 +17,8 @@ def _args(p: argparse.ArgumentParser, *specs: tuple) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .data import DataConfig
+    from .. import __version__
+    from ..data import DataConfig
 
     parser = argparse.ArgumentParser(
         prog="resnetlab",
@@ -27,8 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     json_flag = ("--json", {"action": "store_true", "help": "machine-readable output"})
-    from .backends import BACKENDS
-    from .models.registry import list_families
+    from ..inference.backends import BACKENDS
+    from ..models.registry import list_families
 
     precision = ("--precision", {"default": "auto", "choices": PRECISIONS})
     backend = (
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parser(sub) -> None:
-    from .train.config import TrainConfig
+    from ..train.config import TrainConfig
 
     p = sub.add_parser(
         "train",

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, WeightsError
+from ..core.errors import ConfigError, WeightsError
 
 # MindSpore's tensor_type names to numpy dtypes (bf16 is widened to float32 below).
 MS_DTYPES = {
@@ -191,8 +191,8 @@ def convert(path: str | Path, model: str, out: str | Path) -> dict:
     ``strict=True``, and write ``out`` (safetensors; never over an existing file)."""
     from safetensors.torch import save
 
-    from .io import atomic_write_bytes
-    from .models import create_model
+    from ..core.files import atomic_write_bytes
+    from ..models import create_model
 
     path, out = Path(path), Path(out)
     if not path.is_file():

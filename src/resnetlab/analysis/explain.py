@@ -28,9 +28,9 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from .data.images import ImageDecodeError, from_pil, open_image
-from .data.transforms import BatchTransform, file_transform, stack_images
-from .errors import ConfigError
+from ..core.errors import ConfigError
+from ..data.images import ImageDecodeError, from_pil, open_image
+from ..data.transforms import BatchTransform, file_transform, stack_images
 
 # Overlays of small inputs (CIFAR's 32 px, digits' 8 px) are scaled up to at least this side,
 # so the heat can be seen; 224 is the size ImageNet models see.
@@ -162,7 +162,7 @@ def overlay(
     ``image`` is what the model saw (its input size, uint8); both are scaled up together
     until the shorter side is at least ``min_side``: the image with nearest neighbours (its
     pixels stay visible), the heat bilinearly (it is a smooth quantity)."""
-    from .plots import heatmap_overlay
+    from ..core.plots import heatmap_overlay
 
     rgb = _rgb(image)
     heat = torch.as_tensor(np.asarray(heatmap, dtype=np.float32))

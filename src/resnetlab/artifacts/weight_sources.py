@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import WeightsError
+from ..core.errors import WeightsError
 from .run import RunDir
 from .weights import IMAGENET_MEAN, IMAGENET_STD, read_state_dict
 
@@ -155,7 +155,7 @@ def resolve_weights(spec: str, model: str) -> WeightSource:
 def _run_folder(run: RunDir, source: str) -> WeightSource:
     """A resnetlab run (its folder, or its model.safetensors): the weights, and the mean/std
     and evaluation resize its model.json says they were trained with."""
-    from .data.transforms import eval_resize_size
+    from ..data.transforms import eval_resize_size
 
     meta = run.read_meta()
     size = meta.size

@@ -20,10 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .backends import BACKENDS, check_backend, create_backend, run_streams
-from .bundle import LoadedModel, load_model, pretrained_model
-from .calibrate import apply_temperature
-from .data.images import (
+from ..core.errors import ConfigError
+from ..data.images import (
     ImageDecodeError,
     from_pil,
     is_image_file,
@@ -31,10 +29,12 @@ from .data.images import (
     open_image,
     skip_reason,
 )
-from .data.transforms import BatchTransform, file_transform, stack_images
-from .errors import ConfigError
-from .multilabel import DEFAULT_THRESHOLD, label_rows
-from .multilabel import probabilities as sigmoid_probabilities
+from ..data.transforms import BatchTransform, file_transform, stack_images
+from ..metrics.calibration import apply_temperature
+from ..metrics.multilabel import DEFAULT_THRESHOLD, label_rows
+from ..metrics.multilabel import probabilities as sigmoid_probabilities
+from .backends import BACKENDS, check_backend, create_backend, run_streams
+from .loading import LoadedModel, load_model, pretrained_model
 from .tta import check_tta, tta_logits
 
 __all__ = ["BACKENDS", "Predictor", "build_predictor", "check_topk", "expand_inputs"]
@@ -56,7 +56,8 @@ class Predictor:
     Thread-safe: ``serve`` calls it from several request handlers at once.
 
     ``tta`` "flip", "crops" or "flip-crops": each batch's logits are the mean over 2, 5 or 10
-    views of it (as many passes of the model), calibrated once afterwards (``resnetlab.tta``).
+    views of it (as many passes of the model), calibrated once afterwards
+    (``resnetlab.inference.tta``).
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class Predictor:
         self.tta = check_tta(tta)  # test-time augmentation: logits averaged over views (tta.py)
         self.choice = None  # what --backend auto measured and chose
         if backend == "auto":
-            from .backend_choice import choose_backend
+            from .choice import choose_backend
 
             self.choice = choose_backend(self.loaded, device, precision, min(batch_size, 16))
             backend, precision = self.choice.backend, self.choice.precision

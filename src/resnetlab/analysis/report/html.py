@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingFileError
-from ..fmt import pct
-from ..io import atomic_write_text
-from ..plots import plot_curves, plot_reliability
-from ..run import RunDir, output_folder
+from ...artifacts.run import RunDir, output_folder
+from ...core.errors import MissingFileError
+from ...core.files import atomic_write_text
+from ...core.fmt import pct
+from ...core.plots import plot_curves, plot_reliability
 
 # Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
 # (Simplified Chinese first), so the page never falls back to boxes or to a Japanese face
@@ -128,9 +128,9 @@ def build_report(
     """Evaluate the run's best model and write ``RUN/report.html`` (its figures in
     ``RUN/report-files/``); with ``out``, ``OUT/report.html`` and ``OUT/report-files/``, as for a
     run folder that cannot be written."""
-    from ..bundle import load_model
+    from ...inference.loading import load_model
+    from ...models.summary import format_summary, summarize
     from ..evaluate import evaluate_run
-    from ..summary import format_summary, summarize
 
     rd = RunDir(run)
     if not rd.meta.is_file():
@@ -277,7 +277,7 @@ def _attach_to_tracker(rd: RunDir, page: Path) -> None:
     a tracker that cannot be reached now is a warning, never a lost report."""
     import logging
 
-    from ..train.trackers import attach_files
+    from ...train.trackers import attach_files
 
     if not rd.tracker.is_file():
         return

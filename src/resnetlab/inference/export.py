@@ -13,19 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bundle import LoadedModel, load_model, run_pipeline
-from .errors import (
+from ..artifacts.run import RunDir, output_folder
+from ..core.errors import (
     ConfigError,
     ExportError,
     FileConflictError,
 )
+from ..core.files import writing
+from ..core.fmt import pct
+from ..metrics.fingerprint import weights_fingerprint
+from ..metrics.logits import iter_logits
 from .exported import META_KEY, onnx_session
 from .exported import check_external_data as check_external_data  # backends import it here
-from .fmt import pct
-from .io import writing
-from .metrics.fingerprint import weights_fingerprint
-from .metrics.logits import iter_logits
-from .run import RunDir, output_folder
+from .loading import LoadedModel, load_model, run_pipeline
 
 FORMATS = tuple(RunDir.EXPORTS)  # onnx, torchscript
 TOLERANCE = 1e-4
@@ -44,7 +44,7 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
     order, the input's dtype and range, temperature, classes, task, thresholds; what a client
     with only onnxruntime, Pillow and numpy reads) and model.json, then the keys of earlier
     versions."""
-    from .preprocess import describe
+    from ..artifacts.preprocess import describe
 
     m = loaded.meta
     return {
@@ -114,7 +114,7 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
 def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
     c, h, w = loaded.meta.input_size
-    from .preprocess import describe
+    from ..artifacts.preprocess import describe
 
     extra = {
         "resnetlab.json": json.dumps(loaded.meta.to_json(), ensure_ascii=False),
@@ -358,7 +358,7 @@ def _compare_int8_multilabel(
 ) -> dict:
     """Multi-label: mAP of both models and how many label decisions (each image, each class,
     at the run's thresholds) they share, on up to ``measure`` held-out images."""
-    from .multilabel import decisions, multilabel_metrics, probabilities
+    from ..metrics.multilabel import decisions, multilabel_metrics, probabilities
 
     split = _held_out_split(pipe)
     sessions = (onnx_session(fp32_path), onnx_session(int8_path))

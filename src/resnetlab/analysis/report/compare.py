@@ -22,10 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, MissingFileError, ResnetlabError
-from ..fmt import pct, shell_command
-from ..io import atomic_write_text
-from ..run import RunDir
+from ...artifacts.run import RunDir
+from ...core.errors import ConfigError, MissingFileError, ResnetlabError
+from ...core.files import atomic_write_text
+from ...core.fmt import pct, shell_command
 from .html import CSS
 from .runs import aligned, calibration_text, duration, run_row
 

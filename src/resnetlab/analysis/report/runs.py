@@ -24,10 +24,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..fmt import ljust, pct, rjust, width
-from ..io import FolderLock
-from ..run import RunDir
+from ...artifacts.run import RunDir
+from ...core.errors import ConfigError
+from ...core.files import FolderLock
+from ...core.fmt import ljust, pct, rjust, width
 
 # The columns of the table (and the keys --sort and --filter know first).
 COLUMNS = ("name", "model", "data", "task", "epochs", "best_val", "test", "calibration", "time",

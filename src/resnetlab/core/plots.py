@@ -136,7 +136,7 @@ def wrap_label(text: str, width: int = 34) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    from .io import writing
+    from .files import writing
 
     plt = _plt()
     try:

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import WeightsError
-from .io import atomic_write_bytes, atomic_write_text
+from ..core.errors import WeightsError
+from ..core.files import atomic_write_bytes, atomic_write_text
 from .run import ModelMeta, RunDir
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

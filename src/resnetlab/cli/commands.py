@@ -12,10 +12,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .cli_parser import build_parser
-from .errors import ConfigError, ResnetlabError
-from .fmt import pct, shell_command, table
-from .runtime import tune_allocator
+from ..core.errors import ConfigError, ResnetlabError
+from ..core.fmt import pct, shell_command, table
+from ..core.runtime import tune_allocator
+from .parser import build_parser
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -30,9 +30,9 @@ def command(name: str):
 
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import get_model_entry, list_models
-    from .models.registry import natural_key
-    from .summary import format_models, format_weights, model_info
+    from ..models import get_model_entry, list_models
+    from ..models.registry import natural_key
+    from ..models.summary import format_models, format_weights, model_info
 
     names = sorted(
         list_models(args.pattern, family=args.family),
@@ -50,8 +50,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 @command("summary")
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .models import create_model
-    from .summary import (
+    from ..models import create_model
+    from ..models.summary import (
         bottleneck_version,
         format_summary,
         resolve_input_size,
@@ -80,9 +80,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     import logging
 
-    from .data import dataset_stats, load_source
-    from .data.problems import collect_problems
-    from .data.stats import format_report
+    from ..data import dataset_stats, load_source
+    from ..data.problems import collect_problems
+    from ..data.stats import format_report
 
     quiet = logging.getLogger("resnetlab.data")
     level = quiet.level
@@ -104,8 +104,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 @command("audit")
 def cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import audit, format_audit, public
-    from .audit.core import next_steps, write_exclude_file, write_relabel_file
+    from ..audit import audit, format_audit, public
+    from ..audit.core import next_steps, write_exclude_file, write_relabel_file
 
     for flag, path in (("--write-exclude", args.write_exclude),
                        ("--write-relabel", args.write_relabel)):  # fmt: skip
@@ -130,7 +130,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         notes.append(f"wrote {path} ({n} suggested label(s): check the label column, edit it, "
                      "delete the rows to keep as they are)")  # fmt: skip
     if args.html:
-        from .audit.page import write_page
+        from ..audit.page import write_page
 
         notes.append(f"wrote {write_page(result, args.html)}")
     report = result.report
@@ -158,8 +158,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 @command("shard")
 def cmd_shard(args: argparse.Namespace) -> int:
-    from .data import load_source, parse_size, write_shards
-    from .data.shard import format_index
+    from ..data import load_source, parse_size, write_shards
+    from ..data.shard import format_index
 
     size = parse_size(args.shard_size)  # a bad size fails before the data is read
     source = load_source(
@@ -175,7 +175,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from .train import Trainer, resolve_config
+    from ..train import Trainer, resolve_config
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     # Only the flags given are in the namespace (their defaults are SUPPRESS).
@@ -189,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fit_and_report(trainer, args)
     cfg = resolve_config(overrides, config_file=args.config)
     if args.folds:  # K normal runs under one folder; the same command resumes it
-        from .experiments.kfold import kfold_folder, run_kfold
+        from ..experiments.kfold import kfold_folder, run_kfold
 
         out = kfold_folder(cfg, args.folds)
         r = run_kfold(cfg, args.folds, out, verbose=not args.quiet)
@@ -203,12 +203,12 @@ def cmd_train(args: argparse.Namespace) -> int:
               + shell_command("resnetlab", "audit", cfg.data, "--oof", r["oof"]))  # fmt: skip
         return 0
     if args.lr_find:
-        from .train.lr_find import lr_find
+        from ..train.lr_find import lr_find
 
         result = lr_find(cfg)
         print(f"suggested --lr {result['suggestion']:.3g}  (plot: {result['plot']})")
         return 0
-    from .train.elastic import elastic_start, record_run
+    from ..train.elastic import elastic_start, record_run
 
     # Under torchrun a restarted job continues its run from the last checkpoint.
     start = elastic_start(cfg.out, cfg.name)
@@ -223,8 +223,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _fit_and_report(trainer, args: argparse.Namespace) -> int:
-    from .train import RunStopped
-    from .train.distributed import cleanup
+    from ..train import RunStopped
+    from ..train.distributed import cleanup
 
     try:
         try:
@@ -240,14 +240,14 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
               f"{s['weights_sha256']}", flush=True)  # fmt: skip
     if not trainer.dist.is_main or args.quiet:
         return 0
-    from .train.closing import closing_lines
+    from ..train.closing import closing_lines
 
     run = s["run_dir"]
     print("\n" + "\n".join(closing_lines(s)[:-1]))  # the run folder below, with what next
     held_out = any(s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map",
                                                    "test_map"))  # fmt: skip
     if held_out and trainer.cfg.tracker != "none":  # the tracker run gets the report too
-        from .report import build_report
+        from ..analysis.report import build_report
 
         print(f"report            {build_report(run)} (added to the {trainer.cfg.tracker} run)")
     # evaluate and report need images the model did not train on
@@ -266,7 +266,7 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .evaluate import evaluate_run
+    from ..analysis.evaluate import evaluate_run
 
     r = evaluate_run(
         args.run, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
@@ -313,8 +313,8 @@ def _recall_f1(m: dict) -> list[str]:
 
 @command("predict")
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .data.images import is_image_file
-    from .predict import build_predictor, expand_inputs
+    from ..data.images import is_image_file
+    from ..inference.predict import build_predictor, expand_inputs
 
     run, inputs = args.run, list(args.inputs)
     if args.model:  # no run: every positional is an input
@@ -356,7 +356,7 @@ def _output_flags(argv: list[str]) -> list[str]:
         return argv
     import glob
 
-    from .data.images import is_image_file
+    from ..data.images import is_image_file
 
     out, moved, i = [], [], 0
     while i < len(argv):
@@ -400,7 +400,7 @@ def _write_predictions(rows, out, form: str, multilabel: bool, total: int) -> tu
     import csv
     import textwrap
 
-    from .progress import Meter, is_terminal
+    from ..core.progress import Meter, is_terminal
 
     w = csv.writer(out) if form == "csv" else None
     ml = multilabel  # each label's threshold too, and a row (no label) for an image with none
@@ -453,7 +453,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _export_hub(args)
     if args.format == "openvino":
         return _export_openvino(args)
-    from .export import export, real_inputs
+    from ..inference.export import export, real_inputs
 
     real = real_inputs(args.run) if args.verify else None
     r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real,
@@ -483,7 +483,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _export_hub(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .hub import export_hub
+    from ..inference.hub import export_hub
 
     home = Path(args.run) if os.path.isdir(args.run) else Path(args.run).parent
     r = export_hub(args.run, args.out or home / "hub")
@@ -498,8 +498,8 @@ def _export_hub(args: argparse.Namespace) -> int:
 
 
 def _export_openvino(args: argparse.Namespace) -> int:
-    from .export import real_inputs
-    from .openvino_ir import export_openvino
+    from ..inference.export import real_inputs
+    from ..inference.openvino_ir import export_openvino
 
     real = real_inputs(args.run) if args.verify else None
     r = export_openvino(args.run, out=args.out, do_verify=args.verify, real=real,
@@ -529,7 +529,7 @@ def _export_openvino(args: argparse.Namespace) -> int:
 
 @command("push")
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push
+    from ..inference.hub import push
 
     r = push(args.run, args.repo_id, private=args.private, token=args.token,
              message=args.message)  # fmt: skip
@@ -539,7 +539,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 @command("report")
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from ..analysis.report import build_report
 
     path = build_report(args.run, data=args.data, top_losses=args.top_losses, out=args.out)
     print(f"wrote {path}")
@@ -548,7 +548,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 @command("experiment")
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiments.degradation import format_degradation, run_degradation
+    from ..experiments.degradation import format_degradation, run_degradation
 
     keys = ("batch_size", "lr", "precision", "device")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k)}
@@ -562,13 +562,13 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 @command("tune")
 def cmd_tune(args: argparse.Namespace) -> int:
-    from .experiments.tune import run_tune
+    from ..experiments.tune import run_tune
 
     # Flags not given stay out: a continued study keeps its saved value (defaults for a new one).
     flags = {"data": args.data, "model": args.model, "epochs": args.epochs, "device": args.device}
     base = {k: v for k, v in flags.items() if v is not None}
     if args.config:
-        from .train.config import load_yaml
+        from ..train.config import load_yaml
 
         base = {**load_yaml(args.config), **base}
     r = run_tune(base, trials=args.trials, timeout=args.timeout, out=args.out,
@@ -585,11 +585,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 @command("explain")
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .bundle import load_model
-    from .device import resolve_device
-    from .explain import explain_files
-    from .predict import expand_inputs
-    from .run import output_folder
+    from ..analysis.explain import explain_files
+    from ..artifacts.run import output_folder
+    from ..core.device import resolve_device
+    from ..inference.loading import load_model
+    from ..inference.predict import expand_inputs
 
     paths = expand_inputs(args.inputs)
     if not paths:
@@ -611,7 +611,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 @command("average")
 def cmd_average(args: argparse.Namespace) -> int:
-    from .train.average import average_runs
+    from ..train.average import average_runs
 
     s = average_runs(args.runs, args.out, bn=args.bn, data=args.data, device=args.device,
                      batch_size=args.batch_size)  # fmt: skip
@@ -631,7 +631,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 @command("convert")
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from ..artifacts.convert import convert
 
     r = convert(args.file, args.model, args.out)
     left = len(r["skipped"])
@@ -646,7 +646,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve.app import serve
+    from ..serve.app import serve
 
     serve(
         args.run, host=args.host, port=args.port, backend=args.backend, device=args.device,
@@ -662,7 +662,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 @command("runs")
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .report.runs import format_runs, list_runs, runs_csv, runs_json
+    from ..analysis.report.runs import format_runs, list_runs, runs_csv, runs_json
 
     rows = list_runs(args.folder, sort=args.sort, filters=args.filter, reverse=args.reverse)
     if args.json:
@@ -676,7 +676,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report.compare import compare_runs, format_compare, html_hint, write_compare_html
+    from ..analysis.report.compare import (
+        compare_runs,
+        format_compare,
+        html_hint,
+        write_compare_html,
+    )
 
     r = compare_runs(args.runs, split=args.split, evaluate=not args.no_evaluate,
                      device=args.device)  # fmt: skip

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 TTA_MODES = ("none", "flip", "crops", "flip-crops")
 PASSES = {"none": 1, "flip": 2, "crops": 5, "flip-crops": 10}

@@ -24,9 +24,11 @@ from typing import ClassVar, TypeVar
 
 import torch
 
-from .bundle import LoadedModel, model_on
-from .device import as_device, autocast, resolve_precision
-from .errors import ConfigError, MissingFileError, StaleExportError
+from ..artifacts.run import RunDir, user_cache_dir
+from ..core.device import as_device, autocast, resolve_precision
+from ..core.errors import ConfigError, MissingFileError, StaleExportError
+from ..core.fmt import shell_command
+from ..metrics.fingerprint import weights_fingerprint
 from .export import (
     WEIGHTS_KEY,
     check_external_data,
@@ -35,9 +37,7 @@ from .export import (
     onnx_logits,
     onnx_session,
 )
-from .fmt import shell_command
-from .metrics.fingerprint import weights_fingerprint
-from .run import RunDir, user_cache_dir
+from .loading import LoadedModel, model_on
 
 log = logging.getLogger("resnetlab.predict")
 T = TypeVar("T")
@@ -379,7 +379,7 @@ class OpenVinoBackend(OnnxBackend):
         home = cache_home(loaded) if given is None else None
         if home is None:
             return None
-        from .device import cpu_model
+        from ..core.device import cpu_model
 
         st = onnx_path.stat()
         key = {"weights": fingerprint(loaded.model), "hint": self.hint,

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .errors import ConfigError, WeightsError
+from ..core.errors import ConfigError, WeightsError
 
 log = logging.getLogger(__name__)
 

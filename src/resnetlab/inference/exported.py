@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ExportError, MissingFileError, WeightsError
-from .run import ModelMeta
+from ..artifacts.run import ModelMeta
+from ..core.errors import ExportError, MissingFileError, WeightsError
 
 # The metadata keys an ONNX export carries (``export._metadata`` writes them).
 META_KEY = "resnetlab.model_json"  # the whole model.json

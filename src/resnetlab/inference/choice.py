@@ -22,13 +22,13 @@ import time
 
 import torch
 
-from . import __version__
+from .. import __version__
+from ..artifacts.run import user_cache_dir
+from ..core.device import as_device, cpu_has_native_bf16, cpu_model, resolve_precision
+from ..core.errors import ResnetlabError
+from ..core.files import atomic_write_text
 from .backends import BACKENDS, cache_home, create_backend, fingerprint
-from .bundle import LoadedModel
-from .device import as_device, cpu_has_native_bf16, cpu_model, resolve_precision
-from .errors import ResnetlabError
-from .io import atomic_write_text
-from .run import user_cache_dir
+from .loading import LoadedModel
 
 log = logging.getLogger("resnetlab.predict")
 

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bundle import LoadedModel, load_model
-from .errors import ConfigError, ExportError, FileConflictError
+from ..artifacts.run import RunDir, output_folder
+from ..core.errors import ConfigError, ExportError, FileConflictError
 from .export import TOLERANCE, _metadata, export_onnx, quantize_int8, verification_inputs
-from .run import RunDir, output_folder
+from .loading import LoadedModel, load_model
 
 IR = "model.xml"
 IR_INT8 = "model.int8.xml"
@@ -36,7 +36,7 @@ RT_SECTION = "resnetlab"
 
 
 def _ov():
-    from .optional import require
+    from ..core.optional import require
 
     return require("openvino", "--format openvino")
 

@@ -10,14 +10,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .backends import create_backend
-from .bundle import LoadedModel, load_model, run_pipeline
-from .calibrate import apply_temperature, expected_calibration_error
-from .data import DataError
-from .errors import ConfigError
-from .io import atomic_write_text
-from .metrics.logits import accuracy_counts, iter_logits
-from .run import output_folder
+from ..artifacts.run import output_folder
+from ..core.errors import ConfigError
+from ..core.files import atomic_write_text
+from ..data import DataError
+from ..inference.backends import create_backend
+from ..inference.loading import LoadedModel, load_model, run_pipeline
+from ..metrics.calibration import apply_temperature, expected_calibration_error
+from ..metrics.logits import accuracy_counts, iter_logits
 
 
 def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
@@ -100,7 +100,7 @@ def evaluate_run(
     out_dir = output_folder(out_dir, loaded.home.eval_dir(split), "the evaluation files")
     note = None
     if backend == "auto":
-        from .backend_choice import choose_backend
+        from ..inference.choice import choose_backend
 
         choice = choose_backend(loaded, device, precision)
         backend, precision, note = choice.backend, choice.precision, choice.note
@@ -162,7 +162,7 @@ def evaluate_run(
         "precision": runner.precision,
         "backend_note": note,
     }
-    from .plots import plot_confusion
+    from ..core.plots import plot_confusion
 
     def draw_confusion(path: Path) -> Path:
         return plot_confusion(cm, loaded.classes, path)
@@ -201,14 +201,14 @@ def _evaluate_multilabel(
 ) -> dict:  # fmt: skip
     """mAP, micro/macro F1 at the run's thresholds, per-class AP/F1, label frequencies, the
     precision-recall curves and (``top_losses``) the images with the highest loss."""
-    from .multilabel import (
+    from ..core.plots import plot_pr_curves
+    from ..metrics.multilabel import (
         chance_map,
         decisions,
         multilabel_loss,
         multilabel_metrics,
         probabilities,
     )
-    from .plots import plot_pr_curves
 
     classes, thresholds = loaded.classes, loaded.meta.thresholds
     probs = probabilities(logits)
@@ -267,7 +267,7 @@ def _evaluate_multilabel(
 
 def _write_result(result: dict, out_dir, loaded: LoadedModel, split: str) -> dict:
     """Draw the result's plots and galleries into the evaluation folder; write metrics.json."""
-    from .plots import plot_top_losses
+    from ..core.plots import plot_top_losses
 
     out = Path(out_dir) if out_dir else loaded.home.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,10 +294,10 @@ def _write_result(result: dict, out_dir, loaded: LoadedModel, split: str) -> dic
 def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path) -> Path:
     """The top-losses gallery again, each image under the Grad-CAM heat of the class the model
     wrongly chose: where it looked for its wrong answer."""
-    from .data.images import open_image
-    from .data.transforms import stack_images
+    from ..core.plots import plot_top_losses
+    from ..data.images import open_image
+    from ..data.transforms import stack_images
     from .explain import Explainer
-    from .plots import plot_top_losses
 
     ex = Explainer.from_loaded(loaded)
     images = [
@@ -312,7 +312,7 @@ def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path) 
 
 
 def _display_image(split, index: int) -> np.ndarray:
-    from .data.images import open_image
+    from ..data.images import open_image
 
     if split.images is not None:
         a = split.images[index].permute(1, 2, 0).numpy()

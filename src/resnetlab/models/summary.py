@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 
 @dataclass
@@ -94,8 +94,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
 def model_info(name: str) -> dict:
     """Parameters and MACs of a registered model at its default input size and class count:
     the zoo's table where it has the model (tests recompute every entry), else counted."""
-    from .models import get_model_entry
-    from .models.registry import ZOO_STATS
+    from . import get_model_entry
+    from .registry import ZOO_STATS
 
     entry = get_model_entry(name)
     params, macs = ZOO_STATS.get(name) or compute_model_stats(name)
@@ -113,7 +113,7 @@ def model_info(name: str) -> dict:
 def compute_model_stats(name: str) -> tuple[int, int]:
     """(parameters, MACs) of a registered model at its default input size and class count,
     built on the meta device: shapes only, no memory and no initialisation."""
-    from .models import create_model, get_model_entry
+    from . import create_model, get_model_entry
 
     entry = get_model_entry(name)
     with torch.device("meta"):
@@ -183,7 +183,7 @@ def resolve_input_size(
 ) -> tuple[int, int, int]:
     """The (C, H, W) to summarise ``model`` at: the family's default size, with ``in_chans``
     channels when given; a given size must agree with ``in_chans``."""
-    from .models import get_model_entry
+    from . import get_model_entry
 
     if input_size is None:
         return (in_chans or 3, *get_model_entry(model).input_size[1:])
@@ -201,7 +201,7 @@ def resolve_input_size(
 
 def small_input_note(model: str, input_size: tuple[int, int, int]) -> str | None:
     """Why a small input still runs, and what it costs (padding keeps every map >= 1x1)."""
-    from .models import get_model_entry
+    from . import get_model_entry
 
     stride = get_model_entry(model).total_stride
     if min(input_size[1:]) >= stride:
@@ -222,7 +222,7 @@ PAPER_TABLE1 = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 
 def bottleneck_version(model: nn.Module) -> str | None:
     """``v1`` or ``v1.5`` for a network of bottleneck blocks (v1.5, torchvision's: the stride
     on the 3x3 convolution; v1, the paper's: on the first 1x1), None for basic blocks."""
-    from .models.blocks import Bottleneck
+    from .blocks import Bottleneck
 
     if not hasattr(model, "stride_in_1x1"):
         return None
@@ -285,7 +285,7 @@ def format_summary(
 
 def format_models(rows: list[dict], paper: bool = False) -> str:
     """The ``resnetlab models`` table of ``model_info`` rows; ``paper``: the papers' figures."""
-    from .fmt import table
+    from ..core.fmt import table
 
     header = ["model", "family", "params", "MACs", "input"]
     header += ["paper params", "paper C10 err", "paper C100 err"] if paper else []
@@ -314,7 +314,7 @@ def available_weights(name: str) -> list[dict]:
     """The published weights a model can start from: torchvision's tags with their ImageNet
     top-1 and evaluation preprocessing (from torchvision's own metadata, no download), and the
     timm name to look up on the Hugging Face hub (``hf-hub:timm/NAME.TAG``)."""
-    from .models import get_model_entry
+    from . import get_model_entry
 
     rows = []
     try:
@@ -336,7 +336,7 @@ def available_weights(name: str) -> list[dict]:
 
 def format_weights(names: list[str]) -> str:
     """``resnetlab models --weights``: per model, the weights it can start from."""
-    from .fmt import table
+    from ..core.fmt import table
 
     body = [[n, r["weights"], f"{r['top1']:.2f}%" if r["top1"] else "-", r["preprocess"]]
             for n in names for r in available_weights(n)]  # fmt: skip

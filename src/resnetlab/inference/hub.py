@@ -25,13 +25,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .bundle import LoadedModel, load_model
-from .data.transforms import eval_resize_size
-from .errors import ConfigError, FileConflictError, ResnetlabError, WeightsError
-from .fmt import pct, shell_command
-from .io import atomic_write_bytes, atomic_write_text
-from .models import get_model_entry
-from .run import RunDir
+from ..artifacts.run import RunDir
+from ..core.errors import ConfigError, FileConflictError, ResnetlabError, WeightsError
+from ..core.files import atomic_write_bytes, atomic_write_text
+from ..core.fmt import pct, shell_command
+from ..data.transforms import eval_resize_size
+from ..models import get_model_entry
+from .loading import LoadedModel, load_model
 
 CONFIG = "config.json"
 WEIGHTS = RunDir.WEIGHTS  # the hub folder keeps the run's file name
@@ -144,7 +144,7 @@ def _evaluation(loaded: LoadedModel, evaluate: bool) -> dict:
             pass
     if not evaluate or not run.has_config():
         return {}
-    from .evaluate import evaluate_run
+    from ..analysis.evaluate import evaluate_run
 
     with tempfile.TemporaryDirectory(prefix="resnetlab-card-") as tmp:
         try:
@@ -355,7 +355,7 @@ def push(
     is one ``WeightsError`` line."""
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ConfigError(f"{repo_id!r}: give the hub repository as ORG/NAME (or USER/NAME)")
-    from .optional import require
+    from ..core.optional import require
 
     require("huggingface_hub", "push")
     from huggingface_hub import HfApi

@@ -1,0 +1,1 @@
+"""Looking at a trained model: evaluation, Grad-CAM, the HTML report."""
