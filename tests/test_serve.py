@@ -542,7 +542,7 @@ def test_multipart_with_several_files_answers_each(server):
 
 
 def test_banner_url_for_every_interface():
-    from resnetlab.serve.app import url
+    from resnetlab.serve.sockets import url
 
     assert url("0.0.0.0", 8000).startswith("http://127.0.0.1:8000/ ")
     assert url("::", 8000).startswith("http://[::1]:8000/ ")
@@ -553,7 +553,7 @@ def test_banner_url_for_every_interface():
 def test_port_refuses_connections_until_it_listens():
     """serve binds the port first (a busy port is said at once) and listens only once the model
     is loaded: a load balancer's TCP check sees it closed until then."""
-    from resnetlab.serve.app import bind, start_listening
+    from resnetlab.serve.sockets import bind, start_listening
 
     port = _free_port()
     sock = bind("127.0.0.1", port)

@@ -4,7 +4,7 @@ Nagle's algorithm (about 40 ms per response on a kept-alive connection)."""
 import asyncio
 import socket
 
-from resnetlab.serve.app import listen
+from resnetlab.serve.sockets import listen
 
 
 def test_accepted_connections_have_tcp_nodelay():

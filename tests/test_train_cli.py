@@ -19,7 +19,8 @@ from resnetlab import list_models
 from resnetlab.cli.commands import main
 from resnetlab.core import files as resnetlab_io
 from resnetlab.core.files import FolderLock
-from resnetlab.train import Trainer, engine, resolve_config
+from resnetlab.train import Trainer, resolve_config
+from resnetlab.train import folder as run_folder
 from resnetlab.train.checkpoint import load_checkpoint
 
 TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--batch-size", "8",
@@ -216,7 +217,7 @@ def test_two_trainings_of_one_name_started_together(tmp_path, folder, capsys):
 
 
 def test_default_names_of_runs_started_in_the_same_second_differ(tmp_path, folder, monkeypatch):
-    monkeypatch.setattr(engine, "_run_name", lambda cfg: "resnet20-data-20260102-030405")
+    monkeypatch.setattr(run_folder, "_run_name", lambda cfg: "resnet20-data-20260102-030405")
     base = dict(data=str(folder), model="resnet20", model_kwargs={"widths": [4, 8, 8]},
                 input_size=16, batch_size=8, num_workers=0, out=str(tmp_path))  # fmt: skip
     first = Trainer(resolve_config(base), verbose=False)

@@ -10,13 +10,13 @@ import torch
 
 from ..metrics.multilabel import TASKS, is_multilabel
 from .formats import load_cifar_source, load_mnist_source
+from .listings import load_listing_source
 from .sources import (
     DataError,
     Source,
     check_ratios,
     load_digits_source,
     load_folder_source,
-    load_listing_source,
 )
 from .wds import load_wds_source
 

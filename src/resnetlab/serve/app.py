@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import errno
 import logging
 import socket
 import sys
@@ -22,15 +21,12 @@ from ..inference.predict import Predictor
 from ..inference.tta import PASSES, check_tta
 from .batcher import MicroBatcher, QueueFull
 from .gate import Admission, Gate, Guard
-from .upload import MAX_FILES, Upload, UploadError, read_uploads
+from .openapi import ERROR_RESPONSES, PREDICT_DOC
+from .sockets import _connection_limit_answer, bind, start_listening, url
+from .upload import MAX_FILES, Upload, UploadError, _refused, read_uploads
 
 log = logging.getLogger("resnetlab.serve")
 PAGE = Path(__file__).with_name("page.html")
-# Formats a browser may send that we never decode: answered 415, not 400.
-REFUSED_TYPES = ("application/pdf", "application/postscript", "image/svg+xml", "text/")
-REFUSED_MAGIC = (b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6", b"<svg", b"<?xml", b"8BPS")
-
-
 # fp32 runtimes give the same probabilities alone or batched to rounding; reduced precision
 # changes with the batch's kernel choice.
 BATCH_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2, "int8": 1e-2}
@@ -38,13 +34,6 @@ BATCH_TOLERANCE = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 1e-2, "int8": 1e-2}
 
 # One error type for the routes and the upload reader: answered {"error": message}.
 HTTPError = UploadError
-
-
-def _refused(data: bytes, ctype: str | None) -> bool:
-    if ctype and any(ctype.startswith(t) for t in REFUSED_TYPES):
-        return True
-    head = data[:64].lstrip()
-    return any(head.startswith(m) for m in REFUSED_MAGIC)
 
 
 def validation_message(exc) -> str:
@@ -368,125 +357,6 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
-
-
-# The request body of POST /predict in the OpenAPI document (the route reads the body itself,
-# so FastAPI cannot infer it).
-PREDICT_DOC = {
-    "requestBody": {
-        "required": True,
-        "description": "an image (JPEG, PNG, BMP, GIF, WEBP, TIFF, PPM) as the raw body, or as "
-        "the file(s) of a multipart form; at most --max-body-mb in all",
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {
-                            "description": "one image, or several (each answered)",
-                            "oneOf": [
-                                {"type": "string", "format": "binary"},
-                                {"type": "array", "items": {"type": "string", "format": "binary"}},
-                            ],
-                        }
-                    },
-                    "required": ["file"],
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    },
-}
-_ERROR = {"application/json": {"schema": {"type": "object", "properties": {
-    "error": {"type": "string"}}, "required": ["error"]}}}  # fmt: skip
-ERROR_RESPONSES = {
-    400: {"description": "unreadable image, bad query or malformed form", "content": _ERROR},
-    401: {"description": "missing or wrong API key (with --api-key)", "content": _ERROR},
-    413: {"description": "body over --max-body-mb, or image over 40 Mpixel", "content": _ERROR},
-    415: {"description": "a format that is never decoded (PDF, EPS, SVG, text)", "content": _ERROR},
-    503: {"description": "busy: retry after Retry-After seconds", "content": _ERROR},
-}
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` and not yet listening (connections are refused until
-    ``start_listening``: a load balancer's TCP check sees the port closed while the model
-    loads). A bad or busy port is a one-line ``ConfigError``, before the model is loaded."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f"--port {port} is not a port number; give one from 1 to 65535")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not protocol 0: asyncio sets TCP_NODELAY only on sockets whose ``proto`` says
-    # TCP, and accepted connections inherit it. Without it every response on a kept-alive
-    # connection waited about 40 ms for Nagle's algorithm and the peer's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    # As uvicorn does: a restarted server can take its port back at once (TIME_WAIT); a port
-    # another program listens on is still refused.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise _port_error(exc, host, port) from None
-    return sock
-
-
-def start_listening(sock: socket.socket) -> None:
-    try:
-        sock.listen(2048)
-    except OSError as exc:
-        host, port = sock.getsockname()[:2]
-        sock.close()
-        raise _port_error(exc, host, port) from None
-
-
-def _port_error(exc: OSError, host: str, port: int) -> ConfigError:
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"port {port} is in use; pick another with --port")
-    if exc.errno == errno.EACCES:
-        return ConfigError(
-            f"port {port} needs administrator rights here; pick one above 1023 with --port"
-        )
-    reason = exc.strerror or str(exc)
-    return ConfigError(f"cannot listen on {host} port {port}: {reason}; check --host")
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A socket listening on ``host:port`` (``bind`` then ``start_listening``)."""
-    sock = bind(host, port)
-    start_listening(sock)
-    return sock
-
-
-def url(host: str, port: int) -> str:
-    """The address to open: an address that listens on every interface is not one a browser
-    can open, so 0.0.0.0 and :: show this machine's loopback address."""
-    if host in ("0.0.0.0", ""):
-        return f"http://127.0.0.1:{port}/ (listening on every IPv4 interface, {host or '0.0.0.0'})"
-    if host == "::":
-        return f"http://[::1]:{port}/ (listening on every interface, ::)"
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def _connection_limit_answer() -> None:
-    """Beyond ``--max-connections`` uvicorn answers 503 itself, in plain text and without
-    Retry-After; this makes that answer the service's own (one error shape, Retry-After)."""
-    import importlib
-
-    from .gate import error_response
-
-    async def service_unavailable(scope, receive, send) -> None:
-        for message in error_response(503, "server busy: too many connections, retry shortly",
-                                      {"Retry-After": "1", "Connection": "close"}):  # fmt: skip
-            await send(message)
-
-    for name in ("h11_impl", "httptools_impl"):
-        try:
-            module = importlib.import_module(f"uvicorn.protocols.http.{name}")
-        except ImportError:  # httptools is not installed
-            continue
-        if hasattr(module, "service_unavailable"):
-            module.service_unavailable = service_unavailable
 
 
 def _build(settings: dict):

@@ -155,3 +155,15 @@ async def _read_multipart(request: Request, ctype: str, cap: int) -> list[Upload
     if not files:
         raise UploadError(400, "multipart body has no file field (send the image as 'file')")
     return files
+
+
+# Formats a browser may send that we never decode: answered 415, not 400.
+REFUSED_TYPES = ("application/pdf", "application/postscript", "image/svg+xml", "text/")
+REFUSED_MAGIC = (b"%PDF", b"%!PS", b"\xc5\xd0\xd3\xc6", b"<svg", b"<?xml", b"8BPS")
+
+
+def _refused(data: bytes, ctype: str | None) -> bool:
+    if ctype and any(ctype.startswith(t) for t in REFUSED_TYPES):
+        return True
+    head = data[:64].lstrip()
+    return any(head.startswith(m) for m in REFUSED_MAGIC)
