@@ -94,8 +94,11 @@ class Worker:
     def __init__(self, script: str | Path, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(script), "--worker", *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self._reply()  # ready
 
     def _reply(self) -> dict:

@@ -109,8 +109,12 @@ def spoil(root: Path, files: dict[str, dict], seed: int = SEED) -> dict:
     near_src = [paths[i] for i in order[n_exact : n_exact + n_near]]
     used = set(exact_src) | set(near_src)
     train = [p for p in paths if files[p]["split"] == "train" and p not in used]
-    flips = [train[i] for i in rng.permutation(len(train))[: round(FLIP * len([
-        p for p in paths if files[p]["split"] == "train"]))]]  # fmt: skip
+    flips = [
+        train[i]
+        for i in rng.permutation(len(train))[
+            : round(FLIP * len([p for p in paths if files[p]["split"] == "train"]))
+        ]
+    ]
     truth = {"exact": [], "near": [], "flipped": {}}
     for k, src in enumerate(exact_src):
         f = files[src]
@@ -135,8 +139,9 @@ def spoil(root: Path, files: dict[str, dict], seed: int = SEED) -> dict:
 
 
 def recall(pairs, group_of: dict[str, int]) -> float:
-    found = [group_of.get(a) is not None and group_of.get(a) == group_of.get(b)
-             for a, b, *_ in pairs]  # fmt: skip
+    found = [
+        group_of.get(a) is not None and group_of.get(a) == group_of.get(b) for a, b, *_ in pairs
+    ]
     return sum(found) / max(1, len(found))
 
 
@@ -169,8 +174,9 @@ def phash_groups(root: Path, threshold: int) -> tuple[list[list[str]], float]:
     bits = np.array([int(str(h), 16) for h in hashes], dtype=np.uint64)
     d = np.bitwise_count(bits[:, None] ^ bits[None, :])
     i, j = np.nonzero(np.triu(d <= threshold, 1))
-    comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(paths),) * 2),
-                                directed=False)[1]  # fmt: skip
+    comp = connected_components(
+        coo_matrix((np.ones(len(i)), (i, j)), shape=(len(paths),) * 2), directed=False
+    )[1]
     members: dict[int, list[str]] = {}
     for k in set(i.tolist()) | set(j.tolist()):
         members.setdefault(int(comp[k]), []).append(paths[k])
@@ -199,30 +205,42 @@ def label_scores(flagged: set[str], truth: dict) -> dict:
     tp = len(flagged & wrong)
     p = tp / len(flagged) if flagged else 0.0
     r = tp / len(wrong) if wrong else 0.0
-    return {"flagged": len(flagged), "true_positives": tp, "precision": p, "recall": r,
-            "f1": 2 * p * r / (p + r) if p + r else 0.0}  # fmt: skip
+    return {
+        "flagged": len(flagged),
+        "true_positives": tp,
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+    }
 
 
 def time_cli(root: Path, repeats: int = 3) -> dict:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-m", "resnetlab", "audit", str(root), "--labels",
-                            "--json"], capture_output=True, text=True)  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "resnetlab", "audit", str(root), "--labels", "--json"],
+            capture_output=True,
+            text=True,
+        )
         times.append(time.perf_counter() - t0)
         if p.returncode not in (0, 1):
             raise RuntimeError(p.stderr)
     inner = json.loads(p.stdout)["seconds"]
-    return {"wall_seconds_median": statistics.median(times), "wall_seconds": times,
-            "audit_seconds_last": inner}  # fmt: skip
+    return {
+        "wall_seconds_median": statistics.median(times),
+        "wall_seconds": times,
+        "audit_seconds_last": inner,
+    }
 
 
 def other_seed(work: Path, clean: Path, files: dict, seed: int, cleanlab_issues) -> dict:
     """The audit's duplicates and label issues, and cleanlab's, on another spoiling."""
     spoilt = work / f"digits-{seed}"
     shutil.copytree(clean, spoilt)
-    truth = spoil(spoilt, {str(spoilt / Path(p).relative_to(clean)): f for p, f in files.items()},
-                  seed)  # fmt: skip
+    truth = spoil(
+        spoilt, {str(spoilt / Path(p).relative_to(clean)): f for p, f in files.items()}, seed
+    )
     ours = audit(str(spoilt), labels=True)
     by = groups_of([g["paths"] for g in ours.report["duplicates"]])
     ref = np.array(ours.items.refs)
@@ -255,8 +273,9 @@ def main() -> None:
         clean, spoilt = work / "clean", work / "digits"
         files = write_digits(clean)
         shutil.copytree(clean, spoilt)
-        truth = spoil(spoilt, {str(spoilt / Path(p).relative_to(clean)): f
-                               for p, f in files.items()})  # fmt: skip
+        truth = spoil(
+            spoilt, {str(spoilt / Path(p).relative_to(clean)): f for p, f in files.items()}
+        )
         n_clean = len(files)
         n_images = sum(1 for p in spoilt.rglob("*") if p.is_file())
 
@@ -266,9 +285,15 @@ def main() -> None:
         ours = audit(str(spoilt), labels=True)
         seconds = time.perf_counter() - t0
         groups = [g["paths"] for g in ours.report["duplicates"]]
-        dup = {"resnetlab audit": duplicate_scores(
-            groups, truth, [g["paths"] for g in ours_clean.report["duplicates"]], n_images,
-            n_clean)}  # fmt: skip
+        dup = {
+            "resnetlab audit": duplicate_scores(
+                groups,
+                truth,
+                [g["paths"] for g in ours_clean.report["duplicates"]],
+                n_images,
+                n_clean,
+            )
+        }
         for t in PHASH_THRESHOLDS:
             g, _ = phash_groups(spoilt, t)
             gc, _ = phash_groups(clean, t)
@@ -282,12 +307,17 @@ def main() -> None:
         mine = {ref[i] for i in find_label_issues(y, probs)}
         mine_nr = {ref[i] for i in find_label_issues(y, probs, method="noise_rate")}
         theirs = {ref[i] for i in np.nonzero(cleanlab_issues(y, probs))[0]}
-        theirs_sc = {ref[i] for i in np.nonzero(cleanlab_issues(
-            y, probs, filter_by="low_self_confidence"))[0]}  # fmt: skip
+        theirs_sc = {
+            ref[i]
+            for i in np.nonzero(cleanlab_issues(y, probs, filter_by="low_self_confidence"))[0]
+        }
         # The audit's ranking, cut at the top k: precision and recall along it.
         ranked = [r["path"] for r in ours.report["label_issues"]]
-        at = {k: label_scores(set(ranked[:k]), truth) for k in (25, 50, 75, 100) if k <= len(
-            ranked) or k == 25}  # fmt: skip
+        at = {
+            k: label_scores(set(ranked[:k]), truth)
+            for k in (25, 50, 75, 100)
+            if k <= len(ranked) or k == 25
+        }
         labels = {
             "resnetlab audit": label_scores(mine, truth),
             "cleanlab.filter.find_label_issues": label_scores(theirs, truth),
@@ -302,8 +332,9 @@ def main() -> None:
         }
         timing = time_cli(spoilt)
         timing["in_process_seconds"] = seconds
-        again = {seed: other_seed(work, clean, files, seed, cleanlab_issues)
-                 for seed in OTHER_SEEDS}  # fmt: skip
+        again = {
+            seed: other_seed(work, clean, files, seed, cleanlab_issues) for seed in OTHER_SEEDS
+        }
         payload = {
             "data": {
                 "images_clean": n_clean,
@@ -312,7 +343,7 @@ def main() -> None:
                 "near_copies": len(truth["near"]),
                 "flipped_labels": len(truth["flipped"]),
                 "seed": SEED,
-            },  # fmt: skip
+            },
             "duplicates": dup,
             "label_issues": labels,
             "other_seeds": again,
@@ -327,12 +358,11 @@ def main() -> None:
                 "numpy": np.__version__,
                 "scipy": scipy.__version__,
                 "scikit-learn": sklearn.__version__,
-            },  # fmt: skip
+            },
             "near_copy_kinds": sorted({h for *_, h in truth["near"]}),
         }
         write_result("data_audit", payload)
-        print(json.dumps({k: payload[k] for k in ("duplicates", "label_issues", "time")},
-                         indent=2))  # fmt: skip
+        print(json.dumps({k: payload[k] for k in ("duplicates", "label_issues", "time")}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

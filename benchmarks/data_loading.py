@@ -48,8 +48,9 @@ def drain_ours(pipe, split="train"):
 
 def drain_reference(folder, size, batch, train_tf):
     ds = datasets.ImageFolder(str(folder), transform=train_tf)
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2,
-                        persistent_workers=True, drop_last=True)  # fmt: skip
+    loader = DataLoader(
+        ds, batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True
+    )
 
     def run():
         return sum(x.shape[0] for x, _ in loader)
@@ -90,18 +91,26 @@ def main() -> None:
     results = {}
     load_before = os.getloadavg()  # other work on the machine skews every rate below
 
-    big = make_jpeg_folder(tmp / "jpeg224", classes=4, per_class=64,
-                           sizes=[(256, 256), (320, 240), (240, 300)])  # fmt: skip
-    ref_tf = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(),
-                         v2.ToDtype(torch.float32, scale=True),
-                         v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+    big = make_jpeg_folder(
+        tmp / "jpeg224", classes=4, per_class=64, sizes=[(256, 256), (320, 240), (240, 300)]
+    )
+    ref_tf = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(224),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     common = dict(data=str(big), input_size=224, batch_size=32, val_ratio=0.0, test_ratio=0.0)
     files = build_pipeline(DataConfig(**common, cache="none", num_workers=2))
     # The same images as shards, split as above (shards keep the split they were written with).
     whole = load_source(str(big), val_ratio=0.0, test_ratio=0.0)
     write_shards(whole, tmp / "shards", shard_size_bytes=2 * 2**20)
-    shards = build_pipeline(DataConfig(**{**common, "data": f"wds:{tmp / 'shards'}"},
-                                       num_workers=2))  # fmt: skip
+    shards = build_pipeline(
+        DataConfig(**{**common, "data": f"wds:{tmp / 'shards'}"}, num_workers=2)
+    )
     t0 = time.perf_counter()
     memory = build_pipeline(DataConfig(**common, cache="memory"))
     decode_once = time.perf_counter() - t0
@@ -117,13 +126,23 @@ def main() -> None:
     results["jpeg_224"]["decode_once_seconds"] = decode_once
 
     small = make_jpeg_folder(tmp / "png32", classes=10, per_class=200, sizes=[(32, 32)])
-    ref_small = v2.Compose([v2.ToImage(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
-                            v2.ToDtype(torch.float32, scale=True),
-                            v2.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
+    ref_small = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.25] * 3),
+        ]
+    )
     small_cfg = DataConfig(
-        data=str(small), preset="cifar", input_size=32, batch_size=128, val_ratio=0.0,
+        data=str(small),
+        preset="cifar",
+        input_size=32,
+        batch_size=128,
+        val_ratio=0.0,
         test_ratio=0.0,
-    )  # fmt: skip
+    )
     small_pipe = build_pipeline(small_cfg)
     results["small_32"] = alternate(
         {
@@ -134,9 +153,19 @@ def main() -> None:
     )
 
     # What resnet20 training consumes (images/s) with the engine's defaults on this machine.
-    cfg = resolve_config(dict(data=str(small), preset="cifar", input_size=32, batch_size=128,
-                              val_ratio=0.0, test_ratio=0.0, epochs=1, out=str(tmp / "runs"),
-                              name="consume"))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data=str(small),
+            preset="cifar",
+            input_size=32,
+            batch_size=128,
+            val_ratio=0.0,
+            test_ratio=0.0,
+            epochs=1,
+            out=str(tmp / "runs"),
+            name="consume",
+        )
+    )
     trainer = Trainer(cfg, verbose=False)
     stats = trainer.train_one_epoch()
     consumed = len(trainer.train_loader) * 128 / stats["seconds"]
@@ -152,10 +181,16 @@ def main() -> None:
                 v["per_core"] = v["median"] / cores
             if isinstance(v, dict) and k.startswith("ours"):
                 v["ratio_vs_reference"] = v["median"] / ref
-    write_result("data_loading", {
-        "repetitions": REPS, "unit": "images/s", "per_core": "images/s / os.cpu_count()",
-        "load_average": {"before": load_before, "after": os.getloadavg()}, "results": results,
-    })  # fmt: skip
+    write_result(
+        "data_loading",
+        {
+            "repetitions": REPS,
+            "unit": "images/s",
+            "per_core": "images/s / os.cpu_count()",
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "results": results,
+        },
+    )
     for case, r in results.items():
         for k, v in r.items():
             if isinstance(v, dict) and "median" in v:

@@ -34,8 +34,9 @@ CLASSES = 10
 
 def old_tree(rev: str, into: Path) -> Path:
     """``src/`` of ``rev``, unpacked (nothing in the checkout changes)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
-                             capture_output=True).stdout  # fmt: skip
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
+    ).stdout
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
@@ -44,9 +45,20 @@ def old_tree(rev: str, into: Path) -> Path:
 
 def before_change() -> str:
     """The commit before the one that made each file decode once (added data/moments.py)."""
-    found = subprocess.run(["git", "-C", str(ROOT), "log", "--diff-filter=A", "--format=%H",
-                            "--", "src/resnetlab/data/moments.py"], capture_output=True,
-                           text=True).stdout.split()  # fmt: skip
+    found = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(ROOT),
+            "log",
+            "--diff-filter=A",
+            "--format=%H",
+            "--",
+            "src/resnetlab/data/moments.py",
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     return f"{found[-1]}^" if found else "HEAD"
 
 
@@ -54,8 +66,9 @@ def measured(argv: list[str], env: dict, header: str) -> dict:
     """Run ``argv``; its peak RSS (wait4), wall seconds, seconds until a stderr line starts
     with ``header``, and the stderr lines before it."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     before, at = [], None
     for line in proc.stderr:
         if at is None and line.startswith(header):
@@ -67,16 +80,42 @@ def measured(argv: list[str], env: dict, header: str) -> dict:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} exited {proc.returncode}:\n" + "\n".join(before[-20:]))
-    return {"peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "seconds": round(seconds, 2),
-            "seconds_to_first_step": round(at, 2) if at is not None else None,
-            "lines_before_first_step": before}  # fmt: skip
+    return {
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "seconds": round(seconds, 2),
+        "seconds_to_first_step": round(at, 2) if at is not None else None,
+        "lines_before_first_step": before,
+    }
 
 
 def train_argv(data: Path, out: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "resnetlab", "train", "--data", str(data), "--input-size", "128",
-            "--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
-            "--max-steps", "1", "--batch-size", "32", "--num-workers", "0", "--no-precise-bn",
-            "--out", str(out), "--name", name]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "resnetlab",
+        "train",
+        "--data",
+        str(data),
+        "--input-size",
+        "128",
+        "--model",
+        "resnet20",
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "32",
+        "--num-workers",
+        "0",
+        "--no-precise-bn",
+        "--out",
+        str(out),
+        "--name",
+        name,
+    ]
 
 
 def env_for(src: Path) -> dict:
@@ -118,8 +157,13 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, t)
 """
     out = {"images": images, "cache_mib": round(images * 3 * 146 * 146 / 2**20, 1)}
     for method in ("old", "new"):
-        p = subprocess.run([sys.executable, "-c", code, str(images), method], check=True,
-                           capture_output=True, text=True, env=env_for(ROOT / "src"))  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-c", code, str(images), method],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env_for(ROOT / "src"),
+        )
         grew, seconds = map(float, p.stdout.split())
         out[method] = {"peak_growth_mib": round(grew, 1), "seconds": round(seconds, 3)}
     return out
@@ -135,8 +179,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="resnetlab-memory-"))
     try:
         t0 = time.perf_counter()
-        big = make_jpeg_folder(tmp / "big", classes=CLASSES, per_class=args.images // CLASSES,
-                               sizes=SIZES)  # fmt: skip
+        big = make_jpeg_folder(
+            tmp / "big", classes=CLASSES, per_class=args.images // CLASSES, sizes=SIZES
+        )
         made = time.perf_counter() - t0
         mib = sum(f.stat().st_size for f in big.rglob("*.jpg")) / 2**20
         print(f"{args.images} JPEGs ({mib:.0f} MiB) in {made:.0f} s", flush=True)
@@ -146,8 +191,9 @@ def main() -> None:
         side: dict = {"old": [], "new": []}
         for rep in range(args.repetitions):  # alternating, so both see the same machine
             for name, src in (("old", old_src), ("new", new_src)):
-                r = measured(train_argv(small, tmp / "runs", f"{name}{rep}"), env_for(src),
-                             "training ")  # fmt: skip
+                r = measured(
+                    train_argv(small, tmp / "runs", f"{name}{rep}"), env_for(src), "training "
+                )
                 print(
                     f"subset {name}: {r['peak_rss_mib']:.0f} MiB peak, "
                     f"{r['seconds_to_first_step']} s to the first step",
@@ -160,8 +206,9 @@ def main() -> None:
             f"{full['seconds_to_first_step']} s to the first step",
             flush=True,
         )
-        stats = measured([sys.executable, "-m", "resnetlab", "stats", str(big)],
-                         env_for(new_src), "\0")  # every stderr line: its progress  # fmt: skip
+        stats = measured(
+            [sys.executable, "-m", "resnetlab", "stats", str(big)], env_for(new_src), "\0"
+        )  # every stderr line: its progress
         print(f"stats new: {stats['peak_rss_mib']:.0f} MiB peak, {stats['seconds']} s", flush=True)
         alone = stats_alone(args.subset)
         grew = {k: alone[k]["peak_growth_mib"] for k in ("old", "new")}
@@ -179,24 +226,37 @@ def main() -> None:
         new_peak = median(side["new"], "peak_rss_mib")
         old_t = median(side["old"], "seconds_to_first_step")
         new_t = median(side["new"], "seconds_to_first_step")
-        write_result("data_memory", {
-            "command": "resnetlab train --data DIR --input-size 128 --max-steps 1 (resnet20 "
-                       "widths 4-8-8, batch 32, --num-workers 0)",
-            "folder": {"images": args.images, "classes": CLASSES, "sizes_wxh": SIZES,
-                       "mib": round(mib, 1), "generated_seconds": round(made, 1)},
-            "old_revision": subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev],
-                                           capture_output=True, text=True).stdout.strip(),
-            "subset": {"images": args.subset, "repetitions": args.repetitions,
-                       "old": side["old"], "new": side["new"],
-                       "peak_rss_ratio_old_over_new": round(old_peak / new_peak, 2),
-                       "first_step_seconds_ratio_old_over_new": round(old_t / new_t, 2)},
-            "full_new": full,
-            "full_old": "not run: the old data phase needs about 19 GB for this folder (the "
-                        "issue's 19.3 GB), more than this machine can spare",
-            "stats_full_new": stats,
-            "statistics_alone": alone,
-            "peak_rss_unit": "MiB (ru_maxrss of the process)",
-        })  # fmt: skip
+        write_result(
+            "data_memory",
+            {
+                "command": "resnetlab train --data DIR --input-size 128 --max-steps 1 (resnet20 "
+                "widths 4-8-8, batch 32, --num-workers 0)",
+                "folder": {
+                    "images": args.images,
+                    "classes": CLASSES,
+                    "sizes_wxh": SIZES,
+                    "mib": round(mib, 1),
+                    "generated_seconds": round(made, 1),
+                },
+                "old_revision": subprocess.run(
+                    ["git", "-C", str(ROOT), "rev-parse", rev], capture_output=True, text=True
+                ).stdout.strip(),
+                "subset": {
+                    "images": args.subset,
+                    "repetitions": args.repetitions,
+                    "old": side["old"],
+                    "new": side["new"],
+                    "peak_rss_ratio_old_over_new": round(old_peak / new_peak, 2),
+                    "first_step_seconds_ratio_old_over_new": round(old_t / new_t, 2),
+                },
+                "full_new": full,
+                "full_old": "not run: the old data phase needs about 19 GB for this folder (the "
+                "issue's 19.3 GB), more than this machine can spare",
+                "stats_full_new": stats,
+                "statistics_alone": alone,
+                "peak_rss_unit": "MiB (ru_maxrss of the process)",
+            },
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -88,8 +88,11 @@ class Check:
         except Skip as exc:
             result = {"ok": None, "skipped": str(exc)}
         except Exception as exc:  # recorded, and the next check runs
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                      "traceback": traceback.format_exc(limit=6)}  # fmt: skip
+            result = {
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=6),
+            }
         result["seconds"] = round(time.perf_counter() - t0, 2)
         self.results[name] = result
         state = {True: "ok", False: "FAILED", None: "skipped"}[result["ok"]]
@@ -109,8 +112,16 @@ def _train(ck: Check, out: Path, name: str, **kw):
     summary). ``max_steps`` stops it resumably."""
     from resnetlab.train import RunStopped, Trainer, resolve_config
 
-    settings = dict(model="resnet20", data="digits", epochs=2, batch_size=128, out=str(out),
-                    name=name, num_workers=0, device=str(ck.device))  # fmt: skip
+    settings = dict(
+        model="resnet20",
+        data="digits",
+        epochs=2,
+        batch_size=128,
+        out=str(out),
+        name=name,
+        num_workers=0,
+        device=str(ck.device),
+    )
     if ck.dry:
         settings.update(model_kwargs={"widths": [4, 8, 8]}, epochs=min(kw.get("epochs", 2), 2))
     settings.update(kw)
@@ -143,8 +154,9 @@ def check_amp(precision: str):
             trainer, s = _train(ck, Path(tmp), precision, precision=precision)
             falls, first, last = _losses_fall(trainer)
             if not falls:
-                raise AssertionError(f"losses did not fall or were not finite ({first:.3f} -> "
-                                     f"{last:.3f})")  # fmt: skip
+                raise AssertionError(
+                    f"losses did not fall or were not finite ({first:.3f} -> {last:.3f})"
+                )
             out = {
                 "precision": trainer.precision,
                 "loss_first": first,
@@ -191,8 +203,11 @@ def check_compile(ck: Check):
         falls, a, b = _losses_fall(trainer)
         if not falls:
             raise AssertionError(f"compiled training's losses did not fall ({a:.3f} -> {b:.3f})")
-        return {"epoch_seconds": [first, second], "test_top1": s["test_top1"],
-                "summary": f"epoch 1 (compiling) {first:.1f}s, epoch 2 {second:.1f}s"}  # fmt: skip
+        return {
+            "epoch_seconds": [first, second],
+            "test_top1": s["test_top1"],
+            "summary": f"epoch 1 (compiling) {first:.1f}s, epoch 2 {second:.1f}s",
+        }
 
 
 def check_resume(ck: Check):
@@ -224,8 +239,9 @@ def check_backend_auto(ck: Check):
         trainer, _ = _train(ck, Path(tmp), "served", epochs=1)
         run = trainer.run_dir
         rng = np.random.default_rng(0)
-        images = [Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L")
-                  for _ in range(8)]  # fmt: skip
+        images = [
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8), "L") for _ in range(8)
+        ]
         auto = Predictor(run, backend="auto", device=str(ck.device))
         cpu = Predictor(run, backend="torch", device="cpu", precision="fp32")
         batch = torch.stack([auto.preprocess(im) for im in images])
@@ -237,9 +253,13 @@ def check_backend_auto(ck: Check):
             raise AssertionError(f"--backend auto chose {auto.backend.name} on CUDA")
         if diff > limit:
             raise AssertionError(f"probabilities differ from the CPU's by {diff:.2e} ({note})")
-        return {"backend": auto.backend.name, "precision": auto.precision, "note": note,
-                "max_prob_diff_vs_cpu_fp32": diff,
-                "summary": f"{note}; probabilities within {diff:.1e} of the CPU's"}  # fmt: skip
+        return {
+            "backend": auto.backend.name,
+            "precision": auto.precision,
+            "note": note,
+            "max_prob_diff_vs_cpu_fp32": diff,
+            "summary": f"{note}; probabilities within {diff:.1e} of the CPU's",
+        }
 
 
 def check_ddp(ck: Check):
@@ -292,8 +312,10 @@ def check_ddp(ck: Check):
             line.split()[-1] for line in p.stdout.splitlines() if "final weights sha256" in line
         }
         if p.returncode != 0 or len(shas) != 1:
-            raise AssertionError(f"torchrun exit {p.returncode}, weight digests {shas}: "
-                                 f"{p.stderr.strip().splitlines()[-3:]}")  # fmt: skip
+            raise AssertionError(
+                f"torchrun exit {p.returncode}, weight digests {shas}: "
+                f"{p.stderr.strip().splitlines()[-3:]}"
+            )
         return {"gpus": n, "summary": f"{n} ranks over NCCL ended with one set of weights"}
 
 
@@ -312,9 +334,12 @@ def check_jpeg(ck: Check):
     cpu = decode_jpeg(data)
     gpu = decode_jpeg(data, device="cuda").cpu()
     diff = int((cpu.int() - gpu.int()).abs().max())
-    return {"used_by_resnetlab": False, "nvjpeg_max_abs_diff_vs_cpu": diff,
-            "summary": f"not used (resnetlab decodes on the CPU); nvJPEG works, within {diff} "
-            "grey levels of the CPU decode"}  # fmt: skip
+    return {
+        "used_by_resnetlab": False,
+        "nvjpeg_max_abs_diff_vs_cpu": diff,
+        "summary": f"not used (resnetlab decodes on the CPU); nvJPEG works, within {diff} "
+        "grey levels of the CPU decode",
+    }
 
 
 # -------------------------------------------------------------------------- measurements
@@ -343,8 +368,9 @@ def _ours(ck: Check, batch: int, size: int, compile: bool = False):
     model = create_model("resnet50", num_classes=1000).to(dev).to(memory_format=torch.channels_last)
     cfg = TrainConfig(model="resnet50", batch_size=batch, weight_decay=1e-4, label_smoothing=0.1)
     opt = build_optimizer(model, cfg)
-    tf = BatchTransform("imagenet", size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                        train=True, geometric=True)  # fmt: skip
+    tf = BatchTransform(
+        "imagenet", size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), train=True, geometric=True
+    )
     scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=dev)
@@ -452,20 +478,25 @@ def measure_resnet50(ck: Check):
     ref = med["torchvision reference fp32"]
     out = {
         "gpu": torch.cuda.get_device_name(0) if ck.device.type == "cuda" else "cpu (dry run)",
-        "batch_size": batch, "input_size": size, "repetitions": reps,
+        "batch_size": batch,
+        "input_size": size,
+        "repetitions": reps,
         "img_s": {name: {"median": m, "samples": rates[name]} for name, m in med.items()},
         "compiled": compiled,
         "ratio_vs_reference_fp32": med[ours_name] / ref,
         "ratio_vs_reference_amp": med[ours_name] / med["torchvision reference --amp"],
         "nvidia_a100_img_s": NVIDIA_A100_IMG_S,
         "ratio_vs_nvidia_a100": med[ours_name] / NVIDIA_A100_IMG_S,
-    }  # fmt: skip
+    }
     best = max(med[ours_name], compiled["img_s"] if compiled else 0)
-    out["summary"] = (f"{med[ours_name]:.0f} img/s (compiled {compiled['img_s']:.0f})"
-                      if compiled else f"{med[ours_name]:.0f} img/s") + (
+    out["summary"] = (
+        f"{med[ours_name]:.0f} img/s (compiled {compiled['img_s']:.0f})"
+        if compiled
+        else f"{med[ours_name]:.0f} img/s"
+    ) + (
         f"; reference fp32 {ref:.0f}, --amp {med['torchvision reference --amp']:.0f}; "
         f"{best / NVIDIA_A100_IMG_S:.2f}x NVIDIA's A100 figure"
-    )  # fmt: skip
+    )
     return out
 
 
@@ -478,8 +509,10 @@ def _synthetic_cifar(root: Path, train: int, test: int) -> Path:
     folder.mkdir(parents=True)
 
     def batch(n: int) -> dict:
-        return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                b"labels": rng.integers(0, 10, n).tolist()}  # fmt: skip
+        return {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n).tolist(),
+        }
 
     for i in range(1, 6):
         with open(folder / f"data_batch_{i}", "wb") as f:
@@ -500,11 +533,15 @@ def measure_cifar_epoch(ck: Check):
             if model == "resnet56" and ck.elapsed() > BUDGET_S - 60 and not ck.dry:
                 out[model] = "skipped: the time budget"
                 continue
-            trainer, _ = _train(ck, Path(tmp) / "runs", model, model=model, data=data,
-                                epochs=2, batch_size=128)  # fmt: skip
+            trainer, _ = _train(
+                ck, Path(tmp) / "runs", model, model=model, data=data, epochs=2, batch_size=128
+            )
             secs = [row["seconds"] for row in trainer.history]
-            out[model] = {"epoch_seconds": secs, "precision": trainer.precision,
-                          "train_images": len(trainer.data.source.splits["train"])}  # fmt: skip
+            out[model] = {
+                "epoch_seconds": secs,
+                "precision": trainer.precision,
+                "train_images": len(trainer.data.source.splits["train"]),
+            }
     shown = {m: v["epoch_seconds"][-1] for m, v in out.items() if isinstance(v, dict)}
     out["summary"] = ", ".join(f"{m} {s:.1f}s/epoch" for m, s in shown.items())
     return out
@@ -517,10 +554,16 @@ def environment() -> dict:
 
     import resnetlab
 
-    env = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resnetlab": resnetlab.__version__,
-           "torch": torch.__version__, "torchvision": torchvision.__version__,
-           "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-           "python": platform.python_version(), "cpu": platform.processor()}  # fmt: skip
+    env = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resnetlab": resnetlab.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "cpu": platform.processor(),
+    }
     if torch.cuda.is_available():
         env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         env["driver_capability"] = list(torch.cuda.get_device_capability(0))
@@ -553,8 +596,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not torch.cuda.is_available() and not args.dry_run:
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        print(f"gpu_check: no CUDA device here (torch {torch.__version__}, {build}); nothing "
-              "to check")  # fmt: skip
+        print(
+            f"gpu_check: no CUDA device here (torch {torch.__version__}, {build}); nothing to check"
+        )
         return 0
     ck = Check(dry=args.dry_run)
     if args.dry_run:
@@ -563,13 +607,19 @@ def main(argv=None) -> int:
         if args.only is None or name in args.only:
             ck.run(name, fn)
     failed = [n for n, r in ck.results.items() if r["ok"] is False]
-    report = {"environment": environment(), "dry_run": ck.dry,
-              "total_seconds": round(ck.elapsed(), 1), "failed": failed,
-              "checks": ck.results}  # fmt: skip
+    report = {
+        "environment": environment(),
+        "dry_run": ck.dry,
+        "total_seconds": round(ck.elapsed(), 1),
+        "failed": failed,
+        "checks": ck.results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"gpu_check: {len(ck.results) - len(failed)} of {len(ck.results)} passed or skipped in "
-          f"{ck.elapsed():.0f}s; wrote {args.out}")  # fmt: skip
+    print(
+        f"gpu_check: {len(ck.results) - len(failed)} of {len(ck.results)} passed or skipped in "
+        f"{ck.elapsed():.0f}s; wrote {args.out}"
+    )
     return 1 if failed else 0
 
 

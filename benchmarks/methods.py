@@ -75,13 +75,27 @@ def reduced_digits(root: Path, fraction: float, seed: int = 0) -> Path:
 
 
 def train(data: Path, out: Path, name: str, seed: int, epochs: int, **kw) -> dict:
-    settings = dict(data=str(data), input_size=32, preset="small", in_chans=1, epochs=epochs,
-                    batch_size=32, seed=seed, out=str(out), name=name, num_workers=0)  # fmt: skip
+    settings = dict(
+        data=str(data),
+        input_size=32,
+        preset="small",
+        in_chans=1,
+        epochs=epochs,
+        batch_size=32,
+        seed=seed,
+        out=str(out),
+        name=name,
+        num_workers=0,
+    )
     settings.update(kw)
     t0 = time.perf_counter()
     s = Trainer(resolve_config(settings), verbose=False).fit()
-    return {"test_top1": s["test_top1"], "train_seconds": s["train_seconds"],
-            "wall_seconds": time.perf_counter() - t0, "run": s["run_dir"]}  # fmt: skip
+    return {
+        "test_top1": s["test_top1"],
+        "train_seconds": s["train_seconds"],
+        "wall_seconds": time.perf_counter() - t0,
+        "run": s["run_dir"],
+    }
 
 
 def tta_scores(run: str) -> dict:
@@ -126,23 +140,43 @@ def main(argv=None) -> int:
         runs = Path(tmp) / "runs"
         n_train = sum(1 for _ in (data / "train").rglob("*.png"))
         teacher = train(data, runs, "teacher", 0, args.teacher_epochs, model="resnet56")
-        print(f"teacher resnet56: test top-1 {teacher['test_top1']:.3f} "
-              f"({teacher['train_seconds']:.0f}s)", flush=True)  # fmt: skip
+        print(
+            f"teacher resnet56: test top-1 {teacher['test_top1']:.3f} "
+            f"({teacher['train_seconds']:.0f}s)",
+            flush=True,
+        )
         rows = {"alone": [], "distilled": [], "swa": []}
         tta = {m: [] for m in TTA_MODES}
         for seed in range(args.seeds):
             plain = train(data, runs, f"alone-{seed}", seed, args.epochs, model="resnet20")
-            kd = train(data, runs, f"kd-{seed}", seed, args.epochs, model="resnet20",
-                       teacher=teacher["run"])  # fmt: skip
-            swa = train(data, runs, f"swa-{seed}", seed, args.epochs, model="resnet20",
-                        swa_epochs=swa_epochs)  # fmt: skip
+            kd = train(
+                data,
+                runs,
+                f"kd-{seed}",
+                seed,
+                args.epochs,
+                model="resnet20",
+                teacher=teacher["run"],
+            )
+            swa = train(
+                data,
+                runs,
+                f"swa-{seed}",
+                seed,
+                args.epochs,
+                model="resnet20",
+                swa_epochs=swa_epochs,
+            )
             for name, r in (("alone", plain), ("distilled", kd), ("swa", swa)):
                 rows[name].append(r)
             for mode, r in tta_scores(plain["run"]).items():
                 tta[mode].append(r)
             shown = ", ".join(f"{m} {v[-1]['test_top1']:.3f}" for m, v in tta.items())
-            print(f"seed {seed}: alone {plain['test_top1']:.3f}, distilled {kd['test_top1']:.3f}, "
-                  f"swa {swa['test_top1']:.3f}; tta {shown}", flush=True)  # fmt: skip
+            print(
+                f"seed {seed}: alone {plain['test_top1']:.3f}, distilled {kd['test_top1']:.3f}, "
+                f"swa {swa['test_top1']:.3f}; tta {shown}",
+                flush=True,
+            )
     summary = {
         name: {
             "test_top1": mean_std([r["test_top1"] for r in rs]),
@@ -154,10 +188,13 @@ def main(argv=None) -> int:
     for name in summary:
         summary[name]["time_vs_alone"] = summary[name]["train_seconds"]["mean"] / base_time
     tta_summary = {
-        m: {"passes": PASSES[m], "test_top1": mean_std([r["test_top1"] for r in rs]),
-            "ms_per_image": statistics.mean(r["seconds_per_image"] for r in rs) * 1000}
+        m: {
+            "passes": PASSES[m],
+            "test_top1": mean_std([r["test_top1"] for r in rs]),
+            "ms_per_image": statistics.mean(r["seconds_per_image"] for r in rs) * 1000,
+        }
         for m, rs in tta.items()
-    }  # fmt: skip
+    }
 
     def delta(a: str, b: str, table: dict) -> dict:
         d = [
@@ -180,7 +217,7 @@ def main(argv=None) -> int:
             "batch_size": 32,
             "kd_temperature": 4.0,
             "kd_weight": 0.9,
-        },  # fmt: skip
+        },
         "teacher": {k: teacher[k] for k in ("test_top1", "train_seconds")},
         "training": summary,
         "tta": tta_summary,
@@ -195,12 +232,16 @@ def main(argv=None) -> int:
     print("\nmethod            test top-1        time")
     for name, s in summary.items():
         t = s["test_top1"]
-        print(f"{name:16}  {t['mean']:.3f} ± {t['std']:.3f}   {s['train_seconds']['mean']:.0f}s "
-              f"(x{s['time_vs_alone']:.2f})")  # fmt: skip
+        print(
+            f"{name:16}  {t['mean']:.3f} ± {t['std']:.3f}   {s['train_seconds']['mean']:.0f}s "
+            f"(x{s['time_vs_alone']:.2f})"
+        )
     for m, s in tta_summary.items():
         t = s["test_top1"]
-        print(f"tta {m:12}  {t['mean']:.3f} ± {t['std']:.3f}   {s['ms_per_image']:.2f} ms/image "
-              f"(x{s['passes']} passes)")  # fmt: skip
+        print(
+            f"tta {m:12}  {t['mean']:.3f} ± {t['std']:.3f}   {s['ms_per_image']:.2f} ms/image "
+            f"(x{s['passes']} passes)"
+        )
     return 0
 
 

@@ -35,8 +35,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import make_jpeg_folder, write_result  # noqa: E402
 
 SRC = Path(__file__).resolve().parent.parent / "src"
-RUN_FILES = ("config.yaml", "checkpoint-last.pt", "checkpoint-best.pt", "model.safetensors",
-             "model.json", "metrics.csv", "summary.json")  # fmt: skip
+RUN_FILES = (
+    "config.yaml",
+    "checkpoint-last.pt",
+    "checkpoint-best.pt",
+    "model.safetensors",
+    "model.json",
+    "metrics.csv",
+    "summary.json",
+)
 SHA = re.compile(r"rank (\d+)/(\d+): final weights sha256 ([0-9a-f]{64})")
 TIMEOUT = 600
 
@@ -74,18 +81,61 @@ def start_nodes(shards: Path, out: Path, extra: list[str], restarts: int) -> lis
     port, job = free_port(), f"resnetlab-{uuid.uuid4().hex[:8]}"
     path = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
-    train = ["-m", "resnetlab", "train", "--data", f"wds:{shards}", "--model", "resnet20",
-             "--model-kwargs", "widths=[4,8,8]", "--epochs", "2", "--batch-size", "4",
-             "--input-size", "16", "--num-workers", "0", "--deterministic", "--precision",
-             "fp32", "--warmup-epochs", "0", "--out", str(out), "--quiet", *extra]  # fmt: skip
+    train = [
+        "-m",
+        "resnetlab",
+        "train",
+        "--data",
+        f"wds:{shards}",
+        "--model",
+        "resnet20",
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--input-size",
+        "16",
+        "--num-workers",
+        "0",
+        "--deterministic",
+        "--precision",
+        "fp32",
+        "--warmup-epochs",
+        "0",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
     procs = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
-               "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", job,
-               "--max-restarts", str(restarts), *train]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env))  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            str(node),
+            "--nproc-per-node",
+            "1",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"127.0.0.1:{port}",
+            "--rdzv-id",
+            job,
+            "--max-restarts",
+            str(restarts),
+            *train,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            )
+        )
     return procs
 
 
@@ -93,9 +143,13 @@ def finish(procs: list, t0: float) -> dict:
     outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     text = "".join(o + e for o, e in outs)
     sums = {int(r): s for r, _, s in SHA.findall(text)}
-    return {"seconds": round(time.perf_counter() - t0, 1),
-            "returncodes": [p.returncode for p in procs], "sha256_by_rank": sums,
-            "worker_killed_logged": "exitcode: -9" in text, "log": text}  # fmt: skip
+    return {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "returncodes": [p.returncode for p in procs],
+        "sha256_by_rank": sums,
+        "worker_killed_logged": "exitcode: -9" in text,
+        "log": text,
+    }
 
 
 def check_run_folder(out: Path) -> dict:
@@ -138,8 +192,11 @@ def killed(shards: Path, out: Path) -> dict:
                 victim = workers[0]
                 os.kill(victim, signal.SIGKILL)
                 state = torch.load(ckpts[0], weights_only=True, map_location="cpu")
-                at = {"epoch": int(state["epoch"]), "step_in_epoch": int(state["step_in_epoch"]),
-                      "global_step": int(state["global_step"])}  # fmt: skip
+                at = {
+                    "epoch": int(state["epoch"]),
+                    "step_in_epoch": int(state["step_in_epoch"]),
+                    "global_step": int(state["global_step"]),
+                }
                 break
         time.sleep(0.01)
     result = finish(procs, t0)
@@ -170,14 +227,20 @@ def main() -> None:
         if not all(checks.values()):
             print(r["log"][-6000:], file=sys.stderr)
         r["log_tail"] = r.pop("log")[-1500:]
-    path = write_result("multinode", {
-        "setup": "2 torchrun agents (--nnodes 2, --nproc-per-node 1, c10d rendezvous on "
-                 "127.0.0.1), gloo on CPU, resnet20 widths [4,8,8], 16 px, 84 training images "
-                 "in WebDataset shards, batch 4 per rank, 2 epochs, fp32, deterministic",
-        "workers_import": str(SRC),
-        "load_average": {"before": load_before, "after": os.getloadavg()},
-        "checks": checks, "passed": all(checks.values()), "straight": a, "killed": b,
-    })  # fmt: skip
+    path = write_result(
+        "multinode",
+        {
+            "setup": "2 torchrun agents (--nnodes 2, --nproc-per-node 1, c10d rendezvous on "
+            "127.0.0.1), gloo on CPU, resnet20 widths [4,8,8], 16 px, 84 training images "
+            "in WebDataset shards, batch 4 per rank, 2 epochs, fp32, deterministic",
+            "workers_import": str(SRC),
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "checks": checks,
+            "passed": all(checks.values()),
+            "straight": a,
+            "killed": b,
+        },
+    )
     for k, v in checks.items():
         print(f"{k:34} {v}")
     print(f"straight {a['seconds']} s, killed {b['seconds']} s; wrote {path}")

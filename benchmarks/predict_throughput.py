@@ -64,9 +64,16 @@ def make_run(root: Path, name: str) -> Path:
     """Weights with ImageNet-like BatchNorm statistics and a confident head, as a run folder."""
     torch.manual_seed(0)
     model = create_model(name, num_classes=4).eval()
-    meta = ModelMeta(model=name, num_classes=4, in_chans=3, classes=list("abcd"),
-                     input_size=[3, 224, 224], mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD),
-                     preset="imagenet")  # fmt: skip
+    meta = ModelMeta(
+        model=name,
+        num_classes=4,
+        in_chans=3,
+        classes=list("abcd"),
+        input_size=[3, 224, 224],
+        mean=list(IMAGENET_MEAN),
+        std=list(IMAGENET_STD),
+        preset="imagenet",
+    )
     run = root / name
     save_bundle(model, meta, run)
     (run / RunDir.CONFIG).write_text(f"model: {name}\n")  # a run folder: auto may cache here
@@ -93,8 +100,14 @@ def model_alone(run: Path, seconds: float) -> list[dict]:
             t0 = time.perf_counter()
             tv(x)
             times.append(time.perf_counter() - t0)
-    rows.insert(0, {"backend": "torchvision eager (tutorial)", "precision": "fp32",
-                    "images_per_second": BATCH / statistics.median(times)})  # fmt: skip
+    rows.insert(
+        0,
+        {
+            "backend": "torchvision eager (tutorial)",
+            "precision": "fp32",
+            "images_per_second": BATCH / statistics.median(times),
+        },
+    )
     return rows
 
 
@@ -114,7 +127,7 @@ def whole_process(run: Path, photos: Path, reps: int) -> dict:
             "--json",
             "--topk",
             "1",
-        ],  # fmt: skip
+        ],
     }
     # The first auto call measures and caches; a user's first call pays it once.
     first = time.perf_counter()
@@ -133,9 +146,12 @@ def whole_process(run: Path, photos: Path, reps: int) -> dict:
     result = {"first_auto_call_seconds": measure_once}
     for name, t in times.items():
         agree = sum(a == b for a, b in zip(top1[name], top1["tutorial"])) / len(top1["tutorial"])
-        result[name] = {"median_seconds": statistics.median(t), "samples": t,
-                        "speedup_vs_tutorial": base / statistics.median(t),
-                        "top1_agreement": agree}  # fmt: skip
+        result[name] = {
+            "median_seconds": statistics.median(t),
+            "samples": t,
+            "speedup_vs_tutorial": base / statistics.median(t),
+            "top1_agreement": agree,
+        }
     return result
 
 
@@ -146,17 +162,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per backend, model alone")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="resnetlab-predict-bench-"))
-    photos = make_jpeg_folder(tmp / "photos", classes=4, per_class=32,
-                              sizes=[(320, 240), (256, 256), (500, 375), (240, 320)])  # fmt: skip
-    out = {"images": len(list(photos.rglob("*.jpg"))), "batch": BATCH,
-           "models": {}}  # fmt: skip
+    photos = make_jpeg_folder(
+        tmp / "photos",
+        classes=4,
+        per_class=32,
+        sizes=[(320, 240), (256, 256), (500, 375), (240, 320)],
+    )
+    out = {"images": len(list(photos.rglob("*.jpg"))), "batch": BATCH, "models": {}}
     for name in args.models:
         load_before = os.getloadavg()
         run = make_run(tmp / "runs", name)
         alone = model_alone(run, args.seconds)
         chosen = backend_choice.choose_backend(load_model(run), "cpu", batch_size=BATCH)
-        fastest = max((r for r in alone[1:] if r.get("agrees")),
-                      key=lambda r: r["images_per_second"])  # fmt: skip
+        fastest = max(
+            (r for r in alone[1:] if r.get("agrees")), key=lambda r: r["images_per_second"]
+        )
         pick = (chosen.backend, chosen.precision)
         mine = next(r for r in chosen.results if (r["backend"], r["precision"]) == pick)
         out["models"][name] = {
@@ -169,14 +189,15 @@ def main() -> None:
         }
         out["models"][name]["load_average_after"] = os.getloadavg()
         m = out["models"][name]
-        print(f"== {name}: auto chose {m['auto_choice']} "
-              f"({m['auto_vs_fastest_model_alone']:.2f}× the fastest measured); load average "
-              f"{load_before[0]:.2f} before, {m['load_average_after'][0]:.2f} after")  # fmt: skip
+        print(
+            f"== {name}: auto chose {m['auto_choice']} "
+            f"({m['auto_vs_fastest_model_alone']:.2f}× the fastest measured); load average "
+            f"{load_before[0]:.2f} before, {m['load_average_after'][0]:.2f} after"
+        )
         for r in alone:
             speed = r.get("images_per_second")
             ok = "" if r.get("agrees", True) else "  (disagrees: never chosen)"
-            print(f"  {r['backend']:30} {r['precision']:5} "
-                  f"{speed or 0:8.1f} img/s{ok}")  # fmt: skip
+            print(f"  {r['backend']:30} {r['precision']:5} {speed or 0:8.1f} img/s{ok}")
         for side, r in m["whole_process"].items():
             if isinstance(r, dict):
                 print(

@@ -36,10 +36,23 @@ def free_port() -> int:
 def start(run: Path, max_batch: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "resnetlab", "serve", str(run), "--port", str(port),
-         "--max-batch", str(max_batch), "--max-queue", "256"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "resnetlab",
+            "serve",
+            str(run),
+            "--port",
+            str(port),
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            "256",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     proc.stdout.readline()
     for _ in range(300):
         try:
@@ -83,9 +96,14 @@ def load(port: int, body: bytes, concurrency: int, total: int) -> dict:
         t.join()
     wall = time.perf_counter() - start_t
     ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "requests_per_second": len(ms) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "requests_per_second": len(ms) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 def main() -> None:
@@ -107,15 +125,26 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    ratio = (results["batching_on"]["32"]["requests_per_second"]
-             / results["batching_off"]["32"]["requests_per_second"])  # fmt: skip
-    write_result("serve_load", {"model": "resnet20 (digits, 1x32x32)", "levels": LEVELS,
-                                "results": results, "ratio_at_32": ratio})  # fmt: skip
+    ratio = (
+        results["batching_on"]["32"]["requests_per_second"]
+        / results["batching_off"]["32"]["requests_per_second"]
+    )
+    write_result(
+        "serve_load",
+        {
+            "model": "resnet20 (digits, 1x32x32)",
+            "levels": LEVELS,
+            "results": results,
+            "ratio_at_32": ratio,
+        },
+    )
     for label, per in results.items():
         for c, r in per.items():
-            print(f"{label:13} c={c:>2}  {r['requests_per_second']:7.1f} req/s  p50 "
-                  f"{r['p50_ms']:6.1f} ms  p90 {r['p90_ms']:6.1f}  p99 {r['p99_ms']:6.1f}  "
-                  f"errors {r['errors']}")  # fmt: skip
+            print(
+                f"{label:13} c={c:>2}  {r['requests_per_second']:7.1f} req/s  p50 "
+                f"{r['p50_ms']:6.1f} ms  p90 {r['p90_ms']:6.1f}  p99 {r['p99_ms']:6.1f}  "
+                f"errors {r['errors']}"
+            )
     print(f"requests/s at concurrency 32, batching on / off: x{ratio:.2f}")
 
 

@@ -142,10 +142,24 @@ class Folder(Dataset):
 
 def transfer_transforms(size: int):
     norm = v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    train = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(),
-                        v2.ToDtype(torch.float32, scale=True), norm])  # fmt: skip
-    test = v2.Compose([v2.ToImage(), v2.Resize(int(size / 0.875)), v2.CenterCrop(size),
-                       v2.ToDtype(torch.float32, scale=True), norm])  # fmt: skip
+    train = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(size),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            norm,
+        ]
+    )
+    test = v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(int(size / 0.875)),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            norm,
+        ]
+    )
     return train, test
 
 
@@ -165,14 +179,27 @@ def ours(budget_s: float, target: float, **settings) -> dict:
     summary = trainer.fit(on_epoch_end)
     reached = next((s for s, acc in curve if acc >= target), None)
     c = trainer.cfg
-    applied = {"recipe": c.recipe or "scratch", "optimizer": c.optimizer, "lr": c.lr,
-               "batch_size": c.batch_size, "warmup_epochs": c.warmup_epochs,
-               "label_smoothing": c.label_smoothing, "progressive": c.progressive}  # fmt: skip
-    return {"epochs": trainer.cfg.epochs, "settings": applied, "curve": curve,
-            "final_test_top1": curve[-1][1],
-            "best_epoch_test_top1": summary["test_top1"], "seconds_to_target": reached,
-            "train_seconds": trainer.train_seconds, "wall_seconds": time.perf_counter() - wall,
-            "precision": trainer.precision, "trainer": trainer}  # fmt: skip
+    applied = {
+        "recipe": c.recipe or "scratch",
+        "optimizer": c.optimizer,
+        "lr": c.lr,
+        "batch_size": c.batch_size,
+        "warmup_epochs": c.warmup_epochs,
+        "label_smoothing": c.label_smoothing,
+        "progressive": c.progressive,
+    }
+    return {
+        "epochs": trainer.cfg.epochs,
+        "settings": applied,
+        "curve": curve,
+        "final_test_top1": curve[-1][1],
+        "best_epoch_test_top1": summary["test_top1"],
+        "seconds_to_target": reached,
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds": time.perf_counter() - wall,
+        "precision": trainer.precision,
+        "trainer": trainer,
+    }
 
 
 def compare(name: str, tutorial_curve, run_ours, goal: float, progressive: bool = True) -> dict:
@@ -185,23 +212,31 @@ def compare(name: str, tutorial_curve, run_ours, goal: float, progressive: bool 
         + " ".join(f"({s:.1f}, {a:.3f})" for s, a in tutorial_curve),
         flush=True,
     )
-    row = {"tutorial": {"curve": tutorial_curve, "seconds": tut_seconds, "test_top1": target},
-           "goal_ratio": goal}  # fmt: skip
+    row = {
+        "tutorial": {"curve": tutorial_curve, "seconds": tut_seconds, "test_top1": target},
+        "goal_ratio": goal,
+    }
     variants = {"resnetlab": {}, "resnetlab_progressive": {"progressive": True}}
     for key, extra in list(variants.items())[: 2 if progressive else 1]:
         mine = run_ours(tut_seconds * goal, target, **extra)
         label = f"{name}{' --progressive' if extra else ''}"
-        print(f"{label}: resnetlab curve "
-              + " ".join(f"({s:.1f}, {a:.3f})" for s, a in mine["curve"]), flush=True)  # fmt: skip
+        print(
+            f"{label}: resnetlab curve "
+            + " ".join(f"({s:.1f}, {a:.3f})" for s, a in mine["curve"]),
+            flush=True,
+        )
         mine.pop("trainer")
         ratio = mine["seconds_to_target"] / tut_seconds if mine["seconds_to_target"] else None
         met = ratio is not None and ratio <= goal and mine["final_test_top1"] >= target
         mine.update(time_ratio=ratio, met=met)
         row[key] = mine
-        print(f"{label:36} tutorial {tut_seconds:6.1f}s -> {target:.2%}   resnetlab "
-              f"{mine['train_seconds']:6.1f}s -> {mine['final_test_top1']:.2%} ({mine['epochs']} "
-              f"epochs), to target: {ratio and f'{ratio:.2f}x'}  goal <= {goal:.2f}: "
-              f"{'met' if met else 'NOT met'}", flush=True)  # fmt: skip
+        print(
+            f"{label:36} tutorial {tut_seconds:6.1f}s -> {target:.2%}   resnetlab "
+            f"{mine['train_seconds']:6.1f}s -> {mine['final_test_top1']:.2%} ({mine['epochs']} "
+            f"epochs), to target: {ratio and f'{ratio:.2f}x'}  goal <= {goal:.2f}: "
+            f"{'met' if met else 'NOT met'}",
+            flush=True,
+        )
     # The defaults' result is the job's result (the keys earlier results had).
     row.update(time_ratio=row["resnetlab"]["time_ratio"], met=row["resnetlab"]["met"])
     return row
@@ -223,10 +258,18 @@ def job_scratch(tmp: Path) -> dict:
     return compare(
         "A scratch digits",
         curve,
-        lambda b, t, **kw: ours(b, t, data="digits", model="resnet18", input_size=32,
-                                out=str(tmp), name=f"a{len(kw)}", **kw),
+        lambda b, t, **kw: ours(
+            b,
+            t,
+            data="digits",
+            model="resnet18",
+            input_size=32,
+            out=str(tmp),
+            name=f"a{len(kw)}",
+            **kw,
+        ),
         1 / 3,
-    )  # fmt: skip
+    )
 
 
 def write_digits_folder(root: Path, classes: list[int]) -> Path:
@@ -248,8 +291,15 @@ def write_digits_folder(root: Path, classes: list[int]) -> Path:
 # no digit), SGD + nesterov at lr 0.02, cosine, 15 epochs (99 % test top-1 on 0-4). Transfer
 # needs a backbone that has learned: below PRETRAIN_MIN test top-1 on 0-4 the benchmark stops
 # instead of measuring transfer from noise.
-PRETRAIN = dict(model="resnet34", preset="small", lr=0.02, epochs=15, warmup_epochs=1.0,
-                mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])  # fmt: skip
+PRETRAIN = dict(
+    model="resnet34",
+    preset="small",
+    lr=0.02,
+    epochs=15,
+    warmup_epochs=1.0,
+    mean=[0.485, 0.456, 0.406],
+    std=[0.229, 0.224, 0.225],
+)
 PRETRAIN_MIN = 0.95
 
 
@@ -257,18 +307,28 @@ def pretrain_backbone(tmp: Path, size: int) -> tuple[Path, dict]:
     """The ResNet-34 the transfer jobs start from, as a torchvision-layout .pth, with its
     checked test accuracy on digits 0-4."""
     pre = write_digits_folder(tmp / "digits04", [0, 1, 2, 3, 4])
-    cfg = resolve_config(dict(PRETRAIN, data=str(pre), input_size=size, out=str(tmp),
-                              name="pre", num_workers=0))  # fmt: skip
+    cfg = resolve_config(
+        dict(PRETRAIN, data=str(pre), input_size=size, out=str(tmp), name="pre", num_workers=0)
+    )
     t = Trainer(cfg, verbose=False)
     summary = t.fit()
     acc = t.evaluate("test")["top1"]  # the last epoch's weights: the ones saved below
-    info = {**{k: v for k, v in PRETRAIN.items() if k not in ("mean", "std")},
-            "data": "digits 0-4", "input_size": size, "in_chans": 3,
-            "normalisation": "ImageNet mean/std", "test_top1": acc,
-            "images": {k: len(v) for k, v in t.data.source.splits.items()},
-            "train_seconds": summary["train_seconds"], "precision": t.precision}  # fmt: skip
-    print(f"B pre-training: resnet34 on digits 0-4, {cfg.epochs} epochs at {size}²: test "
-          f"top-1 {acc:.2%} ({summary['train_seconds']:.0f}s)", flush=True)  # fmt: skip
+    info = {
+        **{k: v for k, v in PRETRAIN.items() if k not in ("mean", "std")},
+        "data": "digits 0-4",
+        "input_size": size,
+        "in_chans": 3,
+        "normalisation": "ImageNet mean/std",
+        "test_top1": acc,
+        "images": {k: len(v) for k, v in t.data.source.splits.items()},
+        "train_seconds": summary["train_seconds"],
+        "precision": t.precision,
+    }
+    print(
+        f"B pre-training: resnet34 on digits 0-4, {cfg.epochs} epochs at {size}²: test "
+        f"top-1 {acc:.2%} ({summary['train_seconds']:.0f}s)",
+        flush=True,
+    )
     if acc < PRETRAIN_MIN:
         raise SystemExit(
             f"pre-training reached {acc:.2%} < {PRETRAIN_MIN:.0%} on digits 0-4: the backbone "
@@ -297,10 +357,24 @@ def job_transfer(tmp: Path) -> dict:
         train = DataLoader(Folder(data / "train", train_tf), batch_size=6, shuffle=True)
         test = DataLoader(Folder(data / "test", test_tf), batch_size=32)
         curve = tutorial_fit(model, train, test, torch.optim.Adam(params, lr=1e-4), 5)
-        results[mode] = compare(f"B transfer {mode}", curve, lambda b, t, m=mode, **kw: ours(
-            b, t, data=str(data), model="resnet34", weights=str(pth), mode=m, input_size=size,
-            out=str(tmp), name=f"{m}{len(kw)}", **kw), goal,
-            progressive=mode == "finetune")  # fmt: skip
+        results[mode] = compare(
+            f"B transfer {mode}",
+            curve,
+            lambda b, t, m=mode, **kw: ours(
+                b,
+                t,
+                data=str(data),
+                model="resnet34",
+                weights=str(pth),
+                mode=m,
+                input_size=size,
+                out=str(tmp),
+                name=f"{m}{len(kw)}",
+                **kw,
+            ),
+            goal,
+            progressive=mode == "finetune",
+        )
     return results
 
 
@@ -317,10 +391,11 @@ def job_cifar(tmp: Path) -> dict:
     return compare(
         "C CIFAR-style digits",
         curve,
-        lambda b, t, **kw: ours(b, t, data="digits", in_chans=3, input_size=32, out=str(tmp),
-                                name=f"c{len(kw)}", **kw),
+        lambda b, t, **kw: ours(
+            b, t, data="digits", in_chans=3, input_size=32, out=str(tmp), name=f"c{len(kw)}", **kw
+        ),
         1 / 3,
-    )  # fmt: skip
+    )
 
 
 # ---------------------------------------------------------------------------- GFLOP/s
@@ -352,15 +427,27 @@ def step_flops(model: nn.Module, batch: torch.Tensor) -> int:
 
 def step_throughput(tmp: Path) -> dict:
     """Job A's resnetlab training step: FLOPs counted once, time measured over 2 epochs."""
-    cfg = resolve_config(dict(data="digits", model="resnet18", input_size=32, epochs=2,
-                              out=str(tmp), name="gflops", num_workers=0))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data="digits",
+            model="resnet18",
+            input_size=32,
+            epochs=2,
+            out=str(tmp),
+            name="gflops",
+            num_workers=0,
+        )
+    )
     t = Trainer(cfg, verbose=False)
     x = torch.randn(cfg.batch_size, 1, 32, 32).to(memory_format=torch.channels_last)
     flops = step_flops(t.model, x)
     t.fit()
     steps = 2 * len(t.train_loader)
-    return {"precision": t.precision, "flops_per_step": flops,
-            "achieved_gflops": flops * steps / t.train_seconds / 1e9}  # fmt: skip
+    return {
+        "precision": t.precision,
+        "flops_per_step": flops,
+        "achieved_gflops": flops * steps / t.train_seconds / 1e9,
+    }
 
 
 def progressive_summary(jobs: dict) -> dict:
@@ -395,24 +482,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="resnetlab-tta-"))
-    jobs = {"scratch_digits": job_scratch(tmp), "transfer": job_transfer(tmp),
-            "cifar_style_digits": job_cifar(tmp)}  # fmt: skip
+    jobs = {
+        "scratch_digits": job_scratch(tmp),
+        "transfer": job_transfer(tmp),
+        "cifar_style_digits": job_cifar(tmp),
+    }
     bf16 = resolve_precision("auto", torch.device("cpu")) == "bf16"
-    machine = {"conv_fp32_gflops": conv_throughput(torch.float32),
-               "conv_bf16_gflops": conv_throughput(torch.bfloat16) if bf16 else None,
-               "train_step": step_throughput(tmp)}  # fmt: skip
+    machine = {
+        "conv_fp32_gflops": conv_throughput(torch.float32),
+        "conv_bf16_gflops": conv_throughput(torch.bfloat16) if bf16 else None,
+        "train_step": step_throughput(tmp),
+    }
     step = machine["train_step"]
-    print(f"training step {step['achieved_gflops']:.1f} GFLOP/s ({step['precision']}); a large "
-          f"conv: fp32 {machine['conv_fp32_gflops']:.1f}, bf16 "
-          f"{machine['conv_bf16_gflops'] or 0:.1f} GFLOP/s")  # fmt: skip
+    print(
+        f"training step {step['achieved_gflops']:.1f} GFLOP/s ({step['precision']}); a large "
+        f"conv: fp32 {machine['conv_fp32_gflops']:.1f}, bf16 "
+        f"{machine['conv_bf16_gflops'] or 0:.1f} GFLOP/s"
+    )
     progressive = progressive_summary(jobs)
     for name, row in progressive.items():
         print(
             f"--progressive on {name}: seconds to target {row['seconds_to_target']}, final "
             f"{row['final_test_top1']} (off, on): {'helped' if row['helped'] else 'no help'}"
         )
-    write_result("time_to_accuracy", {"threads": args.threads, "jobs": jobs, "machine": machine,
-                                      "progressive": progressive})  # fmt: skip
+    write_result(
+        "time_to_accuracy",
+        {"threads": args.threads, "jobs": jobs, "machine": machine, "progressive": progressive},
+    )
 
 
 if __name__ == "__main__":

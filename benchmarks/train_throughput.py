@@ -44,8 +44,12 @@ from resnetlab.train import Trainer, resolve_config  # noqa: E402
 def reference_runner(model: nn.Module, folder: Path, transform, batch: int):
     loader = DataLoader(
         datasets.ImageFolder(str(folder), transform=transform),
-        batch_size=batch, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True,
-    )  # fmt: skip
+        batch_size=batch,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        drop_last=True,
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -68,10 +72,20 @@ def ours_runner(
     folder: Path, model: str, input_size: int, batch: int, preset: str, out: Path, use_compile: bool
 ):
     cfg = resolve_config(
-        dict(data=str(folder), model=model, input_size=input_size, batch_size=batch,
-             preset=preset, val_ratio=0.0, test_ratio=0.0, epochs=1000, out=str(out),
-             name=f"bench-{model}", compile=use_compile),
-    )  # fmt: skip
+        dict(
+            data=str(folder),
+            model=model,
+            input_size=input_size,
+            batch_size=batch,
+            preset=preset,
+            val_ratio=0.0,
+            test_ratio=0.0,
+            epochs=1000,
+            out=str(out),
+            name=f"bench-{model}",
+            compile=use_compile,
+        ),
+    )
     trainer = Trainer(cfg, verbose=False)
 
     def run():
@@ -90,12 +104,24 @@ CASES = {
 
 def reference_transform(case: str):
     if case.startswith("resnet18"):
-        return v2.Compose([v2.ToImage(), v2.RandomResizedCrop(224), v2.RandomHorizontalFlip(),
-                           v2.ToDtype(torch.float32, scale=True),
-                           v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
-    return v2.Compose([v2.ToImage(), v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(),
-                       v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize([0.5] * 3, [0.25] * 3)])  # fmt: skip
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomResizedCrop(224),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomCrop(32, padding=4),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.25] * 3),
+        ]
+    )
 
 
 class ConvolutionTimer(TorchDispatchMode):
@@ -136,10 +162,14 @@ def worker(side: str, case: str, tmp: Path) -> None:
     model, size, batch, preset, folder = CASES[case]
     classes = len([d for d in (tmp / folder).iterdir() if d.is_dir()])
     if side == "reference":
-        net = (torchvision.models.resnet18 if model == "resnet18" else
-               lambda num_classes: create_model(model, num_classes=num_classes))  # fmt: skip
-        job = reference_runner(net(num_classes=classes), tmp / folder, reference_transform(case),
-                               batch)  # fmt: skip
+        net = (
+            torchvision.models.resnet18
+            if model == "resnet18"
+            else lambda num_classes: create_model(model, num_classes=num_classes)
+        )
+        job = reference_runner(
+            net(num_classes=classes), tmp / folder, reference_transform(case), batch
+        )
     else:
         if side != "ours_default_malloc":
             tune_allocator()
@@ -208,8 +238,10 @@ def digits_accuracy(out: Path, precision: str, seed: int) -> dict:
         dict(out=str(out), name=f"digits-{precision}-{seed}", precision=precision, seed=seed)
     )
     summary = Trainer(cfg, verbose=False).fit()
-    return {k: summary[k] for k in ("test_top1", "best_val_top1", "train_images_per_second",
-                                    "precision")}  # fmt: skip
+    return {
+        k: summary[k]
+        for k in ("test_top1", "best_val_top1", "train_images_per_second", "precision")
+    }
 
 
 def accuracy_check(out: Path, seeds: list[int]) -> dict:
@@ -243,8 +275,12 @@ def main() -> None:
     make_jpeg_folder(tmp / "small", classes=10, per_class=128, sizes=[(32, 32)])
     results = {name: case(name, tmp, args.reps) for name in CASES}
     precision = resolve_precision("auto", torch.device("cpu"))
-    payload = {"repetitions": args.reps, "unit": "images/s", "ours_precision": precision,
-               "results": results}  # fmt: skip
+    payload = {
+        "repetitions": args.reps,
+        "unit": "images/s",
+        "ours_precision": precision,
+        "results": results,
+    }
     if not args.skip_accuracy:
         acc = accuracy_check(tmp / "runs", list(range(args.seeds)))
         payload["digits_accuracy"] = acc

@@ -28,7 +28,7 @@ def read_metadata(session: ort.InferenceSession) -> dict:
     props = session.get_modelmeta().custom_metadata_map
     if "resnetlab.preprocessing" not in props:
         sys.exit("this ONNX file has no resnetlab.preprocessing metadata: export it again with "
-                 "resnetlab export RUN --format onnx")  # fmt: skip
+                 "resnetlab export RUN --format onnx")
     meta = json.loads(props["resnetlab.preprocessing"])
     if meta.get("version") != 1:
         sys.exit(f"resnetlab.preprocessing version {meta.get('version')}: this client reads 1")
@@ -114,7 +114,7 @@ def predict(model: str, paths: list[str], topk: int = 5) -> list[dict]:
         for row, p in zip(where, probs):
             order = np.argsort(-p, kind="stable")[:k]
             rows[row]["topk"] = [{"label": classes[i], "index": int(i), "prob": float(p[i])}
-                                 for i in order]  # fmt: skip
+                                 for i in order]
             if meta["task"] == "multilabel":
                 rows[row]["labels"] = [
                     {"label": classes[i], "index": i, "prob": float(p[i])}

@@ -52,9 +52,17 @@ def trained_run(tmp_path_factory):
     from resnetlab.train import Trainer, resolve_config
 
     root = tmp_path_factory.mktemp("trained")
-    cfg = resolve_config(dict(model="resnet20", model_kwargs={"widths": [4, 8, 8]}, epochs=1,
-                              out=str(root), name="digits", num_workers=0,
-                              precise_bn=False))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            model="resnet20",
+            model_kwargs={"widths": [4, 8, 8]},
+            epochs=1,
+            out=str(root),
+            name="digits",
+            num_workers=0,
+            precise_bn=False,
+        )
+    )
     Trainer(cfg, verbose=False).fit()
     return root / "digits"
 
@@ -76,12 +84,14 @@ def read_only(tmp_path, monkeypatch):
         target.mkdir(parents=True)
         if shutil.which("mount") is None:
             pytest.skip("no mount command here")
-        p = subprocess.run(["mount", "--bind", str(folder), str(target)], capture_output=True,
-                           text=True)  # fmt: skip
+        p = subprocess.run(
+            ["mount", "--bind", str(folder), str(target)], capture_output=True, text=True
+        )
         if p.returncode == 0:
             mounted.append(target)
-            p = subprocess.run(["mount", "-o", "remount,bind,ro", str(target)],
-                               capture_output=True, text=True)  # fmt: skip
+            p = subprocess.run(
+                ["mount", "-o", "remount,bind,ro", str(target)], capture_output=True, text=True
+            )
         if p.returncode != 0:
             pytest.skip(f"a read-only bind mount is refused here: {p.stderr.strip()}")
         try:  # it must refuse a new file

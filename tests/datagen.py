@@ -106,9 +106,14 @@ def multilabel_image(labels, rng, size: int = 32) -> Image.Image:
 
 
 def make_multilabel(
-    root: Path, n: int = 160, size: int = 32, seed: int = 0, fmt: str = "csv",
-    split: bool = False, p: float = 0.4,
-) -> Path:  # fmt: skip
+    root: Path,
+    n: int = 160,
+    size: int = 32,
+    seed: int = 0,
+    fmt: str = "csv",
+    split: bool = False,
+    p: float = 0.4,
+) -> Path:
     """``n`` PNGs under root/images and a listing of their labels: ``labels.csv``
     (``path,labels`` with ``|`` between labels, an empty cell for none) or ``labels.jsonl``;
     ``split``: a split column (70/15/15). Returns the listing's path."""
@@ -134,7 +139,7 @@ def make_multilabel(
                 )
                 + "\n"
                 for p_, ls, s in rows
-            ),  # fmt: skip
+            ),
             encoding="utf-8",
         )
         return listing

@@ -30,11 +30,22 @@ CLASSES = ["当归", "枸杞 子", "café"]
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("herbs")
     data = make_folder(root / "data", {c: 16 for c in CLASSES}, size=(40, 36))
-    cfg = resolve_config(dict(
-        data=str(data), model="resnet20", model_kwargs={"widths": [8, 16, 16]}, input_size=32,
-        epochs=6, batch_size=8, out=str(root / "runs"), name="herbs", num_workers=0,
-        val_ratio=0.25, test_ratio=0.25, lr=0.05,
-    ))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data=str(data),
+            model="resnet20",
+            model_kwargs={"widths": [8, 16, 16]},
+            input_size=32,
+            epochs=6,
+            batch_size=8,
+            out=str(root / "runs"),
+            name="herbs",
+            num_workers=0,
+            val_ratio=0.25,
+            test_ratio=0.25,
+            lr=0.05,
+        )
+    )
     Trainer(cfg, verbose=False).fit()
     return root / "runs" / "herbs", data
 
@@ -69,8 +80,22 @@ def test_evaluate_matches_direct_computation(run, capsys):
 
 def test_evaluate_top_losses_and_tta(run, capsys, caplog):
     run_dir, data = run
-    assert main(["evaluate", str(run_dir), "--data", str(data), "--split", "val", "--tta",
-                 "--top-losses", "4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run_dir),
+                "--data",
+                str(data),
+                "--split",
+                "val",
+                "--tta",
+                "--top-losses",
+                "4",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "val split" in out and "(flip TTA)" in out and "top-1" in out
     assert (run_dir / "eval-val" / "top_losses.png").is_file()
@@ -196,8 +221,22 @@ def test_predict_without_run_uses_imagenet_names(tmp_path, capsys):
     torch.save(create_model("resnet18").state_dict(), weights)
     img = tmp_path / "dog.jpg"
     Image.new("RGB", (300, 240), (120, 90, 60)).save(img)
-    assert main(["predict", "--model", "resnet18", "--weights", str(weights), str(img),
-                 "--json", "--topk", "5"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "resnet18",
+                "--weights",
+                str(weights),
+                str(img),
+                "--json",
+                "--topk",
+                "5",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     import torchvision
 
@@ -237,8 +276,10 @@ def test_export_torchscript(run, tmp_path, capsys):
     out = tmp_path / "m.ts"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(out),
-                     "--verify"]) == 0  # fmt: skip
+        assert (
+            main(["export", str(run_dir), "--format", "torchscript", "--out", str(out), "--verify"])
+            == 0
+        )
     # PyTorch's TorchScript deprecation notice is the README's to give, not every export's.
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
     assert "verified" in capsys.readouterr().out
@@ -259,8 +300,11 @@ def test_export_replaces_only_its_own_files(run, tmp_path, capsys):
     weights = (run_dir / "model.safetensors").read_bytes()
     other = tmp_path / "theirs.onnx"
     other.write_bytes(b"somebody else's model")
-    for target, fmt in ((run_dir / "model.safetensors", "onnx"), (other, "onnx"),
-                        (run_dir / "checkpoint-last.pt", "torchscript")):  # fmt: skip
+    for target, fmt in (
+        (run_dir / "model.safetensors", "onnx"),
+        (other, "onnx"),
+        (run_dir / "checkpoint-last.pt", "torchscript"),
+    ):
         before = target.read_bytes()
         capsys.readouterr()
         assert main(["export", str(run_dir), "--format", fmt, "--out", str(target)]) == 2
@@ -309,8 +353,16 @@ def test_report_renders_in_chromium(run, tmp_path):
     run_dir, _ = run
     assert main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text(encoding="utf-8")
-    for section in ("Learning curves", "Confusion matrix", "Per-class metrics", "Top losses",
-                    "Model", "Configuration", "Environment", "枸杞 子"):  # fmt: skip
+    for section in (
+        "Learning curves",
+        "Confusion matrix",
+        "Per-class metrics",
+        "Top losses",
+        "Model",
+        "Configuration",
+        "Environment",
+        "枸杞 子",
+    ):
         assert section in page
     assert "http://" not in page and "https://" not in page  # self-contained, works offline
     chromium = _chromium()
@@ -324,8 +376,12 @@ def test_report_renders_in_chromium(run, tmp_path):
     with chrome_driver() as driver:
         driver.get((run_dir / "report.html").as_uri())
         headings = [h.text for h in driver.find_elements("css selector", "h2")]
-        assert headings[:4] == ["Overview", "Learning curves", "Confusion matrix",
-                                "Per-class metrics"]  # fmt: skip
+        assert headings[:4] == [
+            "Overview",
+            "Learning curves",
+            "Confusion matrix",
+            "Per-class metrics",
+        ]
         images = driver.find_elements("css selector", "img")
         assert len(images) >= 3
         assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 0 for i in images)
@@ -444,8 +500,12 @@ def test_predict_topk_above_the_classes_gives_all_and_below_one_is_an_error(run,
             p.predict_images([Image.open(files[0])], topk=k)
         assert main(["predict", str(run_dir), str(files[0]), "--topk", str(k)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"resnetlab predict: error: topk must be a whole number of at "
-                              f"least 1, got {k}") and err.count("\n") == 1  # fmt: skip
+        assert (
+            err.startswith(
+                f"resnetlab predict: error: topk must be a whole number of at least 1, got {k}"
+            )
+            and err.count("\n") == 1
+        )
     assert main(["predict", str(run_dir), str(files[0]), "--topk", "7", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)[0]["topk"]) == 3
 

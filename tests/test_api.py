@@ -20,8 +20,13 @@ import resnetlab
 from resnetlab.cli.commands import main
 from resnetlab.core.errors import ConfigError, DataError, ResnetlabError
 
-TINY = {"model_kwargs": {"widths": [4, 8, 8]}, "epochs": 1, "num_workers": 0,
-        "precise_bn": False, "batch_size": 8}  # fmt: skip
+TINY = {
+    "model_kwargs": {"widths": [4, 8, 8]},
+    "epochs": 1,
+    "num_workers": 0,
+    "precise_bn": False,
+    "batch_size": 8,
+}
 
 
 def _shapes(rng, n_per_class: int = 12, size: int = 12):
@@ -52,14 +57,39 @@ def test_the_cli_and_fit_resolve_the_same_job_to_the_same_config(tmp_path, capsy
     weights = tmp_path / "w.safetensors"
     model = resnetlab.create_model("resnet20", widths=[4, 8, 8])
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    argv = ["train", "--data", str(folder), "--model", "resnet20", "--model-kwargs",
-            "widths=[4,8,8]", "--weights", str(weights), "--epochs", "1", "--num-workers", "0",
-            "--no-precise-bn", "--batch-size", "8", "--out", str(tmp_path / "runs"),
-            "--name", "cli", "--quiet"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(folder),
+        "--model",
+        "resnet20",
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--weights",
+        str(weights),
+        "--epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--no-precise-bn",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "cli",
+        "--quiet",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
-    run = resnetlab.fit(data=folder, model="resnet20", weights=str(weights),
-                        out=tmp_path / "runs", name="python", **TINY)  # fmt: skip
+    run = resnetlab.fit(
+        data=folder,
+        model="resnet20",
+        weights=str(weights),
+        out=tmp_path / "runs",
+        name="python",
+        **TINY,
+    )
     captured = capsys.readouterr()
     out = captured.err + captured.out  # the run's lines on stderr, the closing block on stdout
     assert "recipe finetune (chosen for" in out and ": AdamW lr 0.001" in out  # as the CLI
@@ -76,25 +106,53 @@ def test_the_cli_and_fit_resolve_the_same_job_to_the_same_config(tmp_path, capsy
 @pytest.mark.parametrize(
     ("settings", "python", "argv", "flag"),
     [
-        ({"epochs": -1}, "epochs=-1: must be at least 1", ["--epochs", "-1"],
-         "--epochs must be at least 1, got -1"),
-        ({"lr": "fast"}, "lr='fast': must be a number; 'fast' is a str", ["--lr", "fast"],
-         "argument --lr: invalid float value: 'fast'"),
-        ({"epochs": 2.5}, "epochs=2.5: must be a whole number; 2.5 is a float",
-         ["--epochs", "2.5"], "argument --epochs: invalid int value: '2.5'"),
-        ({"nesterov": "maybe"}, "nesterov='maybe': must be True or False; 'maybe' is a str",
-         "nesterov: maybe", "--nesterov must be True or False; 'maybe' is a str"),
-        ({"mode": "finetune"}, "mode='finetune' needs weights (torchvision or a file)",
-         ["--mode", "finetune"], "--mode finetune needs --weights"),
-        ({"lrr": 0.1}, "fit(): unknown setting(s): lrr (did you mean lr?)", ["--lrr", "0.1"],
-         "unrecognized arguments: --lrr 0.1"),
-        ({"val_ratio": 1.5}, "val_ratio=1.5: must be in [0, 1) (e.g. 0.1 holds out 10 %)",
-         ["--val-ratio", "1.5"], "--val-ratio must be in [0, 1), got 1.5"),
+        (
+            {"epochs": -1},
+            "epochs=-1: must be at least 1",
+            ["--epochs", "-1"],
+            "--epochs must be at least 1, got -1",
+        ),
+        (
+            {"lr": "fast"},
+            "lr='fast': must be a number; 'fast' is a str",
+            ["--lr", "fast"],
+            "argument --lr: invalid float value: 'fast'",
+        ),
+        (
+            {"epochs": 2.5},
+            "epochs=2.5: must be a whole number; 2.5 is a float",
+            ["--epochs", "2.5"],
+            "argument --epochs: invalid int value: '2.5'",
+        ),
+        (
+            {"nesterov": "maybe"},
+            "nesterov='maybe': must be True or False; 'maybe' is a str",
+            "nesterov: maybe",
+            "--nesterov must be True or False; 'maybe' is a str",
+        ),
+        (
+            {"mode": "finetune"},
+            "mode='finetune' needs weights (torchvision or a file)",
+            ["--mode", "finetune"],
+            "--mode finetune needs --weights",
+        ),
+        (
+            {"lrr": 0.1},
+            "fit(): unknown setting(s): lrr (did you mean lr?)",
+            ["--lrr", "0.1"],
+            "unrecognized arguments: --lrr 0.1",
+        ),
+        (
+            {"val_ratio": 1.5},
+            "val_ratio=1.5: must be in [0, 1) (e.g. 0.1 holds out 10 %)",
+            ["--val-ratio", "1.5"],
+            "--val-ratio must be in [0, 1), got 1.5",
+        ),
     ],
-)  # fmt: skip
+)
 def test_errors_in_python_name_the_argument_and_in_the_cli_the_flag(
     settings, python, argv, flag, capsys, tmp_path
-):  # fmt: skip
+):
     with pytest.raises(ResnetlabError) as exc:
         resnetlab.fit(data="digits", out=tmp_path, **settings)
     assert python in str(exc.value)
@@ -117,8 +175,9 @@ def test_python_messages_keep_the_commands_they_quote():
     text = python_message(
         "--epochs 3: runs/x has already completed 5 epochs; resnetlab train --resume runs/x "
         "--epochs 9; or pass --weights PATH",
-        {"epochs": 3}, {"epochs", "weights", "resume"},
-    )  # fmt: skip
+        {"epochs": 3},
+        {"epochs", "weights", "resume"},
+    )
     assert text.startswith("epochs=3: runs/x has already completed 5 epochs; ")
     assert "resnetlab train --resume runs/x --epochs 9" in text and "weights=PATH" in text
 
@@ -126,9 +185,7 @@ def test_python_messages_keep_the_commands_they_quote():
 # ------------------------------------------------------------------------------- data
 
 
-def test_fit_takes_an_in_memory_pair_a_dataset_and_images_of_several_sizes(
-    tmp_path, monkeypatch
-):  # fmt: skip
+def test_fit_takes_an_in_memory_pair_a_dataset_and_images_of_several_sizes(tmp_path, monkeypatch):
     from torch.utils.data import TensorDataset
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -207,8 +264,9 @@ def test_predict_takes_every_kind_of_image_a_user_holds(digits):
     close([np.repeat(a[:, :, None], 3, axis=2) for a in arrays])  # RGB, made greyscale
     close(torch.from_numpy(np.stack(arrays))[:, None])  # NCHW uint8
     close(torch.from_numpy(arrays[0])[None], slice(0, 1))  # CHW uint8
-    mixed = run.predict(iter([str(files[0]), Image.open(files[1]), arrays[2],
-                              torch.from_numpy(arrays[3])[None]]))  # fmt: skip
+    mixed = run.predict(
+        iter([str(files[0]), Image.open(files[1]), arrays[2], torch.from_numpy(arrays[3])[None]])
+    )
     assert np.abs(mixed.probs - ref).max() <= 1e-6  # a generator mixing kinds
     # float in [0, 1] at the input size: the exact pixels the model sees, without rounding
     p = run._predictor("torch", None, "fp32", 32)
@@ -223,8 +281,13 @@ def test_predictions_have_labels_topk_errors_pandas_and_a_notebook_display(digit
     run, folder, _ = digits
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    files = [str(folder / "0.png"), str(bad), str(tmp_path / "missing.png"),
-             str(tmp_path / "none-*.png"), str(folder / "1.png")]  # fmt: skip
+    files = [
+        str(folder / "0.png"),
+        str(bad),
+        str(tmp_path / "missing.png"),
+        str(tmp_path / "none-*.png"),
+        str(folder / "1.png"),
+    ]
     r = run.predict(files, topk=3)
     assert len(r) == 5 and r.probs.shape == (5, 10)
     assert [e is None for e in r.errors] == [True, False, False, False, True]
@@ -255,7 +318,7 @@ def test_predictions_have_labels_topk_errors_pandas_and_a_notebook_display(digit
         (torch.zeros(1, 1, 1, 8, 8), "tensors are CHW or NCHW"),
         (["a.png", 3.5], "cannot predict on a float"),
     ],
-)  # fmt: skip
+)
 def test_predict_refuses_what_it_cannot_read_saying_what_it_accepts(digits, x, says):
     run, _, _ = digits
     with pytest.raises(ConfigError) as exc:
@@ -294,20 +357,33 @@ def test_create_model_with_weights_attaches_them_and_their_preprocessing(tmp_pat
     assert all(torch.equal(v, state[k]) for k, v in same.state_dict().items())
     cfg = timm.data.resolve_model_data_config(same)
     assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
-    new = resnetlab.create_model("resnet18", num_classes=3, in_chans=1,
-                                 weights=str(tmp_path / "w.safetensors"))  # fmt: skip
-    assert new.fc.out_features == 3 and torch.equal(new.layer4[1].conv2.weight,
-                                                    state["layer4.1.conv2.weight"])  # fmt: skip
+    new = resnetlab.create_model(
+        "resnet18", num_classes=3, in_chans=1, weights=str(tmp_path / "w.safetensors")
+    )
+    assert new.fc.out_features == 3 and torch.equal(
+        new.layer4[1].conv2.weight, state["layer4.1.conv2.weight"]
+    )
     assert (
         new.pretrained_cfg["input_size"] == (1, 224, 224) and len(new.pretrained_cfg["mean"]) == 1
     )
     hub = tmp_path / "hub"  # a timm hub folder published with a bicubic 0.95 crop
     hub.mkdir()
     save_file(state, str(hub / "model.safetensors"))
-    (hub / "config.json").write_text(json.dumps({
-        "architecture": "resnet18", "num_classes": 7, "pretrained_cfg": {
-            "input_size": [3, 224, 224], "interpolation": "bicubic", "crop_pct": 0.95,
-            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))  # fmt: skip
+    (hub / "config.json").write_text(
+        json.dumps(
+            {
+                "architecture": "resnet18",
+                "num_classes": 7,
+                "pretrained_cfg": {
+                    "input_size": [3, 224, 224],
+                    "interpolation": "bicubic",
+                    "crop_pct": 0.95,
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.5, 0.5, 0.5],
+                },
+            }
+        )
+    )
     cfg = timm.data.resolve_model_data_config(resnetlab.create_model("resnet18", weights=hub))
     assert cfg["interpolation"] == "bicubic" and cfg["mean"] == (0.5, 0.5, 0.5)
     assert int(224 / cfg["crop_pct"]) == 236  # the resize weight_sources takes from the hub

@@ -24,16 +24,34 @@ from resnetlab.data import DataConfig, build_pipeline
 from resnetlab.data.curate import apply_exclude, apply_relabel
 
 CLASSES = {"猫": (200, 60, 40), "狗": (40, 160, 60), "鸟": (50, 70, 210)}
-TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
-        "--batch-size", "16", "--num-workers", "0", "--no-precise-bn"]  # fmt: skip
+TINY = [
+    "--model",
+    "resnet20",
+    "--model-kwargs",
+    "widths=[4,8,8]",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--num-workers",
+    "0",
+    "--no-precise-bn",
+]
 
 
 def pattern(rng, colour, size=32) -> Image.Image:
     """A smooth random field tinted with the class colour: every image its own, none a copy
     of another (JPEG and resizing keep it recognisable, as they keep a photo)."""
     field = rng.random((5, 5))
-    field = np.asarray(Image.fromarray((field * 255).astype(np.uint8)).resize(
-        (size, size), Image.Resampling.BICUBIC), np.float32) / 255.0  # fmt: skip
+    field = (
+        np.asarray(
+            Image.fromarray((field * 255).astype(np.uint8)).resize(
+                (size, size), Image.Resampling.BICUBIC
+            ),
+            np.float32,
+        )
+        / 255.0
+    )
     rgb = np.clip(np.array(colour)[None, None] * (0.5 + field[..., None]), 0, 255)
     return Image.fromarray(rgb.astype(np.uint8))
 
@@ -66,7 +84,8 @@ def messy_folder(root: Path, per_class=(10, 3, 3), seed: int = 0) -> dict[str, P
     Image.open(cat / "train_0.png").save(copies["exact_leak"], compress_level=9, optimize=True)
     jpeg(Image.open(dog / "train_1.png").convert("RGB")).save(copies["near_leak"], quality=95)
     Image.open(bird / "train_2.png").resize((64, 64), Image.Resampling.BICUBIC).save(
-        copies["resized"])  # fmt: skip
+        copies["resized"]
+    )
     Image.open(cat / "train_3.png").save(copies["conflict"])
     return copies
 
@@ -142,8 +161,7 @@ def test_cli_table_json_page_and_exclusion_round_trip(tmp_path, capsys, caplog):
     assert "messy/test/猫/copy of train_0.png" in listed  # relative to the file's folder
     assert "messy/train/鸟/large train_2.png" not in listed  # the larger copy is kept
     html = page.read_text(encoding="utf-8")
-    assert html.count("<img") == 8 and "猫" in html and "http" not in html.replace(
-        "http-equiv", "")  # fmt: skip
+    assert html.count("<img") == 8 and "猫" in html and "http" not in html.replace("http-equiv", "")
     # written once: a second audit refuses to overwrite it
     assert main(["audit", str(data), "--write-exclude", str(exclude)]) == 2
     assert "exists" in capsys.readouterr().err
@@ -153,8 +171,24 @@ def test_cli_table_json_page_and_exclusion_round_trip(tmp_path, capsys, caplog):
     kept = {str(p) for s in pipe.source.splits.values() for p in s.paths}
     assert str(copies["exact_leak"]) not in kept and str(copies["near_leak"]) not in kept
     assert len(pipe.source.splits["test"]) == 9 and len(pipe.source.splits["val"]) == 9
-    assert main(["train", "--data", str(data), "--exclude", str(exclude), *TINY,
-                 "--out", str(tmp_path / "runs"), "--name", "clean", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--exclude",
+                str(exclude),
+                *TINY,
+                "--out",
+                str(tmp_path / "runs"),
+                "--name",
+                "clean",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "5 image(s) left out" in caplog.text
     config = (tmp_path / "runs" / "clean" / "config.yaml").read_text(encoding="utf-8")
     assert "exclude.txt" in config
@@ -215,8 +249,9 @@ def test_label_issues_found_and_relabel_round_trip(tmp_path, capsys):
         i = train.paths.index(path)
         assert fixed.classes[int(train.labels[i])] == found[path.name]["suggested"]
     # the file checks the label it says an image has now
-    relabel.write_text(f"path,given,label\n{moved[0].relative_to(tmp_path)},鸟,猫\n",
-                       encoding="utf-8")  # fmt: skip
+    relabel.write_text(
+        f"path,given,label\n{moved[0].relative_to(tmp_path)},鸟,猫\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match="written for other data"):
         apply_relabel(source, relabel)
 
@@ -264,9 +299,13 @@ def test_listings_with_chinese_labels(tmp_path):
     (root / "labels.csv").write_text(
         "path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in rows), encoding="utf-8"
     )
-    (root / "labels.jsonl").write_text("".join(json.dumps(
-        {"path": p, "label": c, "split": s}, ensure_ascii=False) + "\n" for p, c, s in rows),
-        encoding="utf-8")  # fmt: skip
+    (root / "labels.jsonl").write_text(
+        "".join(
+            json.dumps({"path": p, "label": c, "split": s}, ensure_ascii=False) + "\n"
+            for p, c, s in rows
+        ),
+        encoding="utf-8",
+    )
     for kind in ("csv", "jsonl"):
         report = audit(f"{kind}:{root / f'labels.{kind}'}").report
         (g,) = report["duplicates"]
@@ -329,8 +368,24 @@ def test_folds_keep_out_of_fold_probabilities_for_the_audit(tmp_path, capsys):
     for copy in messy_folder(data, per_class=(8, 2, 2)).values():
         copy.unlink()
     out = tmp_path / "runs"
-    assert main(["train", "--data", str(data), *TINY, "--folds", "2", "--out", str(out),
-                 "--name", "cv", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                *TINY,
+                "--folds",
+                "2",
+                "--out",
+                str(out),
+                "--name",
+                "cv",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     oof = out / "cv" / "oof.csv"
     assert f"--oof {oof}" in printed

@@ -17,8 +17,7 @@ from resnetlab.inference.backends import BACKENDS, TorchBackend, register_backen
 from resnetlab.inference.loading import load_model, pretrained_model
 from resnetlab.inference.predict import Predictor
 
-SPEED = {"torch": 100.0, "onnx": 150.0, "openvino": 140.0, "openvino-bf16": 400.0,
-         "wrong": 1000.0}  # fmt: skip
+SPEED = {"torch": 100.0, "onnx": 150.0, "openvino": 140.0, "openvino-bf16": 400.0, "wrong": 1000.0}
 
 
 @pytest.fixture
@@ -26,9 +25,15 @@ def run(tmp_path):
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=3, widths=[4, 8, 8]).eval()
     meta = ModelMeta(
-        model="resnet20", num_classes=3, in_chans=3, classes=["a", "b", "c"],
-        input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.25] * 3, model_kwargs={"widths": [4, 8, 8]},
-    )  # fmt: skip
+        model="resnet20",
+        num_classes=3,
+        in_chans=3,
+        classes=["a", "b", "c"],
+        input_size=[3, 32, 32],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        model_kwargs={"widths": [4, 8, 8]},
+    )
     save_bundle(model, meta, tmp_path / "run")
     return tmp_path / "run"
 
@@ -84,8 +89,9 @@ def test_a_backend_that_disagrees_is_never_chosen(run, timed, monkeypatch):
             return super().logits(batch) + torch.linspace(0, 1, 3)
 
     try:
-        monkeypatch.setattr(backend_choice, "CANDIDATES",
-                            (*backend_choice.CANDIDATES, ("wrong", "fp32")))  # fmt: skip
+        monkeypatch.setattr(
+            backend_choice, "CANDIDATES", (*backend_choice.CANDIDATES, ("wrong", "fp32"))
+        )
         choice = backend_choice.choose_backend(load_model(run), "cpu")
         assert "wrong" in timed or any(r["backend"] == "wrong" for r in choice.results)
         assert choice.backend != "wrong"
@@ -127,13 +133,16 @@ def test_without_a_run_folder_torch_runs(tmp_path):
 
 @pytest.mark.parametrize(
     ("flags", "bf16"),
-    [("fpu sse4_2 avx avx2 fma f16c", False),  # Zen 3, Intel Core laptops: AVX2 only
-     ("fpu avx2 fma avx512f avx512_vnni", False),  # AVX-512 without its bf16 extension
-     ("fpu avx2 avx512f avx512_bf16", True),  # Zen 4 and later, Cooper Lake
-     ("fpu avx2 avx512f amx_bf16 amx_tile", True)],  # Sapphire Rapids and later
-)  # fmt: skip
-def test_bf16_is_a_candidate_only_where_the_cpu_has_it(run, timed, monkeypatch, tmp_path, flags,
-                                                       bf16):  # fmt: skip
+    [
+        ("fpu sse4_2 avx avx2 fma f16c", False),  # Zen 3, Intel Core laptops: AVX2 only
+        ("fpu avx2 fma avx512f avx512_vnni", False),  # AVX-512 without its bf16 extension
+        ("fpu avx2 avx512f avx512_bf16", True),  # Zen 4 and later, Cooper Lake
+        ("fpu avx2 avx512f amx_bf16 amx_tile", True),
+    ],  # Sapphire Rapids and later
+)
+def test_bf16_is_a_candidate_only_where_the_cpu_has_it(
+    run, timed, monkeypatch, tmp_path, flags, bf16
+):
     from resnetlab.core import device
 
     cpuinfo = tmp_path / "cpuinfo"

@@ -39,9 +39,15 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=3, widths=[4, 8, 8]).eval()
     meta = ModelMeta(
-        model="resnet20", num_classes=3, in_chans=3, classes=CLASSES, input_size=[3, 32, 32],
-        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], model_kwargs={"widths": [4, 8, 8]},
-    )  # fmt: skip
+        model="resnet20",
+        num_classes=3,
+        in_chans=3,
+        classes=CLASSES,
+        input_size=[3, 32, 32],
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        model_kwargs={"widths": [4, 8, 8]},
+    )
     folder = root / "model"
     save_bundle(model, meta, folder)
     export(folder / RunDir.WEIGHTS, "onnx", int8=True, calibration=8, data=str(data))
@@ -156,9 +162,15 @@ def own_run(tmp_path):
     torch.manual_seed(1)
     model = create_model("resnet20", num_classes=3, widths=[4, 8, 8]).eval()
     meta = ModelMeta(
-        model="resnet20", num_classes=3, in_chans=3, classes=CLASSES, input_size=[3, 32, 32],
-        mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], model_kwargs={"widths": [4, 8, 8]},
-    )  # fmt: skip
+        model="resnet20",
+        num_classes=3,
+        in_chans=3,
+        classes=CLASSES,
+        input_size=[3, 32, 32],
+        mean=[0.5, 0.5, 0.5],
+        std=[0.25, 0.25, 0.25],
+        model_kwargs={"widths": [4, 8, 8]},
+    )
     save_bundle(model, meta, tmp_path / "run")
     return tmp_path / "run"
 

@@ -92,9 +92,11 @@ def test_reliability_diagram_png(tmp_path):
     logits, labels = calibrated(n=500)
     s = calibration_summary(5 * logits, labels)
     path = plot_reliability(
-        [("before (T = 1)", s["reliability_before"]),
-         (f"after (T = {s['temperature']:.2f})", s["reliability_after"])],
+        [
+            ("before (T = 1)", s["reliability_before"]),
+            (f"after (T = {s['temperature']:.2f})", s["reliability_after"]),
+        ],
         tmp_path / "reliability.png",
-    )  # fmt: skip
+    )
     with Image.open(path) as im:
         assert im.size[0] > im.size[1] > 300

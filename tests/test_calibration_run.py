@@ -35,8 +35,9 @@ def tiny_run(
     options = dict(data=data, num_workers=0, batch_size=64, **data_options)
     cfg = TrainConfig(**options)
     pipe = build_pipeline(DataConfig(**options))
-    model = create_model("resnet20", num_classes=len(pipe.classes), in_chans=pipe.channels,
-                         widths=WIDTHS)  # fmt: skip
+    model = create_model(
+        "resnet20", num_classes=len(pipe.classes), in_chans=pipe.channels, widths=WIDTHS
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader, tf = pipe.split_loader("train", train=True, channels_last=False)
     done = 0
@@ -56,10 +57,16 @@ def tiny_run(
     model.eval()
     size = pipe.input_size
     meta = ModelMeta(
-        model="resnet20", num_classes=len(pipe.classes), in_chans=pipe.channels,
-        classes=list(pipe.classes), input_size=[pipe.channels, size, size], mean=pipe.mean,
-        std=pipe.std, preset=pipe.preset, model_kwargs={"widths": WIDTHS},
-    )  # fmt: skip
+        model="resnet20",
+        num_classes=len(pipe.classes),
+        in_chans=pipe.channels,
+        classes=list(pipe.classes),
+        input_size=[pipe.channels, size, size],
+        mean=pipe.mean,
+        std=pipe.std,
+        preset=pipe.preset,
+        model_kwargs={"widths": WIDTHS},
+    )
     run = RunDir(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / RunDir.CONFIG).write_text(dump_yaml(cfg), encoding="utf-8")
@@ -151,8 +158,16 @@ def test_best_weights_come_from_the_checkpoint(tmp_path):
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     from resnetlab.train.checkpoint import capture_rng
 
-    full = {"model": saved, "ema": None, "optimizer": {}, "scheduler": {}, "epoch": 1,
-            "config": {}, "classes": [str(i) for i in range(10)], "rng": capture_rng()}  # fmt: skip
+    full = {
+        "model": saved,
+        "ema": None,
+        "optimizer": {},
+        "scheduler": {},
+        "epoch": 1,
+        "config": {},
+        "classes": [str(i) for i in range(10)],
+        "rng": capture_rng(),
+    }
     save_checkpoint(full, tmp_path / "best.pt")
     with torch.no_grad():
         model.fc.weight.add_(1.0)

@@ -62,8 +62,18 @@ def test_foreign_and_truncated_files(tmp_path):
     with pytest.raises(WeightsError, match="not a resnetlab training checkpoint"):
         load_checkpoint(plain)
     good = tmp_path / "c.pt"
-    save_checkpoint({"model": {}, "optimizer": {}, "scheduler": {}, "epoch": 1, "config": {},
-                     "classes": [], "rng": capture_rng()}, good)  # fmt: skip
+    save_checkpoint(
+        {
+            "model": {},
+            "optimizer": {},
+            "scheduler": {},
+            "epoch": 1,
+            "config": {},
+            "classes": [],
+            "rng": capture_rng(),
+        },
+        good,
+    )
     assert load_checkpoint(good)["epoch"] == 1
     good.write_bytes(good.read_bytes()[:200])
     with pytest.raises(WeightsError, match="c.pt: the file is damaged"):

@@ -38,8 +38,12 @@ def _ms_name(key: str) -> str:
     module = re.sub(r"\.bn(\d)$", r".norm\1", re.sub(r"^bn1$", "norm", module))
     module = module.replace("downsample", "down_sample")
     if is_bn:
-        param = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
-                 "running_var": "moving_variance"}[param]  # fmt: skip
+        param = {
+            "weight": "gamma",
+            "bias": "beta",
+            "running_mean": "moving_mean",
+            "running_var": "moving_variance",
+        }[param]
     return f"{module}.{param}"
 
 
@@ -66,8 +70,13 @@ def test_mindspore_resnet50_converts_and_loads_strictly(tmp_path):
     extra = [("moments.conv1.weight", np.zeros((64, 3, 7, 7))), ("global_step", np.zeros(1))]
     _write_ms(ckpt, net.state_dict(), extra)
     names = set(read_mindspore_ckpt(ckpt))
-    assert {"norm.gamma", "layer1.0.norm3.moving_variance", "layer1.0.down_sample.0.weight",
-            "layer1.0.down_sample.1.beta", "fc.bias"} <= names  # fmt: skip
+    assert {
+        "norm.gamma",
+        "layer1.0.norm3.moving_variance",
+        "layer1.0.down_sample.0.weight",
+        "layer1.0.down_sample.1.beta",
+        "fc.bias",
+    } <= names
     out = tmp_path / "converted.safetensors"
     r = convert(ckpt, "resnet50", out)
     assert r["skipped"] == ["moments.conv1.weight", "global_step"]
@@ -77,8 +86,11 @@ def test_mindspore_resnet50_converts_and_loads_strictly(tmp_path):
     ours = create_model("resnet50", num_classes=5, pad_mode="same")
     ours.load_state_dict(load_file(out), strict=True)
     ref = net.state_dict()
-    assert all(torch.equal(v, ref[k]) for k, v in ours.state_dict().items()
-               if not k.endswith("num_batches_tracked"))  # fmt: skip
+    assert all(
+        torch.equal(v, ref[k])
+        for k, v in ours.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    )
     # MindSpore pads "same": the 7x7 stride-2 stem pads 2 before and 3 after on a 64 input.
     x = torch.randn(1, 3, 64, 64)
     want = F.conv2d(F.pad(x, (2, 3, 2, 3)), ref["conv1.weight"], stride=2)
@@ -100,8 +112,12 @@ def _keras_layers(net):
     def bn(name, key, bias):
         var = sd[key + ".running_var"] - (1.001e-5 - 1e-5)
         # the same normalisation once the conv bias is folded back into the mean
-        layers[name] = [sd[key + ".weight"], sd[key + ".bias"], sd[key + ".running_mean"] + bias,
-                        var]  # fmt: skip
+        layers[name] = [
+            sd[key + ".weight"],
+            sd[key + ".bias"],
+            sd[key + ".running_mean"] + bias,
+            var,
+        ]
 
     bn("conv1_bn", "bn1", conv("conv1_conv", "conv1"))
     for s, blocks in enumerate([3, 4, 6, 3], start=2):
@@ -124,8 +140,11 @@ def _write_keras2_h5(path, layers):
         g.create_group("input_1").attrs["weight_names"] = []
         for name, ws in layers.items():
             lg = g.create_group(name)
-            kinds = (["kernel:0", "bias:0"] if len(ws) == 2 else
-                     ["gamma:0", "beta:0", "moving_mean:0", "moving_variance:0"])  # fmt: skip
+            kinds = (
+                ["kernel:0", "bias:0"]
+                if len(ws) == 2
+                else ["gamma:0", "beta:0", "moving_mean:0", "moving_variance:0"]
+            )
             wn = [f"{name}/{k}".encode() for k in kinds]
             lg.attrs["weight_names"] = wn
             for n, w in zip(wn, ws):
@@ -189,7 +208,25 @@ def test_converted_weights_train_through_the_cli(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "--model-kwargs pad_mode=same" in said
     data = make_folder(tmp_path / "herbs", {"黄芪": 8, "当归": 8}, size=(40, 36))
-    argv = ["train", "--data", str(data), "--model", "resnet50", "--weights", str(out),
-            "--model-kwargs", "pad_mode=same", "--input-size", "32", "--epochs", "1",
-            "--batch-size", "4", "--num-workers", "0", "--out", str(tmp_path / "runs")]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "resnet50",
+        "--weights",
+        str(out),
+        "--model-kwargs",
+        "pad_mode=same",
+        "--input-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     assert main(argv) == 0

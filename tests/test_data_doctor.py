@@ -70,8 +70,23 @@ def test_evaluate_says_no_images_for_a_class_without_support(trained_run, tmp_pa
             folder.mkdir(parents=True)
             for k, img in enumerate(d.images[d.target == c][:4]):
                 Image.fromarray(np.uint8(img * 15)).save(folder / f"{k}.png")
-    assert main(["evaluate", str(trained_run), "--data", str(tmp_path / "two"), "--split",
-                 "test", "--backend", "torch", "--out", str(tmp_path / "eval")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                str(trained_run),
+                "--data",
+                str(tmp_path / "two"),
+                "--split",
+                "test",
+                "--backend",
+                "torch",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = {line.split()[0]: line for line in out.splitlines() if line[:1].isdigit()}
     assert "no images" in rows["5"] and "0.000" not in rows["5"].split("no images")[1]

@@ -94,8 +94,11 @@ def _count_decodes(monkeypatch) -> dict:
 @pytest.mark.parametrize("cache", ["auto", "none"])
 def test_each_file_is_decoded_once_before_training(photos, monkeypatch, cache):
     counts = _count_decodes(monkeypatch)
-    pipe = build_pipeline(DataConfig(data=str(photos), max_bad_fraction=0.1, cache=cache),
-                          size_from_data=True, progress=False)  # fmt: skip
+    pipe = build_pipeline(
+        DataConfig(data=str(photos), max_bad_fraction=0.1, cache=cache),
+        size_from_data=True,
+        progress=False,
+    )
     pipe.prepare()  # what training does before its first step
     files = [p for p in photos.rglob("*") if p.is_file()]
     readable = [str(p) for p in files if p.name != "cut.jpg"]
@@ -108,9 +111,11 @@ def test_each_file_is_decoded_once_before_training(photos, monkeypatch, cache):
     assert all(s.in_memory == (cache == "auto") for s in pipe.source.splits.values())
     # The statistics: each training image at the training resolution, weighing the same.
     geometry = cache_geometry(pipe.preset, pipe.input_size)
-    ref = stats_from_moments(np.concatenate([
-        _reference(geometry(open_image(p))[None]) for p in pipe.source.splits["train"].paths
-    ]))  # fmt: skip
+    ref = stats_from_moments(
+        np.concatenate(
+            [_reference(geometry(open_image(p))[None]) for p in pipe.source.splits["train"].paths]
+        )
+    )
     np.testing.assert_allclose(pipe.mean, ref[0], atol=1e-12)
     np.testing.assert_allclose(pipe.std, ref[1], atol=1e-12)
 
@@ -160,8 +165,12 @@ def test_decoding_prints_progress_lines_where_stderr_is_a_log(photos, tmp_path):
         f"build_pipeline(DataConfig(data={str(photos)!r}, max_bad_fraction=0.1)).prepare()\n"
     )
     with open(log, "w") as err:
-        p = subprocess.run([sys.executable, "-c", code], stderr=err, timeout=300,
-                           env={**_env(), "RESNETLAB_PROGRESS_SECONDS": "0"})  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-c", code],
+            stderr=err,
+            timeout=300,
+            env={**_env(), "RESNETLAB_PROGRESS_SECONDS": "0"},
+        )
     assert p.returncode == 0, log.read_text()
     text = log.read_text()
     assert "decoding train images into memory at" in text

@@ -75,10 +75,22 @@ def photos_run(photos, tmp_path_factory) -> Path:
     """A resnet20 (widths 4-8-8) on the photos with the ImageNet preset at 32 px (resize the
     shorter side to 36, crop 32), one epoch."""
     out = tmp_path_factory.mktemp("runs")
-    resnetlab.fit(data=photos, model="resnet20", verbose=False, model_kwargs={"widths": [4, 8, 8]},
-                  epochs=1, batch_size=8, preset="imagenet", input_size=32, num_workers=0,
-                  precise_bn=False, val_ratio=0.25, test_ratio=0.25, out=str(out),
-                  name="shapes")  # fmt: skip
+    resnetlab.fit(
+        data=photos,
+        model="resnet20",
+        verbose=False,
+        model_kwargs={"widths": [4, 8, 8]},
+        epochs=1,
+        batch_size=8,
+        preset="imagenet",
+        input_size=32,
+        num_workers=0,
+        precise_bn=False,
+        val_ratio=0.25,
+        test_ratio=0.25,
+        out=str(out),
+        name="shapes",
+    )
     return out / "shapes"
 
 
@@ -111,8 +123,18 @@ def test_the_same_jpeg_gets_the_same_probabilities_through_every_door(photos, ph
         "one at a time": np.concatenate([run.predict(f).probs for f in files]),
     }
     capsys.readouterr()
-    argv = ["predict", str(photos_run), *files, "--json", "--topk", "3", "--backend", "torch",
-            "--precision", "fp32"]  # fmt: skip
+    argv = [
+        "predict",
+        str(photos_run),
+        *files,
+        "--json",
+        "--topk",
+        "3",
+        "--backend",
+        "torch",
+        "--precision",
+        "fp32",
+    ]
     assert main(argv) == 0
     doors["resnetlab predict"] = _probs_of_rows(json.loads(capsys.readouterr().out), run.classes)
 
@@ -125,8 +147,9 @@ def test_the_same_jpeg_gets_the_same_probabilities_through_every_door(photos, ph
     with TestClient(app) as client:
         rows = []
         for f in files:
-            r = client.post("/predict?topk=3", files={"file": ("x.jpg", Path(f).read_bytes(),
-                                                               "image/jpeg")})  # fmt: skip
+            r = client.post(
+                "/predict?topk=3", files={"file": ("x.jpg", Path(f).read_bytes(), "image/jpeg")}
+            )
             assert r.status_code == 200, r.text
             rows.append({**r.json(), "error": None})
     doors["serve"] = _probs_of_rows(rows, run.classes)
@@ -223,8 +246,9 @@ def _digit_files(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("preset", ["small", "imagenet", "hub-bicubic"])
-def test_the_onnx_client_reproduces_resnetlab_predict(preset, trained_run, photos, exported,
-                                                      tmp_path, capsys):  # fmt: skip
+def test_the_onnx_client_reproduces_resnetlab_predict(
+    preset, trained_run, photos, exported, tmp_path, capsys
+):
     if preset == "imagenet":
         run_dir = exported
     else:
@@ -239,8 +263,18 @@ def test_the_onnx_client_reproduces_resnetlab_predict(preset, trained_run, photo
     if preset != "imagenet":
         assert main(["export", str(run_dir), "--format", "onnx"]) == 0
     capsys.readouterr()
-    argv = ["predict", str(run_dir), *files, "--json", "--topk", "99", "--backend", "torch",
-            "--precision", "fp32"]  # fmt: skip
+    argv = [
+        "predict",
+        str(run_dir),
+        *files,
+        "--json",
+        "--topk",
+        "99",
+        "--backend",
+        "torch",
+        "--precision",
+        "fp32",
+    ]
     assert main(argv) == 0
     rows = json.loads(capsys.readouterr().out)
     classes = resnetlab.load(run_dir).classes

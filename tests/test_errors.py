@@ -51,10 +51,14 @@ def test_user_errors_are_one_line(argv, words, capsys, tmp_path, monkeypatch):
 
 
 def test_every_user_error_is_one_family_and_keeps_its_builtin_base():
-    for cls, base in [(DataError, ValueError), (WeightsError, ValueError),
-                      (errors.ConfigError, ValueError), (errors.FileConflictError, FileExistsError),
-                      (errors.MissingFileError, FileNotFoundError),
-                      (errors.WriteError, OSError)]:  # fmt: skip
+    for cls, base in [
+        (DataError, ValueError),
+        (WeightsError, ValueError),
+        (errors.ConfigError, ValueError),
+        (errors.FileConflictError, FileExistsError),
+        (errors.MissingFileError, FileNotFoundError),
+        (errors.WriteError, OSError),
+    ]:
         assert issubclass(cls, errors.ResnetlabError) and issubclass(cls, base)
     assert ImageDecodeError("a.png", "too big", kind="too_large").kind == "too_large"
     assert ImageDecodeError("a.png", "corrupt").kind == "unreadable"
@@ -67,10 +71,15 @@ def _refuse_writes(monkeypatch, code):
     monkeypatch.setattr(io.tempfile, "mkstemp", mkstemp)
 
 
-@pytest.mark.parametrize("code, cause", [(errno.ENOSPC, "no space left on the device"),
-                                         (errno.EDQUOT, "disk quota exceeded"),
-                                         (errno.EACCES, "permission denied"),
-                                         (errno.EROFS, "read-only file system")])  # fmt: skip
+@pytest.mark.parametrize(
+    "code, cause",
+    [
+        (errno.ENOSPC, "no space left on the device"),
+        (errno.EDQUOT, "disk quota exceeded"),
+        (errno.EACCES, "permission denied"),
+        (errno.EROFS, "read-only file system"),
+    ],
+)
 def test_a_refused_write_names_the_file_and_the_cause(code, cause, tmp_path, monkeypatch):
     _refuse_writes(monkeypatch, code)
     with pytest.raises(errors.WriteError) as caught:
@@ -86,8 +95,13 @@ def test_other_write_failures_keep_their_traceback(tmp_path, monkeypatch):
     assert not isinstance(caught.value, errors.ResnetlabError)
 
 
-@pytest.mark.parametrize("kind, url", [("mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
-                                       ("cifar10", "cifar-10-python.tar.gz")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kind, url",
+    [
+        ("mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
+        ("cifar10", "cifar-10-python.tar.gz"),
+    ],
+)
 def test_download_offline_is_one_line(kind, url, tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError(OSError(-2, "Name or service not known"))

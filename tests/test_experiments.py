@@ -67,8 +67,23 @@ def test_tune_resumes_without_repeating_and_best_yaml_trains(tmp_path, capsys):
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["lr"] == study.best_trial.params["lr"]
     assert (out / "optimization_history.png").stat().st_size > 1000
-    assert main(["train", "--config", str(out / "best.yaml"), "--epochs", "1", "--out",
-                 str(tmp_path / "runs"), "--name", "best", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(out / "best.yaml"),
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "runs"),
+                "--name",
+                "best",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "runs" / "best" / "model.safetensors").is_file()
 
 

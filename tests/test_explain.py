@@ -57,8 +57,10 @@ def make_images(n: int, g: torch.Generator, two_classes: bool = False) -> tuple[
         y2 = (y + torch.randint(1, len(CLASSES), (n,), generator=g)) % len(CLASSES)
     for i in range(n):
         second = COLOURS[y2[i]] if y2[i] >= 0 else torch.ones(3)
-        for q, colour, (dy, dx) in ((quad[i], COLOURS[y[i]], offsets[i, :2]),
-                                    (quad2[i], second, offsets[i, 2:])):  # fmt: skip
+        for q, colour, (dy, dx) in (
+            (quad[i], COLOURS[y[i]], offsets[i, :2]),
+            (quad2[i], second, offsets[i, 2:]),
+        ):
             rows, cols = _quadrant(int(q))
             top, left = rows.start + int(dy), cols.start + int(dx)
             x[i, :, top : top + SQUARE, left : left + SQUARE] = colour[:, None, None]
@@ -143,8 +145,9 @@ def test_explainer_names_classes_and_runs_under_inference_mode(trained):
 
 def _loaded(model) -> SimpleNamespace:
     """What bundle.load_model returns, as far as explain reads it."""
-    meta = SimpleNamespace(classes=CLASSES, size=SIDE, mean=MEAN, std=STD, preset="cifar",
-                           in_chans=3, temperature=None)  # fmt: skip
+    meta = SimpleNamespace(
+        classes=CLASSES, size=SIDE, mean=MEAN, std=STD, preset="cifar", in_chans=3, temperature=None
+    )
     return SimpleNamespace(model=model, meta=meta)
 
 

@@ -110,8 +110,9 @@ def test_explain_endpoint_returns_an_overlay_with_its_class(server, run, tmp_pat
 def test_explain_a_named_class_and_refuse_an_unknown_one(server, tmp_path):
     body, headers = _multipart(_image(tmp_path))
     wanted = "红花"
-    status, _, h = _post_bytes(server, "/explain?class=" + urllib.parse.quote(wanted), body,
-                               headers)  # fmt: skip
+    status, _, h = _post_bytes(
+        server, "/explain?class=" + urllib.parse.quote(wanted), body, headers
+    )
     assert status == 200 and urllib.parse.unquote(h["x-class"]) == wanted
     status, err, _ = server.request("POST", "/explain?class=tulip", body, headers)
     assert status == 400 and "tulip" in err["error"] and "红花" in err["error"]

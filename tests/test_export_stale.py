@@ -23,11 +23,21 @@ from resnetlab.train import Trainer, resolve_config
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("stale")
     data = make_folder(root / "data", {"red": 10, "green": 10, "blue": 10}, size=(36, 36))
-    cfg = resolve_config(dict(
-        data=str(data), model="resnet20", model_kwargs={"widths": [4, 8, 8]}, input_size=32,
-        epochs=1, batch_size=8, out=str(root / "runs"), name="r", num_workers=0,
-        val_ratio=0.2, test_ratio=0.2,
-    ))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data=str(data),
+            model="resnet20",
+            model_kwargs={"widths": [4, 8, 8]},
+            input_size=32,
+            epochs=1,
+            batch_size=8,
+            out=str(root / "runs"),
+            name="r",
+            num_workers=0,
+            val_ratio=0.2,
+            test_ratio=0.2,
+        )
+    )
     Trainer(cfg, verbose=False).fit()
     return root / "runs" / "r", sorted(str(p) for p in data.rglob("*.png"))[::7]
 

@@ -25,8 +25,9 @@ def _image(c, rng, size=(32, 32)):
 
 def _split(n, rng, sizes=None, label="label"):
     labels = [i % 3 for i in range(n)]
-    images = [_image(c, rng, sizes[i % len(sizes)] if sizes else (32, 32))
-              for i, c in enumerate(labels)]  # fmt: skip
+    images = [
+        _image(c, rng, sizes[i % len(sizes)] if sizes else (32, 32)) for i, c in enumerate(labels)
+    ]
     features = D.Features({"image": D.Image(), label: D.ClassLabel(names=NAMES)})
     return D.Dataset.from_dict({"image": images, label: labels}, features=features)
 
@@ -36,16 +37,37 @@ def disk(tmp_path_factory):
     """A DatasetDict (train / validation / test) saved with save_to_disk."""
     rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("hf") / "herbs"
-    D.DatasetDict({"train": _split(24, rng), "validation": _split(9, rng),
-                   "test": _split(9, rng)}).save_to_disk(str(path))  # fmt: skip
+    D.DatasetDict(
+        {"train": _split(24, rng), "validation": _split(9, rng), "test": _split(9, rng)}
+    ).save_to_disk(str(path))
     return path
 
 
 def _train(data, out, *flags):
-    return main(["train", "--data", data, "--model", "resnet20", "--model-kwargs",
-                 "widths=[4,8,8]", "--epochs", "1", "--batch-size", "4", "--no-precise-bn",
-                 "--num-workers", "0", "--out", str(out), "--name", "r", "--quiet",
-                 *flags])  # fmt: skip
+    return main(
+        [
+            "train",
+            "--data",
+            data,
+            "--model",
+            "resnet20",
+            "--model-kwargs",
+            "widths=[4,8,8]",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--no-precise-bn",
+            "--num-workers",
+            "0",
+            "--out",
+            str(out),
+            "--name",
+            "r",
+            "--quiet",
+            *flags,
+        ]
+    )
 
 
 def test_hf_disk_keeps_the_splits_classes_and_images(disk):
@@ -112,8 +134,9 @@ def test_a_sequence_of_class_labels_is_multilabel(tmp_path, capsys):
     rng = np.random.default_rng(3)
     labels = [[0], [1, 2], [0, 2], [], [1], [0, 1, 2]] * 4
     features = D.Features({"img": D.Image(), "tags": D.Sequence(D.ClassLabel(names=NAMES))})
-    ds = D.Dataset.from_dict({"img": [_image(i % 3, rng) for i in range(len(labels))],
-                              "tags": labels}, features=features)  # fmt: skip
+    ds = D.Dataset.from_dict(
+        {"img": [_image(i % 3, rng) for i in range(len(labels))], "tags": labels}, features=features
+    )
     path = tmp_path / "ml"
     D.DatasetDict({"train": ds, "test": ds.select(range(6))}).save_to_disk(str(path))
     source = load_source(f"hf-disk:{path}", task="multilabel", val_ratio=0.25)

@@ -30,9 +30,17 @@ def imagenet_run(tmp_path_factory):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    meta = ModelMeta(model="resnet18", num_classes=3, in_chans=3, classes=CLASSES,
-                     input_size=[3, 64, 64], mean=[0.5, 0.45, 0.4], std=[0.2, 0.25, 0.3],
-                     preset="imagenet", temperature=1.5)  # fmt: skip
+    meta = ModelMeta(
+        model="resnet18",
+        num_classes=3,
+        in_chans=3,
+        classes=CLASSES,
+        input_size=[3, 64, 64],
+        mean=[0.5, 0.45, 0.4],
+        std=[0.2, 0.25, 0.3],
+        preset="imagenet",
+        temperature=1.5,
+    )
     run = tmp_path_factory.mktemp("r18") / "run"
     run.mkdir()
     save_bundle(model, meta, run)
@@ -53,8 +61,11 @@ def test_timm_opens_the_folder_with_the_classes_preprocessing_and_logits_of_pred
     assert main(["export", str(imagenet_run), "--format", "hub", "--out", str(out)]) == 0
     said = capsys.readouterr().out
     assert f"timm.create_model('local-dir:{out}') opens it (resnet18)" in said
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json",
-                                                     "model.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     assert model.pretrained_cfg["label_names"] == CLASSES and model.num_classes == 3
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -71,8 +82,25 @@ def test_timm_opens_the_folder_with_the_classes_preprocessing_and_logits_of_pred
         torch.testing.assert_close(model(x), ours(x), atol=1e-5, rtol=1e-5)
     # ... and timm's own preprocessing of a photo gives predict's probabilities
     images = [_image(tmp_path / f"photo{i}.png", seed=i, size=(90 + 17 * i, 70)) for i in range(3)]
-    assert main(["predict", str(imagenet_run), *map(str, images), "--json", "--topk", "3",
-                 "--backend", "torch", "--precision", "fp32", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(imagenet_run),
+                *map(str, images),
+                "--json",
+                "--topk",
+                "3",
+                "--backend",
+                "torch",
+                "--precision",
+                "fp32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     transform = timm.data.create_transform(**cfg)
     for path, row in zip(images, rows):
@@ -113,10 +141,34 @@ def test_a_cifar_net_gets_the_same_folder_for_weights_dir(trained_run, cifar_hub
 
 def test_training_from_the_folder_with_weights_dir(cifar_hub, tmp_path, capsys):
     data = make_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
-    assert main(["train", "--data", str(data), "--model", "resnet20", "--model-kwargs",
-                 "widths=[4,8,8]", "--weights", str(cifar_hub), "--epochs", "1",
-                 "--batch-size", "4", "--no-precise-bn", "--num-workers", "0", "--out",
-                 str(tmp_path / "runs"), "--name", "ft", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "resnet20",
+                "--model-kwargs",
+                "widths=[4,8,8]",
+                "--weights",
+                str(cifar_hub),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-precise-bn",
+                "--num-workers",
+                "0",
+                "--out",
+                str(tmp_path / "runs"),
+                "--name",
+                "ft",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     meta = RunDir(tmp_path / "runs" / "ft").read_meta()
     assert meta.weights == str(cifar_hub) and meta.classes == ["a", "b"]
 
@@ -124,8 +176,15 @@ def test_training_from_the_folder_with_weights_dir(cifar_hub, tmp_path, capsys):
 def test_the_model_card(trained_run, cifar_hub):
     card = (cifar_hub / "README.md").read_text(encoding="utf-8")
     assert card.startswith("---\nlibrary_name: resnetlab\n")
-    for heading in ("## Use it", "## Data", "## Metrics", "## Calibration", "## Preprocessing",
-                    "## Training", "## Limits"):  # fmt: skip
+    for heading in (
+        "## Use it",
+        "## Data",
+        "## Metrics",
+        "## Calibration",
+        "## Preprocessing",
+        "## Training",
+        "## Limits",
+    ):
         assert heading in card
     meta = RunDir(trained_run).read_meta()
     for c in meta.classes:
@@ -140,8 +199,9 @@ def test_the_model_card(trained_run, cifar_hub):
 def test_export_hub_refuses_a_folder_holding_other_files(trained_run, tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    assert main(["export", str(trained_run), "--format", "hub", "--out",
-                 str(tmp_path / "mine")]) == 2  # fmt: skip
+    assert (
+        main(["export", str(trained_run), "--format", "hub", "--out", str(tmp_path / "mine")]) == 2
+    )
     assert "holds other files" in capsys.readouterr().err
 
 
@@ -164,8 +224,10 @@ def test_push_uploads_the_hub_folder(trained_run, monkeypatch, capsys, tmp_path)
         calls["create"] = (repo_id, kw)
 
     def upload_folder(self, repo_id, folder_path, **kw):
-        calls["upload"] = (repo_id, sorted(p.name for p in __import__("pathlib").Path(
-            folder_path).iterdir()))  # fmt: skip
+        calls["upload"] = (
+            repo_id,
+            sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir()),
+        )
         shutil.copytree(folder_path, tmp_path / "sent")
         return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
 
@@ -173,9 +235,10 @@ def test_push_uploads_the_hub_folder(trained_run, monkeypatch, capsys, tmp_path)
     monkeypatch.setattr(hub.HfApi, "upload_folder", upload_folder)
     assert main(["push", str(trained_run), "someone/digits", "--private"]) == 0
     assert "pushed someone/digits" in capsys.readouterr().out
-    assert calls["create"] == ("someone/digits", {"repo_type": "model", "private": True,
-                                                  "exist_ok": True})  # fmt: skip
-    assert calls["upload"] == ("someone/digits", ["README.md", "config.json",
-                                                  "model.safetensors"])  # fmt: skip
+    assert calls["create"] == (
+        "someone/digits",
+        {"repo_type": "model", "private": True, "exist_ok": True},
+    )
+    assert calls["upload"] == ("someone/digits", ["README.md", "config.json", "model.safetensors"])
     card = (tmp_path / "sent" / "README.md").read_text(encoding="utf-8")
     assert card.splitlines()[0] == "---" and "# someone/digits" in card

@@ -45,8 +45,9 @@ def imbalanced_folder(root: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     data = imbalanced_folder(tmp_path_factory.mktemp("imb") / "data")
-    cfg = DataConfig(data=str(data), input_size=8, preset="small", num_workers=0, val_ratio=0.0,
-                     batch_size=32)  # fmt: skip
+    cfg = DataConfig(
+        data=str(data), input_size=8, preset="small", num_workers=0, val_ratio=0.0, batch_size=32
+    )
     return build_pipeline(cfg)
 
 

@@ -18,9 +18,19 @@ CLASSES = {"a": 9, "b": 9, "c": 6}
 
 
 def _cfg(data, **kw) -> TrainConfig:
-    return TrainConfig(data=str(data), model="resnet20", model_kwargs={"widths": [4, 4, 4]},
-                       input_size=16, preset="small", epochs=1, batch_size=4, num_workers=0,
-                       test_ratio=0.0, warmup_epochs=0.0, **kw)  # fmt: skip
+    return TrainConfig(
+        data=str(data),
+        model="resnet20",
+        model_kwargs={"widths": [4, 4, 4]},
+        input_size=16,
+        preset="small",
+        epochs=1,
+        batch_size=4,
+        num_workers=0,
+        test_ratio=0.0,
+        warmup_epochs=0.0,
+        **kw,
+    )
 
 
 def test_folds_are_stratified_and_seeded():
@@ -53,8 +63,11 @@ def test_three_folds_resume_after_one_is_stopped(tmp_path):
     saved = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
     assert saved["best_run"] == r["best_run"]
     # Every image validated exactly once across the folds.
-    rows = [line.split(",") for k in range(3)
-            for line in (out / f"fold-{k}.csv").read_text().splitlines()[1:]]  # fmt: skip
+    rows = [
+        line.split(",")
+        for k in range(3)
+        for line in (out / f"fold-{k}.csv").read_text().splitlines()[1:]
+    ]
     val = sorted(r[0] for r in rows if r[2] == "val")
     assert len(val) == sum(CLASSES.values()) == len(set(val))
     # Finished folds are kept: a third call trains nothing.

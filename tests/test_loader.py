@@ -154,8 +154,10 @@ def test_folder_pipeline_workers_give_identical_batches(tmp_path, cache):
 
 def test_eval_loader_scores_every_sample(tmp_path):
     make_folder(tmp_path, {"a": 5, "b": 4})
-    pipe = build_pipeline(DataConfig(data=str(tmp_path), batch_size=4, val_ratio=0.0,
-                                     test_ratio=0.0, input_size=32), seed=0)  # fmt: skip
+    pipe = build_pipeline(
+        DataConfig(data=str(tmp_path), batch_size=4, val_ratio=0.0, test_ratio=0.0, input_size=32),
+        seed=0,
+    )
     ld = pipe.loader("train", train=False)
     assert sum(len(y) for _, y in ld) == 9
     train = pipe.loader("train", train=True)
@@ -215,8 +217,13 @@ def test_bicubic_evaluation_resize_equals_torchvision():
 
     from resnetlab.data.transforms import file_transform
 
-    reference = v2.Compose([v2.Resize(54, interpolation=InterpolationMode.BICUBIC),
-                            v2.CenterCrop(48), v2.PILToTensor()])  # fmt: skip
+    reference = v2.Compose(
+        [
+            v2.Resize(54, interpolation=InterpolationMode.BICUBIC),
+            v2.CenterCrop(48),
+            v2.PILToTensor(),
+        ]
+    )
     ours = file_transform("imagenet", 48, train=False, resize_size=54, interpolation="bicubic")
     bilinear = file_transform("imagenet", 48, train=False, resize_size=54)
     rng = np.random.default_rng(1)

@@ -24,8 +24,19 @@ from resnetlab.core import plots
 from resnetlab.core.fmt import table, width
 from resnetlab.data import load_source
 
-TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--batch-size", "8",
-        "--num-workers", "0", "--warmup-epochs", "0", "--no-precise-bn"]  # fmt: skip
+TINY = [
+    "--model",
+    "resnet20",
+    "--model-kwargs",
+    "widths=[4,8,8]",
+    "--batch-size",
+    "8",
+    "--num-workers",
+    "0",
+    "--warmup-epochs",
+    "0",
+    "--no-precise-bn",
+]
 CAFE_NFD = unicodedata.normalize("NFD", "café")
 CAFE_NFC = unicodedata.normalize("NFC", "café")
 
@@ -44,8 +55,22 @@ def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("small")
     data = make_folder(root / "data", {"a": 6, "b": 6}, size=(32, 32))
     out = root / "my runs" / "实验 一"
-    first = _run_cli(["train", "--data", str(data), *TINY, "--epochs", "2", "--max-steps", "1",
-                      "--out", str(out), "--name", "模型 1"])  # fmt: skip
+    first = _run_cli(
+        [
+            "train",
+            "--data",
+            str(data),
+            *TINY,
+            "--epochs",
+            "2",
+            "--max-steps",
+            "1",
+            "--out",
+            str(out),
+            "--name",
+            "模型 1",
+        ]
+    )
     run = out / "模型 1"
     second = _run_cli(["train", "--resume", str(run)])
     return {"data": data, "run": run, "first": first, "second": second}
@@ -81,10 +106,19 @@ def test_small_images_train_at_their_size(small_run):
 def test_imagenet_size_kept_with_weights(small_run, tmp_path):
     from resnetlab.train import Trainer, resolve_config
 
-    cfg = resolve_config({"data": str(small_run["data"]), "model": "resnet20",
-                          "model_kwargs": ["widths=[4,8,8]"], "batch_size": 8, "num_workers": 0,
-                          "weights": str(small_run["run"] / "model.safetensors"),
-                          "out": str(tmp_path), "name": "ft", "precise_bn": False})  # fmt: skip
+    cfg = resolve_config(
+        {
+            "data": str(small_run["data"]),
+            "model": "resnet20",
+            "model_kwargs": ["widths=[4,8,8]"],
+            "batch_size": 8,
+            "num_workers": 0,
+            "weights": str(small_run["run"] / "model.safetensors"),
+            "out": str(tmp_path),
+            "name": "ft",
+            "precise_bn": False,
+        }
+    )
     trainer = Trainer(cfg, verbose=False)
     assert (trainer.data.input_size, trainer.data.preset) == (224, "imagenet")
     assert trainer.data.size_note == ""
@@ -177,8 +211,19 @@ def test_predict_names_every_odd_input(small_run, tmp_path, monkeypatch):
     writer.start()
     monkeypatch.setattr(sys, "stdin", _Stdin(_png_bytes((30, 30, 200))))
     url = "https://example.com/cat.jpg"
-    status, out, err = _run_cli(["predict", str(small_run["run"]), str(folder), "-", str(fifo),
-                                 url, "--backend", "torch", "--json"])  # fmt: skip
+    status, out, err = _run_cli(
+        [
+            "predict",
+            str(small_run["run"]),
+            str(folder),
+            "-",
+            str(fifo),
+            url,
+            "--backend",
+            "torch",
+            "--json",
+        ]
+    )
     writer.join(5)
     rows = {r["path"]: r for r in json.loads(out)}
     assert status == 1, err

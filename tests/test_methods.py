@@ -91,9 +91,27 @@ def test_distillation_resumes_bit_exactly(tmp_path, folder, teacher):
 
 
 def test_teacher_of_other_classes_is_one_line(tmp_path, folder, trained_run, capsys):
-    code = main(["train", "--data", str(folder), "--model", "resnet20", "--model-kwargs",
-                 "widths=[4,8,8]", "--epochs", "1", "--teacher", str(trained_run), "--out",
-                 str(tmp_path), "--name", "x", "--num-workers", "0"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--data",
+            str(folder),
+            "--model",
+            "resnet20",
+            "--model-kwargs",
+            "widths=[4,8,8]",
+            "--epochs",
+            "1",
+            "--teacher",
+            str(trained_run),
+            "--out",
+            str(tmp_path),
+            "--name",
+            "x",
+            "--num-workers",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "predicts 10 classes, the data has 3" in err and "'红'" in err
@@ -155,8 +173,20 @@ def test_average_makes_a_loadable_run(tmp_path, folder, teacher, capsys):
             assert torch.allclose(v, (a[k] + b[k]) / 2, atol=1e-7), k
     assert main(["evaluate", str(out), "--backend", "torch"]) == 0
     # Without data known, --bn average says so; other classes are refused in one line.
-    assert main(["average", str(teacher / "model.safetensors"), str(other / "checkpoint-best.pt"),
-                 "--out", str(tmp_path / "soup2"), "--bn", "average"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "average",
+                str(teacher / "model.safetensors"),
+                str(other / "checkpoint-best.pt"),
+                "--out",
+                str(tmp_path / "soup2"),
+                "--bn",
+                "average",
+            ]
+        )
+        == 0
+    )
     assert "averaged over the members (--bn average)" in capsys.readouterr().out
     with pytest.raises(AssertionError):  # the members' mean is not the average's statistics
         _assert_bn_matches_weights(tmp_path / "soup2")
@@ -182,8 +212,11 @@ def test_tta_is_the_mean_of_the_augmented_passes(trained_run):
     assert torch.allclose(flip.logits(x), want, atol=1e-6)
     crops = Predictor(trained_run, backend="torch", precision="fp32", tta="flip-crops")
     # 10 views: each of the image and its mirror, centred and moved 4 px to each corner.
-    passes = [one(shifted(v, dy, dx)) for v in (inputs, inputs.flip(3))
-              for dy, dx in [(0, 0), (-4, -4), (-4, 4), (4, -4), (4, 4)]]  # fmt: skip
+    passes = [
+        one(shifted(v, dy, dx))
+        for v in (inputs, inputs.flip(3))
+        for dy, dx in [(0, 0), (-4, -4), (-4, 4), (4, -4), (4, 4)]
+    ]
     assert torch.allclose(crops.logits(x), torch.stack(passes).mean(0), atol=1e-5)
     # Calibrated once: the temperature applies to the mean logit.
     t = plain.temperature

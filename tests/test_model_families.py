@@ -25,9 +25,15 @@ TIMM_TWINS = [n for n in list_models() if get_model_entry(n).timm_name]
 # One of each block type, stem and option that timm shares with us; the rest differ only in
 # depth and width, and their keys and shapes are checked against timm for every name below.
 TIMM_OUTPUTS = [
-    "resnet18d", "resnet50d", "seresnet18", "seresnet50", "seresnext26d_32x4d",
-    "seresnext26t_32x4d", "preact_resnet18", "preact_resnet50",
-]  # fmt: skip
+    "resnet18d",
+    "resnet50d",
+    "seresnet18",
+    "seresnet50",
+    "seresnext26d_32x4d",
+    "seresnext26t_32x4d",
+    "preact_resnet18",
+    "preact_resnet50",
+]
 
 
 def _timm():
@@ -104,9 +110,9 @@ def test_timm_same_padding_conv_is_ours():
 
 
 @pytest.mark.parametrize(
-    "name", ["preact_resnet18", "preact_resnet20", "seresnet18", "seresnext26d_32x4d",
-             "resnet18d"],
-)  # fmt: skip
+    "name",
+    ["preact_resnet18", "preact_resnet20", "seresnet18", "seresnext26d_32x4d", "resnet18d"],
+)
 def test_onnx_export_matches_torch(name):
     """One model per new builder and block type (deeper ones repeat the same modules)."""
     ort = pytest.importorskip("onnxruntime")
@@ -147,8 +153,10 @@ def test_timm_names_map_to_ours():
     assert model_for_timm_name("vit_base_patch16_224") is None
     entry = get_model_entry("preact_resnet50")
     assert (entry.family, entry.input_size, entry.default_num_classes) == (
-        "imagenet", (3, 224, 224), 1000
-    )  # fmt: skip
+        "imagenet",
+        (3, 224, 224),
+        1000,
+    )
 
 
 def _weighted(model: nn.Module) -> int:
@@ -181,8 +189,14 @@ def test_preact_cifar_structure():
     assert model.layer1[0].downsample[0].out_channels == 64
     keys = list(model.state_dict())
     assert keys[:3] == ["conv1.weight", "layer1.0.downsample.0.weight", "layer1.0.bn1.weight"]
-    assert keys[-6:] == ["bn.bias", "bn.running_mean", "bn.running_var",
-                         "bn.num_batches_tracked", "fc.weight", "fc.bias"]  # fmt: skip
+    assert keys[-6:] == [
+        "bn.bias",
+        "bn.running_mean",
+        "bn.running_var",
+        "bn.num_batches_tracked",
+        "fc.weight",
+        "fc.bias",
+    ]
     a = create_model("preact_resnet20", shortcut="A")
     assert not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in a.modules())
     with pytest.raises(ValueError, match="9n\\+2"):

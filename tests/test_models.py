@@ -53,9 +53,17 @@ def test_parameter_groups_hold_every_parameter_once(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["resnet18", "resnet50", "resnet20", "plain20", "resnet50d", "seresnet18", "preact_resnet18",
-     "preact_resnet20"],
-)  # fmt: skip
+    [
+        "resnet18",
+        "resnet50",
+        "resnet20",
+        "plain20",
+        "resnet50d",
+        "seresnet18",
+        "preact_resnet18",
+        "preact_resnet20",
+    ],
+)
 def test_feature_api(name):
     model = create_model(name, num_classes=5, in_chans=1).eval()
     x = torch.randn(3, 1, 32, 32)
@@ -146,9 +154,15 @@ def _count(model: nn.Module) -> int:
 
 @pytest.mark.parametrize(
     "depth, params",
-    [(20, 269_722), (32, 464_154), (44, 658_586), (56, 853_018), (110, 1_727_962),
-     (1202, 19_421_274)],
-)  # fmt: skip
+    [
+        (20, 269_722),
+        (32, 464_154),
+        (44, 658_586),
+        (56, 853_018),
+        (110, 1_727_962),
+        (1202, 19_421_274),
+    ],
+)
 def test_cifar_parameter_counts_match_paper(depth, params):
     with torch.device("meta"):
         assert _count(create_model(f"resnet{depth}", num_classes=10)) == params
@@ -202,8 +216,9 @@ def test_dilation_keeps_resolution():
 
 def test_zero_init_residual_and_normal_init():
     model = create_model("resnet50", zero_init_residual=True)
-    assert all(b.bn3.weight.abs().sum() == 0 for layer in [model.layer1, model.layer4]
-               for b in layer)  # fmt: skip
+    assert all(
+        b.bn3.weight.abs().sum() == 0 for layer in [model.layer1, model.layer4] for b in layer
+    )
     basic = create_model("resnet20", zero_init_residual=True)
     assert basic.layer3[2].bn2.weight.abs().sum() == 0
 
@@ -226,8 +241,14 @@ def test_resnet50d_structure():
     model = create_model("resnet50d")
     assert _count(model) == 25_576_264  # the figure timm reports for resnet50d
     assert [type(m).__name__ for m in model.conv1] == [
-        "Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU", "Conv2d"
-    ]  # fmt: skip
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "Conv2d",
+    ]
     assert isinstance(model.layer2[0].downsample[0], nn.AvgPool2d)
     assert model.layer2[0].downsample[1].stride == (1, 1)
     # At stride 1 the pooling slot stays, as an identity: the projection is downsample.1/.2

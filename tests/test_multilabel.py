@@ -78,8 +78,9 @@ def test_thresholds_are_where_f1_is_highest():
 def test_chance_map_is_the_label_frequency_and_rows_follow_thresholds():
     truth = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])
     assert chance_map(truth) == pytest.approx((0.75 + 0.25) / 2)
-    rows = label_rows(torch.tensor([[0.9, 0.4, 0.2], [0.1, 0.2, 0.3]]), ["a", "b", "c"],
-                      [0.5, 0.35, 0.5], topk=5)  # fmt: skip
+    rows = label_rows(
+        torch.tensor([[0.9, 0.4, 0.2], [0.1, 0.2, 0.3]]), ["a", "b", "c"], [0.5, 0.35, 0.5], topk=5
+    )
     assert [r["label"] for r in rows[0]] == ["a", "b"] and rows[1] == []
 
 
@@ -129,8 +130,9 @@ def test_listing_mistakes_are_refused_with_the_line(tmp_path):
     rows = listing.read_text(encoding="utf-8").splitlines()
     # Commas instead of | between labels: never a silently lost label.
     commas = tmp_path / "commas.csv"
-    commas.write_text("\n".join([rows[0], *(r.replace("|", ",") for r in rows[1:])]) + "\n",
-                      encoding="utf-8")  # fmt: skip
+    commas.write_text(
+        "\n".join([rows[0], *(r.replace("|", ",") for r in rows[1:])]) + "\n", encoding="utf-8"
+    )
     with pytest.raises(DataError, match=r"line \d+ .*separated by \|, not commas"):
         load_source(f"csv:{commas}", task="multilabel")
     # A split for some images but not for others.
@@ -167,13 +169,26 @@ def test_balanced_sampler_and_class_weights_are_refused_for_multilabel(tmp_path)
     from resnetlab.train import Trainer, resolve_config
 
     listing = make_multilabel(tmp_path, n=40)
-    cfg = DataConfig(data=f"csv:{listing}", task="multilabel", input_size=16, preset="cifar",
-                     num_workers=0, batch_size=8)  # fmt: skip
+    cfg = DataConfig(
+        data=f"csv:{listing}",
+        task="multilabel",
+        input_size=16,
+        preset="cifar",
+        num_workers=0,
+        batch_size=8,
+    )
     with pytest.raises(DataError, match="--sampler balanced"):
         build_pipeline(cfg).loader("train", train=True, sampler="balanced")
-    run_cfg = resolve_config(dict(data=f"csv:{listing}", task="multilabel", input_size=16,
-                                  class_weights="auto", out=str(tmp_path / "r"),
-                                  num_workers=0))  # fmt: skip
+    run_cfg = resolve_config(
+        dict(
+            data=f"csv:{listing}",
+            task="multilabel",
+            input_size=16,
+            class_weights="auto",
+            out=str(tmp_path / "r"),
+            num_workers=0,
+        )
+    )
     with pytest.raises(ConfigError, match="--class-weights"):
         Trainer(run_cfg, verbose=False)
 
@@ -182,17 +197,46 @@ def test_balanced_sampler_and_class_weights_are_refused_for_multilabel(tmp_path)
 
 # Seed 1: the int8 check allows 1 point of mAP on 36 test images, which one seed in several of
 # this small model misses by chance (seed 0 since the held-out images are resized as predict's).
-TRAIN = ["--task", "multilabel", "--model", "resnet20", "--input-size", "32", "--preset",
-         "cifar", "--epochs", "8", "--batch-size", "32", "--num-workers", "0",
-         "--seed", "1"]  # fmt: skip
+TRAIN = [
+    "--task",
+    "multilabel",
+    "--model",
+    "resnet20",
+    "--input-size",
+    "32",
+    "--preset",
+    "cifar",
+    "--epochs",
+    "8",
+    "--batch-size",
+    "32",
+    "--num-workers",
+    "0",
+    "--seed",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
 def ml_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("multilabel")
     listing = make_multilabel(root / "data", n=240, split=True)
-    assert main(["train", "--data", f"csv:{listing}", *TRAIN, "--out", str(root / "runs"),
-                 "--name", "ml", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                f"csv:{listing}",
+                *TRAIN,
+                "--out",
+                str(root / "runs"),
+                "--name",
+                "ml",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return root / "runs" / "ml", listing
 
 
@@ -220,10 +264,18 @@ def test_every_label_above_its_threshold_by_default_and_topk_caps(tmp_path):
 
     names = [f"l{i}" for i in range(7)]
     model = create_model("resnet20", num_classes=7, widths=[4, 8, 8])
-    meta = ModelMeta(model="resnet20", num_classes=7, in_chans=3, classes=names,
-                     input_size=[3, 32, 32], mean=[0.5] * 3, std=[0.25] * 3,
-                     model_kwargs={"widths": [4, 8, 8]}, task="multilabel",
-                     thresholds=[0.5] * 6 + [0.95])  # fmt: skip
+    meta = ModelMeta(
+        model="resnet20",
+        num_classes=7,
+        in_chans=3,
+        classes=names,
+        input_size=[3, 32, 32],
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        model_kwargs={"widths": [4, 8, 8]},
+        task="multilabel",
+        thresholds=[0.5] * 6 + [0.95],
+    )
     save_bundle(model, meta, tmp_path)
     p = Predictor(tmp_path, backend="torch")
     probs = torch.full((1, 7), 0.9)

@@ -33,8 +33,9 @@ EXPECTED = {
 def run_notebook(name: str, folder: Path, timeout: int = 300):
     """``examples/NAME`` executed in a fresh kernel with ``folder`` as its working folder."""
     book = nbformat.read(EXAMPLES / name, as_version=4)
-    client = nbclient.NotebookClient(book, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": str(folder)}})  # fmt: skip
+    client = nbclient.NotebookClient(
+        book, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    )
     client.execute()
     return book
 

@@ -16,13 +16,14 @@ from resnetlab.inference.loading import load_model
 ov = pytest.importorskip("openvino")
 
 
-def test_the_ir_gives_pytorchs_logits_and_carries_its_preprocessing(trained_run, tmp_path,
-                                                                    capsys):  # fmt: skip
+def test_the_ir_gives_pytorchs_logits_and_carries_its_preprocessing(trained_run, tmp_path, capsys):
     from resnetlab.inference.openvino_ir import read_rt_info
 
     out = tmp_path / "ir" / "model.xml"
-    assert main(["export", str(trained_run), "--format", "openvino", "--out", str(out),
-                 "--verify"]) == 0  # fmt: skip
+    assert (
+        main(["export", str(trained_run), "--format", "openvino", "--out", str(out), "--verify"])
+        == 0
+    )
     said = capsys.readouterr().out
     assert f"wrote {out} (+ .bin" in said and "verified real images: max |difference|" in said
     assert "bf16" in said
@@ -60,8 +61,7 @@ def test_int8_ir_and_the_default_place(trained_run, tmp_path, capsys):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    assert main(["export", str(run), "--format", "openvino", "--int8", "--calibration",
-                 "16"]) == 0  # fmt: skip
+    assert main(["export", str(run), "--format", "openvino", "--int8", "--calibration", "16"]) == 0
     said = capsys.readouterr().out
     assert (run / "model.xml").is_file() and (run / "model.int8.xml").is_file()
     assert "int8; calibrated on 16 train images" in said
@@ -80,6 +80,10 @@ def test_other_files_are_left_alone(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--format", "openvino", "--out", str(theirs)]) == 2
     assert "not a resnetlab export" in capsys.readouterr().err
     assert theirs.read_text() == "<net/>"
-    assert main(["export", str(trained_run), "--format", "openvino", "--out",
-                 str(tmp_path / "m.onnx")]) == 2  # fmt: skip
+    assert (
+        main(
+            ["export", str(trained_run), "--format", "openvino", "--out", str(tmp_path / "m.onnx")]
+        )
+        == 2
+    )
     assert "an OpenVINO IR is an .xml file" in capsys.readouterr().err

@@ -54,8 +54,13 @@ def test_device_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(precision, "_mps_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") == resolve_device(None)
-    for spec, words in [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "MPS"),
-                        ("tpu", "is not one of"), ("cuda:x", "is not one of")]:  # fmt: skip
+    for spec, words in [
+        ("cuda", "no CUDA GPU"),
+        ("cuda:1", "no CUDA GPU"),
+        ("mps", "MPS"),
+        ("tpu", "is not one of"),
+        ("cuda:x", "is not one of"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             resolve_device(spec)
     monkeypatch.setattr(precision, "_mps_available", lambda: True)
@@ -79,9 +84,15 @@ def test_precision_on_mps_and_unknown_names():
 
 @pytest.mark.parametrize(
     "argv",
-    [["train"], ["evaluate", "RUN"], ["predict", "RUN", "x.jpg"], ["serve", "RUN"],
-     ["experiment", "degradation"], ["tune"]],
-)  # fmt: skip
+    [
+        ["train"],
+        ["evaluate", "RUN"],
+        ["predict", "RUN", "x.jpg"],
+        ["serve", "RUN"],
+        ["experiment", "degradation"],
+        ["tune"],
+    ],
+)
 def test_every_command_that_runs_a_model_takes_device(argv):
     from resnetlab.cli.parser import build_parser
 

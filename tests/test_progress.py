@@ -56,13 +56,38 @@ def test_training_prints_periodic_lines_when_stderr_is_a_file(tmp_path):
     """`train` with stderr to a file (nohup, CI): step, loss, images/s and ETA lines between
     the header and the end of the epoch, not only at its end."""
     err = tmp_path / "train.log"
-    argv = [sys.executable, "-m", "resnetlab", "train", "--data", "digits", "--model",
-            "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1", "--max-steps",
-            "6", "--num-workers", "0", "--no-precise-bn", "--out", str(tmp_path), "--name",
-            "r"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "resnetlab",
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "resnet20",
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "6",
+        "--num-workers",
+        "0",
+        "--no-precise-bn",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "r",
+    ]
     with open(err, "w") as f:
-        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=f, text=True, timeout=600,
-                           env={**os.environ, "RESNETLAB_PROGRESS_SECONDS": "0"})  # fmt: skip
+        p = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=f,
+            text=True,
+            timeout=600,
+            env={**os.environ, "RESNETLAB_PROGRESS_SECONDS": "0"},
+        )
     text = err.read_text()
     assert p.returncode == 0, text
     steps = [line for line in text.splitlines() if line.startswith("epoch 1/1  ")]
@@ -83,8 +108,9 @@ def images(tmp_path, trained_run):
     return paths
 
 
-def test_predict_csv_file_is_written_as_rows_are_done(trained_run, images, tmp_path, capsys,
-                                                      monkeypatch):  # fmt: skip
+def test_predict_csv_file_is_written_as_rows_are_done(
+    trained_run, images, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "out.csv"
     seen = []
     real = Predictor.iter_predict_paths
@@ -105,15 +131,15 @@ def test_predict_csv_file_is_written_as_rows_are_done(trained_run, images, tmp_p
     assert capsys.readouterr().out == out.read_bytes().decode("utf-8")
 
 
-def test_predict_json_file_and_the_flags_beside_the_images(trained_run, images, tmp_path,
-                                                           capsys):  # fmt: skip
+def test_predict_json_file_and_the_flags_beside_the_images(trained_run, images, tmp_path, capsys):
     out = tmp_path / "rows.json"
     run, torch_ = ["predict", str(trained_run)], ["--backend", "torch"]
     assert main([*run, *images, "--json", str(out), *torch_]) == 0
     rows = json.loads(out.read_text(encoding="utf-8"))
     direct = Predictor(trained_run, backend="torch").predict_paths(images)
-    assert out.read_text(encoding="utf-8") == json.dumps(direct, indent=2,
-                                                         ensure_ascii=False) + "\n"  # fmt: skip
+    assert (
+        out.read_text(encoding="utf-8") == json.dumps(direct, indent=2, ensure_ascii=False) + "\n"
+    )
     assert [r["path"] for r in rows] == images
     capsys.readouterr()
     # `--json IMAGE IMAGE ...`: the images are inputs, the rows go to standard output.
@@ -125,8 +151,7 @@ def test_predict_json_file_and_the_flags_beside_the_images(trained_run, images, 
     assert json.loads(capsys.readouterr().out)[0]["path"] == images[0]
 
 
-def test_predict_rows_come_in_order_from_several_streams_and_stop_when_left(trained_run,
-                                                                             images):  # fmt: skip
+def test_predict_rows_come_in_order_from_several_streams_and_stop_when_left(trained_run, images):
     p = Predictor(trained_run, backend="torch", batch_size=1, streams=2)
     paths = images * 3
     rows = p.iter_predict_paths(paths, topk=1)
@@ -140,11 +165,26 @@ def test_predict_rows_come_in_order_from_several_streams_and_stop_when_left(trai
     assert len(decoded) < 10
 
 
-def test_predict_and_stats_show_progress_in_a_log(trained_run, images, tmp_path, capsys,
-                                                  monkeypatch):  # fmt: skip
+def test_predict_and_stats_show_progress_in_a_log(
+    trained_run, images, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("RESNETLAB_PROGRESS_SECONDS", "0")
-    assert main(["predict", str(trained_run), *images, "--backend", "torch", "--csv",
-                 str(tmp_path / "o.csv"), "--batch-size", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(trained_run),
+                *images,
+                "--backend",
+                "torch",
+                "--csv",
+                str(tmp_path / "o.csv"),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "predict  2/7 images (29%)" in err and "ETA" in err
     folder = Path(images[0]).parent / "folder"

@@ -25,9 +25,11 @@ def quick(monkeypatch):
         "candidates",
         lambda device, precision="auto": [("torch", "fp32"), ("onnx", "fp32")],
     )
-    monkeypatch.setattr(backend_choice, "_images_per_second",
-                        lambda runs, seconds: [{"torch": 1.0, "onnx": 2.0}[b.name]
-                                               for b, _ in runs])  # fmt: skip
+    monkeypatch.setattr(
+        backend_choice,
+        "_images_per_second",
+        lambda runs, seconds: [{"torch": 1.0, "onnx": 2.0}[b.name] for b, _ in runs],
+    )
 
 
 @pytest.fixture
@@ -54,7 +56,8 @@ def test_predict_caches_in_the_users_cache_folder(ro, trained_run, tmp_path, cap
     assert json.loads(out)[0]["error"] is None
     key = {p.split(os.sep)[0] for p in _cache_files()}
     assert len(key) == 1 and {"backend.json", "model.onnx"} <= {
-        p.split(os.sep, 1)[1] for p in _cache_files()}  # fmt: skip
+        p.split(os.sep, 1)[1] for p in _cache_files()
+    }
     assert "backend onnx fp32" in err and f"{ro} cannot be written" in err
     assert sorted(os.listdir(trained_run)) == before  # nothing written into the run
     # The second time: measured once, cached; the same answer.
@@ -75,8 +78,9 @@ def test_serve_answers_from_a_read_only_run(ro, tmp_path):
     assert predictor.backend.name == "onnx"
     with TestClient(create_app(predictor)) as client:
         assert client.get("/health").status_code == 200
-        r = client.post("/predict", content=_image(tmp_path).read_bytes(),
-                        headers={"Content-Type": "image/png"})  # fmt: skip
+        r = client.post(
+            "/predict", content=_image(tmp_path).read_bytes(), headers={"Content-Type": "image/png"}
+        )
         assert r.status_code == 200, r.text
         assert len(r.json()["topk"]) == 5
 
@@ -84,8 +88,10 @@ def test_serve_answers_from_a_read_only_run(ro, tmp_path):
 def test_evaluate_needs_out_and_then_works(ro, tmp_path, capsys):
     assert main(["evaluate", str(ro)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"resnetlab evaluate: error: {ro / 'eval-test'} cannot be written (Read-only "
-                   "file system): give --out DIR for the evaluation files")  # fmt: skip
+    assert err == (
+        f"resnetlab evaluate: error: {ro / 'eval-test'} cannot be written (Read-only "
+        "file system): give --out DIR for the evaluation files"
+    )
     out = tmp_path / "evaluation"
     assert main(["evaluate", str(ro), "--out", str(out), "--backend", "torch"]) == 0
     assert "top-1" in capsys.readouterr().out

@@ -36,10 +36,16 @@ def _draw_all(tmp_path, classes=CLASSES, title="resnet20 · 中药 12 类"):
     ]
     plots.plot_top_losses(images, items, tmp_path / "top.png")
     history = [
-        {"epoch": e, "lr": 0.1 / e, "train_loss": 1 / e, "val_loss": 1.2 / e,
-         "train_top1": 0.3 * e, "val_top1": 0.25 * e}
+        {
+            "epoch": e,
+            "lr": 0.1 / e,
+            "train_loss": 1 / e,
+            "val_loss": 1.2 / e,
+            "train_top1": 0.3 * e,
+            "val_top1": 0.25 * e,
+        }
         for e in (1, 2, 3)
-    ]  # fmt: skip
+    ]
     plots.plot_curves(history, tmp_path / "curves.png", title)
 
 
@@ -104,8 +110,17 @@ def test_top_loss_titles_stay_clear_of_the_row_above():
 
 def test_curves_label_whole_epochs_only():
     plt = plots._plt()
-    history = [{"epoch": e, "lr": 0.1, "train_loss": 1.0, "val_loss": 1.0, "train_top1": 0.5,
-                "val_top1": 0.5} for e in (1, 2)]  # fmt: skip
+    history = [
+        {
+            "epoch": e,
+            "lr": 0.1,
+            "train_loss": 1.0,
+            "val_loss": 1.0,
+            "train_top1": 0.5,
+            "val_top1": 0.5,
+        }
+        for e in (1, 2)
+    ]
     fig = plots.curves_figure(history)
     try:
         fig.canvas.draw()
@@ -123,11 +138,21 @@ def report(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("zh")
     data = make_folder(root / "data", {c: 8 for c in CLASSES}, size=(36, 36))
-    cfg = resolve_config(dict(
-        data=str(data), model="resnet20", model_kwargs={"widths": [4, 8, 8]}, input_size=32,
-        epochs=2, batch_size=8, out=str(root / "runs"), name="zh", num_workers=0,
-        val_ratio=0.25, test_ratio=0.25,
-    ))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data=str(data),
+            model="resnet20",
+            model_kwargs={"widths": [4, 8, 8]},
+            input_size=32,
+            epochs=2,
+            batch_size=8,
+            out=str(root / "runs"),
+            name="zh",
+            num_workers=0,
+            val_ratio=0.25,
+            test_ratio=0.25,
+        )
+    )
     Trainer(cfg, verbose=False).fit()
     return build_report(root / "runs" / "zh")
 

@@ -38,12 +38,24 @@ def herbs(tmp_path_factory):
     optimizer), one stopped by --max-steps, one failed by an error in its epoch callback."""
     root = tmp_path_factory.mktemp("runs")
     data = make_folder(root / "data", CLASSES, size=(32, 32))
-    base = dict(data=str(data), model="resnet20", model_kwargs={"widths": [4, 8, 8]},
-                epochs=2, batch_size=8, num_workers=0, precise_bn=False, val_ratio=0.25,
-                test_ratio=0.25, out=str(root / "runs"), precision="fp32")  # fmt: skip
+    base = dict(
+        data=str(data),
+        model="resnet20",
+        model_kwargs={"widths": [4, 8, 8]},
+        epochs=2,
+        batch_size=8,
+        num_workers=0,
+        precise_bn=False,
+        val_ratio=0.25,
+        test_ratio=0.25,
+        out=str(root / "runs"),
+        precision="fp32",
+    )
     Trainer(resolve_config(dict(base, name="sgd", lr=0.05)), verbose=False).fit()
-    Trainer(resolve_config(dict(base, name="adamw", optimizer="adamw", lr=0.003, epochs=3)),
-            verbose=False).fit()  # fmt: skip
+    Trainer(
+        resolve_config(dict(base, name="adamw", optimizer="adamw", lr=0.003, epochs=3)),
+        verbose=False,
+    ).fit()
     with pytest.raises(RunStopped):
         Trainer(resolve_config(dict(base, name="stopped", max_steps=1)), verbose=False).fit()
 
@@ -84,8 +96,20 @@ def test_runs_table_names_every_column_and_why_a_run_failed(herbs, capsys):
     assert main(["runs", str(herbs)]) == 0
     out = capsys.readouterr().out
     head = out.splitlines()[0].split()
-    assert head == ["run", "model", "data", "task", "epochs", "best", "val", "test",
-                    "calibration", "time", "date", "state"]  # fmt: skip
+    assert head == [
+        "run",
+        "model",
+        "data",
+        "task",
+        "epochs",
+        "best",
+        "val",
+        "test",
+        "calibration",
+        "time",
+        "date",
+        "state",
+    ]
     assert "4 run(s): " in out and "2 finished" in out and "1 stopped" in out
     assert "failed: RuntimeError: the disk of the metrics server is full" in out
     assert "T " in out and "ECE " in out  # the calibration column
@@ -113,8 +137,9 @@ def test_runs_sorts_and_filters(herbs, capsys):
     names = [r["name"] for r in _rows(herbs, "--sort", "name", capsys=capsys)]
     assert names == sorted(names)
     assert [r["name"] for r in _rows(herbs, "--sort=-name", capsys=capsys)] == names[::-1]
-    assert [r["name"] for r in _rows(herbs, "--sort", "name", "--reverse",
-                                     capsys=capsys)] == names[::-1]  # fmt: skip
+    assert [r["name"] for r in _rows(herbs, "--sort", "name", "--reverse", capsys=capsys)] == names[
+        ::-1
+    ]
     # runs without the value (no test score) come last, whichever way
     for order in ("test", "-test"):
         rows = _rows(herbs, f"--sort={order}", capsys=capsys)
@@ -145,8 +170,12 @@ def test_runs_refuses_a_filter_or_sort_on_a_key_no_run_has(herbs, capsys):
 
 
 def test_filter_values():
-    row = {"name": "a", "test": 0.91, "state": "finished", "config": {"lr": 0.1,
-           "nesterov": True, "milestones": [0.5, 0.75]}}  # fmt: skip
+    row = {
+        "name": "a",
+        "test": 0.91,
+        "state": "finished",
+        "config": {"lr": 0.1, "nesterov": True, "milestones": [0.5, 0.75]},
+    }
     assert parse_filter("test>90%")(row) and not parse_filter("test>=92%")(row)
     assert parse_filter("nesterov=true")(row) and parse_filter("lr=0.1")(row)
     assert parse_filter("milestones~0.75")(row)
@@ -190,10 +219,16 @@ def test_compare_json_and_per_class_from_a_saved_evaluation(herbs, tmp_path, cap
     shutil.copytree(herbs / "adamw", b)
     saved = RunDir(a).eval_dir("test")
     saved.mkdir()
-    (saved / "metrics.json").write_text(json.dumps({
-        "split": "test", "f1_macro": 0.5,
-        "per_class": {n: {"f1": 0.25, "recall": 0.5} for n in CLASSES},
-    }), encoding="utf-8")  # fmt: skip
+    (saved / "metrics.json").write_text(
+        json.dumps(
+            {
+                "split": "test",
+                "f1_macro": 0.5,
+                "per_class": {n: {"f1": 0.25, "recall": 0.5} for n in CLASSES},
+            }
+        ),
+        encoding="utf-8",
+    )
     assert main(["compare", str(a), str(b), "--json", "--no-evaluate"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["labels"] == ["a", "b"] and r["split"] == "test"
@@ -234,13 +269,25 @@ def test_sparkline():
 
 def test_compare_page_is_self_contained_and_renders_chinese_names(herbs, tmp_path, capsys):
     page_path = tmp_path / "compare.html"
-    assert main(["compare", str(herbs / "sgd"), str(herbs / "adamw"), "--html",
-                 str(page_path), "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "compare",
+                str(herbs / "sgd"),
+                str(herbs / "adamw"),
+                "--html",
+                str(page_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert f"wrote {page_path}" in capsys.readouterr().out
     page = page_path.read_text(encoding="utf-8")
     assert "<script" not in page and "http://" not in page.replace(
         'xmlns="http://www.w3.org/2000/svg"', ""
-    )  # fmt: skip
+    )
     assert "https://" not in page and " src=" not in page  # nothing to fetch
     for name in CLASSES:
         assert name in page
@@ -254,8 +301,14 @@ def test_compare_page_is_self_contained_and_renders_chinese_names(herbs, tmp_pat
     with chrome_driver(1200, 1600) as driver:
         driver.get(page_path.as_uri())
         headings = [h.text for h in driver.find_elements("css selector", "h2")]
-        assert headings == ["Runs", "Settings that differ", "Metrics", "Learning curves",
-                            "Per-class F1 on test", "Full settings"]  # fmt: skip
+        assert headings == [
+            "Runs",
+            "Settings that differ",
+            "Metrics",
+            "Learning curves",
+            "Per-class F1 on test",
+            "Full settings",
+        ]
         charts = driver.find_elements("css selector", "svg")
         assert len(charts) == 3
         assert all(c.size["width"] > 300 for c in charts)

@@ -72,8 +72,9 @@ raise SystemExit(main())
 """
 
 
-@pytest.mark.parametrize(("argv", "status"), [(["models", "resnet1*", "--json"], 0),
-                                               (["models", "nothing-like-it"], 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("argv", "status"), [(["models", "resnet1*", "--json"], 0), (["models", "nothing-like-it"], 2)]
+)
 def test_a_quick_command_ends_without_teardown_yet_complete(argv, status):
     # As the program (`__main__.main` is cli.main), a quick command ends with os._exit after
     # the threads and exit handlers: everything it printed is out, its status kept.

@@ -24,8 +24,16 @@ from resnetlab.train import Trainer, resolve_config
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    cfg = resolve_config(dict(model="resnet20", model_kwargs={"widths": [4, 8, 8]}, epochs=1,
-                              out=str(root), name="digits", num_workers=0))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            model="resnet20",
+            model_kwargs={"widths": [4, 8, 8]},
+            epochs=1,
+            out=str(root),
+            name="digits",
+            num_workers=0,
+        )
+    )
     Trainer(cfg, verbose=False).fit()
     return root / "digits"
 
@@ -39,10 +47,19 @@ def _free_port() -> int:
 class Server:
     def __init__(self, run, *extra, env=None):
         self.port = _free_port()
-        cmd = [sys.executable, "-m", "resnetlab", "serve", str(run), "--port", str(self.port),
-               *extra]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "resnetlab",
+            "serve",
+            str(run),
+            "--port",
+            str(self.port),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         self.banner = self.proc.stdout.readline()
         # Its log, read as it comes: a full pipe would stall the server.
         self.log: list[str] = []
@@ -169,8 +186,13 @@ def test_body_cap_with_length_and_chunked(server):
             yield b"\0" * 2**20
 
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    conn.request("POST", "/predict", body=chunks(), encode_chunked=True,
-                 headers={"Transfer-Encoding": "chunked", "Content-Type": "image/png"})  # fmt: skip
+    conn.request(
+        "POST",
+        "/predict",
+        body=chunks(),
+        encode_chunked=True,
+        headers={"Transfer-Encoding": "chunked", "Content-Type": "image/png"},
+    )
     resp = conn.getresponse()
     assert resp.status == 413
     conn.close()
@@ -211,9 +233,11 @@ def test_413_reaches_a_client_that_sends_the_whole_body_first(server):
     reads and drops the rest of a refused body so that such a client sees the 413 instead of
     a connection reset."""
     req = urllib.request.Request(
-        f"http://127.0.0.1:{server.port}/predict", data=b"\0" * (24 * 10**6),
-        headers={"Content-Type": "image/png"}, method="POST",
-    )  # fmt: skip
+        f"http://127.0.0.1:{server.port}/predict",
+        data=b"\0" * (24 * 10**6),
+        headers={"Content-Type": "image/png"},
+        method="POST",
+    )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(req, timeout=60)
     assert caught.value.code == 413
@@ -251,8 +275,10 @@ def test_same_probabilities_alone_and_under_concurrency(server):
     images = [_png(v) for v in (30, 90, 150, 210)]
     alone = [server.request("POST", "/predict?topk=10", im)[1]["topk"] for im in images]
     with cf.ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(server.request, "POST", "/predict?topk=10", images[i % 4])
-                   for i in range(32)]  # fmt: skip
+        futures = [
+            pool.submit(server.request, "POST", "/predict?topk=10", images[i % 4])
+            for i in range(32)
+        ]
         results = [f.result() for f in futures]
     for i, (status, r, _) in enumerate(results):
         assert status == 200
@@ -341,8 +367,11 @@ def test_web_page_in_chromium(server, tmp_path):
         d.find_element(By.ID, "file").send_keys(str(bad))
         err = WebDriverWait(d, 20).until(EC.visibility_of_element_located((By.ID, "error")))
         assert err.text.startswith("400")
-        severe = [e for e in d.get_log("browser") if e["level"] == "SEVERE"
-                  and "/predict" not in e["message"]]  # fmt: skip
+        severe = [
+            e
+            for e in d.get_log("browser")
+            if e["level"] == "SEVERE" and "/predict" not in e["message"]
+        ]
         assert severe == []
     assert (tmp_path / "page.png").stat().st_size > 5000
 

@@ -15,11 +15,21 @@ from test_serve import Server, _multipart, _png
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
     data = make_folder(root / "data", {"cat": 8, "dog": 8}, size=(36, 36))
-    cfg = resolve_config(dict(
-        data=str(data), model="resnet20", model_kwargs={"widths": [4, 8, 8]}, input_size=32,
-        epochs=1, batch_size=8, out=str(root / "runs"), name="two", num_workers=0,
-        val_ratio=0.25, test_ratio=0.25,
-    ))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data=str(data),
+            model="resnet20",
+            model_kwargs={"widths": [4, 8, 8]},
+            input_size=32,
+            epochs=1,
+            batch_size=8,
+            out=str(root / "runs"),
+            name="two",
+            num_workers=0,
+            val_ratio=0.25,
+            test_ratio=0.25,
+        )
+    )
     Trainer(cfg, verbose=False).fit()
     s = Server(root / "runs" / "two")
     yield s

@@ -207,8 +207,9 @@ def test_stats_match_direct_numpy(tmp_path, capsys):
     np.testing.assert_allclose(report["mean"], mean, atol=1e-12)
     np.testing.assert_allclose(report["std"], np.sqrt(squares.mean(0) - mean**2), atol=1e-12)
     assert report["stats_at"] == {"split": "train", "images": len(per_image), "size": [24, 24]}
-    pipe = build_pipeline(DataConfig(data=str(tmp_path), max_bad_fraction=1.0),
-                          size_from_data=True, progress=False)  # fmt: skip
+    pipe = build_pipeline(
+        DataConfig(data=str(tmp_path), max_bad_fraction=1.0), size_from_data=True, progress=False
+    )
     np.testing.assert_allclose(pipe.mean, report["mean"], atol=1e-12)
     np.testing.assert_allclose(pipe.std, report["std"], atol=1e-12)
     assert report["sizes"]["min"] == [20, 30] and report["sizes"]["max"] == [100, 500]

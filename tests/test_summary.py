@@ -26,9 +26,16 @@ def test_zoo_table_holds_every_model_and_its_counts():
 
 @pytest.mark.parametrize(
     "name",
-    ["resnet18", "resnext50_32x4d", "resnet50d", "resnet20", "seresnet18", "preact_resnet18",
-     "preact_resnet20"],
-)  # fmt: skip
+    [
+        "resnet18",
+        "resnext50_32x4d",
+        "resnet50d",
+        "resnet20",
+        "seresnet18",
+        "preact_resnet18",
+        "preact_resnet20",
+    ],
+)
 def test_macs_agree_with_torch_flop_counter(name):
     model = create_model(name, num_classes=7).eval()
     size = (3, 32, 32) if get_model_entry(name).family == "cifar" else (3, 64, 64)
@@ -57,8 +64,23 @@ def test_summary_rows_add_up():
 
 
 def test_cli_summary(capsys):
-    assert main(["summary", "resnet18", "--in-chans", "1", "--num-classes", "10",
-                 "--input-size", "1", "32", "32"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "summary",
+                "resnet18",
+                "--in-chans",
+                "1",
+                "--num-classes",
+                "10",
+                "--input-size",
+                "1",
+                "32",
+                "32",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Total params:      11,175,370" in out
     assert "layer1.0" in out and "BasicBlock" in out and "FLOPs" in out
@@ -96,8 +118,9 @@ def test_cli_output_into_a_closed_pipe_ends_quietly():
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "resnetlab", "models", "resnet18"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # before it writes anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141, err

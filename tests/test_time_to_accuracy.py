@@ -49,16 +49,22 @@ def test_accumulated_micro_batches_give_the_big_batch_update(tmp_path, folder):
     """Without batch statistics (GroupNorm), 4 micro-batches of 4 images make the same update
     as one batch of 16: the same parameters after 2 steps, up to float rounding (more steps
     at a high lr would amplify the rounding, not test the accumulation)."""
-    kw = dict(model_kwargs={"widths": [4, 8, 8], "norm_layer": "groupnorm"}, max_steps=2,
-              clip_grad=1.0, lr=0.01)  # fmt: skip
+    kw = dict(
+        model_kwargs={"widths": [4, 8, 8], "norm_layer": "groupnorm"},
+        max_steps=2,
+        clip_grad=1.0,
+        lr=0.01,
+    )
     one = _fit(_cfg(tmp_path / "one", folder, **kw))
     four = _fit(_cfg(tmp_path / "four", folder, accum_steps=4, **kw))
     a, b = one.model.state_dict(), four.model.state_dict()
     assert one.global_step == four.global_step == 2
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
-    assert not torch.equal(a["fc.weight"], create_model("resnet20", num_classes=3,
-                           widths=[4, 8, 8], norm_layer="groupnorm").fc.weight)  # fmt: skip
+    assert not torch.equal(
+        a["fc.weight"],
+        create_model("resnet20", num_classes=3, widths=[4, 8, 8], norm_layer="groupnorm").fc.weight,
+    )
     assert one.step_losses == pytest.approx(four.step_losses, rel=1e-5)
 
 
@@ -93,8 +99,9 @@ def test_cached_features_train_the_head_as_the_frozen_backbone_does(tmp_path, fo
     cached = _fit(_cfg(tmp_path / "c", folder, **_extract(tmp_path, path)))
     # The reference runs the frozen backbone (BN in eval mode) on every batch of every
     # epoch, on the same unaugmented images the cache holds.
-    ref = Trainer(_cfg(tmp_path / "r", folder, feature_cache=False, **_extract(tmp_path, path)),
-                  verbose=False)  # fmt: skip
+    ref = Trainer(
+        _cfg(tmp_path / "r", folder, feature_cache=False, **_extract(tmp_path, path)), verbose=False
+    )
     ref.train_transform = ref.data.batch_transform(False, ref.train_loader.geometric)
     ref.fit()
     assert cached.features is not None and ref.features is None
@@ -267,8 +274,15 @@ def test_pretrained_weights_get_the_finetune_recipe_unless_told_otherwise(tmp_pa
 
 def test_the_run_says_which_recipe_it_follows(tmp_path, folder, capsys):
     _, path = _pretrained(tmp_path)
-    base = dict(TINY, data=str(folder), input_size=32, epochs=10, num_workers=0,
-                out=str(tmp_path / "runs"), max_steps=1)  # fmt: skip
+    base = dict(
+        TINY,
+        data=str(folder),
+        input_size=32,
+        epochs=10,
+        num_workers=0,
+        out=str(tmp_path / "runs"),
+        max_steps=1,
+    )
     with contextlib.suppress(RunStopped):
         Trainer(resolve_config(dict(base, weights=str(path), name="ft"))).fit()
     out = capsys.readouterr().err

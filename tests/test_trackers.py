@@ -37,9 +37,20 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     exe = Path(sys.executable).with_name("mlflow")
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri",
-           f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [
+        str(exe) if exe.exists() else "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     log = open(root / "server.log", "wb")  # noqa: SIM115  closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
@@ -81,10 +92,33 @@ def data(tmp_path_factory):
 
 
 def _train(data, out, name, *flags):
-    return main(["train", "--data", str(data), "--model", "resnet20", "--model-kwargs",
-                 "widths=[4,8,8]", "--batch-size", "4", "--val-ratio", "0.25", "--test-ratio",
-                 "0.25", "--no-precise-bn", "--precision", "fp32", "--num-workers", "0",
-                 "--out", str(out), "--name", name, *flags])  # fmt: skip
+    return main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "resnet20",
+            "--model-kwargs",
+            "widths=[4,8,8]",
+            "--batch-size",
+            "4",
+            "--val-ratio",
+            "0.25",
+            "--test-ratio",
+            "0.25",
+            "--no-precise-bn",
+            "--precision",
+            "fp32",
+            "--num-workers",
+            "0",
+            "--out",
+            str(out),
+            "--name",
+            name,
+            *flags,
+        ]
+    )
 
 
 def test_mlflow_gets_params_metrics_results_and_artifacts_and_a_resume_continues(
@@ -129,11 +163,18 @@ def test_mlflow_gets_params_metrics_results_and_artifacts_and_a_resume_continues
         assert metrics[key] == pytest.approx(summary[key])
     # the model, config.yaml and report as artifacts
     top = {a.path for a in client.list_artifacts(rid)}
-    assert {"config.yaml", "summary.json", "metrics.csv", "calibration.json", "model",
-            "report"} <= top  # fmt: skip
+    assert {
+        "config.yaml",
+        "summary.json",
+        "metrics.csv",
+        "calibration.json",
+        "model",
+        "report",
+    } <= top
     assert {a.path for a in client.list_artifacts(rid, "model")} == {
-        "model/model.safetensors", "model/model.json"
-    }  # fmt: skip
+        "model/model.safetensors",
+        "model/model.json",
+    }
     assert [a.path for a in client.list_artifacts(rid, "report")] == ["report/report.html"]
     local = Path(client.download_artifacts(rid, "config.yaml", str(tmp_path / "dl")))
     assert local.read_text(encoding="utf-8") == run.config.read_text(encoding="utf-8")
@@ -146,9 +187,20 @@ def test_a_failed_run_is_failed_in_mlflow(mlflow_server, data, tmp_path):
 
     from resnetlab.train import Trainer, resolve_config
 
-    cfg = resolve_config(dict(data=str(data), model_kwargs={"widths": [4, 8, 8]}, epochs=2,
-                              batch_size=4, num_workers=0, precise_bn=False, out=str(tmp_path),
-                              name="f", tracker="mlflow", tracker_uri=mlflow_server))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data=str(data),
+            model_kwargs={"widths": [4, 8, 8]},
+            epochs=2,
+            batch_size=4,
+            num_workers=0,
+            precise_bn=False,
+            out=str(tmp_path),
+            name="f",
+            tracker="mlflow",
+            tracker_uri=mlflow_server,
+        )
+    )
 
     def boom(row):
         raise RuntimeError("boom")
@@ -161,8 +213,20 @@ def test_a_failed_run_is_failed_in_mlflow(mlflow_server, data, tmp_path):
 
 def test_an_unreachable_server_is_one_line_before_training(data, tmp_path, capsys):
     port = _free_port()  # nobody listens there
-    assert _train(data, tmp_path, "x", "--epochs", "1", "--tracker", "mlflow", "--tracker-uri",
-                  f"http://127.0.0.1:{port}") == 2  # fmt: skip
+    assert (
+        _train(
+            data,
+            tmp_path,
+            "x",
+            "--epochs",
+            "1",
+            "--tracker",
+            "mlflow",
+            "--tracker-uri",
+            f"http://127.0.0.1:{port}",
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert f"no tracking server answers at http://127.0.0.1:{port}" in err
@@ -170,8 +234,7 @@ def test_an_unreachable_server_is_one_line_before_training(data, tmp_path, capsy
 
 
 @pytest.mark.parametrize("package,tracker", [("mlflow", "mlflow"), ("wandb", "wandb")])
-def test_a_missing_package_names_the_extra(package, tracker, data, tmp_path, capsys,
-                                           monkeypatch):  # fmt: skip
+def test_a_missing_package_names_the_extra(package, tracker, data, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
     assert _train(data, tmp_path, "m", "--epochs", "1", "--tracker", tracker) == 2
     err = capsys.readouterr().err.strip()
@@ -181,8 +244,7 @@ def test_a_missing_package_names_the_extra(package, tracker, data, tmp_path, cap
 
 
 @pytest.mark.slow  # three wandb processes start and stop
-def test_wandb_offline_logs_the_run_and_a_resume_continues_it(data, tmp_path, monkeypatch,
-                                                              capsys):  # fmt: skip
+def test_wandb_offline_logs_the_run_and_a_resume_continues_it(data, tmp_path, monkeypatch, capsys):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -37,8 +37,15 @@ def test_run_folder_is_complete(tmp_path, folder):
     trainer = Trainer(_cfg(tmp_path, folder), verbose=False)
     summary = trainer.fit()
     run = tmp_path / "runs" / "run"
-    for name in ["config.yaml", "checkpoint-last.pt", "checkpoint-best.pt", "model.safetensors",
-                 "model.json", "metrics.csv", "summary.json"]:  # fmt: skip
+    for name in [
+        "config.yaml",
+        "checkpoint-last.pt",
+        "checkpoint-best.pt",
+        "model.safetensors",
+        "model.json",
+        "metrics.csv",
+        "summary.json",
+    ]:
         assert (run / name).is_file(), name
     ck = torch.load(run / "checkpoint-last.pt", weights_only=True)
     assert ck["epoch"] == 3 and ck["classes"] == ["blue ü", "green", "红"]
@@ -99,8 +106,9 @@ def test_resume_default_precision_in_memory(tmp_path):
     _run_losses(resolve_config(dict(kw, max_steps=len(t_full.train_loader) + 3)))
     rest, t_res = _run_losses(resolve_config(kw), resume=tmp_path / "d")
     assert rest == full[-len(rest) :]
-    assert all(torch.equal(v, t_res.model.state_dict()[k])
-               for k, v in t_full.model.state_dict().items())  # fmt: skip
+    assert all(
+        torch.equal(v, t_res.model.state_dict()[k]) for k, v in t_full.model.state_dict().items()
+    )
 
 
 def test_resume_errors(tmp_path, folder):
@@ -142,8 +150,16 @@ def _pretrained_file(tmp_path, fmt):
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_feature_extract_freezes_backbone_and_bn(tmp_path, folder, fmt):
     src, path = _pretrained_file(tmp_path, fmt)
-    cfg = _cfg(tmp_path, folder, model="resnet18", model_kwargs={}, weights=str(path),
-               mode="feature-extract", epochs=2, lr=0.05)  # fmt: skip
+    cfg = _cfg(
+        tmp_path,
+        folder,
+        model="resnet18",
+        model_kwargs={},
+        weights=str(path),
+        mode="feature-extract",
+        epochs=2,
+        lr=0.05,
+    )
     t = Trainer(cfg, verbose=False)
     t.fit()
     after = t.model.state_dict()
@@ -156,8 +172,17 @@ def test_feature_extract_freezes_backbone_and_bn(tmp_path, folder, fmt):
 
 def test_finetune_in_chans_1_and_unfreeze_schedule(tmp_path, folder):
     src, path = _pretrained_file(tmp_path, "pth")
-    cfg = _cfg(tmp_path, folder, model="resnet18", model_kwargs={}, weights=str(path),
-               in_chans=1, unfreeze_schedule=[1, 3], epochs=2, backbone_lr_mult=0.5)  # fmt: skip
+    cfg = _cfg(
+        tmp_path,
+        folder,
+        model="resnet18",
+        model_kwargs={},
+        weights=str(path),
+        in_chans=1,
+        unfreeze_schedule=[1, 3],
+        epochs=2,
+        backbone_lr_mult=0.5,
+    )
     t = Trainer(cfg, verbose=False)
     assert torch.allclose(t.model.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
     t.train_one_epoch()  # epoch 0: head only
@@ -219,9 +244,25 @@ def test_config_file_and_overrides(tmp_path):
 
 
 def test_cli_train_and_resume(tmp_path, folder, capsys):
-    argv = ["train", "--data", str(folder), "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
-            "--batch-size", "16", "--out", str(tmp_path), "--name", "cli", "--num-workers", "0",
-            "--input-size", "32"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(folder),
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "cli",
+        "--num-workers",
+        "0",
+        "--input-size",
+        "32",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "best val top-1" in out and "--resume" in out
@@ -233,17 +274,31 @@ def test_cli_train_and_resume(tmp_path, folder, capsys):
 
 
 def test_recipe_options_run(tmp_path, folder):
-    cfg = _cfg(tmp_path, folder, optimizer="adamw", lr=3e-3, schedule="onecycle", mixup=0.2,
-               cutmix=1.0, ema_decay=0.9, clip_grad=1.0, tensorboard=True, patience=1,
-               auto_augment="trivial", random_erasing=0.25, epochs=3)  # fmt: skip
+    cfg = _cfg(
+        tmp_path,
+        folder,
+        optimizer="adamw",
+        lr=3e-3,
+        schedule="onecycle",
+        mixup=0.2,
+        cutmix=1.0,
+        ema_decay=0.9,
+        clip_grad=1.0,
+        tensorboard=True,
+        patience=1,
+        auto_augment="trivial",
+        random_erasing=0.25,
+        epochs=3,
+    )
     t = Trainer(cfg, verbose=False)
     summary = t.fit()
     run = tmp_path / "runs" / "run"
     assert list(run.glob("events.out.tfevents*"))
     assert 1 <= summary["epochs_completed"] <= 3
     ck = torch.load(run / "checkpoint-last.pt", weights_only=True)
-    assert ck["ema"] is not None and all(torch.isfinite(v).all() for v in ck["ema"].values()
-                                         if v.is_floating_point())  # fmt: skip
+    assert ck["ema"] is not None and all(
+        torch.isfinite(v).all() for v in ck["ema"].values() if v.is_floating_point()
+    )
 
 
 def test_lr_schedules_shape():
@@ -278,8 +333,18 @@ def test_lr_find(tmp_path, folder):
 
 def test_pretrained_rgb_weights_on_greyscale_digits(tmp_path):
     src, path = _pretrained_file(tmp_path, "pth")
-    cfg = resolve_config(dict(data="digits", model="resnet18", weights=str(path), epochs=1,
-                              max_steps=3, out=str(tmp_path), name="g", num_workers=0))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            data="digits",
+            model="resnet18",
+            weights=str(path),
+            epochs=1,
+            max_steps=3,
+            out=str(tmp_path),
+            name="g",
+            num_workers=0,
+        )
+    )
     t = Trainer(cfg, verbose=False)
     assert t.data.channels == 1 and len(t.data.mean) == 1
     assert t.data.mean[0] == pytest.approx(sum((0.485, 0.456, 0.406)) / 3)

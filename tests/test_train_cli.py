@@ -23,8 +23,20 @@ from resnetlab.train import Trainer, resolve_config
 from resnetlab.train import folder as run_folder
 from resnetlab.train.checkpoint import load_checkpoint
 
-TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--batch-size", "8",
-        "--input-size", "16", "--num-workers", "0", "--warmup-epochs", "0"]  # fmt: skip
+TINY = [
+    "--model",
+    "resnet20",
+    "--model-kwargs",
+    "widths=[4,8,8]",
+    "--batch-size",
+    "8",
+    "--input-size",
+    "16",
+    "--num-workers",
+    "0",
+    "--warmup-epochs",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +72,19 @@ def test_resume_refuses_flags_it_would_ignore(tmp_path, folder, capsys):
     run = tmp_path / "r"
     before = (run / "config.yaml").read_bytes()
     capsys.readouterr()
-    argv = ["train", "--resume", str(run), "--epochs", "3", "--lr", "0.5", "--batch-size",
-            "32", "--data", "mnist:/nonexistent"]  # fmt: skip
+    argv = [
+        "train",
+        "--resume",
+        str(run),
+        "--epochs",
+        "3",
+        "--lr",
+        "0.5",
+        "--batch-size",
+        "32",
+        "--data",
+        "mnist:/nonexistent",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -193,8 +216,20 @@ def _errors(err: str) -> list[str]:
 
 
 def test_two_trainings_of_one_name_started_together(tmp_path, folder, capsys):
-    argv = ["train", "--data", str(folder), *TINY, "--out", str(tmp_path), "--name", "twin",
-            "--epochs", "2", "--test-ratio", "0"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(folder),
+        *TINY,
+        "--out",
+        str(tmp_path),
+        "--name",
+        "twin",
+        "--epochs",
+        "2",
+        "--test-ratio",
+        "0",
+    ]
     codes: list = [None, None]
     together = threading.Barrier(2)
 
@@ -218,8 +253,15 @@ def test_two_trainings_of_one_name_started_together(tmp_path, folder, capsys):
 
 def test_default_names_of_runs_started_in_the_same_second_differ(tmp_path, folder, monkeypatch):
     monkeypatch.setattr(run_folder, "_run_name", lambda cfg: "resnet20-data-20260102-030405")
-    base = dict(data=str(folder), model="resnet20", model_kwargs={"widths": [4, 8, 8]},
-                input_size=16, batch_size=8, num_workers=0, out=str(tmp_path))  # fmt: skip
+    base = dict(
+        data=str(folder),
+        model="resnet20",
+        model_kwargs={"widths": [4, 8, 8]},
+        input_size=16,
+        batch_size=8,
+        num_workers=0,
+        out=str(tmp_path),
+    )
     first = Trainer(resolve_config(base), verbose=False)
     second = Trainer(resolve_config(base), verbose=False)
     assert first.run_dir.name == "resnet20-data-20260102-030405"
@@ -235,8 +277,10 @@ def test_a_run_in_use_is_refused_and_a_lock_left_by_a_killed_one_is_not(tmp_path
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"resnetlab train: error: {run} is in use by another training (process "
-                   f"{os.getpid()}); resume it once that one has stopped")  # fmt: skip
+    assert err == (
+        f"resnetlab train: error: {run} is in use by another training (process "
+        f"{os.getpid()}); resume it once that one has stopped"
+    )
     held.release()
     (run / ".train.lock").write_text("999999\n")  # what a SIGKILL leaves: no lock held on it
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
@@ -250,9 +294,11 @@ def test_a_write_refused_by_permissions_is_one_line(tmp_path, folder, capsys, mo
     monkeypatch.setattr(resnetlab_io.tempfile, "mkstemp", refused)  # root ignores chmod
     assert _train(folder, tmp_path, "--epochs", "1") == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"resnetlab train: error: cannot write {tmp_path / 'r' / 'config.yaml'}: "
-                   f"permission denied; make {tmp_path / 'r'} writable, then run the same "
-                   "command again (the folder is reused)")  # fmt: skip
+    assert err == (
+        f"resnetlab train: error: cannot write {tmp_path / 'r' / 'config.yaml'}: "
+        f"permission denied; make {tmp_path / 'r'} writable, then run the same "
+        "command again (the folder is reused)"
+    )
     assert not any((tmp_path / "r").iterdir())
 
 
@@ -263,16 +309,20 @@ def small_disk(tmp_path):
     disk.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-                       capture_output=True, text=True)  # fmt: skip
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
-def test_full_disk_then_read_only_are_one_line_and_the_checkpoint_survives(small_disk, folder,
-                                                                          capsys):  # fmt: skip
+def test_full_disk_then_read_only_are_one_line_and_the_checkpoint_survives(
+    small_disk, folder, capsys
+):
     out = small_disk / "runs"
     assert _train(folder, out, "--epochs", "1") == 0
     run = out / "r"
@@ -286,9 +336,11 @@ def test_full_disk_then_read_only_are_one_line_and_the_checkpoint_survives(small
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     err = _errors(capsys.readouterr().err)
-    assert err == [f"resnetlab train: error: cannot write {run / 'checkpoint-last.pt'}: no space "
-                   "left on the device; checkpoint-last.pt (after epoch 1) is intact: free some "
-                   f"space, then continue with: resnetlab train --resume {run}"]  # fmt: skip
+    assert err == [
+        f"resnetlab train: error: cannot write {run / 'checkpoint-last.pt'}: no space "
+        "left on the device; checkpoint-last.pt (after epoch 1) is intact: free some "
+        f"space, then continue with: resnetlab train --resume {run}"
+    ]
     assert load_checkpoint(run / "checkpoint-last.pt")["epoch"] == 1
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp files, no lock
     (small_disk / "filler").unlink()

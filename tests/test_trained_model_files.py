@@ -43,19 +43,33 @@ def _image(tmp_path):
 
 @pytest.mark.parametrize(
     ("changes", "says"),
-    [({"num_classes": 7}, "model.json says 7 classes but {run}/model.safetensors has a 10-output "
-                          "classifier (fc.weight [10, 8])"),
-     ({"in_chans": 3, "input_size": [3, 32, 32]}, "model.json says 3 input channel(s) but "
-                                                   "{run}/model.safetensors has a first "
-                                                   "convolution for 1 (conv1.weight [4, 1, 3, 3])"),
-     ({"model_kwargs": {"widths": [8, 16, 16]}}, "{run}/model.safetensors does not fit the "
-                                                 "resnet20 that {run}/model.json describes "
-                                                 "(shape mismatches: bn1.bias"),
-     ({"classes": [str(i) for i in range(7)]}, "model.json names 7 classes but says num_classes "
-                                               "10")],
-)  # fmt: skip
-def test_a_model_json_that_disagrees_with_the_weights_is_refused(copy, tmp_path, capsys, changes,
-                                                                 says):  # fmt: skip
+    [
+        (
+            {"num_classes": 7},
+            "model.json says 7 classes but {run}/model.safetensors has a 10-output "
+            "classifier (fc.weight [10, 8])",
+        ),
+        (
+            {"in_chans": 3, "input_size": [3, 32, 32]},
+            "model.json says 3 input channel(s) but "
+            "{run}/model.safetensors has a first "
+            "convolution for 1 (conv1.weight [4, 1, 3, 3])",
+        ),
+        (
+            {"model_kwargs": {"widths": [8, 16, 16]}},
+            "{run}/model.safetensors does not fit the "
+            "resnet20 that {run}/model.json describes "
+            "(shape mismatches: bn1.bias",
+        ),
+        (
+            {"classes": [str(i) for i in range(7)]},
+            "model.json names 7 classes but says num_classes 10",
+        ),
+    ],
+)
+def test_a_model_json_that_disagrees_with_the_weights_is_refused(
+    copy, tmp_path, capsys, changes, says
+):
     meta = _edit_meta(copy, **changes)
     if "in_chans" in changes:
         _edit_meta(copy, mean=meta["mean"] * 3, std=meta["std"] * 3)
@@ -63,13 +77,17 @@ def test_a_model_json_that_disagrees_with_the_weights_is_refused(copy, tmp_path,
         load_model(copy)
     message = str(info.value)
     assert says.format(run=copy) in message and "\n" not in message
-    assert message.endswith(f"the files do not belong together: restore model.json or use "
-                            f"{copy / 'checkpoint-best.pt'}")  # fmt: skip
+    assert message.endswith(
+        f"the files do not belong together: restore model.json or use {copy / 'checkpoint-best.pt'}"
+    )
     # predict, export and serve load through it: one line each, exit 2, nothing written.
     image = _image(tmp_path)
     capsys.readouterr()
-    for argv in (["predict", copy, image, "--backend", "torch"], ["export", copy],
-                 ["serve", copy, "--port", _free_port(), "--backend", "torch"]):  # fmt: skip
+    for argv in (
+        ["predict", copy, image, "--backend", "torch"],
+        ["export", copy],
+        ["serve", copy, "--port", _free_port(), "--backend", "torch"],
+    ):
         assert main([str(a) for a in argv]) == 2
         out, err = capsys.readouterr()
         assert out == "" and err.strip().splitlines() == [f"resnetlab {argv[0]}: error: {message}"]
@@ -106,8 +124,7 @@ def test_the_best_checkpoint_answers_with_the_runs_calibration(trained_run):
     assert meta["temperature"] and meta["temperature"] != 1.0  # the run was calibrated
     x = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
     by_run = Predictor(trained_run, backend="torch", precision="fp32")
-    by_checkpoint = Predictor(trained_run / "checkpoint-best.pt", backend="torch",
-                              precision="fp32")  # fmt: skip
+    by_checkpoint = Predictor(trained_run / "checkpoint-best.pt", backend="torch", precision="fp32")
     assert by_checkpoint.temperature == by_run.temperature == meta["temperature"]
     assert torch.equal(by_checkpoint.probabilities(x), by_run.probabilities(x))
 

@@ -17,9 +17,18 @@ from resnetlab.train.closing import closing_lines
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     root = tmp_path_factory.mktemp("stopped")
-    cfg = resolve_config(dict(model="resnet20", model_kwargs={"widths": [4, 8, 8]}, epochs=1,
-                              out=str(root), name="early", num_workers=0, precise_bn=False,
-                              max_steps=3))  # fmt: skip
+    cfg = resolve_config(
+        dict(
+            model="resnet20",
+            model_kwargs={"widths": [4, 8, 8]},
+            epochs=1,
+            out=str(root),
+            name="early",
+            num_workers=0,
+            precise_bn=False,
+            max_steps=3,
+        )
+    )
     with pytest.raises(RunStopped):
         Trainer(cfg, verbose=False).fit()
     run = root / "early"
@@ -69,12 +78,23 @@ def test_calibration_on_few_images_is_skipped_with_their_count(tmp_path):
     run = RunDir(tmp_path)
     run.calibration.write_text("{}")  # an earlier end of the run: not left behind
     found = calibration.calibrate_run(None, _Data(6), "cpu", "fp32", run, meta=None)
-    assert found == {"calibration_skipped": "6 val image(s), fewer than the 50 a temperature "
-                     "needs: left uncalibrated (T = 1)"}  # fmt: skip
+    assert found == {
+        "calibration_skipped": "6 val image(s), fewer than the 50 a temperature "
+        "needs: left uncalibrated (T = 1)"
+    }
     assert not run.calibration.exists()
-    summary = {"best_epoch": 1, "epochs_completed": 1, "best_val_top1": 0.5, "test_top1": 0.5,
-               "train_seconds": 1.0, "train_images_per_second": 10.0, "precision": "fp32",
-               "device": "cpu", "run_dir": "runs/x", **found}  # fmt: skip
+    summary = {
+        "best_epoch": 1,
+        "epochs_completed": 1,
+        "best_val_top1": 0.5,
+        "test_top1": 0.5,
+        "train_seconds": 1.0,
+        "train_images_per_second": 10.0,
+        "precision": "fp32",
+        "device": "cpu",
+        "run_dir": "runs/x",
+        **found,
+    }
     assert "calibration       skipped: 6 val image(s)" in "\n".join(closing_lines(summary))
 
 
@@ -86,7 +106,8 @@ def test_a_temperature_at_its_bound_is_not_recorded(tmp_path, monkeypatch):
     monkeypatch.setattr(calibration, "validation_logits", lambda *a, **k: (logits, labels))
     found = calibration.calibrate_run(None, _Data(60), "cpu", "fp32", RunDir(tmp_path), None)
     assert "ended at its bound 100" in found["calibration_skipped"]
-    assert "60 val images" in found["calibration_skipped"] and "top-1 there 0.0%" in (
-        found["calibration_skipped"]
-    )  # fmt: skip
+    assert (
+        "60 val images" in found["calibration_skipped"]
+        and "top-1 there 0.0%" in (found["calibration_skipped"])
+    )
     assert "temperature" not in found and not RunDir(tmp_path).calibration.exists()

@@ -58,9 +58,20 @@ def _uneven(root, counts, classes=3, corrupt=(), suffix=".tar"):
 def _keys(shards, world, workers, train=False, epoch=0, start=0, batch=4):
     per_rank = []
     for rank in range(world):
-        loader = ShardLoader(shards, batch, shuffle=train, drop_last=train, transform=TF,
-                             channels=3, num_classes=3, seed=5, rank=rank, world_size=world,
-                             num_workers=workers, return_keys=True)  # fmt: skip
+        loader = ShardLoader(
+            shards,
+            batch,
+            shuffle=train,
+            drop_last=train,
+            transform=TF,
+            channels=3,
+            num_classes=3,
+            seed=5,
+            rank=rank,
+            world_size=world,
+            num_workers=workers,
+            return_keys=True,
+        )
         loader.sampler.set_epoch(epoch, start)
         batches = [names for _, _, names in loader]
         assert len(batches) == len(loader) - start
@@ -146,8 +157,17 @@ def test_compressed_shards_and_persistent_workers_follow_the_epoch(tmp_path):
     shards = load_source(f"wds:{tmp_path}/train-{{000000..000001}}.tar.gz").splits["train"].shards
     (once,) = _keys(shards, 1, 2)  # the second lane starts inside a gzipped shard
     assert sorted(n.rsplit(":", 1)[1] for b in once for n in b) == [f"s{k:04d}" for k in range(13)]
-    loader = ShardLoader(shards, 4, shuffle=True, drop_last=True, transform=TF, channels=3,
-                         num_classes=3, num_workers=2, return_keys=True)  # fmt: skip
+    loader = ShardLoader(
+        shards,
+        4,
+        shuffle=True,
+        drop_last=True,
+        transform=TF,
+        channels=3,
+        num_classes=3,
+        num_workers=2,
+        return_keys=True,
+    )
     epochs = []
     for epoch in (0, 1, 0):  # the same workers throughout: they read the epoch it is
         loader.sampler.set_epoch(epoch)
@@ -160,8 +180,17 @@ def test_plan_cuts_shards_by_count_and_covers_everything():
     for world in (1, 2, 3):
         got = []
         for rank in range(world):
-            for lane in epoch_plan(counts, 4, shuffle=False, drop_last=False, seed=0, epoch=0,
-                                   rank=rank, world_size=world, lanes=3):  # fmt: skip
+            for lane in epoch_plan(
+                counts,
+                4,
+                shuffle=False,
+                drop_last=False,
+                seed=0,
+                epoch=0,
+                rank=rank,
+                world_size=world,
+                lanes=3,
+            ):
                 assert sum(b - a for _, a, b in lane.segments) == sum(lane.sizes)
                 got += [(s, i) for s, a, b in lane.segments for i in range(a, b)]
         assert sorted(got) == [(s, i) for s, n in enumerate(counts) for i in range(n)]
@@ -206,8 +235,10 @@ def test_jpeg_fast_path_gives_open_images_pixels(tmp_path):
         assert isinstance(fast, np.ndarray) and np.array_equal(fast, np.asarray(ref))
     grey = io.BytesIO()
     Image.fromarray(a[..., 0]).save(grey, "JPEG")
-    assert np.array_equal(np.asarray(decode_image(grey.getvalue(), 1, "g")).squeeze(),
-                          np.asarray(open_image(grey.getvalue(), 1)))  # fmt: skip
+    assert np.array_equal(
+        np.asarray(decode_image(grey.getvalue(), 1, "g")).squeeze(),
+        np.asarray(open_image(grey.getvalue(), 1)),
+    )
     with pytest.raises(DataError, match="x.jpg: .*truncated"):
         decode_image(data[: len(data) // 2], 3, "x.jpg")
 
@@ -222,8 +253,20 @@ def test_missing_or_foreign_data_says_what_to_do(tmp_path, shards):
 
 
 def test_train_from_shards(tmp_path, shards):
-    tiny = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--batch-size", "8",
-            "--input-size", "16", "--epochs", "1", "--num-workers", "0"]  # fmt: skip
+    tiny = [
+        "--model",
+        "resnet20",
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--batch-size",
+        "8",
+        "--input-size",
+        "16",
+        "--epochs",
+        "1",
+        "--num-workers",
+        "0",
+    ]
     code = main(["train", "--data", f"wds:{shards}", *tiny, "--out", str(tmp_path), "--name", "r"])
     assert code == 0
     summary = json.loads((tmp_path / "r" / "summary.json").read_text(encoding="utf-8"))
@@ -236,9 +279,19 @@ def test_engine_resume_on_shards_is_bit_exact(tmp_path, shards):
     workers = 2
     from resnetlab.train import RunStopped, Trainer, resolve_config
 
-    kw = dict(model="resnet20", model_kwargs={"widths": [4, 8, 8]}, batch_size=8, epochs=2,
-              data=f"wds:{shards}", input_size=16, num_workers=workers, out=str(tmp_path),
-              precision="fp32", deterministic=True, warmup_epochs=0.0)  # fmt: skip
+    kw = dict(
+        model="resnet20",
+        model_kwargs={"widths": [4, 8, 8]},
+        batch_size=8,
+        epochs=2,
+        data=f"wds:{shards}",
+        input_size=16,
+        num_workers=workers,
+        out=str(tmp_path),
+        precision="fp32",
+        deterministic=True,
+        warmup_epochs=0.0,
+    )
 
     def losses(cfg, resume=None):
         t = Trainer(resolve_config(cfg), resume=resume, verbose=False)

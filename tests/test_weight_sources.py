@@ -14,11 +14,17 @@ from resnetlab.core.errors import WeightsError
 
 TIMM_CFG = {
     "architecture": "resnet50",
-    "pretrained_cfg": {"input_size": [3, 224, 224], "test_input_size": [3, 288, 288],
-                       "crop_pct": 0.95, "test_crop_pct": 1.0, "interpolation": "bicubic",
-                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                       "num_classes": 1000},
-}  # fmt: skip
+    "pretrained_cfg": {
+        "input_size": [3, 224, 224],
+        "test_input_size": [3, 288, 288],
+        "crop_pct": 0.95,
+        "test_crop_pct": 1.0,
+        "interpolation": "bicubic",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "num_classes": 1000,
+    },
+}
 
 
 def test_torchvision_v1_and_v2_say_their_resize():
@@ -85,9 +91,27 @@ def test_a_run_from_hub_weights_predicts_with_their_preprocessing(tmp_path):
     cfg["pretrained_cfg"].pop("test_crop_pct")  # crop_pct 0.95 at 224: resize 236
     (hub / "config.json").write_text(json.dumps(cfg))
     data = make_folder(tmp_path / "photos", {"ant": 6, "bee": 6}, size=(80, 72))
-    argv = ["train", "--data", str(data), "--model", "resnet18", "--weights", str(hub),
-            "--input-size", "64", "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
-            "--out", str(tmp_path / "runs"), "--name", "r"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "resnet18",
+        "--weights",
+        str(hub),
+        "--input-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "r",
+    ]
     assert main(argv) == 0
     run = tmp_path / "runs" / "r"
     meta = json.loads((run / "model.json").read_text())
@@ -127,15 +151,37 @@ def test_a_run_folder_as_weights_brings_its_normalisation(tmp_path, capsys):
     from datagen import make_folder
     from resnetlab.cli.commands import main
 
-    common = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
-              "--num-workers", "0", "--out", str(tmp_path / "runs")]  # fmt: skip
+    common = [
+        "--model",
+        "resnet20",
+        "--model-kwargs",
+        "widths=[4,8,8]",
+        "--epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
     assert main(["train", *common, "--name", "pre", "--quiet"]) == 0  # digits: 1 channel
     pre = json.loads((tmp_path / "runs" / "pre" / "model.json").read_text())
     data = make_folder(tmp_path / "photos", {"ant": 6, "bee": 6}, size=(36, 36))
     for name, weights in (("a", "pre"), ("b", "pre/model.safetensors")):
         capsys.readouterr()
-        argv = ["train", *common, "--data", str(data), "--input-size", "32", "--batch-size",
-                "4", "--weights", str(tmp_path / "runs" / weights), "--name", name]  # fmt: skip
+        argv = [
+            "train",
+            *common,
+            "--data",
+            str(data),
+            "--input-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--weights",
+            str(tmp_path / "runs" / weights),
+            "--name",
+            name,
+        ]
         assert main(argv) == 0
         meta = json.loads((tmp_path / "runs" / name / "model.json").read_text())
         assert meta["mean"] == pre["mean"] * 3 and meta["std"] == pre["std"] * 3

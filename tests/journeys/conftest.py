@@ -21,8 +21,14 @@ class CLI:
         return [sys.executable, "-m", "resnetlab", *map(str, args)]
 
     def __call__(self, *args, ok: bool | None = True, timeout: float = 300):
-        p = subprocess.run(self.argv(*args), cwd=self.cwd, env=self.env, capture_output=True,
-                           text=True, timeout=timeout)  # fmt: skip
+        p = subprocess.run(
+            self.argv(*args),
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         # A user never sees a traceback, whatever went wrong on their side.
         assert "Traceback" not in p.stderr, p.stderr
         if ok is True:
@@ -32,8 +38,14 @@ class CLI:
         return p
 
     def popen(self, *args) -> subprocess.Popen:
-        return subprocess.Popen(self.argv(*args), cwd=self.cwd, env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        return subprocess.Popen(
+            self.argv(*args),
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
 
 @pytest.fixture

@@ -37,8 +37,18 @@ def test_ants_vs_bees_journey(cli, tmp_path):
     _make(data)
     pth = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), pth)
-    common = ["--data", data, "--model", "resnet18", "--input-size", "32", "--epochs", "2",
-              "--batch-size", "8"]  # fmt: skip
+    common = [
+        "--data",
+        data,
+        "--model",
+        "resnet18",
+        "--input-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+    ]
 
     p = cli("train", *common, "--weights", pth, "--mode", "feature-extract", "--name", "fe")
     said = p.stdout + p.stderr

@@ -15,8 +15,20 @@ import torchvision
 
 from conftest import KINDS, class_colour, noisy, save_in_mode
 
-HERBS = ["Radix Astragali 黄芪", "枸杞子 (wolfberry)", "当归", "甘草", "人参", "金银花",
-         "菊花", "薄荷", "白芍", "川芎", "茯苓", "陈皮"]  # fmt: skip
+HERBS = [
+    "Radix Astragali 黄芪",
+    "枸杞子 (wolfberry)",
+    "当归",
+    "甘草",
+    "人参",
+    "金银花",
+    "菊花",
+    "薄荷",
+    "白芍",
+    "川芎",
+    "茯苓",
+    "陈皮",
+]
 PER_CLASS = 8
 
 
@@ -25,8 +37,11 @@ def _make_herbs(root):
         d = root / name
         d.mkdir(parents=True)
         for k in range(PER_CLASS):
-            save_in_mode(noisy(class_colour(ci), seed=ci * 100 + k), d / f"照片 {k}",
-                         KINDS[(ci + k) % len(KINDS)])  # fmt: skip
+            save_in_mode(
+                noisy(class_colour(ci), seed=ci * 100 + k),
+                d / f"照片 {k}",
+                KINDS[(ci + k) % len(KINDS)],
+            )
     # What shared folders collect: two unreadable files and junk that is skipped unseen.
     (root / "当归" / "empty.jpg").write_bytes(b"")
     (root / "甘草" / "notes.jpg").write_text("not a photo", encoding="utf-8")
@@ -62,13 +77,30 @@ def test_herbal_medicine_journey(cli, tmp_path):
     assert list(report["classes"]) == sorted(HERBS)
     assert report["num_images"] == 12 * PER_CLASS
     assert sorted(os.path.basename(b["path"]) for b in report["bad_files"]) == [
-        "empty.jpg", "notes.jpg"]  # fmt: skip
+        "empty.jpg",
+        "notes.jpg",
+    ]
     assert "Glyph" not in p.stderr
 
     # train with the defaults: 2 of 98 files unreadable is above the 1 % default; one error
     # naming them and the flag, nothing written.
-    argv = ["train", "--data", data, "--model", "resnet18", "--weights", pth, "--input-size",
-            "32", "--epochs", "2", "--batch-size", "16", "--name", "herbs"]  # fmt: skip
+    argv = [
+        "train",
+        "--data",
+        data,
+        "--model",
+        "resnet18",
+        "--weights",
+        pth,
+        "--input-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--name",
+        "herbs",
+    ]
     p = cli(*argv, ok=False)
     assert "empty.jpg" in p.stderr and "--max-bad-fraction" in p.stderr
     assert not (tmp_path / "runs" / "herbs").exists()

@@ -15,9 +15,25 @@ from conftest import CLI
 from datagen import make_folder
 
 # Deterministic fp32 so that a resumed run can be compared weight for weight.
-ARGS = ["--model", "resnet20", "--model-kwargs", "widths=[8,16,16]", "--input-size", "32",
-        "--batch-size", "8", "--epochs", "3", "--num-workers", "0", "--precision", "fp32",
-        "--deterministic", "--out", "runs"]  # fmt: skip
+ARGS = [
+    "--model",
+    "resnet20",
+    "--model-kwargs",
+    "widths=[8,16,16]",
+    "--input-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "3",
+    "--num-workers",
+    "0",
+    "--precision",
+    "fp32",
+    "--deterministic",
+    "--out",
+    "runs",
+]
 
 
 def _weights(run):

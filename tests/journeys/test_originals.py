@@ -6,8 +6,18 @@ import pickle
 
 from datagen import make_cifar, make_mnist
 
-TINY = ["--model", "resnet20", "--model-kwargs", "widths=[4,8,8]", "--epochs", "1",
-        "--batch-size", "16", "--num-workers", "0"]  # fmt: skip
+TINY = [
+    "--model",
+    "resnet20",
+    "--model-kwargs",
+    "widths=[4,8,8]",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--num-workers",
+    "0",
+]
 
 
 class Evil:
@@ -22,8 +32,16 @@ class Evil:
 
 def test_mnist_at_28_pixels(cli, tmp_path):
     make_mnist(tmp_path / "mnist", n_train=80, n_test=20, gz=True)
-    p = cli("train", "--data", f"mnist:{tmp_path / 'mnist'}", *TINY, "--input-size", "28",
-            "--name", "mnist")  # fmt: skip
+    p = cli(
+        "train",
+        "--data",
+        f"mnist:{tmp_path / 'mnist'}",
+        *TINY,
+        "--input-size",
+        "28",
+        "--name",
+        "mnist",
+    )
     assert "10 classes" in p.stderr
     run = tmp_path / "runs" / "mnist"
     p = cli("evaluate", run, "--json")

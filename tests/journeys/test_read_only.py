@@ -54,9 +54,11 @@ def test_read_only_deployment(cli, tmp_path, trained_run, read_only):
             except OSError:
                 assert server.poll() is None and time.time() < deadline, server.stderr.read()
                 time.sleep(0.2)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict",
-                                         data=photo.read_bytes(),
-                                         headers={"Content-Type": "image/png"})  # fmt: skip
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict",
+            data=photo.read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
         with urllib.request.urlopen(request, timeout=30) as r:
             served = json.loads(r.read())
     finally:

@@ -120,14 +120,24 @@ def evaluate_run(
     if loaded.meta.multilabel:
         targets = torch.cat(all_labels) if all_labels else torch.zeros(0, len(label_map))
         result = _evaluate_multilabel(
-            loaded, torch.cat(all_logits), _to_model_columns(targets, label_map, loaded),
-            source.splits[split], top_losses, gradcam,
-        )  # fmt: skip
-        result.update({
-            "run": str(loaded.run or loaded.source) if run is loaded else str(run),
-            "data": pipe.cfg.data, "split": split, "tta": tta, "backend": runner.name,
-            "precision": runner.precision, "backend_note": note,
-        })  # fmt: skip
+            loaded,
+            torch.cat(all_logits),
+            _to_model_columns(targets, label_map, loaded),
+            source.splits[split],
+            top_losses,
+            gradcam,
+        )
+        result.update(
+            {
+                "run": str(loaded.run or loaded.source) if run is loaded else str(run),
+                "data": pipe.cfg.data,
+                "split": split,
+                "tta": tta,
+                "backend": runner.name,
+                "precision": runner.precision,
+                "backend_note": note,
+            }
+        )
         return _write_result(result, out_dir, loaded, split)
     logits, targets = torch.cat(all_logits), label_map[torch.cat(all_labels)]
     n_cls = len(loaded.classes)
@@ -175,14 +185,16 @@ def evaluate_run(
         items = []
         split_data = source.splits[split]
         for i in order.tolist():
-            items.append({
-                "index": i,
-                "path": str(split_data.paths[i]) if split_data.paths else None,
-                "true": loaded.classes[int(targets[i])],
-                "pred": loaded.classes[int(pred[i])],
-                "prob": float(probs[i, pred[i]]),
-                "loss": float(losses[i]),
-            })  # fmt: skip
+            items.append(
+                {
+                    "index": i,
+                    "path": str(split_data.paths[i]) if split_data.paths else None,
+                    "true": loaded.classes[int(targets[i])],
+                    "pred": loaded.classes[int(pred[i])],
+                    "prob": float(probs[i, pred[i]]),
+                    "loss": float(losses[i]),
+                }
+            )
         result["top_losses"] = items
         result["_gallery"] = (items, split_data, gradcam)
     return _write_result(result, out_dir, loaded, split)
@@ -196,9 +208,13 @@ def _to_model_columns(targets: torch.Tensor, label_map: torch.Tensor, loaded) ->
 
 
 def _evaluate_multilabel(
-    loaded: LoadedModel, logits: torch.Tensor, targets: torch.Tensor, split_data,
-    top_losses: int, gradcam: bool,
-) -> dict:  # fmt: skip
+    loaded: LoadedModel,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    split_data,
+    top_losses: int,
+    gradcam: bool,
+) -> dict:
     """mAP, micro/macro F1 at the run's thresholds, per-class AP/F1, label frequencies, the
     precision-recall curves and (``top_losses``) the images with the highest loss."""
     from ..core.plots import plot_pr_curves
@@ -252,14 +268,18 @@ def _evaluate_multilabel(
         for i in order.tolist():
             worst = int(per_image[i].argmax())  # the label the model is most wrong about
             shown = [f"{classes[j]} {probs[i, j]:.0%}" for j in pred[i].nonzero().flatten()]
-            items.append({
-                "index": i,
-                "path": str(split_data.paths[i]) if split_data.paths else None,
-                "true": names(targets[i] > 0.5), "pred": names(pred[i]),
-                "pred_text": "pred " + (", ".join(shown) or "none"),
-                "prob": float(probs[i, worst]), "worst_label": classes[worst],
-                "loss": float(per_image[i].mean()),
-            })  # fmt: skip
+            items.append(
+                {
+                    "index": i,
+                    "path": str(split_data.paths[i]) if split_data.paths else None,
+                    "true": names(targets[i] > 0.5),
+                    "pred": names(pred[i]),
+                    "pred_text": "pred " + (", ".join(shown) or "none"),
+                    "prob": float(probs[i, worst]),
+                    "worst_label": classes[worst],
+                    "loss": float(per_image[i].mean()),
+                }
+            )
         result["top_losses"] = items
         result["_gallery"] = (items, split_data, gradcam)
     return result
@@ -301,10 +321,13 @@ def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path) 
 
     ex = Explainer.from_loaded(loaded)
     images = [
-        ex.prepare(split.images[it["index"]] if split.images is not None
-                   else open_image(split.paths[it["index"]], ex.in_chans))
+        ex.prepare(
+            split.images[it["index"]]
+            if split.images is not None
+            else open_image(split.paths[it["index"]], ex.in_chans)
+        )
         for it in items
-    ]  # fmt: skip
+    ]
     # The class it wrongly chose (multi-label: the label it is most wrong about).
     targets = [loaded.classes.index(it.get("worst_label", it["pred"])) for it in items]
     shown = [np.asarray(e.overlay()) for e in ex.explain_batch(stack_images(images), targets)]

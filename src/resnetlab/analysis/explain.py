@@ -238,9 +238,12 @@ class Explainer:
         # The evaluation transform of training and `predict`: decode-side resize/crop to a
         # uint8 image (shown under the heat), then the batch-side normalisation.
         self._to_input = file_transform(
-            preset, int(input_size), train=False, resize_size=resize_size,
+            preset,
+            int(input_size),
+            train=False,
+            resize_size=resize_size,
             interpolation=interpolation,
-        )  # fmt: skip
+        )
         self._normalise = BatchTransform(
             preset, int(input_size), mean, std, train=False, geometric=False, channels_last=False
         )
@@ -250,11 +253,19 @@ class Explainer:
         """From what ``bundle.load_model`` returns (``.model`` and its ``.meta``)."""
         meta = loaded.meta
         return cls(
-            loaded.model, meta.classes, meta.size, meta.mean, meta.std, meta.preset,
-            meta.in_chans, getattr(meta, "temperature", None), device,
-            getattr(meta, "multilabel", False), getattr(meta, "resize_size", None),
+            loaded.model,
+            meta.classes,
+            meta.size,
+            meta.mean,
+            meta.std,
+            meta.preset,
+            meta.in_chans,
+            getattr(meta, "temperature", None),
+            device,
+            getattr(meta, "multilabel", False),
+            getattr(meta, "resize_size", None),
             getattr(meta, "interpolation", None),
-        )  # fmt: skip
+        )
 
     def class_index(self, name: str) -> int:
         """The index of class ``name``; an unknown name is a ConfigError listing the classes."""
@@ -359,8 +370,14 @@ def explain_files(
     for start in range(0, len(paths), batch_size):
         chunk = []
         for p, dest in zip(paths[start : start + batch_size], dests[start : start + batch_size]):
-            row = {"path": str(p), "class": None, "index": None, "prob": None, "out": None,
-                   "error": None}  # fmt: skip
+            row = {
+                "path": str(p),
+                "class": None,
+                "index": None,
+                "prob": None,
+                "out": None,
+                "error": None,
+            }
             rows.append(row)
             try:
                 chunk.append((row, dest, ex.prepare(open_image(p, ex.in_chans))))

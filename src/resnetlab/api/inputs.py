@@ -70,8 +70,10 @@ def _gather(x: Any) -> list[tuple[str, Any]]:
 def _arrays(a: np.ndarray) -> list[np.ndarray]:
     """The images of a numpy array: HxW, HxWxC (C = 1, 3, 4), NxHxW, NxHxWxC; uint8."""
     if a.dtype != np.uint8:
-        raise _refuse(a, f"dtype {a.dtype}: numpy images are uint8, 0..255; floats in [0, 1] "
-                      "as a torch tensor")  # fmt: skip
+        raise _refuse(
+            a,
+            f"dtype {a.dtype}: numpy images are uint8, 0..255; floats in [0, 1] as a torch tensor",
+        )
     if a.ndim == 2:
         return [a[:, :, None]]
     if a.ndim == 3 and a.shape[2] in (1, 3, 4):
@@ -81,8 +83,9 @@ def _arrays(a: np.ndarray) -> list[np.ndarray]:
     if a.ndim == 4 and a.shape[3] in (1, 3, 4):
         return list(a)
     if a.ndim == 4 and a.shape[1] in (1, 3):
-        raise _refuse(a, f"shape {a.shape} looks NCHW: numpy images are NxHxWxC, "
-                      "a.transpose(0, 2, 3, 1)")  # fmt: skip
+        raise _refuse(
+            a, f"shape {a.shape} looks NCHW: numpy images are NxHxWxC, a.transpose(0, 2, 3, 1)"
+        )
     raise _refuse(a, f"shape {a.shape}")
 
 
@@ -99,16 +102,23 @@ def _tensors(t: torch.Tensor) -> list[torch.Tensor]:
     if t.dim() != 4:
         raise _refuse(t, f"shape {tuple(t.shape)}: tensors are CHW or NCHW")
     if t.shape[1] not in (1, 3):
-        hint = (", it looks channels-last: x.permute(2, 0, 1) (or (0, 3, 1, 2))"
-                if t.shape[-1] in (1, 3) else "")  # fmt: skip
-        raise _refuse(t, f"shape {tuple(t.shape)}: tensors are CHW or NCHW with 1 or 3 "
-                      f"channels{hint}")  # fmt: skip
+        hint = (
+            ", it looks channels-last: x.permute(2, 0, 1) (or (0, 3, 1, 2))"
+            if t.shape[-1] in (1, 3)
+            else ""
+        )
+        raise _refuse(
+            t, f"shape {tuple(t.shape)}: tensors are CHW or NCHW with 1 or 3 channels{hint}"
+        )
     if t.is_floating_point():
         t = t.float()
         lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
-            raise _refuse(t, f"values {lo:.3g}..{hi:.3g}: a float tensor holds pixels in "
-                          "[0, 1], before any Normalize (already normalised?)")  # fmt: skip
+            raise _refuse(
+                t,
+                f"values {lo:.3g}..{hi:.3g}: a float tensor holds pixels in "
+                "[0, 1], before any Normalize (already normalised?)",
+            )
         return list(t)
     return [img.permute(1, 2, 0).numpy() for img in t]
 
@@ -124,15 +134,18 @@ def _prepare(payload: Any, predictor) -> torch.Tensor:
     channels = predictor.channels
     if isinstance(payload, (str, bytes)):
         try:
-            source = read_stream(payload) if isinstance(payload, str) and is_stream(payload) \
-                else payload  # fmt: skip
+            source = (
+                read_stream(payload) if isinstance(payload, str) and is_stream(payload) else payload
+            )
             return predictor.preprocess(open_image(source, channels))
         except ImageDecodeError as exc:
             import glob
 
-            if isinstance(payload, str) and glob.has_magic(payload) and not os.path.lexists(
-                payload
-            ):  # fmt: skip
+            if (
+                isinstance(payload, str)
+                and glob.has_magic(payload)
+                and not os.path.lexists(payload)
+            ):
                 raise ImageDecodeError(payload, NO_MATCH) from None
             raise exc
     if isinstance(payload, Image.Image):
@@ -161,8 +174,9 @@ def _float_input(x: torch.Tensor, predictor) -> torch.Tensor:
     h, w = x.shape[-2:]
     new_w, new_h = geometry.resized_size(w, h)
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x[None], size=(new_h, new_w), mode=geometry.interpolation,
-                          antialias=True)[0]  # fmt: skip
+        x = F.interpolate(
+            x[None], size=(new_h, new_w), mode=geometry.interpolation, antialias=True
+        )[0]
         if geometry.interpolation == "bicubic":
             x = x.clamp(0, 255)
     if geometry.short_side is not None:

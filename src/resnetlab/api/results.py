@@ -75,15 +75,18 @@ class Predictions(Sequence):
                 rows.append([])
                 continue
             order = np.argsort(-row, kind="stable")[:k]
-            rows.append([{"label": self.classes[i], "index": int(i), "prob": float(row[i])}
-                         for i in order])  # fmt: skip
+            rows.append(
+                [{"label": self.classes[i], "index": int(i), "prob": float(row[i])} for i in order]
+            )
         return rows
 
     def rows(self, k: int | None = None) -> list[dict[str, Any]]:
         """One mapping per input as ``resnetlab predict --json`` prints it:
         ``{"path", "topk", "error"}``."""
-        return [{"path": n, "topk": t, "error": e}
-                for n, t, e in zip(self.names, self.topk(k), self.errors)]  # fmt: skip
+        return [
+            {"path": n, "topk": t, "error": e}
+            for n, t, e in zip(self.names, self.topk(k), self.errors)
+        ]
 
     def to_pandas(self):
         """A ``pandas.DataFrame``: one row per input (``name``, ``label``, ``prob``,
@@ -93,10 +96,14 @@ class Predictions(Sequence):
         except ImportError:
             raise ConfigError("to_pandas needs pandas: pip install pandas") from None
         best = [t[0] if t else None for t in self.topk(1)]
-        frame = pd.DataFrame({
-            "name": self.names, "label": self.labels,
-            "prob": [b["prob"] if b else np.nan for b in best], "error": self.errors,
-        })  # fmt: skip
+        frame = pd.DataFrame(
+            {
+                "name": self.names,
+                "label": self.labels,
+                "prob": [b["prob"] if b else np.nan for b in best],
+                "error": self.errors,
+            }
+        )
         probs = pd.DataFrame(self.probs, columns=self.classes)
         return pd.concat([frame, probs], axis=1)
 
@@ -109,8 +116,12 @@ class Predictions(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         i = range(len(self))[i]  # negative indices, and IndexError past the end
         tops = self.topk()[i]
-        return {"path": self.names[i], "label": self.labels[i], "topk": tops,
-                "error": self.errors[i]}  # fmt: skip
+        return {
+            "path": self.names[i],
+            "label": self.labels[i],
+            "topk": tops,
+            "error": self.errors[i],
+        }
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self[i] for i in range(len(self)))
@@ -121,8 +132,9 @@ class Predictions(Sequence):
         head += f", {bad} unreadable)" if bad else ")"
         lines = [head]
         for name, tops, err in list(zip(self.names, self.topk(3), self.errors))[:10]:
-            what = f"ERROR {err}" if err else ", ".join(f"{t['label']} {t['prob']:.3f}"
-                                                        for t in tops)  # fmt: skip
+            what = (
+                f"ERROR {err}" if err else ", ".join(f"{t['label']} {t['prob']:.3f}" for t in tops)
+            )
             lines.append(f"  {name}: {what}")
         if len(self) > 10:
             lines.append(f"  ... {len(self) - 10} more")
@@ -135,8 +147,9 @@ class Predictions(Sequence):
             if i >= HTML_ROWS:
                 break
             thumb = self._thumbs[i] if i < len(self._thumbs) else None
-            img = (f"<img src='data:image/png;base64,{_png_of(thumb)}'/>"
-                   if thumb is not None else "")  # fmt: skip
+            img = (
+                f"<img src='data:image/png;base64,{_png_of(thumb)}'/>" if thumb is not None else ""
+            )
             if err:
                 bars = f"<span style='color:#b00'>{html.escape(err)}</span>"
             else:
@@ -147,10 +160,15 @@ class Predictions(Sequence):
                     f"<span>{html.escape(t['label'])} {100 * t['prob']:.1f}%</span></div>"
                     for t in tops
                 )
-            body.append(f"<tr><td>{img}</td><td style='text-align:left'>"
-                        f"{html.escape(str(name))}</td><td>{bars}</td></tr>")  # fmt: skip
-        more = (f"<p>… and {len(self) - HTML_ROWS} more (all in .probs)</p>"
-                if len(self) > HTML_ROWS else "")  # fmt: skip
+            body.append(
+                f"<tr><td>{img}</td><td style='text-align:left'>"
+                f"{html.escape(str(name))}</td><td>{bars}</td></tr>"
+            )
+        more = (
+            f"<p>… and {len(self) - HTML_ROWS} more (all in .probs)</p>"
+            if len(self) > HTML_ROWS
+            else ""
+        )
         return (
             "<table><tr><th>image</th><th>input</th><th>top classes</th></tr>"
             + "".join(body)
@@ -184,8 +202,15 @@ class Evaluation(dict):
             for i in range(len(classes)):
                 for j in range(len(classes)):
                     if cm[i, j]:
-                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
+                        ax.text(
+                            j,
+                            i,
+                            str(cm[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black",
+                        )
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.tight_layout()
@@ -193,19 +218,25 @@ class Evaluation(dict):
 
     def __repr__(self) -> str:
         if "top1" in self:
-            return (f"Evaluation({self.get('split')} of {self.get('data')}: "
-                    f"{self.get('num_samples')} images, top-1 {_pct(self['top1'])}, "
-                    f"top-5 {_pct(self.get('top5'))}, loss {self.get('loss', 0):.4f})")  # fmt: skip
+            return (
+                f"Evaluation({self.get('split')} of {self.get('data')}: "
+                f"{self.get('num_samples')} images, top-1 {_pct(self['top1'])}, "
+                f"top-5 {_pct(self.get('top5'))}, loss {self.get('loss', 0):.4f})"
+            )
         return f"Evaluation({dict.__repr__(self)})"
 
     def _repr_html_(self) -> str:
         if "top1" in self:
-            head = [("split", f"{self.get('split')} of {self.get('data')}"),
-                    ("images", self.get("num_samples")), ("top-1", _pct(self["top1"])),
-                    ("top-5", _pct(self.get("top5"))),
-                    ("balanced accuracy", _pct(self.get("balanced_accuracy"))),
-                    ("macro-F1", _pct(self.get("f1_macro"))), ("ECE", _pct(self.get("ece"))),
-                    ("loss", f"{self.get('loss', 0):.4f}")]  # fmt: skip
+            head = [
+                ("split", f"{self.get('split')} of {self.get('data')}"),
+                ("images", self.get("num_samples")),
+                ("top-1", _pct(self["top1"])),
+                ("top-5", _pct(self.get("top5"))),
+                ("balanced accuracy", _pct(self.get("balanced_accuracy"))),
+                ("macro-F1", _pct(self.get("f1_macro"))),
+                ("ECE", _pct(self.get("ece"))),
+                ("loss", f"{self.get('loss', 0):.4f}"),
+            ]
         else:
             head = [("split", self.get("split")), ("mAP", _pct(self.get("map")))]
         rows = "".join(
@@ -214,8 +245,10 @@ class Evaluation(dict):
             + f"<td>{m.get('support', '')}</td></tr>"
             for name, m in self.get("per_class", {}).items()
         )
-        per_class = ("<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
-                     f"<th>support</th></tr>{rows}</table>")  # fmt: skip
+        per_class = (
+            "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>"
+            f"<th>support</th></tr>{rows}</table>"
+        )
         out = f"<div><b>evaluation</b>{_table(head)}{per_class}"
         if self.get("confusion_matrix") is not None:
             out += f"<img src='data:image/png;base64,{_png(self.confusion_figure())}'/>"
@@ -231,7 +264,9 @@ class Explanations(list):
         for e in self:
             a = np.asarray(e.overlay())
             caption = html.escape(f"{getattr(e, 'name', '')}: {e.label} {100 * e.prob:.1f}%")
-            cells.append(f"<figure style='display:inline-block;margin:4px'><img src='data:"
-                         f"image/png;base64,{_png_of(a)}'/><figcaption>{caption}"
-                         "</figcaption></figure>")  # fmt: skip
+            cells.append(
+                f"<figure style='display:inline-block;margin:4px'><img src='data:"
+                f"image/png;base64,{_png_of(a)}'/><figcaption>{caption}"
+                "</figcaption></figure>"
+            )
         return "<div>" + "".join(cells) + "</div>"

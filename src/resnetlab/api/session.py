@@ -67,8 +67,9 @@ def fit(
         _known(dict(given), "fit()")
         given["data"] = _data_string(data)
         if resume is not None:
-            trainer = Trainer(resume=resume, verbose=verbose,
-                              overrides={k: v for k, v in settings.items()})  # fmt: skip
+            trainer = Trainer(
+                resume=resume, verbose=verbose, overrides={k: v for k, v in settings.items()}
+            )
         else:
             cfg = resolve_config(given, config_file=os.fspath(config) if config else None)
             trainer = Trainer(cfg, verbose=verbose)
@@ -112,18 +113,27 @@ def create_model(
     spec = os.fspath(weights) if weights is not None else "torchvision"
     found = pretrained_model(name, spec)  # the weights, their classes and preprocessing
     meta = found.meta
-    model = build(name, num_classes=meta.num_classes if num_classes is None else num_classes,
-                  in_chans=in_chans, **kwargs)  # fmt: skip
+    model = build(
+        name,
+        num_classes=meta.num_classes if num_classes is None else num_classes,
+        in_chans=in_chans,
+        **kwargs,
+    )
     new_head = model.num_classes != meta.num_classes
     load_into(model, found.model.state_dict(), str(found.source), skip_classifier=new_head)
     if in_chans != meta.in_chans:  # the normalisation of the weights, per channel of ours
         mean, std = sum(meta.mean) / len(meta.mean), sum(meta.std) / len(meta.std)
-        meta = dataclasses.replace(meta, in_chans=in_chans, mean=[mean] * in_chans,
-                                   std=[std] * in_chans,
-                                   input_size=[in_chans, *meta.input_size[1:]])  # fmt: skip
+        meta = dataclasses.replace(
+            meta,
+            in_chans=in_chans,
+            mean=[mean] * in_chans,
+            std=[std] * in_chans,
+            input_size=[in_chans, *meta.input_size[1:]],
+        )
     if new_head:
-        meta = dataclasses.replace(meta, num_classes=model.num_classes,
-                                   classes=[str(i) for i in range(model.num_classes)])  # fmt: skip
+        meta = dataclasses.replace(
+            meta, num_classes=model.num_classes, classes=[str(i) for i in range(model.num_classes)]
+        )
     attach(model, meta)
     if new_head:
         model.pretrained_cfg.pop("label_names", None)
@@ -204,15 +214,23 @@ class Run:
 
     def _repr_html_(self) -> str:
         s, m = self.summary, self.meta
-        rows = [("model", m.model), ("classes", f"{len(self.classes)}: "
-                                     + ", ".join(self.classes[:12])
-                                     + (" …" if len(self.classes) > 12 else "")),
-                ("input", f"{m.in_chans}x{m.size}x{m.size}, {m.preset} preset")]  # fmt: skip
+        rows = [
+            ("model", m.model),
+            (
+                "classes",
+                f"{len(self.classes)}: "
+                + ", ".join(self.classes[:12])
+                + (" …" if len(self.classes) > 12 else ""),
+            ),
+            ("input", f"{m.in_chans}x{m.size}x{m.size}, {m.preset} preset"),
+        ]
         if s:
-            rows += [("data", s.get("data")),
-                     ("best epoch", f"{s.get('best_epoch')} of {s.get('epochs_completed')}"),
-                     ("best val top-1", _pct(s.get("best_val_top1"))),
-                     ("test top-1", _pct(s.get("test_top1")))]  # fmt: skip
+            rows += [
+                ("data", s.get("data")),
+                ("best epoch", f"{s.get('best_epoch')} of {s.get('epochs_completed')}"),
+                ("best val top-1", _pct(s.get("best_val_top1"))),
+                ("test top-1", _pct(s.get("test_top1"))),
+            ]
             if s.get("temperature") is not None:
                 rows.append(("calibration", f"T = {s['temperature']:.3g}"))
             rows.append(("train time", f"{s.get('train_seconds', 0):.1f} s"))
@@ -230,9 +248,13 @@ class Run:
 
         key = (backend, str(device), precision, batch_size)
         if key not in self._predictors:
-            self._predictors[key] = Predictor(self._loaded, backend=backend, device=device,
-                                              precision=precision,
-                                              batch_size=batch_size)  # fmt: skip
+            self._predictors[key] = Predictor(
+                self._loaded,
+                backend=backend,
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+            )
         return self._predictors[key]
 
     def predict(
@@ -293,9 +315,15 @@ class Run:
                 probs[i] = out[row]
                 if i < HTML_ROWS:
                     thumbs[i] = _thumbnail(t)
-        return Predictions([name for name, _ in items], probs, errors, self.classes,
-                           thresholds=p.thresholds if p.multilabel else None,
-                           thumbnails=thumbs, k=topk)  # fmt: skip
+        return Predictions(
+            [name for name, _ in items],
+            probs,
+            errors,
+            self.classes,
+            thresholds=p.thresholds if p.multilabel else None,
+            thumbnails=thumbs,
+            k=topk,
+        )
 
     def evaluate(
         self,
@@ -332,9 +360,18 @@ class Run:
                 data = _data_string(data)
             elif not self._loaded.has_run_config and self._is_run():
                 data = self.config.get("data")
-            r = evaluate_run(self._loaded, data=data, split=split, batch_size=batch_size,
-                             tta=tta, top_losses=top_losses, out_dir=out, precision=precision,
-                             backend=backend, device=device)  # fmt: skip
+            r = evaluate_run(
+                self._loaded,
+                data=data,
+                split=split,
+                batch_size=batch_size,
+                tta=tta,
+                top_losses=top_losses,
+                out_dir=out,
+                precision=precision,
+                backend=backend,
+                device=device,
+            )
         return Evaluation(r)
 
     def export(
@@ -362,8 +399,9 @@ class Run:
 
         source = self._source_for_files("report")
         with _PythonNames({"out": out, "data": data}):
-            return Path(build_report(source, data=_data_string(data) if data is not None
-                                     else None, out=out))  # fmt: skip
+            return Path(
+                build_report(source, data=_data_string(data) if data is not None else None, out=out)
+            )
 
     def explain(self, x: Any, class_name: str | None = None) -> Explanations:
         """Grad-CAM: where the model looked, for the predicted class of each image (or the
@@ -373,8 +411,10 @@ class Run:
         from ..analysis.explain import Explainer
 
         if not any(True for _ in self.model.parameters()):
-            raise ConfigError(f"{self.path}: Grad-CAM needs the weights; load the run folder "
-                              "or model.safetensors, not an export")  # fmt: skip
+            raise ConfigError(
+                f"{self.path}: Grad-CAM needs the weights; load the run folder "
+                "or model.safetensors, not an export"
+            )
         ex = Explainer.from_loaded(self._loaded)
         items = _gather(x)
         if not items:
@@ -393,6 +433,7 @@ class Run:
 
     def _source_for_files(self, what: str) -> str:
         if self.path.suffix in (".onnx", ".ts"):
-            raise ConfigError(f"{self.path} is an export; {what} needs the run folder (or its "
-                              "model.safetensors)")  # fmt: skip
+            raise ConfigError(
+                f"{self.path} is an export; {what} needs the run folder (or its model.safetensors)"
+            )
         return str(self.path)

@@ -26,12 +26,23 @@ from ..core.errors import ConfigError, WeightsError
 
 # MindSpore's tensor_type names to numpy dtypes (bf16 is widened to float32 below).
 MS_DTYPES = {
-    "Float32": np.float32, "Float16": np.float16, "Float64": np.float64, "Int8": np.int8,
-    "Int16": np.int16, "Int32": np.int32, "Int64": np.int64, "UInt8": np.uint8, "Bool": np.bool_,
+    "Float32": np.float32,
+    "Float16": np.float16,
+    "Float64": np.float64,
+    "Int8": np.int8,
+    "Int16": np.int16,
+    "Int32": np.int32,
+    "Int64": np.int64,
+    "UInt8": np.uint8,
+    "Bool": np.bool_,
     "BFloat16": np.uint16,
-}  # fmt: skip
-BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-            "moving_variance": "running_var"}  # fmt: skip
+}
+BN_NAMES = {
+    "gamma": "weight",
+    "beta": "bias",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
 # Keras' BatchNormalization in keras.applications' ResNets uses epsilon 1.001e-5; PyTorch's
 # 1e-5. Adding the difference to the running variance gives the same normalisation exactly.
 KERAS_BN_EPS = 1.001e-5
@@ -42,8 +53,9 @@ def _checkpoint_message():
     """The MindSpore checkpoint schema (checkpoint.proto, proto2) as a protobuf class."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    f = descriptor_pb2.FileDescriptorProto(name="resnetlab_ms_checkpoint.proto",
-                                           package="resnetlab_ms", syntax="proto2")  # fmt: skip
+    f = descriptor_pb2.FileDescriptorProto(
+        name="resnetlab_ms_checkpoint.proto", package="resnetlab_ms", syntax="proto2"
+    )
     T = descriptor_pb2.FieldDescriptorProto
     tensor = f.message_type.add(name="TensorProto")
     tensor.field.add(name="dims", number=1, type=T.TYPE_INT64, label=T.LABEL_REPEATED)
@@ -52,10 +64,20 @@ def _checkpoint_message():
     ckpt = f.message_type.add(name="Checkpoint")
     value = ckpt.nested_type.add(name="Value")
     value.field.add(name="tag", number=1, type=T.TYPE_STRING, label=T.LABEL_OPTIONAL)
-    value.field.add(name="tensor", number=2, type=T.TYPE_MESSAGE, label=T.LABEL_OPTIONAL,
-                    type_name=".resnetlab_ms.TensorProto")  # fmt: skip
-    ckpt.field.add(name="value", number=1, type=T.TYPE_MESSAGE, label=T.LABEL_REPEATED,
-                   type_name=".resnetlab_ms.Checkpoint.Value")  # fmt: skip
+    value.field.add(
+        name="tensor",
+        number=2,
+        type=T.TYPE_MESSAGE,
+        label=T.LABEL_OPTIONAL,
+        type_name=".resnetlab_ms.TensorProto",
+    )
+    ckpt.field.add(
+        name="value",
+        number=1,
+        type=T.TYPE_MESSAGE,
+        label=T.LABEL_REPEATED,
+        type_name=".resnetlab_ms.Checkpoint.Value",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("resnetlab_ms.Checkpoint"))
@@ -154,8 +176,9 @@ def keras_to_torchvision(layers: dict[str, list[np.ndarray]]) -> tuple[dict, lis
     state, skipped = {}, []
     convs = {}
     for layer, weights in layers.items():
-        m = re.fullmatch(r"conv(\d)_block(\d+)_(\d)_(conv|bn)|conv1_(conv|bn)|predictions|fc\d*",
-                         layer)  # fmt: skip
+        m = re.fullmatch(
+            r"conv(\d)_block(\d+)_(\d)_(conv|bn)|conv1_(conv|bn)|predictions|fc\d*", layer
+        )
         if m is None:
             skipped.append(layer)
             continue
@@ -168,8 +191,11 @@ def keras_to_torchvision(layers: dict[str, list[np.ndarray]]) -> tuple[dict, lis
         else:
             stage, block, idx, kind = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
             prefix = f"layer{stage - 1}.{block - 1}."
-            conv, bn = ((prefix + "downsample.0", prefix + "downsample.1") if idx == "0"
-                        else (prefix + f"conv{idx}", prefix + f"bn{idx}"))  # fmt: skip
+            conv, bn = (
+                (prefix + "downsample.0", prefix + "downsample.1")
+                if idx == "0"
+                else (prefix + f"conv{idx}", prefix + f"bn{idx}")
+            )
         if kind == "conv":
             state[conv + ".weight"] = torch.from_numpy(weights[0].transpose(3, 2, 0, 1).copy())
             if len(weights) > 1:
@@ -228,12 +254,22 @@ def convert(path: str | Path, model: str, out: str | Path) -> dict:
         )
     for k, v in state.items():
         if tuple(v.shape) != tuple(want[k].shape):
-            raise WeightsError(f"{path}: {k} has shape {tuple(v.shape)}, {model} needs "
-                               f"{tuple(want[k].shape)}")  # fmt: skip
+            raise WeightsError(
+                f"{path}: {k} has shape {tuple(v.shape)}, {model} needs {tuple(want[k].shape)}"
+            )
     net.load_state_dict(state, strict=False)  # num_batches_tracked keep their zeros
-    meta = {"resnetlab.model": model, "resnetlab.model_kwargs": json.dumps(kwargs),
-            "resnetlab.converted_from": framework}  # fmt: skip
+    meta = {
+        "resnetlab.model": model,
+        "resnetlab.model_kwargs": json.dumps(kwargs),
+        "resnetlab.converted_from": framework,
+    }
     tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
     atomic_write_bytes(out, save(tensors, metadata=meta))
-    return {"path": str(out), "framework": framework, "tensors": len(state), "skipped": skipped,
-            "num_classes": num_classes, "model_kwargs": kwargs}  # fmt: skip
+    return {
+        "path": str(out),
+        "framework": framework,
+        "tensors": len(state),
+        "skipped": skipped,
+        "num_classes": num_classes,
+        "model_kwargs": kwargs,
+    }

@@ -75,12 +75,18 @@ def pretrained_cfg(meta: ModelMeta, model: nn.Module | None = None) -> dict[str,
     ``timm.data.resolve_model_data_config(model)`` returns the run's own input size,
     mean/std, interpolation and crop (and ``label_names``, the classes)."""
     return make_pretrained_cfg(
-        meta.input_size, mean=meta.mean, std=meta.std,
-        interpolation=eval_interpolation(meta.interpolation), resize_size=resize_size(meta),
-        num_classes=meta.num_classes, first_conv=getattr(model, "first_conv", "conv1"),
-        classifier=getattr(model, "classifier_name", "fc"), architecture=meta.model,
-        label_names=list(meta.classes), resnetlab_preset=meta.preset,
-    )  # fmt: skip
+        meta.input_size,
+        mean=meta.mean,
+        std=meta.std,
+        interpolation=eval_interpolation(meta.interpolation),
+        resize_size=resize_size(meta),
+        num_classes=meta.num_classes,
+        first_conv=getattr(model, "first_conv", "conv1"),
+        classifier=getattr(model, "classifier_name", "fc"),
+        architecture=meta.model,
+        label_names=list(meta.classes),
+        resnetlab_preset=meta.preset,
+    )
 
 
 def attach(model: nn.Module, meta: ModelMeta) -> nn.Module:

@@ -65,13 +65,28 @@ class ModelMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     REQUIRED: ClassVar[tuple[str, ...]] = (
-        "model", "num_classes", "in_chans", "classes", "input_size", "mean", "std",
-    )  # fmt: skip
+        "model",
+        "num_classes",
+        "in_chans",
+        "classes",
+        "input_size",
+        "mean",
+        "std",
+    )
     # Written even when None: model.json has always held them.
     ALWAYS: ClassVar[tuple[str, ...]] = (
-        "model", "num_classes", "in_chans", "classes", "input_size", "mean", "std", "preset",
-        "model_kwargs", "weights", "resnetlab_version",
-    )  # fmt: skip
+        "model",
+        "num_classes",
+        "in_chans",
+        "classes",
+        "input_size",
+        "mean",
+        "std",
+        "preset",
+        "model_kwargs",
+        "weights",
+        "resnetlab_version",
+    )
 
     def __post_init__(self) -> None:
         self.num_classes, self.in_chans = int(self.num_classes), int(self.in_chans)
@@ -109,8 +124,10 @@ class ModelMeta:
         """The mapping written to ``model.json`` (the keys it has always had, then the rest)."""
         out = {k: getattr(self, k) for k in self.ALWAYS}
         out["input_size"], out["mean"], out["std"] = (
-            list(self.input_size), list(self.mean), list(self.std)
-        )  # fmt: skip
+            list(self.input_size),
+            list(self.mean),
+            list(self.std),
+        )
         out["classes"], out["model_kwargs"] = list(self.classes), dict(self.model_kwargs)
         for f in dataclasses.fields(self):
             if f.name not in self.ALWAYS and f.name != "extra":
@@ -175,8 +192,9 @@ def output_folder(
     if problem is None:
         return folder
     if given:
-        raise ConfigError(f"--out {folder} cannot be written ({problem}); give another folder "
-                          f"for {what}")  # fmt: skip
+        raise ConfigError(
+            f"--out {folder} cannot be written ({problem}); give another folder for {what}"
+        )
     raise ConfigError(f"{folder} cannot be written ({problem}): give {flag} for {what}")
 
 

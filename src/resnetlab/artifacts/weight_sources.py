@@ -46,9 +46,12 @@ def torchvision_preprocess(weights) -> Preprocess:
     tf = weights.transforms()
     interp = getattr(tf.interpolation, "value", str(tf.interpolation))
     return Preprocess(
-        resize_size=int(tf.resize_size[0]), crop_size=int(tf.crop_size[0]),
-        interpolation=str(interp), mean=tuple(tf.mean), std=tuple(tf.std),
-    )  # fmt: skip
+        resize_size=int(tf.resize_size[0]),
+        crop_size=int(tf.crop_size[0]),
+        interpolation=str(interp),
+        mean=tuple(tf.mean),
+        std=tuple(tf.std),
+    )
 
 
 def _torchvision(model: str, tag: str | None) -> WeightSource:
@@ -65,8 +68,9 @@ def _torchvision(model: str, tag: str | None) -> WeightSource:
     elif tag in enum.__members__:
         w = enum[tag]
     else:
-        raise WeightsError(f"--weights torchvision:{tag}: {model} has "
-                           f"{', '.join(enum.__members__)}")  # fmt: skip
+        raise WeightsError(
+            f"--weights torchvision:{tag}: {model} has {', '.join(enum.__members__)}"
+        )
     try:
         state = w.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as exc:
@@ -74,8 +78,9 @@ def _torchvision(model: str, tag: str | None) -> WeightSource:
             f"cannot fetch torchvision weights for {model} from {w.url} ({exc}); when offline, "
             "download the file elsewhere and pass --weights PATH"
         ) from None
-    return WeightSource(state, w.url, torchvision_preprocess(w),
-                        list(w.meta.get("categories", [])) or None)  # fmt: skip
+    return WeightSource(
+        state, w.url, torchvision_preprocess(w), list(w.meta.get("categories", [])) or None
+    )
 
 
 def hub_preprocess(config: dict) -> Preprocess | None:
@@ -87,11 +92,14 @@ def hub_preprocess(config: dict) -> Preprocess | None:
     crop = int(size[-1])
     crop_pct = float(cfg.get("test_crop_pct") or cfg.get("crop_pct") or 0.875)
     return Preprocess(
-        resize_size=int(crop / crop_pct + 0.5) if cfg.get("crop_mode", "center") != "squash"
+        resize_size=int(crop / crop_pct + 0.5)
+        if cfg.get("crop_mode", "center") != "squash"
         else crop,
-        crop_size=crop, interpolation=str(cfg.get("interpolation", "bilinear")),
-        mean=tuple(cfg.get("mean", IMAGENET_MEAN)), std=tuple(cfg.get("std", IMAGENET_STD)),
-    )  # fmt: skip
+        crop_size=crop,
+        interpolation=str(cfg.get("interpolation", "bilinear")),
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+    )
 
 
 def _hub_folder(folder: Path, source: str) -> WeightSource:
@@ -160,8 +168,10 @@ def _run_folder(run: RunDir, source: str) -> WeightSource:
     meta = run.read_meta()
     size = meta.size
     pre = Preprocess(
-        resize_size=meta.resize_size or eval_resize_size(size), crop_size=size,
-        interpolation=meta.interpolation or "bilinear", mean=tuple(meta.mean),
+        resize_size=meta.resize_size or eval_resize_size(size),
+        crop_size=size,
+        interpolation=meta.interpolation or "bilinear",
+        mean=tuple(meta.mean),
         std=tuple(meta.std),
-    )  # fmt: skip
+    )
     return WeightSource(read_state_dict(run.weights), source, pre, list(meta.classes))

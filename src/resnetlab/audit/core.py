@@ -54,8 +54,12 @@ def run_features(run: str, source: Source, batch_size: int = 64) -> tuple[np.nda
 
     loaded = load_model(run)
     # A copy: the pipeline may cache decoded images in its source, the audit keeps the files.
-    pipe = run_pipeline(loaded, batch_size=batch_size, num_workers=0,
-                        source=replace(source, splits=dict(source.splits)))  # fmt: skip
+    pipe = run_pipeline(
+        loaded,
+        batch_size=batch_size,
+        num_workers=0,
+        source=replace(source, splits=dict(source.splits)),
+    )
     model = loaded.model.eval()
     out = []
     with torch.inference_mode():
@@ -94,8 +98,15 @@ def audit(
         from ..inference.loading import load_model
 
         channels = load_model(run).meta.in_chans  # the model reads its own channel count
-    source = _load(data, val_ratio=val_ratio, test_ratio=test_ratio, seed=seed,
-                   channels=channels, download=download, task=task)  # fmt: skip
+    source = _load(
+        data,
+        val_ratio=val_ratio,
+        test_ratio=test_ratio,
+        seed=seed,
+        channels=channels,
+        download=download,
+        task=task,
+    )
     if labels:
         L.check_single_label(source.multilabel)
     if any(s.shards is not None for s in source.splits.values()):
@@ -115,7 +126,7 @@ def audit(
         "unreadable": [
             {"path": p, "reason": r}
             for p, r in [(b.path, b.reason) for b in source.bad_files] + items.errors
-        ],  # fmt: skip
+        ],
         "duplicates": groups,
         "duplicate_summary": {**_summary(groups), "near_bits": found.get("near_bits")},
         "label_issues": None,
@@ -149,20 +160,27 @@ def _label_issues(items: Items, source: Source, run, oof, folds: int, seed: int)
     if oof:
         probs = L.read_oof(oof, items.refs, source.classes)
         ok &= ~np.isnan(probs).any(1)
-        model = {"source": "oof", "description": f"out-of-fold probabilities of {oof}",
-                 "folds": None}  # fmt: skip
+        model = {
+            "source": "oof",
+            "description": f"out-of-fold probabilities of {oof}",
+            "folds": None,
+        }
     else:
         if run:
             features, what = run_features(run, source)
             model = {"source": "run", "description": f"logistic regression on the {what}"}
         else:
             features = items.pixels.astype(np.float32)
-            model = {"source": "pixels", "description": "logistic regression on an RBF kernel "
-                     f"of the pixels at {PIXEL_SIDE}x{PIXEL_SIDE}"}  # fmt: skip
+            model = {
+                "source": "pixels",
+                "description": "logistic regression on an RBF kernel "
+                f"of the pixels at {PIXEL_SIDE}x{PIXEL_SIDE}",
+            }
         probs = np.full((len(items), k), np.nan)
         idx = np.nonzero(ok)[0]
-        probs[idx], _, used = L.cross_validated_probs(features[idx], y[idx], k, folds, seed,
-                                                      kernel=not run)  # fmt: skip
+        probs[idx], _, used = L.cross_validated_probs(
+            features[idx], y[idx], k, folds, seed, kernel=not run
+        )
         model["folds"] = used
     idx = np.nonzero(ok)[0]
     probs[~ok] = np.nan
@@ -177,14 +195,18 @@ def _label_issues(items: Items, source: Source, run, oof, folds: int, seed: int)
     for rank in found.tolist():
         i = int(idx[rank])
         given, suggested = int(y[i]), int(p[rank].argmax())
-        issues.append({
-            "path": items.refs[i], "split": str(items.split[i]),
-            "given": source.classes[given], "suggested": source.classes[suggested],
-            "score": round(1.0 - float(p[rank, given]), 4),
-            "probability": round(float(p[rank, suggested]), 4),
-            "given_probability": round(float(p[rank, given]), 4),
-            "_index": i,
-        })  # fmt: skip
+        issues.append(
+            {
+                "path": items.refs[i],
+                "split": str(items.split[i]),
+                "given": source.classes[given],
+                "suggested": source.classes[suggested],
+                "score": round(1.0 - float(p[rank, given]), 4),
+                "probability": round(float(p[rank, suggested]), 4),
+                "given_probability": round(float(p[rank, given]), 4),
+                "_index": i,
+            }
+        )
     return issues, model, probs
 
 
@@ -217,8 +239,9 @@ def _check_new(path: str | Path, flag: str) -> Path:
     never overwritten."""
     path = Path(path)
     if path.exists():
-        raise ConfigError(f"{flag} {path}: the file exists; give a new name (nothing is "
-                          "overwritten)")  # fmt: skip
+        raise ConfigError(
+            f"{flag} {path}: the file exists; give a new name (nothing is overwritten)"
+        )
     return path
 
 
@@ -243,9 +266,16 @@ def write_relabel_file(result: AuditResult, path: str | Path) -> tuple[Path, int
     issues = result.report["label_issues"]
     if issues is None:
         raise ConfigError("--write-relabel needs label issues: add --labels (or --oof FILE)")
-    rows = [{"ref": r["path"], "given": r["given"], "suggested": r["suggested"],
-             "probability": r["probability"], "pixels": _memory_pixels(result, r["_index"])}
-            for r in issues]  # fmt: skip
+    rows = [
+        {
+            "ref": r["path"],
+            "given": r["given"],
+            "suggested": r["suggested"],
+            "probability": r["probability"],
+            "pixels": _memory_pixels(result, r["_index"]),
+        }
+        for r in issues
+    ]
     memory = any(r["pixels"] for r in rows)
     write_relabel(path, rows, memory)
     return path, len(rows)
@@ -268,9 +298,11 @@ def format_audit(report: dict) -> str:
         lines += [f"  {b['path']}: {b['reason']}" for b in bad[:SHOW_GROUPS]]
     s = report["duplicate_summary"]
     if s.get("near_bits") is not None and s["near_bits"] < NEAR_BITS:
-        lines.append(f"note        near copies: pHash pairs within {s['near_bits']} bits, not "
-                     f"{NEAR_BITS}: the images look much alike (the pairs to compare are kept "
-                     "to a few million)")  # fmt: skip
+        lines.append(
+            f"note        near copies: pHash pairs within {s['near_bits']} bits, not "
+            f"{NEAR_BITS}: the images look much alike (the pairs to compare are kept "
+            "to a few million)"
+        )
     if not s["groups"]:
         lines.append("duplicates  none (exact or near)")
     else:
@@ -287,8 +319,10 @@ def format_audit(report: dict) -> str:
                 rows.append(["", "", "", f"  {m['path']}  {m['split']}, {m['label']}{out}"])
         lines.append(_indent(table(["#", "kind", "images", "what"], rows, right_from=9)))
         if len(report["duplicates"]) > SHOW_GROUPS:
-            lines.append(f"  ... and {len(report['duplicates']) - SHOW_GROUPS} more groups "
-                         "(--json and --html list them all)")  # fmt: skip
+            lines.append(
+                f"  ... and {len(report['duplicates']) - SHOW_GROUPS} more groups "
+                "(--json and --html list them all)"
+            )
     model = report.get("label_model")
     if model is not None:
         issues = report["label_issues"]
@@ -299,18 +333,30 @@ def format_audit(report: dict) -> str:
             f"estimated label noise {pct(model['estimated_noise'], 1)})"
         )
         if issues:
-            rows = [[r["path"], r["split"], r["given"], r["suggested"],
-                     f"{r['probability']:.2f}", f"{r['given_probability']:.2f}"]
-                    for r in issues[:SHOW_ISSUES]]  # fmt: skip
+            rows = [
+                [
+                    r["path"],
+                    r["split"],
+                    r["given"],
+                    r["suggested"],
+                    f"{r['probability']:.2f}",
+                    f"{r['given_probability']:.2f}",
+                ]
+                for r in issues[:SHOW_ISSUES]
+            ]
             head = ["image", "split", "given", "suggested", "p(suggested)", "p(given)"]
             lines.append(_indent(table(head, rows, right_from=4)))
             if len(issues) > SHOW_ISSUES:
-                lines.append(f"  ... and {len(issues) - SHOW_ISSUES} more (--json and --html "
-                             "list them all)")  # fmt: skip
+                lines.append(
+                    f"  ... and {len(issues) - SHOW_ISSUES} more (--json and --html list them all)"
+                )
         if (model["accuracy"] or 0) < WEAK_MODEL:
-            better = {"pixels": "give --run RUN (a trained model's features) or train --folds K "
-                      "and --oof", "run": "train the run longer, or train --folds K and --oof",
-                      "oof": "train the folds longer"}[model["source"]]  # fmt: skip
+            better = {
+                "pixels": "give --run RUN (a trained model's features) or train --folds K "
+                "and --oof",
+                "run": "train the run longer, or train --folds K and --oof",
+                "oof": "train the folds longer",
+            }[model["source"]]
             lines.append(
                 f"note        the label model is right on {pct(model['accuracy'], 0)} of the "
                 "images only: many of these are its own mistakes, not the labels'; " + better

@@ -107,9 +107,11 @@ def blur_matched_similarity(thumbs: np.ndarray, i: np.ndarray, j: np.ndarray) ->
 
 
 def near_pairs(
-    items: Items, max_bits: int = NEAR_BITS, similarity: float = NEAR_SIMILARITY,
+    items: Items,
+    max_bits: int = NEAR_BITS,
+    similarity: float = NEAR_SIMILARITY,
     info: dict | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i, j, similarity) of near duplicates that are not exact ones. ``info`` gets
     ``near_bits``: the pHash distance used (below ``max_bits`` when there were more candidate
     pairs than ``CANDIDATE_BUDGET``)."""
@@ -193,14 +195,20 @@ def find_duplicates(items: Items, near: bool = True, **near_options) -> list[dic
 def _group(items: Items, members: list[int], similarity: float | None) -> dict:
     # The copy kept: in the first split (train before val and test), the largest image.
     area = items.size[:, 0] * items.size[:, 1]
-    members = sorted(members, key=lambda k: (_split_order(items.split[k]), -int(area[k]),
-                                             natural_key(items.refs[k])))  # fmt: skip
+    members = sorted(
+        members,
+        key=lambda k: (_split_order(items.split[k]), -int(area[k]), natural_key(items.refs[k])),
+    )
     splits = sorted({items.split[k] for k in members}, key=_split_order)
     classes = sorted({items.label[k] for k in members})
     leak, conflict = len(splits) > 1, len(classes) > 1
-    status = "leak+conflict" if leak and conflict else "conflict" if conflict else (
-        "leak" if leak else "within"
-    )  # fmt: skip
+    status = (
+        "leak+conflict"
+        if leak and conflict
+        else "conflict"
+        if conflict
+        else ("leak" if leak else "within")
+    )
     kind = "exact" if len({items.exact[k] for k in members}) == 1 else "near"
     # What to leave out: one copy is kept (the first training copy), unless the copies
     # disagree on the label: then no copy can be trusted until someone decides.

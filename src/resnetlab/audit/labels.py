@@ -143,9 +143,13 @@ def label_model(dims: int, rows: int, kernel: bool):
 
 
 def cross_validated_probs(
-    features: np.ndarray, labels: np.ndarray, num_classes: int, folds: int = FOLDS,
-    seed: int = 0, kernel: bool = True,
-) -> tuple[np.ndarray, float, int]:  # fmt: skip
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    folds: int = FOLDS,
+    seed: int = 0,
+    kernel: bool = True,
+) -> tuple[np.ndarray, float, int]:
     """Out-of-fold probabilities of ``label_model`` on ``features``, the folds stratified by
     class; its accuracy against the given labels; the folds used."""
     from sklearn.model_selection import StratifiedKFold

@@ -60,8 +60,10 @@ def _figure(result: AuditResult, index: int, caption: list[str], out: bool = Fal
     alt = e(result.items.refs[index])
     cls = "out" if out else ""
     src = thumbnail(result, index)
-    return (f'<figure class="{cls}"><img alt="{alt}" title="{alt}" src="{src}">'
-            f"<figcaption>{lines}</figcaption></figure>")  # fmt: skip
+    return (
+        f'<figure class="{cls}"><img alt="{alt}" title="{alt}" src="{src}">'
+        f"<figcaption>{lines}</figcaption></figure>"
+    )
 
 
 def _duplicates(result: AuditResult) -> str:
@@ -86,15 +88,23 @@ def _duplicates(result: AuditResult) -> str:
             tags += '<span class="tag within">within</span>'
         sim = f" (similarity {g['similarity']:.4f})" if g["similarity"] else ""
         figures = "".join(
-            _figure(result, k, [m["path"], f"{m['split']} · {m['label']}"],
-                    out=m["path"] in g["exclude"])
+            _figure(
+                result,
+                k,
+                [m["path"], f"{m['split']} · {m['label']}"],
+                out=m["path"] in g["exclude"],
+            )
             for k, m in zip(g["_index"], g["members"])
-        )  # fmt: skip
-        parts.append(f'<div class="group" id="group-{n}"><h3>#{n} {tags}{e(describe(g))}{e(sim)}'
-                     f'</h3><div class="row">{figures}</div></div>')  # fmt: skip
+        )
+        parts.append(
+            f'<div class="group" id="group-{n}"><h3>#{n} {tags}{e(describe(g))}{e(sim)}'
+            f'</h3><div class="row">{figures}</div></div>'
+        )
     if len(groups) > PAGE_LIMIT:
-        parts.append(f"<p class=muted>... and {len(groups) - PAGE_LIMIT} more groups (--json "
-                     "lists them all)</p>")  # fmt: skip
+        parts.append(
+            f"<p class=muted>... and {len(groups) - PAGE_LIMIT} more groups (--json "
+            "lists them all)</p>"
+        )
     return "".join(parts) + "</section>"
 
 
@@ -102,8 +112,10 @@ def _labels(result: AuditResult) -> str:
     e = html.escape
     model = result.report.get("label_model")
     if model is None:
-        return ("<section id=labels><h2>Label issues</h2><p class=muted>not looked for: run "
-                "<code>resnetlab audit DATA --labels</code></p></section>")  # fmt: skip
+        return (
+            "<section id=labels><h2>Label issues</h2><p class=muted>not looked for: run "
+            "<code>resnetlab audit DATA --labels</code></p></section>"
+        )
     issues = result.report["label_issues"]
     head = (
         f"<section id=labels><h2>Label issues</h2><p class=muted>{len(issues)} of "
@@ -121,8 +133,11 @@ def _labels(result: AuditResult) -> str:
             f"p = {r['probability']:.2f} (given: {r['given_probability']:.2f})<br>"
             f"<span class=muted>{e(r['split'])} · {alt}</span></div></div>"
         )
-    more = (f"<p class=muted>... and {len(issues) - PAGE_LIMIT} more</p>"
-            if len(issues) > PAGE_LIMIT else "")  # fmt: skip
+    more = (
+        f"<p class=muted>... and {len(issues) - PAGE_LIMIT} more</p>"
+        if len(issues) > PAGE_LIMIT
+        else ""
+    )
     return head + '<div class="issues">' + "".join(cards) + "</div>" + more + "</section>"
 
 
@@ -132,9 +147,13 @@ def write_page(result: AuditResult, path: str | Path) -> Path:
     r = result.report
     s = r["duplicate_summary"]
     issues = r.get("label_issues")
-    cards = [("images", f"{r['num_images']:,}"), ("duplicate groups", str(s["groups"])),
-             ("leaks", str(s["leaks"])), ("label conflicts", str(s["conflicts"])),
-             ("likely wrong labels", "-" if issues is None else str(len(issues)))]  # fmt: skip
+    cards = [
+        ("images", f"{r['num_images']:,}"),
+        ("duplicate groups", str(s["groups"])),
+        ("leaks", str(s["leaks"])),
+        ("label conflicts", str(s["conflicts"])),
+        ("likely wrong labels", "-" if issues is None else str(len(issues))),
+    ]
     splits = ", ".join(f"{k} {v:,}" for k, v in r["splits"].items())
     bad = "".join(f"<li>{e(b['path'])}: {e(b['reason'])}</li>" for b in r["unreadable"])
     body = (

@@ -108,8 +108,9 @@ def scan(source: Source, workers: int | None = None, features: bool = False) -> 
         index += range(len(s))
         if s.labels.dim() == 2:  # multi-hot rows
             rows = (s.labels > 0.5).tolist()
-            label += [" | ".join(c for c, on in zip(source.classes, r) if on) or "(none)"
-                      for r in rows]  # fmt: skip
+            label += [
+                " | ".join(c for c, on in zip(source.classes, r) if on) or "(none)" for r in rows
+            ]
             label_index += [-1] * len(s)
         else:
             label += [source.classes[int(y)] for y in s.labels]
@@ -129,9 +130,17 @@ def scan(source: Source, workers: int | None = None, features: bool = False) -> 
     valid = np.array([not isinstance(r, str) for r in results], dtype=bool)
     # An image that cannot be read matches nothing: its own fingerprint, a flat thumbnail.
     width = PIXEL_SIDE**2 * source.channels
-    results = [(f"unreadable-{k}", np.zeros((HASH_SIDE, HASH_SIDE)), (0, 0),
-                np.zeros(width, np.float16) if features else None)
-               if isinstance(r, str) else r for k, r in enumerate(results)]  # fmt: skip
+    results = [
+        (
+            f"unreadable-{k}",
+            np.zeros((HASH_SIDE, HASH_SIDE)),
+            (0, 0),
+            np.zeros(width, np.float16) if features else None,
+        )
+        if isinstance(r, str)
+        else r
+        for k, r in enumerate(results)
+    ]
     squares = np.stack([r[1] for r in results]) if results else np.zeros((0, HASH_SIDE, HASH_SIDE))
     return Items(
         refs=refs,

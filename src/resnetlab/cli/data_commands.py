@@ -49,10 +49,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     version = bottleneck_version(model)
     if args.v1:
         if version is None:
-            raise ConfigError(f"--v1: {args.model} has no bottleneck blocks (v1 and v1.5 differ "
-                              "only in where a bottleneck strides)")  # fmt: skip
-        model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0],
-                             stride_in_1x1=True)  # fmt: skip
+            raise ConfigError(
+                f"--v1: {args.model} has no bottleneck blocks (v1 and v1.5 differ "
+                "only in where a bottleneck strides)"
+            )
+        model = create_model(
+            args.model, num_classes=args.num_classes, in_chans=size[0], stride_in_1x1=True
+        )
         version = "v1"
     print(format_summary(args.model, summarize(model, size, depth=args.depth), version))
     note = small_input_note(args.model, size)
@@ -74,10 +77,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
     quiet.setLevel(logging.ERROR)  # bad files are listed in the report instead
     try:
         with collect_problems() as problems:  # listed with the rest: none stops the doctor
-            source = load_source(args.data, val_ratio=args.val_ratio,
-                                 test_ratio=args.test_ratio, seed=args.seed,
-                                 download=args.download, channels=args.in_chans,
-                                 max_bad_fraction=1.0, task=args.task, check=False)  # fmt: skip
+            source = load_source(
+                args.data,
+                val_ratio=args.val_ratio,
+                test_ratio=args.test_ratio,
+                seed=args.seed,
+                download=args.download,
+                channels=args.in_chans,
+                max_bad_fraction=1.0,
+                task=args.task,
+                check=False,
+            )
             # Each file decoded once: its check and its statistics (progress on stderr).
             report = dataset_stats(source, input_size=args.input_size, progress=True)
     finally:
@@ -92,17 +102,30 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from ..audit import audit, format_audit, public
     from ..audit.core import next_steps, write_exclude_file, write_relabel_file
 
-    for flag, path in (("--write-exclude", args.write_exclude),
-                       ("--write-relabel", args.write_relabel)):  # fmt: skip
+    for flag, path in (
+        ("--write-exclude", args.write_exclude),
+        ("--write-relabel", args.write_relabel),
+    ):
         if path and os.path.exists(path):  # said before the work, not after it
-            raise ConfigError(f"{flag} {path}: the file exists; give a new name (nothing is "
-                              "overwritten)")  # fmt: skip
+            raise ConfigError(
+                f"{flag} {path}: the file exists; give a new name (nothing is overwritten)"
+            )
     if args.write_relabel and not (args.labels or args.oof):
         raise ConfigError("--write-relabel writes the label issues: add --labels")
-    result = audit(args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
-                   seed=args.seed, channels=args.in_chans, download=args.download,
-                   task=args.task, near=not args.exact_only, labels=args.labels, run=args.run,
-                   oof=args.oof, folds=args.folds)  # fmt: skip
+    result = audit(
+        args.data,
+        val_ratio=args.val_ratio,
+        test_ratio=args.test_ratio,
+        seed=args.seed,
+        channels=args.in_chans,
+        download=args.download,
+        task=args.task,
+        near=not args.exact_only,
+        labels=args.labels,
+        run=args.run,
+        oof=args.oof,
+        folds=args.folds,
+    )
     written: dict[str, str] = {}
     notes = []
     if args.write_exclude:
@@ -112,8 +135,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.write_relabel:
         path, n = write_relabel_file(result, args.write_relabel)
         written["relabel"] = str(path)
-        notes.append(f"wrote {path} ({n} suggested label(s): check the label column, edit it, "
-                     "delete the rows to keep as they are)")  # fmt: skip
+        notes.append(
+            f"wrote {path} ({n} suggested label(s): check the label column, edit it, "
+            "delete the rows to keep as they are)"
+        )
     if args.html:
         from ..audit.page import write_page
 
@@ -123,12 +148,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(json.dumps(public(report), indent=2, ensure_ascii=False))
     else:
         print(format_audit(report))
-    found_by = ["--oof", args.oof] if args.oof else ["--labels"] * args.labels + (
-        ["--run", args.run] if args.run and args.labels else [])  # fmt: skip
+    found_by = (
+        ["--oof", args.oof]
+        if args.oof
+        else ["--labels"] * args.labels + (["--run", args.run] if args.run and args.labels else [])
+    )
     steps = next_steps(report, args.data, written, found_by)
     if not args.html and not args.json:
-        steps.append(shell_command("resnetlab", "audit", args.data, *found_by, "--html",
-                                   "audit.html"))  # fmt: skip
+        steps.append(
+            shell_command("resnetlab", "audit", args.data, *found_by, "--html", "audit.html")
+        )
     out = sys.stderr if args.json else sys.stdout
     for line in notes:
         print(line, file=out)
@@ -148,9 +177,14 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
     size = parse_size(args.shard_size)  # a bad size fails before the data is read
     source = load_source(
-        args.data, val_ratio=args.val_ratio, test_ratio=args.test_ratio, seed=args.seed,
-        download=args.download, channels=args.in_chans, max_bad_fraction=args.max_bad_fraction,
-    )  # fmt: skip
+        args.data,
+        val_ratio=args.val_ratio,
+        test_ratio=args.test_ratio,
+        seed=args.seed,
+        download=args.download,
+        channels=args.in_chans,
+        max_bad_fraction=args.max_bad_fraction,
+    )
     index = write_shards(source, args.out, shard_size_bytes=size, seed=args.seed)
     print(format_index(index, args.out))
     return 0

@@ -21,10 +21,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..analysis.evaluate import evaluate_run
 
     r = evaluate_run(
-        args.run, data=args.data, split=args.split, batch_size=args.batch_size, tta=args.tta,
-        top_losses=args.top_losses, precision=args.precision, backend=args.backend,
-        device=args.device, max_bad_fraction=args.max_bad_fraction, out_dir=args.out,
-    )  # fmt: skip
+        args.run,
+        data=args.data,
+        split=args.split,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        top_losses=args.top_losses,
+        precision=args.precision,
+        backend=args.backend,
+        device=args.device,
+        max_bad_fraction=args.max_bad_fraction,
+        out_dir=args.out,
+    )
     if r.get("backend_note"):
         print(r["backend_note"], file=sys.stderr)
     if args.json:
@@ -33,21 +41,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     tta = " (flip TTA)" if r["tta"] else ""
     print(f"{r['split']} split of {r['data']}: {r['num_samples']} images{tta}")
     if r.get("task") == "multilabel":
-        print(f"mAP {pct(r['map'])} (chance {pct(r['chance_map'])})   F1 micro "
-              f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
-              f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n")  # fmt: skip
-        rows = [[name, "-" if m["ap"] is None else f"{m['ap']:.3f}", f"{m['precision']:.3f}",
-                 *_recall_f1(m), f"{m['threshold']:.2f}", str(m["support"])]
-                for name, m in r["per_class"].items()]  # fmt: skip
+        print(
+            f"mAP {pct(r['map'])} (chance {pct(r['chance_map'])})   F1 micro "
+            f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
+            f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n"
+        )
+        rows = [
+            [
+                name,
+                "-" if m["ap"] is None else f"{m['ap']:.3f}",
+                f"{m['precision']:.3f}",
+                *_recall_f1(m),
+                f"{m['threshold']:.2f}",
+                str(m["support"]),
+            ]
+            for name, m in r["per_class"].items()
+        ]
         head = ["label", "AP", "precision", "recall", "F1", "threshold", "support"]
     else:
         print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
-        print(f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 "
-              f"{pct(r['f1_macro'])}   ECE {pct(r['ece'])}\n")  # fmt: skip
+        print(
+            f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 "
+            f"{pct(r['f1_macro'])}   ECE {pct(r['ece'])}\n"
+        )
         predicted = dict(zip(r["classes"], np.asarray(r["confusion_matrix"]).sum(0).tolist()))
-        rows = [[name, f"{m['precision']:.3f}" if m["support"] or predicted.get(name) else "-",
-                 *_recall_f1(m), str(m["support"])]
-                for name, m in r["per_class"].items()]  # fmt: skip
+        rows = [
+            [
+                name,
+                f"{m['precision']:.3f}" if m["support"] or predicted.get(name) else "-",
+                *_recall_f1(m),
+                str(m["support"]),
+            ]
+            for name, m in r["per_class"].items()
+        ]
         head = ["class", "precision", "recall", "F1", "support"]
     print(table(head, rows, right_from=1) + "\n")
     for key, path in r["files"].items():
@@ -81,12 +107,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     skipped: list[tuple[str, str]] = []
     paths = expand_inputs(inputs, skipped)
     if not paths:
-        raise ConfigError("no input images: give image files, folders or globs"
-                          + "".join(f"; {p}: {why}" for p, why in skipped[:3]))  # fmt: skip
+        raise ConfigError(
+            "no input images: give image files, folders or globs"
+            + "".join(f"; {p}: {why}" for p, why in skipped[:3])
+        )
     predictor = build_predictor(
-        run, model=args.model, weights=args.weights, backend=args.backend, device=args.device,
-        batch_size=args.batch_size, precision=args.precision, streams=args.streams, tta=args.tta,
-    )  # fmt: skip
+        run,
+        model=args.model,
+        weights=args.weights,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        streams=args.streams,
+        tta=args.tta,
+    )
     rows = predictor.iter_predict_paths(paths, topk=args.topk)
     form = "csv" if args.csv else "json" if args.json else "text"
     with _prediction_output(args.csv or args.json) as out:
@@ -115,9 +150,12 @@ def _output_flags(argv: list[str]) -> list[str]:
         word = argv[i]
         if word in ("--csv", "--json"):
             value = argv[i + 1] if i + 1 < len(argv) else None
-            if value is None or value.startswith("-") or is_image_file(value) or (
-                os.path.isdir(value) or glob.has_magic(value)
-            ):  # fmt: skip
+            if (
+                value is None
+                or value.startswith("-")
+                or is_image_file(value)
+                or (os.path.isdir(value) or glob.has_magic(value))
+            ):
                 moved.append(f"{word}=-")
             else:
                 moved.append(f"{word}={value}")
@@ -168,8 +206,17 @@ def _write_predictions(rows, out, form: str, multilabel: bool, total: int) -> tu
                 if r["error"] or not r["topk"]:
                     w.writerow([r["path"], "", "", "", "", *[""] * ml, r["error"] or ""])
                 for rank, t in enumerate(r["topk"], start=1):
-                    w.writerow([r["path"], rank, t["label"], t["index"], f"{t['prob']:.6f}",
-                                *[f"{t.get('threshold', 0.5):.6f}"] * ml, ""])  # fmt: skip
+                    w.writerow(
+                        [
+                            r["path"],
+                            rank,
+                            t["label"],
+                            t["index"],
+                            f"{t['prob']:.6f}",
+                            *[f"{t.get('threshold', 0.5):.6f}"] * ml,
+                            "",
+                        ]
+                    )
             elif form == "json":
                 text = json.dumps(r, indent=2, ensure_ascii=False)
                 out.write(("," if count else "") + "\n" + textwrap.indent(text, "  "))
@@ -177,8 +224,7 @@ def _write_predictions(rows, out, form: str, multilabel: bool, total: int) -> tu
                 tops = ", ".join(f"{t['label']} {pct(t['prob'], 1)}" for t in r["topk"]) or (
                     "no label above its threshold"  # multi-label: none of the labels
                 )
-                out.write(f"{r['path']}: " + (f"ERROR {r['error']}" if r["error"] else tops)
-                          + "\n")  # fmt: skip
+                out.write(f"{r['path']}: " + (f"ERROR {r['error']}" if r["error"] else tops) + "\n")
             out.flush()
             count += 1
             bad += bool(r["error"])
@@ -208,8 +254,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..inference.export import export, real_inputs
 
     real = real_inputs(args.run) if args.verify else None
-    r = export(args.run, fmt=args.format, out=args.out, do_verify=args.verify, real=real,
-               int8=args.int8, calibration=args.calibration, data=args.data)  # fmt: skip
+    r = export(
+        args.run,
+        fmt=args.format,
+        out=args.out,
+        do_verify=args.verify,
+        real=real,
+        int8=args.int8,
+        calibration=args.calibration,
+        data=args.data,
+    )
     print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB, {r['format']})")
     for name, diff in (r["max_abs_diff"] if args.verify else {}).items():
         print(f"verified {name}: max |difference| {diff:.2e}")
@@ -220,15 +274,21 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"{q['calibration_images']} {q['calibration_split']} images)"
         )
         if "fp32_map" in q:  # multi-label
-            print(f"int8 on {q['measured_on']}: mAP {pct(q['int8_map'])} vs fp32 "
-                  f"{pct(q['fp32_map'])} ({q['delta_points']:+.2f} points), label decisions "
-                  f"agreeing {pct(q['label_agreement'])}")  # fmt: skip
+            print(
+                f"int8 on {q['measured_on']}: mAP {pct(q['int8_map'])} vs fp32 "
+                f"{pct(q['fp32_map'])} ({q['delta_points']:+.2f} points), label decisions "
+                f"agreeing {pct(q['label_agreement'])}"
+            )
         else:
-            print(f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
-                  f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points), top-1 agreement "
-                  f"{pct(q['top1_agreement'])}")  # fmt: skip
-        print("  " + shell_command("resnetlab", "predict", args.run, "IMAGES", "--backend",
-                                   "onnx-int8"))  # fmt: skip
+            print(
+                f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
+                f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points), top-1 agreement "
+                f"{pct(q['top1_agreement'])}"
+            )
+        print(
+            "  "
+            + shell_command("resnetlab", "predict", args.run, "IMAGES", "--backend", "onnx-int8")
+        )
     return 0
 
 
@@ -239,8 +299,10 @@ def _export_hub(args: argparse.Namespace) -> int:
 
     home = Path(args.run) if os.path.isdir(args.run) else Path(args.run).parent
     r = export_hub(args.run, args.out or home / "hub")
-    print(f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB: config.json, model.safetensors, "
-          "README.md)")  # fmt: skip
+    print(
+        f"wrote {r['path']} ({r['bytes'] / 2**20:.1f} MiB: config.json, model.safetensors, "
+        "README.md)"
+    )
     if r["timm"]:
         print(f"  timm.create_model('local-dir:{r['path']}') opens it ({r['architecture']})")
     else:
@@ -254,10 +316,19 @@ def _export_openvino(args: argparse.Namespace) -> int:
     from ..inference.openvino_ir import export_openvino
 
     real = real_inputs(args.run) if args.verify else None
-    r = export_openvino(args.run, out=args.out, do_verify=args.verify, real=real,
-                        int8=args.int8, calibration=args.calibration, data=args.data)  # fmt: skip
-    print(f"wrote {r['path']} (+ .bin, {r['bytes'] / 2**20:.1f} MiB, OpenVINO IR, fp32 weights; "
-          "preprocessing in its runtime info)")  # fmt: skip
+    r = export_openvino(
+        args.run,
+        out=args.out,
+        do_verify=args.verify,
+        real=real,
+        int8=args.int8,
+        calibration=args.calibration,
+        data=args.data,
+    )
+    print(
+        f"wrote {r['path']} (+ .bin, {r['bytes'] / 2**20:.1f} MiB, OpenVINO IR, fp32 weights; "
+        "preprocessing in its runtime info)"
+    )
     checks = r.get("verify", {})
     for name, diff in checks.get("fp32", {}).items():
         print(f"verified {name}: max |difference| {diff:.2e}")
@@ -271,11 +342,15 @@ def _export_openvino(args: argparse.Namespace) -> int:
         print("bf16: not checked (this CPU has no native bf16)")
     if args.int8:
         q = r["int8"]
-        print(f"wrote {q['path']} (+ .bin, {q['bytes'] / 2**20:.1f} MiB, int8; calibrated on "
-              f"{q['calibration_images']} {q['calibration_split']} images)")  # fmt: skip
+        print(
+            f"wrote {q['path']} (+ .bin, {q['bytes'] / 2**20:.1f} MiB, int8; calibrated on "
+            f"{q['calibration_images']} {q['calibration_split']} images)"
+        )
         if "fp32_top1" in q:
-            print(f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
-                  f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points)")  # fmt: skip
+            print(
+                f"int8 on {q['measured_on']}: top-1 {pct(q['int8_top1'])} vs fp32 "
+                f"{pct(q['fp32_top1'])} ({q['delta_points']:+.2f} points)"
+            )
     return 0
 
 
@@ -283,8 +358,7 @@ def _export_openvino(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from ..inference.hub import push
 
-    r = push(args.run, args.repo_id, private=args.private, token=args.token,
-             message=args.message)  # fmt: skip
+    r = push(args.run, args.repo_id, private=args.private, token=args.token, message=args.message)
     print(f"pushed {args.repo_id} ({r['bytes'] / 2**20:.1f} MiB): {r['url']}")
     return 0
 
@@ -311,8 +385,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigError("no input images: resnetlab explain RUN IMAGE_OR_FOLDER_OR_GLOB ...")
     loaded = load_model(args.run)
     out = output_folder(args.out, loaded.home.explain_dir, "the Grad-CAM overlays")
-    rows = explain_files(loaded, paths, out, class_name=args.class_name,
-                         device=resolve_device(args.device))  # fmt: skip
+    rows = explain_files(
+        loaded, paths, out, class_name=args.class_name, device=resolve_device(args.device)
+    )
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     for r in [] if args.json else rows:
@@ -329,14 +404,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve.app import serve
 
     serve(
-        args.run, host=args.host, port=args.port, backend=args.backend, device=args.device,
-        precision=args.precision, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue, max_body_mb=args.max_body_mb, workers=args.workers,
-        max_reading=args.max_reading, max_connections=args.max_connections,
-        api_key=args.api_key, cors_origins=args.cors_origin or (), log_level=args.log_level,
-        log_format=args.log_format, processes=args.processes,
-        shutdown_timeout=args.shutdown_timeout, tta=args.tta,
-    )  # fmt: skip
+        args.run,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_body_mb=args.max_body_mb,
+        workers=args.workers,
+        max_reading=args.max_reading,
+        max_connections=args.max_connections,
+        api_key=args.api_key,
+        cors_origins=args.cors_origin or (),
+        log_level=args.log_level,
+        log_format=args.log_format,
+        processes=args.processes,
+        shutdown_timeout=args.shutdown_timeout,
+        tta=args.tta,
+    )
     return 0
 
 
@@ -359,8 +447,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..analysis.report.compare import compare_runs, format_compare
     from ..analysis.report.compare_html import html_hint, write_compare_html
 
-    r = compare_runs(args.runs, split=args.split, evaluate=not args.no_evaluate,
-                     device=args.device)  # fmt: skip
+    r = compare_runs(args.runs, split=args.split, evaluate=not args.no_evaluate, device=args.device)
     if args.html:
         r["html"] = str(write_compare_html(r, args.html))
     if args.json:

@@ -54,229 +54,554 @@ def build_parser() -> argparse.ArgumentParser:
         },
     )
 
-    _args(sub.add_parser("models", help="list registered models with params and MACs"),
-          ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),
-          ("--family", {"choices": list_families(),
-                        "help": "only this family: a data set or an architecture"}),
-          ("--paper", {"action": "store_true", "help": "show the papers' CIFAR figures"}),
-          ("--weights", {"action": "store_true",
-                         "help": "the published weights of each model, top-1, preprocessing"}),
-          json_flag)  # fmt: skip
-    _args(sub.add_parser("summary", help="per-layer table, parameters, MACs and FLOPs"),
-          ("model", {}),
-          ("--input-size", {"type": int, "nargs": 3, "metavar": ("C", "H", "W")}),
-          ("--in-chans", {"type": int, "help": "input channels (1 for grayscale)"}),
-          ("--num-classes", {"type": int, "help": "classifier outputs (default: family's)"}),
-          ("--depth", {"type": int, "default": 2, "help": "levels of nesting shown"}),
-          ("--v1", {"action": "store_true", "help": "bottleneck models as the paper built them "
-                    "(stride on the first 1x1 conv; default v1.5, torchvision's): Table 1's "
-                    "3.8 / 7.6 / 11.3 G multiply-adds"}))  # fmt: skip
-    p = _args(sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
-              ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
-              ("--seed", {"type": int, "default": 0}), json_flag)  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task",
-                                     "input_size"), suppress=False)  # fmt: skip
-    p = _args(sub.add_parser("audit", help="duplicates, leaks across splits and likely wrong "
-                             "labels, with a page of thumbnails; changes nothing"),
-              ("data", {"help": "digits, a folder, csv:FILE, jsonl:FILE, mnist:DIR, cifar10:DIR"}),
-              ("--labels", {"action": "store_true", "help": "also rank images whose label is "
-                            "likely wrong (confident learning on out-of-fold probabilities)"}),
-              ("--run", {"metavar": "RUN", "help": "--labels: cross-validate a linear model on "
-                         "this trained model's features (default: on the pixels)"}),
-              ("--oof", {"metavar": "FILE", "help": "--labels from these out-of-fold "
-                         "probabilities: the oof.csv of train --folds K"}),
-              ("--folds", {"type": int, "default": 5, "metavar": "K",
-                           "help": "--labels: cross-validation folds of the linear model"}),
-              ("--exact-only", {"action": "store_true", "help": "no near duplicates (pHash)"}),
-              ("--html", {"metavar": "FILE", "help": "write the page of thumbnails here"}),
-              ("--write-exclude", {"metavar": "FILE", "help": "write the copies to leave out, "
-                                   "for train --exclude FILE (a new file)"}),
-              ("--write-relabel", {"metavar": "FILE", "help": "write a CSV of suggested labels "
-                                   "to check and edit, for train --relabel FILE (a new file)"}),
-              ("--seed", {"type": int, "default": 0, "help": "as train's: the same splits"}),
-              json_flag)  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
-                suppress=False)  # fmt: skip
-    p = _args(sub.add_parser("shard", help="WebDataset tar shards from any DATA, classes and "
-                             "splits kept"),
-              ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, ..., csv:FILE"}),
-              ("out", {"help": "a new or empty folder for the shards and index.json"}),
-              ("--shard-size", {"default": "1GB", "metavar": "SIZE",
-                                "help": "bytes per shard at most: 1GB, 500MB (powers of 1024)"}),
-              ("--seed", {"type": int, "default": 0,
-                          "help": "splits a single folder; orders the training samples"}),
-              )  # fmt: skip
-    add_options(p, DataConfig, only=("val_ratio", "test_ratio", "in_chans", "download",
-                                     "max_bad_fraction"), suppress=False)  # fmt: skip
+    _args(
+        sub.add_parser("models", help="list registered models with params and MACs"),
+        ("pattern", {"nargs": "?", "default": "*", "help": "shell pattern, e.g. 'resnet*'"}),
+        (
+            "--family",
+            {"choices": list_families(), "help": "only this family: a data set or an architecture"},
+        ),
+        ("--paper", {"action": "store_true", "help": "show the papers' CIFAR figures"}),
+        (
+            "--weights",
+            {
+                "action": "store_true",
+                "help": "the published weights of each model, top-1, preprocessing",
+            },
+        ),
+        json_flag,
+    )
+    _args(
+        sub.add_parser("summary", help="per-layer table, parameters, MACs and FLOPs"),
+        ("model", {}),
+        ("--input-size", {"type": int, "nargs": 3, "metavar": ("C", "H", "W")}),
+        ("--in-chans", {"type": int, "help": "input channels (1 for grayscale)"}),
+        ("--num-classes", {"type": int, "help": "classifier outputs (default: family's)"}),
+        ("--depth", {"type": int, "default": 2, "help": "levels of nesting shown"}),
+        (
+            "--v1",
+            {
+                "action": "store_true",
+                "help": "bottleneck models as the paper built them "
+                "(stride on the first 1x1 conv; default v1.5, torchvision's): Table 1's "
+                "3.8 / 7.6 / 11.3 G multiply-adds",
+            },
+        ),
+    )
+    p = _args(
+        sub.add_parser("stats", help="data set doctor: counts, sizes, bad files, mean/std"),
+        ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, ..."}),
+        ("--seed", {"type": int, "default": 0}),
+        json_flag,
+    )
+    add_options(
+        p,
+        DataConfig,
+        only=("val_ratio", "test_ratio", "in_chans", "download", "task", "input_size"),
+        suppress=False,
+    )
+    p = _args(
+        sub.add_parser(
+            "audit",
+            help="duplicates, leaks across splits and likely wrong "
+            "labels, with a page of thumbnails; changes nothing",
+        ),
+        ("data", {"help": "digits, a folder, csv:FILE, jsonl:FILE, mnist:DIR, cifar10:DIR"}),
+        (
+            "--labels",
+            {
+                "action": "store_true",
+                "help": "also rank images whose label is "
+                "likely wrong (confident learning on out-of-fold probabilities)",
+            },
+        ),
+        (
+            "--run",
+            {
+                "metavar": "RUN",
+                "help": "--labels: cross-validate a linear model on "
+                "this trained model's features (default: on the pixels)",
+            },
+        ),
+        (
+            "--oof",
+            {
+                "metavar": "FILE",
+                "help": "--labels from these out-of-fold "
+                "probabilities: the oof.csv of train --folds K",
+            },
+        ),
+        (
+            "--folds",
+            {
+                "type": int,
+                "default": 5,
+                "metavar": "K",
+                "help": "--labels: cross-validation folds of the linear model",
+            },
+        ),
+        ("--exact-only", {"action": "store_true", "help": "no near duplicates (pHash)"}),
+        ("--html", {"metavar": "FILE", "help": "write the page of thumbnails here"}),
+        (
+            "--write-exclude",
+            {
+                "metavar": "FILE",
+                "help": "write the copies to leave out, for train --exclude FILE (a new file)",
+            },
+        ),
+        (
+            "--write-relabel",
+            {
+                "metavar": "FILE",
+                "help": "write a CSV of suggested labels "
+                "to check and edit, for train --relabel FILE (a new file)",
+            },
+        ),
+        ("--seed", {"type": int, "default": 0, "help": "as train's: the same splits"}),
+        json_flag,
+    )
+    add_options(
+        p,
+        DataConfig,
+        only=("val_ratio", "test_ratio", "in_chans", "download", "task"),
+        suppress=False,
+    )
+    p = _args(
+        sub.add_parser(
+            "shard", help="WebDataset tar shards from any DATA, classes and splits kept"
+        ),
+        ("data", {"help": "digits, a folder, mnist:DIR, cifar10:DIR, ..., csv:FILE"}),
+        ("out", {"help": "a new or empty folder for the shards and index.json"}),
+        (
+            "--shard-size",
+            {
+                "default": "1GB",
+                "metavar": "SIZE",
+                "help": "bytes per shard at most: 1GB, 500MB (powers of 1024)",
+            },
+        ),
+        (
+            "--seed",
+            {
+                "type": int,
+                "default": 0,
+                "help": "splits a single folder; orders the training samples",
+            },
+        ),
+    )
+    add_options(
+        p,
+        DataConfig,
+        only=("val_ratio", "test_ratio", "in_chans", "download", "max_bad_fraction"),
+        suppress=False,
+    )
     _add_train_parser(sub)
-    _args(sub.add_parser("evaluate", help="top-1/top-5, per-class metrics, confusion matrix"),
-          run, data,
-          ("--split", {"choices": ["train", "val", "test"], "help": "default: test, else val"}),
-          ("--batch-size", {"type": int, "default": 64}),
-          ("--tta", {"action": "store_true", "help": "average with the horizontally flipped"}),
-          ("--top-losses", {"type": int, "default": 0, "metavar": "N",
-                            "help": "gallery PNG of the N most confidently wrong images"}),
-          backend, precision, device,
-          ("--max-bad-fraction", {"type": float,
-                                  "help": "unreadable files tolerated (default: the run's)"}),
-          ("--out", {"metavar": "DIR", "help": "folder for the metrics and plots (default: "
-                     "RUN/eval-SPLIT)"}),
-          ("--json", {"action": "store_true"}))  # fmt: skip
-    p = _args(sub.add_parser("predict", help="top-k labels for images, folders or globs"),
-              ("run", {"nargs": "?", "help": "run folder or model file (omit with --model)"}),
-              ("inputs", {"nargs": "*", "help": "image files, folders, globs"}),
-              ("--topk", {"type": int, "default": None,
-                          "help": "classes per image (default 5; more than the classes: all of "
-                          "them; a multi-label model: every label above its threshold)"}),
-              ("--batch-size", {"type": int, "default": 32}),
-              ("--streams", {"type": int, "help": "batches run side by side on the CPU, each "
-                             "with its share of the threads (default: one per thread, at most 4)"}),
-              backend, precision, device,
-              ("--model", {"help": "with --weights: predict without a run folder"}),
-              ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}), tta)  # fmt: skip
+    _args(
+        sub.add_parser("evaluate", help="top-1/top-5, per-class metrics, confusion matrix"),
+        run,
+        data,
+        ("--split", {"choices": ["train", "val", "test"], "help": "default: test, else val"}),
+        ("--batch-size", {"type": int, "default": 64}),
+        ("--tta", {"action": "store_true", "help": "average with the horizontally flipped"}),
+        (
+            "--top-losses",
+            {
+                "type": int,
+                "default": 0,
+                "metavar": "N",
+                "help": "gallery PNG of the N most confidently wrong images",
+            },
+        ),
+        backend,
+        precision,
+        device,
+        (
+            "--max-bad-fraction",
+            {"type": float, "help": "unreadable files tolerated (default: the run's)"},
+        ),
+        (
+            "--out",
+            {
+                "metavar": "DIR",
+                "help": "folder for the metrics and plots (default: RUN/eval-SPLIT)",
+            },
+        ),
+        ("--json", {"action": "store_true"}),
+    )
+    p = _args(
+        sub.add_parser("predict", help="top-k labels for images, folders or globs"),
+        ("run", {"nargs": "?", "help": "run folder or model file (omit with --model)"}),
+        ("inputs", {"nargs": "*", "help": "image files, folders, globs"}),
+        (
+            "--topk",
+            {
+                "type": int,
+                "default": None,
+                "help": "classes per image (default 5; more than the classes: all of "
+                "them; a multi-label model: every label above its threshold)",
+            },
+        ),
+        ("--batch-size", {"type": int, "default": 32}),
+        (
+            "--streams",
+            {
+                "type": int,
+                "help": "batches run side by side on the CPU, each "
+                "with its share of the threads (default: one per thread, at most 4)",
+            },
+        ),
+        backend,
+        precision,
+        device,
+        ("--model", {"help": "with --weights: predict without a run folder"}),
+        ("--weights", {"help": "torchvision, or a .pth/.safetensors file"}),
+        tta,
+    )
     out = p.add_mutually_exclusive_group()
-    _args(out, ("--json", {"nargs": "?", "const": "-", "metavar": "FILE",
-                           "help": "rows as JSON, to FILE (default: standard output)"}),
-          ("--csv", {"nargs": "?", "const": "-", "metavar": "FILE",
-                     "help": "rows as CSV, to FILE (default: standard output); either is "
-                     "written as each batch is done"}))  # fmt: skip
-    _args(sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
-          ("run", {}),
-          ("--format", {"choices": ["onnx", "torchscript", "hub", "openvino"],
-                        "default": "onnx",
-                        "help": "hub: a folder for the Hugging Face hub and timm (config.json, "
-                        "model.safetensors, the model card README.md); openvino: an OpenVINO "
-                        "IR (RUN/model.xml + .bin) with the preprocessing in its runtime info"}),
-          ("--out", {"help": "file to write (default: RUN/model.onnx or RUN/model.ts; hub: "
-                     "the folder, default RUN/hub)"}),
-          ("--verify", {"action": "store_true", "help": "compare outputs with PyTorch"}),
-          ("--int8", {"action": "store_true", "help": "also write model.int8.onnx (static "
-                      "int8) and measure its accuracy change"}),
-          ("--calibration", {"type": int, "default": 64, "metavar": "N",
-                             "help": "training images that calibrate the int8 ranges"}),
-          ("--data", {"help": "images for --int8 when the model has no run folder"}))  # fmt: skip
-    _args(sub.add_parser("experiment", help="experiments; `degradation`: plain vs residual"),
-          ("name", {"choices": ["degradation"]}),
-          ("--data", {"default": "digits"}),
-          ("--depths", {"type": int, "nargs": "+", "default": [20, 56]}),
-          ("--epochs", {"type": int, "default": 12}),
-          ("--seeds", {"type": int, "default": 1, "help": "runs per net; reports mean ± std"}),
-          ("--recipe", {"help": "e.g. paper-cifar"}),
-          ("--batch-size", {"type": int}), ("--lr", {"type": float}),
-          ("--precision", {"choices": PRECISIONS}), device,
-          ("--out", {"help": "output folder (default runs/degradation-TIME)"}))  # fmt: skip
-    _args(sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable"),
-          ("--data", {"help": "DATA (default digits; a continued study keeps its own)"}),
-          ("--model", {"help": "default resnet20; a continued study keeps its own"}),
-          ("--epochs", {"type": int, "help": "per trial (default 8; a continued study: its own)"}),
-          ("--trials", {"type": int, "default": 10, "help": "finished trials wanted in total"}),
-          ("--timeout", {"type": float, "help": "seconds for this invocation"}),
-          ("--storage", {"help": "Optuna storage URL (default sqlite:///OUT/study.db)"}),
-          ("--out", {"default": "runs/tune"}),
-          ("--config", {"help": "base settings YAML"}),
-          ("--device", {"help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps (default auto; a "
-                        "continued study: its own)"}),
-          ("--seed", {"type": int, "default": 0}))  # fmt: skip
-    _args(sub.add_parser("serve", help="HTTP API + upload page for a trained model"),
-          ("run", {}),
-          ("--host", {"default": "127.0.0.1", "help": "default 127.0.0.1 (this machine only)"}),
-          ("--port", {"type": int, "default": 8000}),
-          backend, device,
-          ("--precision", {"default": "fp32", "choices": PRECISIONS,
-                           "help": "fp32 (default) gives the same probabilities alone or batched"}),
-          ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),
-          ("--max-wait-ms", {"type": float, "default": 5.0}),
-          ("--max-queue", {"type": int, "default": 256,
-                           "help": "prediction requests in progress at once (being read, "
-                           "decoded, queued or run); beyond this: 503 + Retry-After at once, "
-                           "before the body is read. Memory is bounded by --max-reading, not "
-                           "by this; it bounds the wait (256 / the images per second)"}),
-          ("--max-reading", {"type": int, "help": "of those, how many read and decode their "
-                             "upload at once, each holding up to --max-body-mb (default 2 x "
-                             "--workers); the others wait, unread"}),
-          ("--max-connections", {"type": int, "default": 1024,
-                                 "help": "open connections; beyond this: 503"}),
-          ("--max-body-mb", {"type": float, "default": 10.0}),
-          ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}),
-          ("--processes", {"type": int, "default": 1,
-                           "help": "serving processes sharing the port, each with its own model "
-                           "and its share of the CPU threads"}),
-          ("--api-key", {"help": "required on every route but /health, /livez, /readyz, as "
-                         "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (default: "
-                         "$RESNETLAB_API_KEY; none: no key)"}),
-          ("--cors-origin", {"action": "append", "metavar": "ORIGIN",
-                             "help": "let pages from ORIGIN (e.g. https://app.example.com, or *) "
-                             "call the API from a browser; repeatable"}),
-          ("--shutdown-timeout", {"type": float, "default": 10.0, "metavar": "SECONDS",
-                                  "help": "on SIGTERM/Ctrl-C, how long requests in flight may "
-                                  "take to finish before they are cut off"}),
-          ("--log-level", {"default": "info", "choices": ["debug", "info", "warning", "error"],
-                           "help": "info: one access line per request"}),
-          ("--log-format", {"default": "text", "choices": ["text", "json"],
-                            "help": "json: one object a line (client, bytes, status, time, "
-                            "request id)"}), tta)  # fmt: skip
-    _args(sub.add_parser("explain", help="Grad-CAM overlays (PNG): where the model looked"),
-          run, ("inputs", {"nargs": "+", "help": "image files, folders, globs"}),
-          ("--class", {"dest": "class_name", "metavar": "NAME",
-                       "help": "explain this class (default: each image's predicted class)"}),
-          ("--out", {"help": "folder for the overlays (default: RUN/gradcam)"}),
-          device, json_flag)  # fmt: skip
-    _args(sub.add_parser("average", help="uniform average of compatible runs or checkpoints (a "
-                         "model soup), saved as a run folder"),
-          ("runs", {"nargs": "+", "metavar": "RUN",
-                    "help": "run folders, model files or checkpoints (two or more)"}),
-          ("--out", {"required": True, "metavar": "RUN2", "help": "a new run folder"}),
-          ("--bn", {"choices": ["auto", "recompute", "average"], "default": "auto",
-                   "help": "BatchNorm statistics: measured again on the training images "
-                   "(recompute), or the members' mean (average); auto: recompute when the "
-                   "training data is known"}),
-          ("--data", {"help": "training DATA for --bn recompute (default: the first run's)"}),
-          ("--batch-size", {"type": int, "help": "batches of the BatchNorm pass (default: "
-                           "the first run's)"}),
-          device, json_flag)  # fmt: skip
-    _args(sub.add_parser("convert", help="MindSpore .ckpt / Keras .h5/.keras weights to "
-                         "torchvision-layout safetensors (no foreign code run)"),
-          ("file", {}), ("--model", {"required": True, "help": "e.g. resnet50"}),
-          ("--out", {"required": True, "help": "W.safetensors to write"}))  # fmt: skip
-    _args(sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples"),
-          ("run", {}), data, ("--top-losses", {"type": int, "default": 12}),
-          ("--out", {"metavar": "DIR", "help": "folder for report.html and its figures "
-                     "(default: the run folder)"}))  # fmt: skip
-    _args(sub.add_parser("push", help="upload the run's hub folder (export --format hub) to "
-                         "the Hugging Face hub"),
-          ("run", {}), ("repo_id", {"metavar": "ORG/NAME", "help": "the model repository "
-                                    "(created when it does not exist)"}),
-          ("--private", {"action": "store_true", "help": "a new repository is private"}),
-          ("--token", {"help": "hub token (default: HF_TOKEN or the one `hf auth login` "
-                       "saved)"}),
-          ("--message", {"help": "commit message"}))  # fmt: skip
-    p = _args(sub.add_parser("runs", help="every run in a folder as one table: scores, "
-                             "calibration, time, state"),
-              ("folder", {"nargs": "?", "default": "runs", "metavar": "DIR",
-                          "help": "folder of run folders, searched a few levels down (default: "
-                          "runs)"}),
-              ("--sort", {"default": "date", "metavar": "COLUMN",
-                          "help": "name, model, data, task, epochs, best_val, test, "
-                          "calibration, time, date, state or a setting (lr, ...); "
-                          "--sort=-test: highest first (default: date)"}),
-              ("--reverse", {"action": "store_true", "help": "the other way round"}),
-              ("--filter", {"action": "append", "default": [], "metavar": "KEY<OP>VALUE",
-                            "help": "keep the runs where it holds; OP = != < <= > >= or ~ "
-                            "(contains): state=finished, test>0.9, model=resnet*, "
-                            "optimizer=adamw; repeatable (all must hold)"}))  # fmt: skip
+    _args(
+        out,
+        (
+            "--json",
+            {
+                "nargs": "?",
+                "const": "-",
+                "metavar": "FILE",
+                "help": "rows as JSON, to FILE (default: standard output)",
+            },
+        ),
+        (
+            "--csv",
+            {
+                "nargs": "?",
+                "const": "-",
+                "metavar": "FILE",
+                "help": "rows as CSV, to FILE (default: standard output); either is "
+                "written as each batch is done",
+            },
+        ),
+    )
+    _args(
+        sub.add_parser("export", help="ONNX or TorchScript file, optionally verified"),
+        ("run", {}),
+        (
+            "--format",
+            {
+                "choices": ["onnx", "torchscript", "hub", "openvino"],
+                "default": "onnx",
+                "help": "hub: a folder for the Hugging Face hub and timm (config.json, "
+                "model.safetensors, the model card README.md); openvino: an OpenVINO "
+                "IR (RUN/model.xml + .bin) with the preprocessing in its runtime info",
+            },
+        ),
+        (
+            "--out",
+            {
+                "help": "file to write (default: RUN/model.onnx or RUN/model.ts; hub: "
+                "the folder, default RUN/hub)"
+            },
+        ),
+        ("--verify", {"action": "store_true", "help": "compare outputs with PyTorch"}),
+        (
+            "--int8",
+            {
+                "action": "store_true",
+                "help": "also write model.int8.onnx (static int8) and measure its accuracy change",
+            },
+        ),
+        (
+            "--calibration",
+            {
+                "type": int,
+                "default": 64,
+                "metavar": "N",
+                "help": "training images that calibrate the int8 ranges",
+            },
+        ),
+        ("--data", {"help": "images for --int8 when the model has no run folder"}),
+    )
+    _args(
+        sub.add_parser("experiment", help="experiments; `degradation`: plain vs residual"),
+        ("name", {"choices": ["degradation"]}),
+        ("--data", {"default": "digits"}),
+        ("--depths", {"type": int, "nargs": "+", "default": [20, 56]}),
+        ("--epochs", {"type": int, "default": 12}),
+        ("--seeds", {"type": int, "default": 1, "help": "runs per net; reports mean ± std"}),
+        ("--recipe", {"help": "e.g. paper-cifar"}),
+        ("--batch-size", {"type": int}),
+        ("--lr", {"type": float}),
+        ("--precision", {"choices": PRECISIONS}),
+        device,
+        ("--out", {"help": "output folder (default runs/degradation-TIME)"}),
+    )
+    _args(
+        sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable"),
+        ("--data", {"help": "DATA (default digits; a continued study keeps its own)"}),
+        ("--model", {"help": "default resnet20; a continued study keeps its own"}),
+        ("--epochs", {"type": int, "help": "per trial (default 8; a continued study: its own)"}),
+        ("--trials", {"type": int, "default": 10, "help": "finished trials wanted in total"}),
+        ("--timeout", {"type": float, "help": "seconds for this invocation"}),
+        ("--storage", {"help": "Optuna storage URL (default sqlite:///OUT/study.db)"}),
+        ("--out", {"default": "runs/tune"}),
+        ("--config", {"help": "base settings YAML"}),
+        (
+            "--device",
+            {
+                "help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps (default auto; a "
+                "continued study: its own)"
+            },
+        ),
+        ("--seed", {"type": int, "default": 0}),
+    )
+    _args(
+        sub.add_parser("serve", help="HTTP API + upload page for a trained model"),
+        ("run", {}),
+        ("--host", {"default": "127.0.0.1", "help": "default 127.0.0.1 (this machine only)"}),
+        ("--port", {"type": int, "default": 8000}),
+        backend,
+        device,
+        (
+            "--precision",
+            {
+                "default": "fp32",
+                "choices": PRECISIONS,
+                "help": "fp32 (default) gives the same probabilities alone or batched",
+            },
+        ),
+        ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),
+        ("--max-wait-ms", {"type": float, "default": 5.0}),
+        (
+            "--max-queue",
+            {
+                "type": int,
+                "default": 256,
+                "help": "prediction requests in progress at once (being read, "
+                "decoded, queued or run); beyond this: 503 + Retry-After at once, "
+                "before the body is read. Memory is bounded by --max-reading, not "
+                "by this; it bounds the wait (256 / the images per second)",
+            },
+        ),
+        (
+            "--max-reading",
+            {
+                "type": int,
+                "help": "of those, how many read and decode their "
+                "upload at once, each holding up to --max-body-mb (default 2 x "
+                "--workers); the others wait, unread",
+            },
+        ),
+        (
+            "--max-connections",
+            {"type": int, "default": 1024, "help": "open connections; beyond this: 503"},
+        ),
+        ("--max-body-mb", {"type": float, "default": 10.0}),
+        ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}),
+        (
+            "--processes",
+            {
+                "type": int,
+                "default": 1,
+                "help": "serving processes sharing the port, each with its own model "
+                "and its share of the CPU threads",
+            },
+        ),
+        (
+            "--api-key",
+            {
+                "help": "required on every route but /health, /livez, /readyz, as "
+                "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (default: "
+                "$RESNETLAB_API_KEY; none: no key)"
+            },
+        ),
+        (
+            "--cors-origin",
+            {
+                "action": "append",
+                "metavar": "ORIGIN",
+                "help": "let pages from ORIGIN (e.g. https://app.example.com, or *) "
+                "call the API from a browser; repeatable",
+            },
+        ),
+        (
+            "--shutdown-timeout",
+            {
+                "type": float,
+                "default": 10.0,
+                "metavar": "SECONDS",
+                "help": "on SIGTERM/Ctrl-C, how long requests in flight may "
+                "take to finish before they are cut off",
+            },
+        ),
+        (
+            "--log-level",
+            {
+                "default": "info",
+                "choices": ["debug", "info", "warning", "error"],
+                "help": "info: one access line per request",
+            },
+        ),
+        (
+            "--log-format",
+            {
+                "default": "text",
+                "choices": ["text", "json"],
+                "help": "json: one object a line (client, bytes, status, time, request id)",
+            },
+        ),
+        tta,
+    )
+    _args(
+        sub.add_parser("explain", help="Grad-CAM overlays (PNG): where the model looked"),
+        run,
+        ("inputs", {"nargs": "+", "help": "image files, folders, globs"}),
+        (
+            "--class",
+            {
+                "dest": "class_name",
+                "metavar": "NAME",
+                "help": "explain this class (default: each image's predicted class)",
+            },
+        ),
+        ("--out", {"help": "folder for the overlays (default: RUN/gradcam)"}),
+        device,
+        json_flag,
+    )
+    _args(
+        sub.add_parser(
+            "average",
+            help="uniform average of compatible runs or checkpoints (a "
+            "model soup), saved as a run folder",
+        ),
+        (
+            "runs",
+            {
+                "nargs": "+",
+                "metavar": "RUN",
+                "help": "run folders, model files or checkpoints (two or more)",
+            },
+        ),
+        ("--out", {"required": True, "metavar": "RUN2", "help": "a new run folder"}),
+        (
+            "--bn",
+            {
+                "choices": ["auto", "recompute", "average"],
+                "default": "auto",
+                "help": "BatchNorm statistics: measured again on the training images "
+                "(recompute), or the members' mean (average); auto: recompute when the "
+                "training data is known",
+            },
+        ),
+        ("--data", {"help": "training DATA for --bn recompute (default: the first run's)"}),
+        (
+            "--batch-size",
+            {"type": int, "help": "batches of the BatchNorm pass (default: the first run's)"},
+        ),
+        device,
+        json_flag,
+    )
+    _args(
+        sub.add_parser(
+            "convert",
+            help="MindSpore .ckpt / Keras .h5/.keras weights to "
+            "torchvision-layout safetensors (no foreign code run)",
+        ),
+        ("file", {}),
+        ("--model", {"required": True, "help": "e.g. resnet50"}),
+        ("--out", {"required": True, "help": "W.safetensors to write"}),
+    )
+    _args(
+        sub.add_parser("report", help="RUN/report.html: curves, confusion matrix, examples"),
+        ("run", {}),
+        data,
+        ("--top-losses", {"type": int, "default": 12}),
+        (
+            "--out",
+            {
+                "metavar": "DIR",
+                "help": "folder for report.html and its figures (default: the run folder)",
+            },
+        ),
+    )
+    _args(
+        sub.add_parser(
+            "push", help="upload the run's hub folder (export --format hub) to the Hugging Face hub"
+        ),
+        ("run", {}),
+        (
+            "repo_id",
+            {
+                "metavar": "ORG/NAME",
+                "help": "the model repository (created when it does not exist)",
+            },
+        ),
+        ("--private", {"action": "store_true", "help": "a new repository is private"}),
+        ("--token", {"help": "hub token (default: HF_TOKEN or the one `hf auth login` saved)"}),
+        ("--message", {"help": "commit message"}),
+    )
+    p = _args(
+        sub.add_parser(
+            "runs", help="every run in a folder as one table: scores, calibration, time, state"
+        ),
+        (
+            "folder",
+            {
+                "nargs": "?",
+                "default": "runs",
+                "metavar": "DIR",
+                "help": "folder of run folders, searched a few levels down (default: runs)",
+            },
+        ),
+        (
+            "--sort",
+            {
+                "default": "date",
+                "metavar": "COLUMN",
+                "help": "name, model, data, task, epochs, best_val, test, "
+                "calibration, time, date, state or a setting (lr, ...); "
+                "--sort=-test: highest first (default: date)",
+            },
+        ),
+        ("--reverse", {"action": "store_true", "help": "the other way round"}),
+        (
+            "--filter",
+            {
+                "action": "append",
+                "default": [],
+                "metavar": "KEY<OP>VALUE",
+                "help": "keep the runs where it holds; OP = != < <= > >= or ~ "
+                "(contains): state=finished, test>0.9, model=resnet*, "
+                "optimizer=adamw; repeatable (all must hold)",
+            },
+        ),
+    )
     out = p.add_mutually_exclusive_group()
     _args(out, ("--json", {"action": "store_true"}), ("--csv", {"action": "store_true"}))
-    _args(sub.add_parser("compare", help="runs side by side: settings that differ, metrics, "
-                         "curves, per-class differences (terminal and HTML)"),
-          ("runs", {"nargs": "+", "metavar": "RUN", "help": "two or more run folders"}),
-          ("--split", {"choices": ["train", "val", "test"],
-                       "help": "per-class numbers on this split (default: test where every "
-                       "run has one, else val)"}),
-          ("--html", {"metavar": "FILE", "help": "also write one self-contained HTML page"}),
-          ("--no-evaluate", {"action": "store_true",
-                             "help": "per-class numbers only from the runs' saved evaluations "
-                             "(eval-SPLIT/metrics.json); evaluate none now"}),
-          device, json_flag)  # fmt: skip
+    _args(
+        sub.add_parser(
+            "compare",
+            help="runs side by side: settings that differ, metrics, "
+            "curves, per-class differences (terminal and HTML)",
+        ),
+        ("runs", {"nargs": "+", "metavar": "RUN", "help": "two or more run folders"}),
+        (
+            "--split",
+            {
+                "choices": ["train", "val", "test"],
+                "help": "per-class numbers on this split (default: test where every "
+                "run has one, else val)",
+            },
+        ),
+        ("--html", {"metavar": "FILE", "help": "also write one self-contained HTML page"}),
+        (
+            "--no-evaluate",
+            {
+                "action": "store_true",
+                "help": "per-class numbers only from the runs' saved evaluations "
+                "(eval-SPLIT/metrics.json); evaluate none now",
+            },
+        ),
+        device,
+        json_flag,
+    )
     return parser
 
 
@@ -291,10 +616,19 @@ def _add_train_parser(sub) -> None:
     )
     add_options(p, TrainConfig)
     run = p.add_argument_group("run")
-    _args(run,
-          ("--config", {"help": "YAML file of settings (e.g. a run's config.yaml)"}),
-          ("--resume", {"help": "run folder or checkpoint to continue"}),
-          ("--lr-find", {"action": "store_true", "help": "run an LR range test and stop"}),
-          ("--folds", {"type": int, "metavar": "K", "help": "k-fold cross-validation: K "
-                       "stratified runs under OUT/NAME; the same command resumes"}),
-          ("--quiet", {"action": "store_true", "help": "no progress output"}))  # fmt: skip
+    _args(
+        run,
+        ("--config", {"help": "YAML file of settings (e.g. a run's config.yaml)"}),
+        ("--resume", {"help": "run folder or checkpoint to continue"}),
+        ("--lr-find", {"action": "store_true", "help": "run an LR range test and stop"}),
+        (
+            "--folds",
+            {
+                "type": int,
+                "metavar": "K",
+                "help": "k-fold cross-validation: K "
+                "stratified runs under OUT/NAME; the same command resumes",
+            },
+        ),
+        ("--quiet", {"action": "store_true", "help": "no progress output"}),
+    )

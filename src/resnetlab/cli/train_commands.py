@@ -40,8 +40,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"best fold {r['best_fold']}: "
             + shell_command("resnetlab", "predict", r["best_run"], "IMAGES")
         )
-        print(f"out-of-fold probabilities {r['oof']}: likely wrong labels with "
-              + shell_command("resnetlab", "audit", cfg.data, "--oof", r["oof"]))  # fmt: skip
+        print(
+            f"out-of-fold probabilities {r['oof']}: likely wrong labels with "
+            + shell_command("resnetlab", "audit", cfg.data, "--oof", r["oof"])
+        )
         return 0
     if args.lr_find:
         from ..train.lr_find import lr_find
@@ -77,16 +79,20 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
         print(f"resnetlab train: {exc}; continue with: {again}", file=sys.stderr)
         return 128 + exc.signum if exc.interrupted else 0  # 130 Ctrl-C, 143 SIGTERM
     if trainer.dist.enabled:
-        print(f"rank {trainer.dist.rank}/{trainer.dist.world_size}: final weights sha256 "
-              f"{s['weights_sha256']}", flush=True)  # fmt: skip
+        print(
+            f"rank {trainer.dist.rank}/{trainer.dist.world_size}: final weights sha256 "
+            f"{s['weights_sha256']}",
+            flush=True,
+        )
     if not trainer.dist.is_main or args.quiet:
         return 0
     from ..train.closing import closing_lines
 
     run = s["run_dir"]
     print("\n" + "\n".join(closing_lines(s)[:-1]))  # the run folder below, with what next
-    held_out = any(s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map",
-                                                   "test_map"))  # fmt: skip
+    held_out = any(
+        s.get(k) is not None for k in ("best_val_top1", "test_top1", "best_val_map", "test_map")
+    )
     if held_out and trainer.cfg.tracker != "none":  # the tracker run gets the report too
         from ..analysis.report import build_report
 
@@ -98,8 +104,10 @@ def _fit_and_report(trainer, args: argparse.Namespace) -> int:
         ["export", run, "--format", "onnx", "--verify"],
         ["train", "--resume", run, "--epochs", longer],
     ]
-    print(f"run folder        {run}\nnext:\n"
-          + "\n".join(f"  {shell_command('resnetlab', *x)}" for x in steps))  # fmt: skip
+    print(
+        f"run folder        {run}\nnext:\n"
+        + "\n".join(f"  {shell_command('resnetlab', *x)}" for x in steps)
+    )
     return 0
 
 
@@ -109,9 +117,15 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     keys = ("batch_size", "lr", "precision", "device")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k)}
-    r = run_degradation(data=args.data, depths=tuple(args.depths), epochs=args.epochs,
-                        seeds=args.seeds, out=args.out, recipe=args.recipe,
-                        overrides=overrides)  # fmt: skip
+    r = run_degradation(
+        data=args.data,
+        depths=tuple(args.depths),
+        epochs=args.epochs,
+        seeds=args.seeds,
+        out=args.out,
+        recipe=args.recipe,
+        overrides=overrides,
+    )
     print("\n" + format_degradation(r))
     print(f"\nfigure {r['figure']}; table and summary beside it")
     return 0
@@ -128,8 +142,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from ..train.config import load_yaml
 
         base = {**load_yaml(args.config), **base}
-    r = run_tune(base, trials=args.trials, timeout=args.timeout, out=args.out,
-                 storage=args.storage, seed=args.seed)  # fmt: skip
+    r = run_tune(
+        base,
+        trials=args.trials,
+        timeout=args.timeout,
+        out=args.out,
+        storage=args.storage,
+        seed=args.seed,
+    )
     print(f"best trial {r['best_trial']}: val top-1 {pct(r['best_value'])}")
     for k, v in r["best_params"].items():
         print(f"  {k:16} {v:.4g}" if isinstance(v, float) else f"  {k:16} {v}")
@@ -144,8 +164,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_average(args: argparse.Namespace) -> int:
     from ..train.average import average_runs
 
-    s = average_runs(args.runs, args.out, bn=args.bn, data=args.data, device=args.device,
-                     batch_size=args.batch_size)  # fmt: skip
+    s = average_runs(
+        args.runs,
+        args.out,
+        bn=args.bn,
+        data=args.data,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     if args.json:
         print(json.dumps(s, indent=2, ensure_ascii=False))
         return 0
@@ -166,10 +192,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     r = convert(args.file, args.model, args.out)
     left = len(r["skipped"])
-    print(f"wrote {r['path']} ({r['tensors']} tensors from {r['framework']}, "
-          f"{r['num_classes']} classes; {left} non-model entries left out)")  # fmt: skip
+    print(
+        f"wrote {r['path']} ({r['tensors']} tensors from {r['framework']}, "
+        f"{r['num_classes']} classes; {left} non-model entries left out)"
+    )
     kwargs = [f"{k}={str(v).lower()}" for k, v in r["model_kwargs"].items()]
     kwargs = ["--model-kwargs", *kwargs] if kwargs else []
-    print("  " + shell_command("resnetlab", "train", "--model", args.model, "--weights", r["path"],
-                               *kwargs, "--data", "DATA"))  # fmt: skip
+    print(
+        "  "
+        + shell_command(
+            "resnetlab",
+            "train",
+            "--model",
+            args.model,
+            "--weights",
+            r["path"],
+            *kwargs,
+            "--data",
+            "DATA",
+        )
+    )
     return 0

@@ -141,8 +141,9 @@ class FolderLock:
                 os.close(fd)
                 return None
             except OSError as exc:  # ENOLCK, ENOSYS, EINVAL: no flock on this file system
-                log.warning("%s: cannot be locked (%s); not protected from a second run",
-                            path, exc.strerror)  # fmt: skip
+                log.warning(
+                    "%s: cannot be locked (%s); not protected from a second run", path, exc.strerror
+                )
                 return cls(path, fd)
             # The process before us may have removed the file between our open and our lock:
             # a lock on that removed file claims nothing, so take the one now in its place.

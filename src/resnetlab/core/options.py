@@ -26,8 +26,13 @@ def option(
     flag: bool = True,
 ):
     """A dataclass field with command-line metadata. ``flag=False``: settable from YAML only."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "group": group,
-            "metavar": metavar, "flag": flag}  # fmt: skip
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "group": group,
+        "metavar": metavar,
+        "flag": flag,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -102,8 +107,14 @@ def add_options(
         made[name].add_argument(flag_name(f.name), **kw)
 
 
-_KIND_WORDS = {bool: "True or False", int: "a whole number", float: "a number", str: "a string",
-               list: "a list", dict: "a mapping"}  # fmt: skip
+_KIND_WORDS = {
+    bool: "True or False",
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+}
 
 
 def _optional(tp) -> bool:
@@ -163,8 +174,7 @@ def check_types(config_cls, values: dict) -> dict:
             if _optional(tp):
                 continue
             kind, _ = _scalar(tp)
-            raise ConfigError(f"{flag_name(name)} must be {_KIND_WORDS.get(kind, kind)}, "
-                              "not None")  # fmt: skip
+            raise ConfigError(f"{flag_name(name)} must be {_KIND_WORDS.get(kind, kind)}, not None")
         kind, item = _scalar(tp)
         try:
             if kind is list:

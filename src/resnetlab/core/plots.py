@@ -19,14 +19,25 @@ log = logging.getLogger(__name__)
 
 # Fonts tried after DejaVu Sans for glyphs it lacks (CJK class names), when installed;
 # Simplified Chinese first: most users with CJK class names label in Chinese.
-CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK JP", "Noto Sans CJK KR",
-             "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
-             "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei", "PingFang SC",
-             "Arial Unicode MS")  # fmt: skip
+CJK_FONTS = (
+    "Noto Sans CJK SC",
+    "Noto Sans CJK TC",
+    "Noto Sans CJK JP",
+    "Noto Sans CJK KR",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Arial Unicode MS",
+)
 
 
-CJK_FILES = re.compile(r"(notosanscjk|notoserifcjk|sourcehansans|wqy|droidsansfallback|uming|ukai)",
-                       re.I)  # fmt: skip
+CJK_FILES = re.compile(
+    r"(notosanscjk|notoserifcjk|sourcehansans|wqy|droidsansfallback|uming|ukai)", re.I
+)
 
 CJK_HINT = (
     "class names in Chinese, Japanese or Korean are drawn as boxes: no CJK font is installed; "
@@ -104,8 +115,9 @@ def _glyph_check() -> Iterator[None]:
         log.warning(
             "the plots draw %s as boxes: no installed font has %s (matplotlib draws no colour "
             "emoji); the tables, JSON and the report's text show the names as they are",
-            " ".join(sorted(other)), "them" if len(other) > 1 else "it",
-        )  # fmt: skip
+            " ".join(sorted(other)),
+            "them" if len(other) > 1 else "it",
+        )
 
 
 def _columns(text: str) -> int:
@@ -208,8 +220,9 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
                 for j in range(n):
                     if cm[i, j]:
                         color = "white" if norm[i, j] > 0.5 else "black"
-                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                                color=color)  # fmt: skip
+                        ax.text(
+                            j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color
+                        )
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title("confusion matrix")
@@ -225,8 +238,9 @@ def top_losses_figure(images: list[np.ndarray], items: list[dict]):
     rows = math.ceil(n / cols)
     # Constrained layout leaves each row room for its captions, which may wrap to several
     # lines; tight_layout let them run into the images above.
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.6 * rows), dpi=100, squeeze=False,
-                             layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3 * cols, 3.6 * rows), dpi=100, squeeze=False, layout="constrained"
+    )
     fig.get_layout_engine().set(w_pad=0.08, h_pad=0.1)  # inches between panels
     for ax in axes.flat:
         ax.axis("off")
@@ -311,8 +325,13 @@ def plot_tune_history(trials: list[tuple[int, float, bool]], path: Path) -> None
         best.append(running if running > float("-inf") else None)
     colors = ["tab:blue" if complete else "tab:gray" for _, _, complete in trials]
     ax.scatter(xs, ys, c=colors, label="trial (grey: pruned)")
-    ax.step(xs, [b if b is not None else float("nan") for b in best], where="post",
-            color="tab:red", label="best so far")  # fmt: skip
+    ax.step(
+        xs,
+        [b if b is not None else float("nan") for b in best],
+        where="post",
+        color="tab:red",
+        label="best so far",
+    )
     ax.set_xlabel("trial")
     ax.set_ylabel("val top-1 (%)")
     ax.set_title("optimisation history")
@@ -380,8 +399,16 @@ def reliability_figure(diagrams: list[tuple[str, dict]]):
     calibration. Below, how many predictions fall in each bin."""
     plt = _plt()
     n = max(1, len(diagrams))
-    fig, axes = plt.subplots(2, n, figsize=(4.2 * n, 5.2), dpi=100, squeeze=False,
-                             height_ratios=[3, 1], sharex=True, layout="constrained")  # fmt: skip
+    fig, axes = plt.subplots(
+        2,
+        n,
+        figsize=(4.2 * n, 5.2),
+        dpi=100,
+        squeeze=False,
+        height_ratios=[3, 1],
+        sharex=True,
+        layout="constrained",
+    )
     for col, (title, bins) in enumerate(diagrams):
         top, bottom = axes[0, col], axes[1, col]
         edges = np.asarray(bins["edges"], dtype=float)
@@ -389,12 +416,29 @@ def reliability_figure(diagrams: list[tuple[str, dict]]):
         acc = np.array([np.nan if a is None else a for a in bins["accuracy"]], dtype=float)
         conf = np.array([np.nan if c is None else c for c in bins["confidence"]], dtype=float)
         filled = ~np.isnan(acc)
-        top.bar(left[filled], acc[filled], width[filled], align="edge", color="tab:blue",
-                edgecolor="black", linewidth=0.6, label="accuracy")  # fmt: skip
+        top.bar(
+            left[filled],
+            acc[filled],
+            width[filled],
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.6,
+            label="accuracy",
+        )
         gap = conf[filled] - acc[filled]
-        top.bar(left[filled], gap, width[filled], bottom=acc[filled], align="edge",
-                color="tab:red", alpha=0.35, edgecolor="tab:red", linewidth=0.6,
-                label="gap to confidence")  # fmt: skip
+        top.bar(
+            left[filled],
+            gap,
+            width[filled],
+            bottom=acc[filled],
+            align="edge",
+            color="tab:red",
+            alpha=0.35,
+            edgecolor="tab:red",
+            linewidth=0.6,
+            label="gap to confidence",
+        )
         top.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfectly calibrated")
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)

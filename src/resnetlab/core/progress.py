@@ -56,9 +56,16 @@ class Meter:
     the same terminal, as ``predict``'s rows do)."""
 
     def __init__(
-        self, desc: str, total: int, unit: str = "images", stream=None, enabled: bool = True,
-        initial: int = 0, bar: bool = True, every: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        desc: str,
+        total: int,
+        unit: str = "images",
+        stream=None,
+        enabled: bool = True,
+        initial: int = 0,
+        bar: bool = True,
+        every: float | None = None,
+    ) -> None:
         self.desc, self.total, self.unit, self.enabled = desc, int(total), unit, enabled
         self.stream = stream if stream is not None else sys.stderr
         self.tty = enabled and bar and is_terminal(self.stream)
@@ -69,9 +76,16 @@ class Meter:
         if self.tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.initial, desc=desc, unit=unit[:-1]
-                            if unit.endswith("s") else unit, leave=False, dynamic_ncols=True,
-                            file=self.stream, mininterval=BAR_SECONDS)  # fmt: skip
+            self.bar = tqdm(
+                total=self.total,
+                initial=self.initial,
+                desc=desc,
+                unit=unit[:-1] if unit.endswith("s") else unit,
+                leave=False,
+                dynamic_ncols=True,
+                file=self.stream,
+                mininterval=BAR_SECONDS,
+            )
 
     def due(self) -> bool:
         """Whether an update now would show: a bar not moved yet or not for ``BAR_SECONDS``,
@@ -104,8 +118,10 @@ class Meter:
         """``DESC  120/1,000 steps (12%)  loss 1.23  45.1 images/s  ETA 3m12s``."""
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = (self.done - self.initial) / elapsed
-        parts = [f"{self.desc}  {self.done:,}/{self.total:,} {self.unit}"
-                 + (f" ({self.done / self.total:.0%})" if self.total else "")]  # fmt: skip
+        parts = [
+            f"{self.desc}  {self.done:,}/{self.total:,} {self.unit}"
+            + (f" ({self.done / self.total:.0%})" if self.total else "")
+        ]
         parts += [f"{k.replace('_', '/')} {v}" for k, v in stats.items()]
         if "img_s" not in stats:
             parts.append(f"{rate:,.1f} {self.unit}/s")

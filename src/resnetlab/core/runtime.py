@@ -41,6 +41,9 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-                (M_TOP_PAD, TOP_PAD))  # fmt: skip
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        (M_TOP_PAD, TOP_PAD),
+    )
     return all([bool(libc.mallopt(param, value)) for param, value in settings])

@@ -156,8 +156,15 @@ def _unmatched(flag: str, path: Path, missing: list[_Entry], total: int, source:
             f"{missing[0].ref}); relative paths are relative to the file's folder "
             f"({path.parent})"
         )
-    log.warning("%s %s: %d of %d image(s) are not in %s and change nothing: %s", flag, path,
-                len(missing), total, source.name, shown)  # fmt: skip
+    log.warning(
+        "%s %s: %d of %d image(s) are not in %s and change nothing: %s",
+        flag,
+        path,
+        len(missing),
+        total,
+        source.name,
+        shown,
+    )
 
 
 def apply_exclude(source: Source, path: str | os.PathLike) -> tuple[Source, int]:
@@ -236,8 +243,9 @@ def apply_relabel(source: Source, path: str | os.PathLike) -> tuple[Source, int]
     """``source`` with the labels ``path`` gives; and how many images changed label."""
     path = Path(path)
     if source.multilabel:
-        raise DataError(f"--relabel {path}: relabelling takes one label per image; this data "
-                        "is multi-label")  # fmt: skip
+        raise DataError(
+            f"--relabel {path}: relabelling takes one label per image; this data is multi-label"
+        )
     rows = read_relabel(path)
     if not rows:
         return source, 0
@@ -266,17 +274,20 @@ def apply_relabel(source: Source, path: str | os.PathLike) -> tuple[Source, int]
             labels[split][i] = classes[label]
             changed += 1
     _unmatched("--relabel", path, missing, len(rows), source)
-    splits = {name: replace(s, labels=labels[name]) if name in labels else s
-              for name, s in source.splits.items()}  # fmt: skip
+    splits = {
+        name: replace(s, labels=labels[name]) if name in labels else s
+        for name, s in source.splits.items()
+    }
     out = replace(source, splits=splits)
     _check_classes(out, f"--relabel {path}")
     return out, changed
 
 
 def apply_curation(
-    source: Source, exclude: str | os.PathLike | None = None,
+    source: Source,
+    exclude: str | os.PathLike | None = None,
     relabel: str | os.PathLike | None = None,
-) -> Source:  # fmt: skip
+) -> Source:
     """The images of ``exclude`` left out and the labels of ``relabel`` applied (relabelling
     first, so both files may name the images as the data has them); says what changed."""
     if relabel:
@@ -288,8 +299,9 @@ def apply_curation(
     return source
 
 
-def write_exclude(path: str | os.PathLike, refs: list[tuple[str, str | None, str]],
-                  data: str) -> Path:  # fmt: skip
+def write_exclude(
+    path: str | os.PathLike, refs: list[tuple[str, str | None, str]], data: str
+) -> Path:
     """An exclude file: ``refs`` are (ref, pixel fingerprint for images in memory or None,
     why) per image."""
     from ..core.files import atomic_write_text

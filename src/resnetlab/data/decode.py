@@ -45,9 +45,10 @@ def decode_files(
         return take(i, img) if take is not None else None
 
     out: list = []
-    with ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool, Meter(
-        desc or "", len(paths), enabled=desc is not None
-    ) as meter:  # fmt: skip
+    with (
+        ThreadPoolExecutor(max_workers=workers or decode_workers()) as pool,
+        Meter(desc or "", len(paths), enabled=desc is not None) as meter,
+    ):
         for result in pool.map(one, range(len(paths))):
             out.append(result)
             meter.update()

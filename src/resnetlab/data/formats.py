@@ -167,10 +167,13 @@ def load_cifar_source(
         from torchvision.datasets import CIFAR10, CIFAR100
 
         cls = CIFAR10 if variant == 10 else CIFAR100
-        hand = (f"without a connection, fetch {cls.filename} elsewhere and place it in {folder} "
-                f"(add --download to unpack it), or unpack it there yourself ({sub}/)")  # fmt: skip
-        _download(lambda: cls(str(folder), train=True, download=True), f"CIFAR-{variant}",
-                  cls.url, hand)  # fmt: skip
+        hand = (
+            f"without a connection, fetch {cls.filename} elsewhere and place it in {folder} "
+            f"(add --download to unpack it), or unpack it there yourself ({sub}/)"
+        )
+        _download(
+            lambda: cls(str(folder), train=True, download=True), f"CIFAR-{variant}", cls.url, hand
+        )
         root = folder / sub
     missing = [n for n in [*train_files, test_file, meta_file] if not (root / n).is_file()]
     if missing:

@@ -29,8 +29,16 @@ from .sources import DataError, Source, Split, carve_val, class_name, stratified
 log = logging.getLogger(__name__)
 
 # The dataset's split names -> resnetlab's
-SPLIT_NAMES = {"train": "train", "training": "train", "validation": "val", "valid": "val",
-               "val": "val", "dev": "val", "test": "test", "testing": "test"}  # fmt: skip
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "val",
+    "valid": "val",
+    "val": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 _IMAGE_NAMES = ("image", "img", "images", "picture", "pixel_values")
 _LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "category")
 
@@ -47,8 +55,10 @@ def _open(kind: str, spec: str):
     if kind == "hf-disk":
         path = Path(os.path.expanduser(spec))
         if not path.exists():
-            raise DataError(f"hf-disk:{spec}: no such folder (a folder that "
-                            "Dataset.save_to_disk or DatasetDict.save_to_disk wrote)")  # fmt: skip
+            raise DataError(
+                f"hf-disk:{spec}: no such folder (a folder that "
+                "Dataset.save_to_disk or DatasetDict.save_to_disk wrote)"
+            )
         try:
             return ds.load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as exc:
@@ -75,8 +85,10 @@ def _offline() -> bool:
     """Whether to read the Hugging Face cache only: the environment says so now (the hub's
     own libraries read it once, at import), or the hub cannot be reached at all, so that an
     offline machine gets its one line at once instead of after the hub's retries."""
-    if any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
-           for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):  # fmt: skip
+    if any(
+        os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    ):
         return True
     import socket
     from urllib.parse import urlparse
@@ -143,9 +155,14 @@ def _label_feature(f):
 
 
 def load_hf_source(
-    kind: str, spec: str, val_ratio: float, test_ratio: float, seed: int,
-    channels: int | None = None, multilabel: bool = False,
-) -> Source:  # fmt: skip
+    kind: str,
+    spec: str,
+    val_ratio: float,
+    test_ratio: float,
+    seed: int,
+    channels: int | None = None,
+    multilabel: bool = False,
+) -> Source:
     """A Hugging Face dataset as a ``Source`` (see the module's doc)."""
     ds = _datasets()
     quiet = ds.is_progress_bar_enabled()
@@ -167,15 +184,24 @@ def _load(kind, spec, val_ratio, test_ratio, seed, channels, multilabel) -> Sour
         raise DataError(f"{where}: the dataset has no splits")
     features = next(iter(parts.values())).features
     image_col = _pick(features, lambda f: isinstance(f, ds.Image), _IMAGE_NAMES, "Image", where)
-    label_col = _pick(features, lambda f: _label_feature(f) is not None, _LABEL_NAMES,
-                      "ClassLabel (or sequence of ClassLabel)", where)  # fmt: skip
+    label_col = _pick(
+        features,
+        lambda f: _label_feature(f) is not None,
+        _LABEL_NAMES,
+        "ClassLabel (or sequence of ClassLabel)",
+        where,
+    )
     label_feature, is_multi = _label_feature(features[label_col])
     if is_multi and not multilabel:
-        raise DataError(f"{where}: {label_col!r} holds several labels per image; train it with "
-                        "--task multilabel")  # fmt: skip
+        raise DataError(
+            f"{where}: {label_col!r} holds several labels per image; train it with "
+            "--task multilabel"
+        )
     if multilabel and not is_multi:
-        raise DataError(f"{where}: {label_col!r} holds one label per image; --task multilabel "
-                        "needs a sequence of ClassLabel")  # fmt: skip
+        raise DataError(
+            f"{where}: {label_col!r} holds one label per image; --task multilabel "
+            "needs a sequence of ClassLabel"
+        )
     classes = [class_name(str(n)) for n in label_feature.names]
     splits: dict[str, Split] = {}
     skipped = []
@@ -186,8 +212,9 @@ def _load(kind, spec, val_ratio, test_ratio, seed, channels, multilabel) -> Sour
             continue
         splits[ours] = _split(part, image_col, label_col, len(classes), is_multi, where, name)
     if skipped:
-        log.warning("%s: splits %s left out (resnetlab uses train, val, test)", where,
-                    ", ".join(skipped))  # fmt: skip
+        log.warning(
+            "%s: splits %s left out (resnetlab uses train, val, test)", where, ", ".join(skipped)
+        )
     if "train" not in splits:
         raise DataError(f"{where}: no train split (it has {', '.join(parts)})")
     if len(splits) == 1:  # one split only: held-out images from it, as for a single folder
@@ -206,8 +233,9 @@ def _channels(split: Split) -> int:
     return 3
 
 
-def _split(part, image_col: str, label_col: str, num_classes: int, multi: bool, where: str,
-           name: str) -> Split:  # fmt: skip
+def _split(
+    part, image_col: str, label_col: str, num_classes: int, multi: bool, where: str, name: str
+) -> Split:
     """One split: labels, and images in memory (one size) or as cached files (several)."""
     from PIL import Image as PILImage
 
@@ -221,8 +249,10 @@ def _split(part, image_col: str, label_col: str, num_classes: int, multi: bool, 
                 labels[i, int(j)] = 1.0
     else:
         if any(v is None or int(v) < 0 for v in labels_raw):
-            raise DataError(f"{where}: split {name!r} has images without a label (-1); "
-                            "resnetlab trains on labelled images only")  # fmt: skip
+            raise DataError(
+                f"{where}: split {name!r} has images without a label (-1); "
+                "resnetlab trains on labelled images only"
+            )
         labels = torch.tensor([int(v) for v in labels_raw], dtype=torch.long)
     cells = raw[image_col]
     blobs = []
@@ -251,8 +281,14 @@ def _split(part, image_col: str, label_col: str, num_classes: int, multi: bool, 
     folder = _cache_folder(part, name)
     paths = []
     for i, (data, head) in enumerate(zip(blobs, heads)):
-        ext = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
-               "TIFF": ".tif"}.get(head[2] or "", ".png")  # fmt: skip
+        ext = {
+            "JPEG": ".jpg",
+            "PNG": ".png",
+            "WEBP": ".webp",
+            "BMP": ".bmp",
+            "GIF": ".gif",
+            "TIFF": ".tif",
+        }.get(head[2] or "", ".png")
         p = folder / f"{i:07d}{ext}"
         if not p.is_file():
             from ..core.files import atomic_write_bytes
@@ -267,9 +303,10 @@ def _cache_folder(part, name: str) -> Path:
     fingerprint (its content and every transform applied), so a changed dataset never reads
     another's files."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    key = getattr(part, "_fingerprint", None) or hashlib.sha256(
-        repr(part).encode("utf-8")
-    ).hexdigest()[:16]  # fmt: skip
+    key = (
+        getattr(part, "_fingerprint", None)
+        or hashlib.sha256(repr(part).encode("utf-8")).hexdigest()[:16]
+    )
     folder = Path(base) / "resnetlab" / "hf" / str(key) / name
     folder.mkdir(parents=True, exist_ok=True)
     return folder

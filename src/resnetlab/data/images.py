@@ -23,9 +23,22 @@ from ..core.errors import ConfigError, ImageDecodeError
 # carry scripts are never opened.
 DECODE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-     ".pbm", ".pnm"}
-)  # fmt: skip
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+    }
+)
 JUNK_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
 JUNK_DIRS = frozenset({"__macosx", "@eadir", "$recycle.bin", "__pycache__"})
 # Pillow's own default (about 89 Mpixel, a 256 MB RGB image); bigger is treated as a bomb.
@@ -39,10 +52,14 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # The first bytes of each format we decode, and the extension a file of it should have.
 _SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG", ".jpg"), (b"\x89PNG\r\n\x1a\n", "PNG", ".png"),
-    (b"GIF87a", "GIF", ".gif"), (b"GIF89a", "GIF", ".gif"), (b"II*\x00", "TIFF", ".tif"),
-    (b"MM\x00*", "TIFF", ".tif"), (b"BM", "BMP", ".bmp"),
-)  # fmt: skip
+    (b"\xff\xd8\xff", "JPEG", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", "PNG", ".png"),
+    (b"GIF87a", "GIF", ".gif"),
+    (b"GIF89a", "GIF", ".gif"),
+    (b"II*\x00", "TIFF", ".tif"),
+    (b"MM\x00*", "TIFF", ".tif"),
+    (b"BM", "BMP", ".bmp"),
+)
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 URL_REASON = "URLs are not fetched: download the image first (e.g. curl -O URL)"
 

@@ -33,9 +33,17 @@ def load_listing_source(
     paths relative to the listing; a split given for every image or for none."""
     records = (_csv_records if kind == "csv" else _jsonl_records)(path, multilabel)
     source = _labelled_files_source(
-        f"{kind}:{path}", kind, path, records, val_ratio, test_ratio, seed, channels,
-        max_bad_fraction, multilabel,
-    )  # fmt: skip
+        f"{kind}:{path}",
+        kind,
+        path,
+        records,
+        val_ratio,
+        test_ratio,
+        seed,
+        channels,
+        max_bad_fraction,
+        multilabel,
+    )
     return check_splits(source) if check else source
 
 
@@ -52,22 +60,23 @@ def _csv_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"csv:{path}: cannot read ({exc})") from None
     if rows and [c.strip().lower() for c in rows[0][1][:2]] in (
-        ["path", "label"], ["path", "labels"]
-    ):  # fmt: skip
+        ["path", "label"],
+        ["path", "labels"],
+    ):
         rows = rows[1:]
     if not rows:
         raise DataError(f"csv:{path}: no rows; expected 'path,label' lines")
     shape = "path,labels[,split] (labels separated by |)" if multilabel else "path,label[,split]"
-    several = " (labels are separated by |, not commas)" if multilabel else (
-        " (for images with several labels, separated by |, or none: --task multilabel)"
-    )  # fmt: skip
+    several = (
+        " (labels are separated by |, not commas)"
+        if multilabel
+        else (" (for images with several labels, separated by |, or none: --task multilabel)")
+    )
     records = []
     for n, row in rows:
         while len(row) > 2 and not row[-1].strip():  # trailing empty cells
             row = row[:-1]
-        if len(row) > 3 or len(row) < 2 or not row[0].strip() or not (
-            multilabel or row[1].strip()
-        ):  # fmt: skip
+        if len(row) > 3 or len(row) < 2 or not row[0].strip() or not (multilabel or row[1].strip()):
             raise DataError(f"csv:{path}: line {n} {row!r} is not '{shape}'{several}")
         split = row[2].strip() if len(row) == 3 else ""
         if split and split not in SPLITS:
@@ -108,8 +117,13 @@ def _jsonl_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, st
                     'names, e.g. "labels": ["cat", "outdoor"]'
                 )
             labels = LABEL_SEPARATOR.join(labels)
-        if not (isinstance(obj, dict) and isinstance(obj.get("path"), str) and obj["path"].strip()
-                and isinstance(labels, str) and (multilabel or labels.strip())):  # fmt: skip
+        if not (
+            isinstance(obj, dict)
+            and isinstance(obj.get("path"), str)
+            and obj["path"].strip()
+            and isinstance(labels, str)
+            and (multilabel or labels.strip())
+        ):
             want = '{"path": ..., "labels": [...]}' if multilabel else '{"path": ..., "label": ...}'
             hint = "" if multilabel else " (for images with several labels: --task multilabel)"
             raise DataError(f"jsonl:{path}: line {n} is not {want}{hint}")

@@ -66,9 +66,16 @@ def load_source(
         source = load_hf_source(kind, rest, val_ratio, test_ratio, seed, channels, multilabel)
     elif kind in ("csv", "jsonl") and rest:
         source = load_listing_source(
-            kind, Path(rest), val_ratio, test_ratio, seed, channels or 3, max_bad_fraction,
-            multilabel, check,
-        )  # fmt: skip
+            kind,
+            Path(rest),
+            val_ratio,
+            test_ratio,
+            seed,
+            channels or 3,
+            max_bad_fraction,
+            multilabel,
+            check,
+        )
     else:
         folder = Path(data)
         if not folder.exists():

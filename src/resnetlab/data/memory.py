@@ -104,8 +104,9 @@ def _labels(labels, n: int, classes: list[str] | None) -> tuple[torch.Tensor, li
     elif isinstance(labels, np.ndarray):
         labels = labels.tolist()
     elif isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
-        raise ConfigError(f"labels: a {type(labels).__name__}; give one label (int or name) "
-                          "per image")  # fmt: skip
+        raise ConfigError(
+            f"labels: a {type(labels).__name__}; give one label (int or name) per image"
+        )
     labels = list(labels)
     if len(labels) != n:
         raise ConfigError(f"{n} images but {len(labels)} labels; give one label per image")
@@ -127,8 +128,9 @@ def _labels(labels, n: int, classes: list[str] | None) -> tuple[torch.Tensor, li
             raise ConfigError(f"labels: {unknown[:5]} are not among the classes given")
         return torch.tensor([index[v] for v in names], dtype=torch.long), classes
     kinds = sorted({type(v).__name__ for v in labels})
-    raise ConfigError(f"labels: all ints (class indices) or all strings (class names), got "
-                      f"{', '.join(kinds)}")  # fmt: skip
+    raise ConfigError(
+        f"labels: all ints (class indices) or all strings (class names), got {', '.join(kinds)}"
+    )
 
 
 def from_dataset(dataset) -> tuple[list, list, list[str] | None]:
@@ -214,14 +216,21 @@ def load_memory_source(key: str, val_ratio: float, test_ratio: float, seed: int)
         )
     images, labels, classes = _SOURCES[key]
     ratios = {k: r for k, r in (("val", val_ratio), ("test", test_ratio)) if r > 0}
-    parts = (stratified_split(labels, ratios, seed) if ratios
-             else {"train": torch.arange(len(labels))})  # fmt: skip
+    parts = (
+        stratified_split(labels, ratios, seed) if ratios else {"train": torch.arange(len(labels))}
+    )
     h, w = images.shape[-2:]
     splits = {}
     for name in ("train", "val", "test"):
         if name in parts:
             idx = parts[name]
-            splits[name] = Split(labels=labels[idx], images=images[idx],
-                                 sizes=[(int(h), int(w))] * len(idx))  # fmt: skip
-    return Source(name=PREFIX + key, kind="memory", classes=list(classes), splits=splits,
-                  channels=int(images.shape[1]))  # fmt: skip
+            splits[name] = Split(
+                labels=labels[idx], images=images[idx], sizes=[(int(h), int(w))] * len(idx)
+            )
+    return Source(
+        name=PREFIX + key,
+        kind="memory",
+        classes=list(classes),
+        splits=splits,
+        channels=int(images.shape[1]),
+    )

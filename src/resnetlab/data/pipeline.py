@@ -47,46 +47,64 @@ TEMPORARY_BYTES = 16 * CHUNK_BYTES + 32 * 2**20
 class DataConfig:
     """Where the images come from and how they are prepared (the ``data`` flags of train)."""
 
-    data: str = option("digits", "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, "
-                       "csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN", group="data")  # fmt: skip
+    data: str = option(
+        "digits",
+        "digits, a folder, mnist:DIR, cifar10:DIR, cifar100:DIR, "
+        "csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN",
+        group="data",
+    )
     task: str = option(
-        "multiclass", "multilabel: several labels per image (csv:FILE with path,labels and | "
+        "multiclass",
+        "multilabel: several labels per image (csv:FILE with path,labels and | "
         "between labels, or jsonl:FILE), sigmoid outputs, per-class thresholds",
-        choices=TASKS, group="data",
-    )  # fmt: skip
+        choices=TASKS,
+        group="data",
+    )
     input_size: int | None = option(
-        None, "square side fed to the model (default: for a new run from scratch on image "
+        None,
+        "square side fed to the model (default: for a new run from scratch on image "
         "files, chosen from their sizes: small images near their own size, photos 224; "
-        "otherwise 224 for the imagenet preset, else 32)", group="data",
-    )  # fmt: skip
+        "otherwise 224 for the imagenet preset, else 32)",
+        group="data",
+    )
     preset: str = option("auto", "augmentation preset", choices=("auto", *PRESETS), group="data")
-    auto_augment: str = option("none", "batch auto-augmentation", choices=AUTO_AUGMENTS,
-                               group="data")  # fmt: skip
+    auto_augment: str = option(
+        "none", "batch auto-augmentation", choices=AUTO_AUGMENTS, group="data"
+    )
     random_erasing: float = option(0.0, "probability per image", group="data")
-    mean: list[float] | None = option(None, "per-channel mean (default: the training split's)",
-                                      group="data")  # fmt: skip
+    mean: list[float] | None = option(
+        None, "per-channel mean (default: the training split's)", group="data"
+    )
     std: list[float] | None = option(None, "per-channel std", group="data")
     batch_size: int = option(128, "images per step (per process)", group="recipe")
-    num_workers: int = option(2, "loader worker processes for files not in memory",
-                              group="system")  # fmt: skip
-    val_ratio: float = option(0.1, "held out for validation when the data has no val split",
-                              group="data")  # fmt: skip
+    num_workers: int = option(2, "loader worker processes for files not in memory", group="system")
+    val_ratio: float = option(
+        0.1, "held out for validation when the data has no val split", group="data"
+    )
     test_ratio: float = option(0.1, "held out for testing from a single folder", group="data")
-    max_bad_fraction: float = option(0.01, "abort when more files than this are unreadable",
-                                     group="data")  # fmt: skip
+    max_bad_fraction: float = option(
+        0.01, "abort when more files than this are unreadable", group="data"
+    )
     exclude: str | None = option(
-        None, "a file of images to leave out, one a line (what `resnetlab audit "
-        "--write-exclude` writes)", metavar="FILE", group="data",
-    )  # fmt: skip
+        None,
+        "a file of images to leave out, one a line (what `resnetlab audit --write-exclude` writes)",
+        metavar="FILE",
+        group="data",
+    )
     relabel: str | None = option(
-        None, "a CSV of path,label giving images another label (what `resnetlab audit "
-        "--write-relabel` writes, after you checked it)", metavar="FILE", group="data",
-    )  # fmt: skip
-    cache: str = option("auto", "decode once into memory (auto: when it fits)",
-                        choices=CACHE_MODES, group="data")  # fmt: skip
+        None,
+        "a CSV of path,label giving images another label (what `resnetlab audit "
+        "--write-relabel` writes, after you checked it)",
+        metavar="FILE",
+        group="data",
+    )
+    cache: str = option(
+        "auto", "decode once into memory (auto: when it fits)", choices=CACHE_MODES, group="data"
+    )
     download: bool = option(False, "fetch MNIST/CIFAR when online", group="data")
-    in_chans: int | None = option(None, "force greyscale (1) or RGB (3)", choices=(1, 3),
-                                  group="data")  # fmt: skip
+    in_chans: int | None = option(
+        None, "force greyscale (1) or RGB (3)", choices=(1, 3), group="data"
+    )
     # The evaluation resize of the model's weights (ModelMeta.resize_size); set by evaluate.
     eval_resize: int | None = option(None, flag=False)
     eval_interpolation: str | None = option(None, flag=False)  # ModelMeta.interpolation
@@ -117,9 +135,14 @@ class DataPipeline:
     """A loaded source plus everything needed to batch it: preset, size, normalisation."""
 
     def __init__(
-        self, source: Source, cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None,
-        size_from_data: bool = False, progress: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        source: Source,
+        cfg: DataConfig,
+        seed: int = 0,
+        default_norm: tuple | None = None,
+        size_from_data: bool = False,
+        progress: bool = True,
+    ) -> None:
         """``default_norm`` (RGB mean, std), e.g. a pretrained model's, replaces statistics
         computed from the training split when --mean/--std are not given. ``size_from_data``
         (a new run from scratch): with ``preset`` auto and no ``input_size``, both come from
@@ -130,9 +153,13 @@ class DataPipeline:
         self.input_size = cfg.input_size or (224 if self.preset == "imagenet" else 32)
         self.size_note = ""  # why the input size is what it is, when it came from the images
         train = source.splits.get("train")
-        if size_from_data and cfg.preset == "auto" and cfg.input_size is None and train and (
-            train.sizes
-        ):  # fmt: skip
+        if (
+            size_from_data
+            and cfg.preset == "auto"
+            and cfg.input_size is None
+            and train
+            and (train.sizes)
+        ):
             self.preset, self.input_size, side = size_from_images(train.sizes, source.channels)
             self.size_note = f"from the images: median side {side} px"
         self.channels = source.channels
@@ -197,9 +224,13 @@ class DataPipeline:
             if train:
                 geometry = cache_geometry(self.preset, self.input_size)
             else:
-                geometry = file_transform(self.preset, side, train=False,
-                                          resize_size=self.cfg.eval_resize,
-                                          interpolation=self.cfg.eval_interpolation)  # fmt: skip
+                geometry = file_transform(
+                    self.preset,
+                    side,
+                    train=False,
+                    resize_size=self.cfg.eval_resize,
+                    interpolation=self.cfg.eval_interpolation,
+                )
             self._decode(name, geometry, side, cache, want)
         settle_bad_files(self.source)
 
@@ -223,8 +254,9 @@ class DataPipeline:
             desc = f"decoding {name} images into memory at {side}x{side}"
         else:
             desc = f"reading {name} images" if moments else f"checking {name} images"
-        results = decode_files(split.paths, c, take if cache or moments else None,
-                               desc if self.progress else None)  # fmt: skip
+        results = decode_files(
+            split.paths, c, take if cache or moments else None, desc if self.progress else None
+        )
         keep = keep_readable(self.source, name, results)
         if images is not None:
             if len(keep) < n:  # close the gaps the unreadable files left, in place
@@ -272,9 +304,14 @@ class DataPipeline:
         return channel_stats([train], self.channels, geometry)
 
     def loader(
-        self, split: str, train: bool, rank: int = 0, world_size: int = 1, pin_memory=False,
+        self,
+        split: str,
+        train: bool,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory=False,
         sampler: str = "none",
-    ):  # fmt: skip
+    ):
         """Batches of (uint8 images, labels); ``train`` shuffles and drops a short last batch;
         ``sampler="balanced"`` draws every class equally often in training."""
         if split not in self.source.splits:
@@ -285,20 +322,35 @@ class DataPipeline:
         self._maybe_cache((split,))
         data: Split = self.source.splits[split]
         drop_last = train and len(data) > self.cfg.batch_size
-        tf = file_transform(self.preset, self.input_size, train, self.cfg.auto_augment,
-                            resize_size=self.cfg.eval_resize,
-                            interpolation=self.cfg.eval_interpolation)  # fmt: skip
+        tf = file_transform(
+            self.preset,
+            self.input_size,
+            train,
+            self.cfg.auto_augment,
+            resize_size=self.cfg.eval_resize,
+            interpolation=self.cfg.eval_interpolation,
+        )
         if data.shards is not None:
             if sampler != "none":
                 raise DataError(
                     "--sampler balanced needs the labels up front; wds: shards stream them"
                 )
             return ShardLoader(
-                data.shards, self.cfg.batch_size, shuffle=train, drop_last=drop_last, transform=tf,
-                channels=self.channels, num_classes=len(self.classes), seed=self.seed, rank=rank,
-                world_size=world_size, num_workers=self.cfg.num_workers, pin_memory=pin_memory,
-                max_bad_fraction=self.cfg.max_bad_fraction, bad_files=self.source.bad_files,
-            )  # fmt: skip
+                data.shards,
+                self.cfg.batch_size,
+                shuffle=train,
+                drop_last=drop_last,
+                transform=tf,
+                channels=self.channels,
+                num_classes=len(self.classes),
+                seed=self.seed,
+                rank=rank,
+                world_size=world_size,
+                num_workers=self.cfg.num_workers,
+                pin_memory=pin_memory,
+                max_bad_fraction=self.cfg.max_bad_fraction,
+                bad_files=self.source.bad_files,
+            )
         if train and sampler != "none":
             if self.source.multilabel:
                 raise DataError(
@@ -307,12 +359,19 @@ class DataPipeline:
                 )
             from .balanced import make_sampler
 
-            batches = make_sampler(sampler, data.labels, self.cfg.batch_size, drop_last,
-                                   self.seed, rank, world_size)  # fmt: skip
+            batches = make_sampler(
+                sampler, data.labels, self.cfg.batch_size, drop_last, self.seed, rank, world_size
+            )
         else:
-            batches = EpochSampler(len(data), self.cfg.batch_size, shuffle=train,
-                                   drop_last=drop_last, seed=self.seed, rank=rank,
-                                   world_size=world_size)  # fmt: skip
+            batches = EpochSampler(
+                len(data),
+                self.cfg.batch_size,
+                shuffle=train,
+                drop_last=drop_last,
+                seed=self.seed,
+                rank=rank,
+                world_size=world_size,
+            )
         if data.in_memory:
             return TensorLoader(data, batches, self.cfg.auto_augment if train else None)
         return FileLoader(data, batches, tf, self.channels, self.cfg.num_workers, pin_memory)
@@ -333,9 +392,12 @@ class DataPipeline:
 
 
 def build_pipeline(
-    cfg: DataConfig, seed: int = 0, default_norm: tuple | None = None, size_from_data=False,
+    cfg: DataConfig,
+    seed: int = 0,
+    default_norm: tuple | None = None,
+    size_from_data=False,
     progress: bool = True,
-):  # fmt: skip
+):
     """The pipeline of ``cfg.data``, each image file decoded once (see ``DataPipeline``)."""
     cfg.check()
     source = load_source(

@@ -59,9 +59,11 @@ def _encoded(split: Split, i: int, channels: int) -> tuple[bytes, str]:
         except OSError as exc:
             raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     a = split.images[i]  # (C, H, W) uint8
-    img = Image.fromarray(a[0].numpy(), "L") if channels == 1 else Image.fromarray(
-        a.permute(1, 2, 0).numpy(), "RGB"
-    )  # fmt: skip
+    img = (
+        Image.fromarray(a[0].numpy(), "L")
+        if channels == 1
+        else Image.fromarray(a.permute(1, 2, 0).numpy(), "RGB")
+    )
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue(), "png"
@@ -155,9 +157,12 @@ def format_index(index: dict, out) -> str:
     lines = []
     for name, split in index["splits"].items():
         mib = sum(s["bytes"] for s in split["shards"]) / 2**20
-        lines.append(f"{name:5} {split['count']:>9,} images in {len(split['shards']):>5,} "
-                     f"shard(s), {mib:,.1f} MiB")  # fmt: skip
-    lines.append(f"wrote {len(index['classes'])} classes and the counts to {out}/index.json; "
-                 "train with: " + shell_command("resnetlab", "train", "--data",
-                                                f"wds:{out}"))  # fmt: skip
+        lines.append(
+            f"{name:5} {split['count']:>9,} images in {len(split['shards']):>5,} "
+            f"shard(s), {mib:,.1f} MiB"
+        )
+    lines.append(
+        f"wrote {len(index['classes'])} classes and the counts to {out}/index.json; "
+        "train with: " + shell_command("resnetlab", "train", "--data", f"wds:{out}")
+    )
     return "\n".join(lines)

@@ -275,8 +275,9 @@ def check_splits(source: Source, names=None, progress: bool = True) -> Source:
         split = source.splits.get(name)
         if split is None or split.checked or split.paths is None:
             continue
-        results = decode_files(split.paths, source.channels, None,
-                               desc=f"checking {name} images" if progress else None)  # fmt: skip
+        results = decode_files(
+            split.paths, source.channels, None, desc=f"checking {name} images" if progress else None
+        )
         keep_readable(source, name, results)
     settle_bad_files(source)
     return source
@@ -311,8 +312,15 @@ def _check_classes(source: Source) -> None:
             continue
         counts = label_counts(s.labels, len(source.classes))
         empty = [source.classes[i] for i, c in enumerate(counts.tolist()) if c == 0]
-        report_problems([(("no training image", c), f"{source.name}: class {c!r} has no "
-                          "readable training image") for c in empty])  # fmt: skip
+        report_problems(
+            [
+                (
+                    ("no training image", c),
+                    f"{source.name}: class {c!r} has no readable training image",
+                )
+                for c in empty
+            ]
+        )
 
 
 def _list_class_dir(folder: Path) -> tuple[list[Path], list[BadFile]]:
@@ -341,9 +349,13 @@ def log_ignored(name: str, ignored: list[BadFile]) -> None:
     shown = sorted(ignored, key=lambda b: "image without" not in b.reason)[:SHOW_SKIPPED]
     more = f"\n  ... and {len(ignored) - len(shown)} more" if len(ignored) > len(shown) else ""
     log.warning(
-        "%s: %d file(s) that are not images by their name are left out%s:\n  %s%s", name,
-        len(ignored), also, "\n  ".join(f"{b.path}: {b.reason}" for b in shown), more,
-    )  # fmt: skip
+        "%s: %d file(s) that are not images by their name are left out%s:\n  %s%s",
+        name,
+        len(ignored),
+        also,
+        "\n  ".join(f"{b.path}: {b.reason}" for b in shown),
+        more,
+    )
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -378,8 +390,18 @@ def _build_file_source(
             sizes=[results[i] for i in keep],
             checked=False,
         )
-    source = Source(name, kind, classes, splits, channels, bad, ignored, multilabel,
-                    listed=total, max_bad_fraction=max_bad_fraction)  # fmt: skip
+    source = Source(
+        name,
+        kind,
+        classes,
+        splits,
+        channels,
+        bad,
+        ignored,
+        multilabel,
+        listed=total,
+        max_bad_fraction=max_bad_fraction,
+    )
     if bad and total and len(bad) / total > max_bad_fraction:
         settle_bad_files(source)  # raises
     _check_classes(source)
@@ -430,17 +452,26 @@ def load_folder_source(
         for d in _class_dirs(root):
             name = class_name(d.name)
             if name not in index:
-                problems.append((("unknown class", split, name),
-                                 f"{d}: class {name!r} is not among the training classes "
-                                 f"({', '.join(classes)}); every split must use the same class "
-                                 "folders"))  # fmt: skip
+                problems.append(
+                    (
+                        ("unknown class", split, name),
+                        f"{d}: class {name!r} is not among the training classes "
+                        f"({', '.join(classes)}); every split must use the same class "
+                        "folders",
+                    )
+                )
                 continue
             files, left_out = _list_class_dir(d)
             ignored += left_out
             if not files and split in ("train", "all"):
                 why = f"; {left_out[0].path}: {left_out[0].reason}" if left_out else ""
-                problems.append((("no training image", name), f"{d}: class folder is empty (no "
-                                 f"image files{why}); add images or remove it"))  # fmt: skip
+                problems.append(
+                    (
+                        ("no training image", name),
+                        f"{d}: class folder is empty (no "
+                        f"image files{why}); add images or remove it",
+                    )
+                )
             paths += files
             labels += [index[name]] * len(files)
         split_files[split] = (paths, labels)

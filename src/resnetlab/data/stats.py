@@ -48,8 +48,9 @@ def imbalance_note(counts, threshold: float = IMBALANCE_WARN) -> str | None:
     )
 
 
-def split_moments(split: Split, channels: int, geometry=None, desc: str | None = None,
-                  limit: int | None = None) -> np.ndarray:  # fmt: skip
+def split_moments(
+    split: Split, channels: int, geometry=None, desc: str | None = None, limit: int | None = None
+) -> np.ndarray:
     """``image_moments`` of each readable image of ``split``: in memory as it is stored; files
     decoded through ``geometry`` (PIL image -> uint8 tensor; None: at their own size); shards
     the first ``limit`` samples. ``desc``: the decoding's progress line."""
@@ -61,8 +62,11 @@ def split_moments(split: Split, channels: int, geometry=None, desc: str | None =
     def take(_, img):
         return image_moments(geometry(img) if geometry is not None else image_to_uint8(img))[0]
 
-    found = [r for r in decode_files(split.paths or [], channels, take, desc)
-             if not isinstance(r, Unreadable)]  # fmt: skip
+    found = [
+        r
+        for r in decode_files(split.paths or [], channels, take, desc)
+        if not isinstance(r, Unreadable)
+    ]
     return np.stack(found) if found else np.zeros((0, 2, channels))
 
 
@@ -88,7 +92,7 @@ def training_resolution(source: Source, input_size: int | None = None) -> tuple[
 
 def _source_moments(
     source: Source, input_size: int | None, progress: bool
-) -> tuple[np.ndarray, dict]:  # fmt: skip
+) -> tuple[np.ndarray, dict]:
     """The one decode of every file of ``source`` not yet checked (the unreadable ones join
     ``bad_files``), taking the training images' moments at the training resolution on the
     way; and where they were taken (``stats_at`` of the report)."""
@@ -110,8 +114,9 @@ def _source_moments(
             moments = np.stack([results[i] for i in keep]) if keep else moments
         elif not split.checked and split.paths is not None:
             desc = f"checking {split_name} images" if progress else None
-            keep_readable(source, split_name, decode_files(split.paths, source.channels, None,
-                                                           desc))  # fmt: skip
+            keep_readable(
+                source, split_name, decode_files(split.paths, source.channels, None, desc)
+            )
     settle_bad_files(source)
     in_memory = name is not None and source.splits[name].images is not None
     shape = list(source.splits[name].images.shape[-2:]) if in_memory else [side, side]
@@ -210,20 +215,23 @@ def _co_occurrence_lines(report: dict, names: list[str]) -> list[str]:
     from ..core.fmt import ljust, rjust, width
 
     per = report["labels_per_image"]
-    lines = [f"per image {per['mean']:.2f} labels on average, at most {per['max']}; "
-             f"{per['none']:,} image(s) with none"]  # fmt: skip
+    lines = [
+        f"per image {per['mean']:.2f} labels on average, at most {per['max']}; "
+        f"{per['none']:,} image(s) with none"
+    ]
     shown = sorted(names, key=lambda n: -report["classes"][n])[:12]
     co = report["co_occurrence"]
     cols = max(map(width, shown)) if shown else 0
     cell = max(6, *(width(n) for n in shown)) if shown else 6
-    lines.append("together  images with both labels" + (
-        f" (the {len(shown)} most frequent of {len(names)})" if len(shown) < len(names) else ""
-    ))  # fmt: skip
+    lines.append(
+        "together  images with both labels"
+        + (f" (the {len(shown)} most frequent of {len(names)})" if len(shown) < len(names) else "")
+    )
     lines.append("  " + " " * cols + "".join("  " + rjust(n, cell) for n in shown))
     for a in shown:
-        lines.append("  " + ljust(a, cols) + "".join(
-            "  " + rjust(f"{co[a][b]:,}", cell) for b in shown
-        ))  # fmt: skip
+        lines.append(
+            "  " + ljust(a, cols) + "".join("  " + rjust(f"{co[a][b]:,}", cell) for b in shown)
+        )
     return lines
 
 
@@ -258,8 +266,10 @@ def format_report(report: dict) -> str:
         lines.append(f"problems  {len(problems)} that stop train:")
         lines += [f"  {p}" for p in problems]
     for split, names in (report.get("missing") or {}).items():
-        lines.append(f"missing   the {split} split has no images of {len(names)} class(es): "
-                     f"{', '.join(names)} (evaluate says 'no images' for them)")  # fmt: skip
+        lines.append(
+            f"missing   the {split} split has no images of {len(names)} class(es): "
+            f"{', '.join(names)} (evaluate says 'no images' for them)"
+        )
     note = report.get("imbalance_note")
     if note is None and report.get("imbalance", 0.0) > IMBALANCE_WARN:  # an older report
         note = imbalance_note(counts)
@@ -268,8 +278,10 @@ def format_report(report: dict) -> str:
     if report["ignored_files"]:
         # Images without an image extension first: those are the ones a user wants back.
         named = sorted(report.get("ignored", []), key=lambda b: "image without" not in b["reason"])
-        lines.append(f"ignored   {report['ignored_files']} file(s) not named as images"
-                     + (":" if named else ""))  # fmt: skip
+        lines.append(
+            f"ignored   {report['ignored_files']} file(s) not named as images"
+            + (":" if named else "")
+        )
         lines += [f"  {b['path']}: {b['reason']}" for b in named[:SHOW_SKIPPED]]
         if len(named) > SHOW_SKIPPED:
             lines.append(f"  ... and {len(named) - SHOW_SKIPPED} more (--json lists them all)")
@@ -278,8 +290,10 @@ def format_report(report: dict) -> str:
     lines += [f"mean      {mean}", f"std       {std}"]
     at = report.get("stats_at")
     if at and at["split"]:
-        lines.append(f"          of the {at['split']} split's {at['images']:,} images, each at "
-                     f"{at['size'][0]}x{at['size'][1]} as training keeps it and weighing the "
-                     "same")  # fmt: skip
+        lines.append(
+            f"          of the {at['split']} split's {at['images']:,} images, each at "
+            f"{at['size'][0]}x{at['size'][1]} as training keeps it and weighing the "
+            "same"
+        )
     lines.append(f"suggested: --mean {mean} --std {std}")
     return "\n".join(lines)

@@ -77,9 +77,18 @@ class ShardSampler:
 class _ShardStream(IterableDataset):
     """One worker's batches: (uint8 images, labels, sample names, [(name, reason)] unreadable)."""
 
-    def __init__(self, shards: Shards, sampler: ShardSampler, batch_size: int, shuffle: bool,
-                 drop_last: bool, transform, channels: int, num_classes: int,
-                 lanes: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shards: Shards,
+        sampler: ShardSampler,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        transform,
+        channels: int,
+        num_classes: int,
+        lanes: int,
+    ) -> None:
         self.files, self.counts = list(shards.files), list(shards.counts)
         self.sampler, self.batch_size = sampler, batch_size
         self.shuffle, self.drop_last, self.lanes = shuffle, drop_last, lanes
@@ -91,9 +100,16 @@ class _ShardStream(IterableDataset):
         s = self.sampler
         epoch, start = s.epoch, s.start_batch
         plan = epoch_plan(
-            self.counts, self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
-            seed=s.seed, epoch=epoch, rank=s.rank, world_size=s.world_size, lanes=self.lanes,
-        )  # fmt: skip
+            self.counts,
+            self.batch_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            seed=s.seed,
+            epoch=epoch,
+            rank=s.rank,
+            world_size=s.world_size,
+            lanes=self.lanes,
+        )
         lane = plan[(worker + start) % self.lanes]
         stream: Iterator = (
             x for shard, a, b in lane.segments for x in read_segment(self.files[shard], a, b)
@@ -170,8 +186,17 @@ class ShardLoader:
         )
         self.bad_files = bad_files if bad_files is not None else []
         self._known_bad = {b.path for b in self.bad_files}
-        stream = _ShardStream(shards, self.sampler, batch_size, shuffle, drop_last, transform,
-                              channels, num_classes, max(1, num_workers))  # fmt: skip
+        stream = _ShardStream(
+            shards,
+            self.sampler,
+            batch_size,
+            shuffle,
+            drop_last,
+            transform,
+            channels,
+            num_classes,
+            max(1, num_workers),
+        )
         # batch_size=None: the workers make whole batches.
         self.loader = worker_loader(stream, num_workers, pin_memory, batch_size=None)
 

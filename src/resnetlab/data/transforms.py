@@ -260,8 +260,12 @@ class BatchTransform:
         h, w = x.shape[-2:]
         size = self.input_size
         random_geometry = self.geometric and self.train
-        if (not self.train and x.dtype == torch.uint8 and (h, w) != (size, size)
-                and (self.geometric or self.preset != "imagenet")):  # fmt: skip
+        if (
+            not self.train
+            and x.dtype == torch.uint8
+            and (h, w) != (size, size)
+            and (self.geometric or self.preset != "imagenet")
+        ):
             # Evaluation of images held in memory at their own size (digits, CIFAR, a cache):
             # resized image by image in uint8 as a decoded file is, so a held-out image scores
             # the same here as through predict. (An ImageNet-preset file batch is already

@@ -59,28 +59,49 @@ def run_degradation(
         for kind in ("plain", "residual"):
             name = f"{'plain' if kind == 'plain' else 'resnet'}{depth}"
             for seed in range(seeds):
-                cfg = replace(base, model=name, seed=base.seed + seed, out=str(out),
-                              name=f"{name}-seed{base.seed + seed}")  # fmt: skip
+                cfg = replace(
+                    base,
+                    model=name,
+                    seed=base.seed + seed,
+                    out=str(out),
+                    name=f"{name}-seed{base.seed + seed}",
+                )
                 start = time.perf_counter()
                 summary, trainer = _train(cfg, verbose)
                 history = trainer.history
-                runs.append({
-                    "depth": depth, "kind": kind, "model": name, "seed": cfg.seed,
-                    "params": count_params(trainer.model),
-                    "steps_per_epoch": len(trainer.train_loader),
-                    "train_error": [1 - r["train_top1"] for r in history],
-                    "val_error": [1 - r["val_top1"] if r["val_top1"] is not None else None
-                                  for r in history],
-                    "test_error": 1 - summary["test_top1"] if summary["test_top1"] is not None
-                    else None,
-                    "seconds": time.perf_counter() - start,
-                })  # fmt: skip
+                runs.append(
+                    {
+                        "depth": depth,
+                        "kind": kind,
+                        "model": name,
+                        "seed": cfg.seed,
+                        "params": count_params(trainer.model),
+                        "steps_per_epoch": len(trainer.train_loader),
+                        "train_error": [1 - r["train_top1"] for r in history],
+                        "val_error": [
+                            1 - r["val_top1"] if r["val_top1"] is not None else None
+                            for r in history
+                        ],
+                        "test_error": 1 - summary["test_top1"]
+                        if summary["test_top1"] is not None
+                        else None,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
     table = _table(runs)
     verdict = _verdict(table, depths)
     fig = out / "degradation.png"
     plot_degradation(runs, fig, data)
-    result = {"data": data, "depths": list(depths), "epochs": epochs, "seeds": seeds,
-              "runs": runs, "table": table, "verdict": verdict, "figure": str(fig)}  # fmt: skip
+    result = {
+        "data": data,
+        "depths": list(depths),
+        "epochs": epochs,
+        "seeds": seeds,
+        "runs": runs,
+        "table": table,
+        "verdict": verdict,
+        "figure": str(fig),
+    }
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     atomic_write_text(out / "results.csv", _csv(table))
     atomic_write_text(out / "summary.md", _markdown(result))
@@ -98,13 +119,20 @@ def _table(runs: list[dict]) -> list[dict]:
         train_m, train_s = _mean_std([r["train_error"][-1] for r in group])
         tests = [r["test_error"] for r in group if r["test_error"] is not None]
         test_m, test_s = _mean_std(tests) if tests else (None, None)
-        rows.append({
-            "model": group[0]["model"], "depth": key[0], "kind": key[1],
-            "params": group[0]["params"], "seeds": len(group),
-            "final_train_error": train_m, "final_train_error_std": train_s,
-            "final_test_error": test_m, "final_test_error_std": test_s,
-            "seconds": statistics.fmean(r["seconds"] for r in group),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": group[0]["model"],
+                "depth": key[0],
+                "kind": key[1],
+                "params": group[0]["params"],
+                "seeds": len(group),
+                "final_train_error": train_m,
+                "final_train_error_std": train_s,
+                "final_test_error": test_m,
+                "final_test_error_std": test_s,
+                "seconds": statistics.fmean(r["seconds"] for r in group),
+            }
+        )
     return rows
 
 
@@ -119,8 +147,9 @@ def _verdict(table: list[dict], depths) -> dict:
     lo, hi = min(depths), max(depths)
 
     def err(kind, depth):
-        return next(r["final_train_error"] for r in table if r["kind"] == kind
-                    and r["depth"] == depth)  # fmt: skip
+        return next(
+            r["final_train_error"] for r in table if r["kind"] == kind and r["depth"] == depth
+        )
 
     p_lo, p_hi = err("plain", lo), err("plain", hi)
     r_lo, r_hi = err("residual", lo), err("residual", hi)
@@ -129,13 +158,19 @@ def _verdict(table: list[dict], depths) -> dict:
     text = (
         f"Plain nets: plain{hi} ended with {pct(p_hi)} training error against {pct(p_lo)} for "
         f"plain{lo} - "
-        + ("the deeper plain net trained worse: the degradation problem."
-           if plain else "no degradation at this budget.")
+        + (
+            "the deeper plain net trained worse: the degradation problem."
+            if plain
+            else "no degradation at this budget."
+        )
         + f" Residual nets: resnet{hi} {pct(r_hi)} against resnet{lo} {pct(r_lo)} - "
-        + ("the deeper residual net trained worse too." if residual
-           else "the deeper residual net did not train worse.")
+        + (
+            "the deeper residual net trained worse too."
+            if residual
+            else "the deeper residual net did not train worse."
+        )
         + f" (A difference counts when it exceeds {pct(DEGRADATION_MARGIN, 0)}.)"
-    )  # fmt: skip
+    )
     return {"plain_degraded": plain, "residual_degraded": residual, "text": text}
 
 
@@ -172,8 +207,15 @@ def format_degradation(r: dict) -> str:
     from ..core.fmt import pct, table
 
     header = ["model", "depth", "params", "final train err", "final test err", "time (s)"]
-    rows = [[t["model"], str(t["depth"]), f"{t['params']:,}",
-             pct(t["final_train_error"], std=t["final_train_error_std"]),
-             pct(t["final_test_error"], std=t["final_test_error_std"]), f"{t['seconds']:.0f}"]
-            for t in r["table"]]  # fmt: skip
+    rows = [
+        [
+            t["model"],
+            str(t["depth"]),
+            f"{t['params']:,}",
+            pct(t["final_train_error"], std=t["final_train_error_std"]),
+            pct(t["final_test_error"], std=t["final_test_error_std"]),
+            f"{t['seconds']:.0f}",
+        ]
+        for t in r["table"]
+    ]
     return table(header, rows, right_from=1) + "\n\n" + r["verdict"]["text"]

@@ -35,9 +35,20 @@ from ..train.config import TrainConfig
 SUMMARY = "kfold.json"
 OOF = "oof.csv"  # each pooled image's probabilities from the fold run that held it out
 # The per-fold numbers averaged (those a fold's summary.json has).
-METRICS = ("best_val_top1", "test_top1", "test_top5", "ece_before", "ece_after", "temperature",
-           "best_val_map", "test_map", "test_f1_micro", "test_f1_macro", "test_exact_match",
-           "train_seconds")  # fmt: skip
+METRICS = (
+    "best_val_top1",
+    "test_top1",
+    "test_top5",
+    "ece_before",
+    "ece_after",
+    "temperature",
+    "best_val_map",
+    "test_map",
+    "test_f1_micro",
+    "test_f1_macro",
+    "test_exact_match",
+    "train_seconds",
+)
 
 
 def fold_assignment(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
@@ -60,9 +71,15 @@ def fold_assignment(labels: torch.Tensor, folds: int, seed: int = 0) -> torch.Te
 
 def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
     """``OUT/fold-K.csv`` (path,label,split) for each fold; returns their paths."""
-    source = load_source(cfg.data, val_ratio=0.0, test_ratio=cfg.test_ratio, seed=cfg.seed,
-                         channels=cfg.in_chans, max_bad_fraction=cfg.max_bad_fraction,
-                         task=cfg.task)  # fmt: skip
+    source = load_source(
+        cfg.data,
+        val_ratio=0.0,
+        test_ratio=cfg.test_ratio,
+        seed=cfg.seed,
+        channels=cfg.in_chans,
+        max_bad_fraction=cfg.max_bad_fraction,
+        task=cfg.task,
+    )
     pooled = [s for name, s in source.splits.items() if name != "test"]
     if any(s.paths is None or s.streamed for s in pooled + list(source.splits.values())):
         raise ConfigError(
@@ -90,11 +107,14 @@ def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
 
     for k in range(folds):
         rows = [["path", "labels" if source.multilabel else "label", "split"]]
-        rows += [[str(Path(p).resolve()), text(y), "val" if f == k else "train"]
-                 for p, y, f in zip(paths, labels, fold.tolist())]  # fmt: skip
+        rows += [
+            [str(Path(p).resolve()), text(y), "val" if f == k else "train"]
+            for p, y, f in zip(paths, labels, fold.tolist())
+        ]
         if test is not None:
-            rows += [[str(Path(p).resolve()), text(y), "test"]
-                     for p, y in zip(test.paths, test.labels)]  # fmt: skip
+            rows += [
+                [str(Path(p).resolve()), text(y), "test"] for p, y in zip(test.paths, test.labels)
+            ]
         target = out / f"fold-{k}.csv"
         with open(target, "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows(rows)
@@ -119,8 +139,10 @@ def summarize_folds(summaries: list[dict], out: Path) -> dict:
         if any(isinstance(s.get(m), (int, float)) for s in summaries)
     }
     # Highest val top-1 (multi-label: val mAP).
-    ranked = [(s.get("best_val_map") or s.get("best_val_top1") or 0.0, -k)
-              for k, s in enumerate(summaries)]  # fmt: skip
+    ranked = [
+        (s.get("best_val_map") or s.get("best_val_top1") or 0.0, -k)
+        for k, s in enumerate(summaries)
+    ]
     best = -max(ranked)[1]
     return {
         "folds": len(summaries),
@@ -159,8 +181,10 @@ def held_out_probabilities(run: str | Path) -> tuple[list[str], list[str], torch
     out = torch.cat(logits) if logits else torch.zeros(0, len(loaded.classes))
     if loaded.meta.multilabel:
         probs = probabilities(out)
-        given = [LABEL_SEPARATOR.join(pipe.classes[j] for j in (y > 0.5).nonzero().flatten())
-                 for y in split.labels]  # fmt: skip
+        given = [
+            LABEL_SEPARATOR.join(pipe.classes[j] for j in (y > 0.5).nonzero().flatten())
+            for y in split.labels
+        ]
     else:
         probs = apply_temperature(out, loaded.meta.temperature)
         given = [pipe.classes[int(y)] for y in split.labels]

@@ -26,8 +26,16 @@ NEW_STUDY_DEFAULTS = {"data": "digits", "model": "resnet20", "epochs": 8}
 _TUNED = ("lr", "weight_decay", "batch_size", "label_smoothing", "schedule")
 # Settings that change how fast a trial runs, not what it learns: a continued study may use
 # other values for them (another machine, another number of cores).
-_MACHINE = ("num_workers", "cache", "download", "channels_last", "compile", "checkpoint_every",
-            "tensorboard", "device")  # fmt: skip
+_MACHINE = (
+    "num_workers",
+    "cache",
+    "download",
+    "channels_last",
+    "compile",
+    "checkpoint_every",
+    "tensorboard",
+    "device",
+)
 # `tune` flags; any other setting comes from its --config file.
 _TUNE_FLAGS = ("data", "model", "epochs")
 # The study's fixed settings, saved as a study user attribute on its first run.
@@ -97,8 +105,10 @@ def _base_config(base: dict, study, out: Path, where: str, flag: str):
             f"--{key} {saved[key]}" if key in _TUNE_FLAGS else f"{key}: {saved[key]!r} in --config"
         )
         old, new = (repr(v) if isinstance(v, str) else v for v in (saved[key], now[key]))
-        raise ConfigError(f"{where}: this study was run with {key} {old}, not {new}; "
-                         f"continue it with {fix} or use another --{flag}")  # fmt: skip
+        raise ConfigError(
+            f"{where}: this study was run with {key} {old}, not {new}; "
+            f"continue it with {fix} or use another --{flag}"
+        )
     return resolve_config({**saved, **given})
 
 
@@ -142,8 +152,11 @@ def run_tune(
     done = [t for t in study.trials if t.state.is_finished() and t.state.name != "FAIL"]
     remaining = max(0, trials - len(done))
     if verbose:
-        print(f"study {storage}: {len(done)} finished trial(s), {interrupted} interrupted; "
-              f"running {remaining} more", flush=True)  # fmt: skip
+        print(
+            f"study {storage}: {len(done)} finished trial(s), {interrupted} interrupted; "
+            f"running {remaining} more",
+            flush=True,
+        )
     seen = {_key(t.params): t.number for t in done}
 
     def train(trial, params: dict) -> float:
@@ -209,18 +222,22 @@ def run_tune(
     trained = best.user_attrs.get("config") or _run_config(out, best.number)
     best_all = trained or {**settings, **best.params}
     best_cfg = {k: v for k, v in best_all.items() if k not in _NOT_IN_BEST}
-    atomic_write_text(out / "best.yaml", yaml.safe_dump(best_cfg, sort_keys=False,
-                                                        allow_unicode=True))  # fmt: skip
+    atomic_write_text(
+        out / "best.yaml", yaml.safe_dump(best_cfg, sort_keys=False, allow_unicode=True)
+    )
     history_png = out / "optimization_history.png"
     plot_tune_history(
         [
-            (t.number, t.value if t.value is not None else max(t.intermediate_values.values()),
-             t.state.name == "COMPLETE")
+            (
+                t.number,
+                t.value if t.value is not None else max(t.intermediate_values.values()),
+                t.state.name == "COMPLETE",
+            )
             for t in study.trials
             if t.value is not None or t.intermediate_values
         ],
         history_png,
-    )  # fmt: skip
+    )
     result = {
         "storage": storage,
         "best_trial": best.number,
@@ -228,7 +245,7 @@ def run_tune(
         "best_params": best.params,
         "trials": {
             s: sum(t.state.name == s for t in study.trials) for s in ("COMPLETE", "PRUNED", "FAIL")
-        },  # fmt: skip
+        },
         "best_yaml": str(out / "best.yaml"),
         "plot": str(history_png),
     }

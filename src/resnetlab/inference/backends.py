@@ -99,8 +99,10 @@ def fingerprint(model: torch.nn.Module) -> str:
     resnet50's 100 MB takes a noticeable part of a short predict. Any change of a tensor (in
     place: its version counter; replaced: its storage) computes it again."""
     try:
-        stamp = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
-                      for name, t in model.state_dict().items())  # fmt: skip
+        stamp = tuple(
+            (name, t.data_ptr(), t._version, t.dtype, tuple(t.shape))
+            for name, t in model.state_dict().items()
+        )
     except RuntimeError:  # inference tensors carry no version counter: no memo
         return weights_fingerprint(model)
     known = _FINGERPRINTS.get(model)
@@ -274,8 +276,11 @@ class OnnxBackend(Backend):
                     "export it again: use --backend torch"
                 )
             target = self.default_path(home)
-            log.warning("%s; exporting it again%s", reason, "" if target == path else
-                        f" into {target} ({loaded.run} cannot be written)")  # fmt: skip
+            log.warning(
+                "%s; exporting it again%s",
+                reason,
+                "" if target == path else f" into {target} ({loaded.run} cannot be written)",
+            )
             export_onnx(loaded, target)
             return target, read(target)[0]
         raise StaleExportError(f"{reason}; re-run `{self._again(loaded, given)}`")
@@ -347,8 +352,11 @@ class OpenVinoBackend(OnnxBackend):
         self.device = torch.device("cpu")
         given = Path(path) if path else None
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": self.hint, "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # fmt: skip
+        config = {
+            "INFERENCE_PRECISION_HINT": self.hint,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        }
         # From the file's path and a cache folder, OpenVINO loads the compiled model without
         # reading the graph again or compiling it: the check (an onnxruntime session before)
         # and the compilation took 0.4 s of a 2.6 s predict of 128 images (resnet18, 2 cores).
@@ -382,9 +390,14 @@ class OpenVinoBackend(OnnxBackend):
         from ..core.device import cpu_model
 
         st = onnx_path.stat()
-        key = {"weights": fingerprint(loaded.model), "hint": self.hint,
-               "onnx": [st.st_size, st.st_mtime_ns, st.st_ino], "cpu": cpu_model(),
-               "threads": torch.get_num_threads(), "openvino": ov.get_version()}  # fmt: skip
+        key = {
+            "weights": fingerprint(loaded.model),
+            "hint": self.hint,
+            "onnx": [st.st_size, st.st_mtime_ns, st.st_ino],
+            "cpu": cpu_model(),
+            "threads": torch.get_num_threads(),
+            "openvino": ov.get_version(),
+        }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         return home.openvino_cache / f"{self.name}-{digest}"
 

@@ -33,8 +33,13 @@ from .loading import LoadedModel
 log = logging.getLogger("resnetlab.predict")
 
 # (backend, precision) pairs, in order of preference when they measure the same.
-CANDIDATES = (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"),
-              ("torch", "bf16"), ("openvino-bf16", "bf16"))  # fmt: skip
+CANDIDATES = (
+    ("torch", "fp32"),
+    ("onnx", "fp32"),
+    ("openvino", "fp32"),
+    ("torch", "bf16"),
+    ("openvino-bf16", "bf16"),
+)
 # Agreement with PyTorch fp32 on the probe batch: fp32 runtimes within export --verify's
 # tolerance; bf16 (8 bits of mantissa) within a few percent of the largest logit, with the
 # same top-1 for at least 99 % of the probe images.
@@ -62,11 +67,14 @@ def _version(package: str) -> str | None:
 def machine_key(threads: int | None = None) -> dict:
     """What a measurement depends on besides the model: the CPU, threads and versions."""
     return {
-        "cpu": cpu_model(), "native_bf16": cpu_has_native_bf16(),
-        "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
-        "onnxruntime": _version("onnxruntime"), "openvino": _version("openvino"),
+        "cpu": cpu_model(),
+        "native_bf16": cpu_has_native_bf16(),
+        "threads": threads or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino"),
         "resnetlab": __version__,
-    }  # fmt: skip
+    }
 
 
 def candidates(device: torch.device, precision: str = "auto") -> list[tuple[str, str]]:
@@ -143,8 +151,12 @@ def measure(
 
 
 def _cache_key(loaded: LoadedModel, key: dict, batch_size: int) -> str:
-    what = {**key, "weights": fingerprint(loaded.model),
-            "input": loaded.meta.input_size, "batch": batch_size}  # fmt: skip
+    what = {
+        **key,
+        "weights": fingerprint(loaded.model),
+        "input": loaded.meta.input_size,
+        "batch": batch_size,
+    }
     blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -155,11 +167,20 @@ def _pick(results: list[dict]) -> dict | None:
 
 
 def _note(chosen: dict, results: list[dict], cached: bool, where: str = "the run folder") -> str:
-    torch_fp32 = next((r for r in results if (r["backend"], r["precision"]) == ("torch", "fp32")
-                       and r.get("images_per_second")), None)  # fmt: skip
+    torch_fp32 = next(
+        (
+            r
+            for r in results
+            if (r["backend"], r["precision"]) == ("torch", "fp32") and r.get("images_per_second")
+        ),
+        None,
+    )
     how = "measured once, cached" if cached else f"measured now, cached in {where}"
-    ratio = (f"{chosen['images_per_second'] / torch_fp32['images_per_second']:.2f}× torch fp32"
-             if torch_fp32 else f"{chosen['images_per_second']:.0f} images/s")  # fmt: skip
+    ratio = (
+        f"{chosen['images_per_second'] / torch_fp32['images_per_second']:.2f}× torch fp32"
+        if torch_fp32
+        else f"{chosen['images_per_second']:.0f} images/s"
+    )
     return f"backend {chosen['backend']} {chosen['precision']}: {ratio} here ({how})"
 
 
@@ -181,8 +202,13 @@ def choose_backend(
     home = cache_home(loaded)
     if home is None:  # nowhere to keep the exports the other backends run, nor the choice
         prec = resolve_precision(precision, device)
-        return Choice("torch", prec, f"backend torch {prec} (not measured: neither {loaded.run} "
-                      f"nor {user_cache_dir()} can be written)", [])  # fmt: skip
+        return Choice(
+            "torch",
+            prec,
+            f"backend torch {prec} (not measured: neither {loaded.run} "
+            f"nor {user_cache_dir()} can be written)",
+            [],
+        )
     key = machine_key()
     entry_key = f"{_cache_key(loaded, key, batch_size)}:{precision}"
     path = home.backend_choice
@@ -192,8 +218,12 @@ def choose_backend(
     cached = entry is not None
     if entry is None:
         results = measure(loaded, candidates(device, precision), batch_size, seconds)
-        entry = {"machine": key, "batch_size": batch_size, "results": results,
-                 "chosen": _pick(results)}  # fmt: skip
+        entry = {
+            "machine": key,
+            "batch_size": batch_size,
+            "results": results,
+            "chosen": _pick(results),
+        }
         cache[entry_key] = entry
         atomic_write_text(path, json.dumps(cache, indent=2))
     chosen = entry["chosen"]
@@ -202,8 +232,12 @@ def choose_backend(
     where = (
         "the run folder" if home == loaded.run else f"{home.path}: {loaded.run} cannot be written"
     )
-    return Choice(chosen["backend"], chosen["precision"],
-                  _note(chosen, entry["results"], cached, where), entry["results"])  # fmt: skip
+    return Choice(
+        chosen["backend"],
+        chosen["precision"],
+        _note(chosen, entry["results"], cached, where),
+        entry["results"],
+    )
 
 
 def _read_cache(path) -> dict:

@@ -66,7 +66,7 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
             {"resnetlab.thresholds": json.dumps(list(m.thresholds or [0.5] * m.num_classes))}
             if m.multilabel
             else {}
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -298,19 +298,28 @@ def quantize_int8(
     try:
         quant_pre_process(str(fp32_path), str(tmp_pre), skip_symbolic_shape=True)
         quantize_static(
-            str(tmp_pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )  # fmt: skip
+            str(tmp_pre),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
         proto = onnx.load(str(tmp))
-        info = {"scheme": "static int8: weights per channel, uint8 activations",
-                "calibration_images": sum(len(b["input"]) for b in batches),
-                "calibration_split": calib_split}  # fmt: skip
+        info = {
+            "scheme": "static int8: weights per channel, uint8 activations",
+            "calibration_images": sum(len(b["input"]) for b in batches),
+            "calibration_split": calib_split,
+        }
         _set_metadata(proto, {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)})
         onnx.save(proto, str(tmp))
         compare = _compare_int8_multilabel if loaded.meta.multilabel else _compare_int8
         report = {**info, **compare(pipe, fp32_path, tmp, measure, loaded.meta.thresholds)}
-        advice = (f"{fp32_path} (fp32) is written and verified. Try more --calibration images, "
-                  "or use the fp32 model")  # fmt: skip
+        advice = (
+            f"{fp32_path} (fp32) is written and verified. Try more --calibration images, "
+            "or use the fp32 model"
+        )
         if min_agreement is not None and loaded.meta.multilabel:
             if report["delta_points"] < -INT8_MAX_MAP_DROP:
                 raise ExportError(
@@ -348,9 +357,14 @@ def _compare_int8(pipe, fp32_path: Path, int8_path: Path, measure: int, threshol
         int8_correct += int((b == y).sum())
         agree += int((a == b).sum())
     n = max(n, 1)
-    return {"measured_on": f"{split} ({n} images)", "fp32_top1": fp32_correct / n,
-            "int8_top1": int8_correct / n, "delta_points": 100 * (int8_correct - fp32_correct) / n,
-            "top1_agreement": agree / n, "agreement": agree / n}  # fmt: skip
+    return {
+        "measured_on": f"{split} ({n} images)",
+        "fp32_top1": fp32_correct / n,
+        "int8_top1": int8_correct / n,
+        "delta_points": 100 * (int8_correct - fp32_correct) / n,
+        "top1_agreement": agree / n,
+        "agreement": agree / n,
+    }
 
 
 def _compare_int8_multilabel(
@@ -374,16 +388,29 @@ def _compare_int8_multilabel(
     probs, y = probabilities(torch.cat(outs, dim=1)), torch.cat(labels)
     classes = list(pipe.classes)
     maps = [multilabel_metrics(p, y, classes, thresholds)["map"] or 0.0 for p in probs]
-    agree = float((decisions(probs[0], thresholds) == decisions(probs[1], thresholds)).double()
-                  .mean())  # fmt: skip
-    return {"measured_on": f"{split} ({len(y)} images)", "fp32_map": maps[0],
-            "int8_map": maps[1], "delta_points": 100 * (maps[1] - maps[0]),
-            "label_agreement": agree, "agreement": agree}  # fmt: skip
+    agree = float(
+        (decisions(probs[0], thresholds) == decisions(probs[1], thresholds)).double().mean()
+    )
+    return {
+        "measured_on": f"{split} ({len(y)} images)",
+        "fp32_map": maps[0],
+        "int8_map": maps[1],
+        "delta_points": 100 * (maps[1] - maps[0]),
+        "label_agreement": agree,
+        "agreement": agree,
+    }
 
 
-def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
-           do_verify: bool = False, real: torch.Tensor | None = None, int8: bool = False,
-           calibration: int = 64, data: str | None = None) -> dict:  # fmt: skip
+def export(
+    run: str | os.PathLike,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    do_verify: bool = False,
+    real: torch.Tensor | None = None,
+    int8: bool = False,
+    calibration: int = 64,
+    data: str | None = None,
+) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if int8 and fmt != "onnx":
@@ -409,7 +436,13 @@ def export(run: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | N
     if do_verify:
         result["max_abs_diff"] = verify(loaded, path, fmt, real)
     if int8_path is not None:
-        report = quantize_int8(loaded, path, int8_path, calibration=calibration, data=data,
-                               min_agreement=INT8_MIN_AGREEMENT if do_verify else None)  # fmt: skip
+        report = quantize_int8(
+            loaded,
+            path,
+            int8_path,
+            calibration=calibration,
+            data=data,
+            min_agreement=INT8_MIN_AGREEMENT if do_verify else None,
+        )
         result["int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size, **report}
     return result

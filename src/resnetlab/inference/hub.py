@@ -38,8 +38,7 @@ WEIGHTS = RunDir.WEIGHTS  # the hub folder keeps the run's file name
 CARD = "README.md"
 # model_kwargs that change only how a model is initialised or regularised, not its weights'
 # names and shapes: a model built with them is still timm's architecture.
-_TIMM_NEUTRAL_KWARGS = {"zero_init_residual", "init", "drop_path_rate", "drop_rate",
-                        "norm_layer"}  # fmt: skip
+_TIMM_NEUTRAL_KWARGS = {"zero_init_residual", "init", "drop_path_rate", "drop_rate", "norm_layer"}
 
 
 def timm_architecture(meta) -> str | None:
@@ -148,8 +147,9 @@ def _evaluation(loaded: LoadedModel, evaluate: bool) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="resnetlab-card-") as tmp:
         try:
-            return evaluate_run(loaded, out_dir=tmp, backend="torch", precision="fp32",
-                                device="cpu", gradcam=False)  # fmt: skip
+            return evaluate_run(
+                loaded, out_dir=tmp, backend="torch", precision="fp32", device="cpu", gradcam=False
+            )
         except ResnetlabError:
             return {}
 
@@ -170,17 +170,31 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
     multilabel = meta.multilabel
     pre = preprocessing(meta)
     data = settings.get("data") or summary.get("data") or "-"
-    front = ["---", f"library_name: {'timm' if timm_ok else 'resnetlab'}",
-             "pipeline_tag: image-classification", "tags:", "- image-classification",
-             "- resnetlab", *(["- timm"] if timm_ok else [])]  # fmt: skip
+    front = [
+        "---",
+        f"library_name: {'timm' if timm_ok else 'resnetlab'}",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- image-classification",
+        "- resnetlab",
+        *(["- timm"] if timm_ok else []),
+    ]
     if ev:
         key = "map" if multilabel else "top1"
-        front += ["model-index:", f"- name: {json.dumps(name)}", "  results:",
-                  "  - task:", "      type: image-classification", "    dataset:",
-                  f"      name: {json.dumps(str(data))}", f"      type: {json.dumps(str(data))}",
-                  f"      split: {ev.get('split', 'test')}", "    metrics:",
-                  f"    - type: {'mAP' if multilabel else 'accuracy'}",
-                  f"      value: {float(ev.get(key) or 0.0):.4f}"]  # fmt: skip
+        front += [
+            "model-index:",
+            f"- name: {json.dumps(name)}",
+            "  results:",
+            "  - task:",
+            "      type: image-classification",
+            "    dataset:",
+            f"      name: {json.dumps(str(data))}",
+            f"      type: {json.dumps(str(data))}",
+            f"      split: {ev.get('split', 'test')}",
+            "    metrics:",
+            f"    - type: {'mAP' if multilabel else 'accuracy'}",
+            f"      value: {float(ev.get(key) or 0.0):.4f}",
+        ]
     front.append("---")
     lines = [*front, "", f"# {name}", ""]
     kind = "multi-label" if multilabel else "image"
@@ -190,33 +204,58 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
     )
     lines += ["", "## Use it", ""]
     if timm_ok:
-        lines += ["```python", "import timm, torch", "from PIL import Image", "",
-                  f'model = timm.create_model("hf-hub:{repo_id or "ORG/NAME"}", pretrained=True)'
-                  "  # or local-dir:FOLDER",
-                  "model.eval()",
-                  "cfg = timm.data.resolve_data_config({}, model=model)",
-                  "transform = timm.data.create_transform(**cfg)",
-                  'x = transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)',
-                  "probs = model(x).softmax(-1)"
-                  + (f"  # calibrated: model(x) / {meta.temperature:.4g}"
-                     if meta.temperature else ""),
-                  "labels = model.pretrained_cfg['label_names']", "```", ""]  # fmt: skip
+        lines += [
+            "```python",
+            "import timm, torch",
+            "from PIL import Image",
+            "",
+            f'model = timm.create_model("hf-hub:{repo_id or "ORG/NAME"}", pretrained=True)'
+            "  # or local-dir:FOLDER",
+            "model.eval()",
+            "cfg = timm.data.resolve_data_config({}, model=model)",
+            "transform = timm.data.create_transform(**cfg)",
+            'x = transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)',
+            "probs = model(x).softmax(-1)"
+            + (f"  # calibrated: model(x) / {meta.temperature:.4g}" if meta.temperature else ""),
+            "labels = model.pretrained_cfg['label_names']",
+            "```",
+            "",
+        ]
     else:
-        lines += [f"timm has no `{arch}` (a CIFAR-style ResNet); resnetlab reads this folder:",
-                  "", "```bash",
-                  shell_command("resnetlab", "train", "--model", meta.model,
-                                *(["--model-kwargs", *[f"{k}={json.dumps(v)}" for k, v in
-                                                       meta.model_kwargs.items()]]
-                                  if meta.model_kwargs else []),
-                                "--weights", "FOLDER", "--data", "DATA"),
-                  "```", ""]  # fmt: skip
+        lines += [
+            f"timm has no `{arch}` (a CIFAR-style ResNet); resnetlab reads this folder:",
+            "",
+            "```bash",
+            shell_command(
+                "resnetlab",
+                "train",
+                "--model",
+                meta.model,
+                *(
+                    [
+                        "--model-kwargs",
+                        *[f"{k}={json.dumps(v)}" for k, v in meta.model_kwargs.items()],
+                    ]
+                    if meta.model_kwargs
+                    else []
+                ),
+                "--weights",
+                "FOLDER",
+                "--data",
+                "DATA",
+            ),
+            "```",
+            "",
+        ]
     lines += ["## Data", "", f"- data: `{data}`"]
     counts = summary.get("split_sizes") or {}
     if counts:
         lines.append("- images: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    lines += [f"- task: {meta.task or 'multiclass'}",
-              f"- {meta.num_classes} classes: " + ", ".join(f"`{_md(c)}`" for c in meta.classes),
-              ""]  # fmt: skip
+    lines += [
+        f"- task: {meta.task or 'multiclass'}",
+        f"- {meta.num_classes} classes: " + ", ".join(f"`{_md(c)}`" for c in meta.classes),
+        "",
+    ]
     lines += ["## Metrics", ""]
     if ev:
         split, n = ev.get("split", "test"), ev.get("num_samples")
@@ -248,10 +287,12 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
             + "."
         )
     elif meta.temperature:
-        lines.append(f"Temperature scaling on the validation split: divide the logits by "
-                     f"T = {meta.temperature:.4g} before the softmax (expected calibration "
-                     f"error {pct(summary.get('ece_before'))} -> {pct(summary.get('ece_after'))}"
-                     ").")  # fmt: skip
+        lines.append(
+            f"Temperature scaling on the validation split: divide the logits by "
+            f"T = {meta.temperature:.4g} before the softmax (expected calibration "
+            f"error {pct(summary.get('ece_before'))} -> {pct(summary.get('ece_after'))}"
+            ")."
+        )
     else:
         lines.append("Not calibrated: the probabilities are the plain softmax.")
     c, h, w = pre["input_size"]
@@ -260,21 +301,47 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
         if pre["crop_mode"] == "center"
         else f"resized to {h}x{w} (both sides)"
     )
-    lines += ["", "## Preprocessing", "",
-              f"- {'RGB' if c == 3 else 'grayscale (L)'} image, {resize}, "
-              f"{pre['interpolation']} interpolation",
-              "- pixels / 255, then minus mean, divided by std per channel: mean "
-              + ", ".join(f"{v:.4g}" for v in pre["mean"]) + "; std "
-              + ", ".join(f"{v:.4g}" for v in pre["std"]),
-              f"- timm: `pretrained_cfg` in config.json says the same (crop_pct "
-              f"{pre['crop_pct']:.4f}, crop_mode {pre['crop_mode']})", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Preprocessing",
+        "",
+        f"- {'RGB' if c == 3 else 'grayscale (L)'} image, {resize}, "
+        f"{pre['interpolation']} interpolation",
+        "- pixels / 255, then minus mean, divided by std per channel: mean "
+        + ", ".join(f"{v:.4g}" for v in pre["mean"])
+        + "; std "
+        + ", ".join(f"{v:.4g}" for v in pre["std"]),
+        f"- timm: `pretrained_cfg` in config.json says the same (crop_pct "
+        f"{pre['crop_pct']:.4f}, crop_mode {pre['crop_mode']})",
+        "",
+    ]
     lines += ["## Training", ""]
     if settings:
-        keys = ("model", "model_kwargs", "weights", "mode", "epochs", "batch_size", "optimizer",
-                "lr", "schedule", "warmup_epochs", "weight_decay", "label_smoothing", "mixup",
-                "cutmix", "auto_augment", "ema_decay", "precision", "seed")  # fmt: skip
-        lines += [f"- {k}: `{_md(json.dumps(settings[k], ensure_ascii=False))}`"
-                  for k in keys if k in settings and settings[k] not in (None, [], {})]  # fmt: skip
+        keys = (
+            "model",
+            "model_kwargs",
+            "weights",
+            "mode",
+            "epochs",
+            "batch_size",
+            "optimizer",
+            "lr",
+            "schedule",
+            "warmup_epochs",
+            "weight_decay",
+            "label_smoothing",
+            "mixup",
+            "cutmix",
+            "auto_augment",
+            "ema_decay",
+            "precision",
+            "seed",
+        )
+        lines += [
+            f"- {k}: `{_md(json.dumps(settings[k], ensure_ascii=False))}`"
+            for k in keys
+            if k in settings and settings[k] not in (None, [], {})
+        ]
     if summary:
         lines.append(
             f"- {summary.get('epochs_completed', '-')} epochs, best at "
@@ -283,14 +350,18 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
         )
     lines += ["", "## Limits", ""]
     n = ev.get("num_samples") if ev else None
-    lines.append(f"- Measured on {n} held-out images of the same data set" if n
-                 else "- No held-out measurement")  # fmt: skip
+    lines.append(
+        f"- Measured on {n} held-out images of the same data set"
+        if n
+        else "- No held-out measurement"
+    )
     lines[-1] += (
         "; on images from elsewhere (other cameras, lighting, backgrounds) it may do much worse."
     )
-    lines.append(f"- It knows only its {meta.num_classes} classes: any image gets one of them"
-                 + (" (or none above its threshold)." if multilabel else
-                    ", with no 'none of these' answer."))  # fmt: skip
+    lines.append(
+        f"- It knows only its {meta.num_classes} classes: any image gets one of them"
+        + (" (or none above its threshold)." if multilabel else ", with no 'none of these' answer.")
+    )
     if n is not None and n < 100:
         lines.append(f"- {n} test images make each percentage above uncertain by several points.")
     if not timm_ok:
@@ -311,8 +382,10 @@ def _check_out(out: Path) -> None:
         except (OSError, ValueError):
             ours = False
         if not ours:
-            raise FileConflictError(f"--out {out} holds other files; give a new or empty "
-                                    "folder (or one a hub export wrote)")  # fmt: skip
+            raise FileConflictError(
+                f"--out {out} holds other files; give a new or empty "
+                "folder (or one a hub export wrote)"
+            )
 
 
 def export_hub(
@@ -337,10 +410,15 @@ def export_hub(
     ev = _evaluation(loaded, evaluate)
     atomic_write_text(out / CARD, model_card(loaded, config, ev, repo_id))
     files = [out / CONFIG, out / WEIGHTS, out / CARD]
-    return {"path": str(out), "files": [str(f) for f in files],
-            "bytes": sum(f.stat().st_size for f in files), "format": "hub",
-            "architecture": config["architecture"], "timm": config["resnetlab"]["timm"],
-            "evaluated_on": ev.get("split")}  # fmt: skip
+    return {
+        "path": str(out),
+        "files": [str(f) for f in files],
+        "bytes": sum(f.stat().st_size for f in files),
+        "format": "hub",
+        "architecture": config["architecture"],
+        "timm": config["resnetlab"]["timm"],
+        "evaluated_on": ev.get("split"),
+    }
 
 
 def push(
@@ -366,9 +444,12 @@ def push(
         api = HfApi(token=token)
         try:
             api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder),
-                                     repo_type="model",
-                                     commit_message=message or "resnetlab push")  # fmt: skip
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                commit_message=message or "resnetlab push",
+            )
         except Exception as exc:  # noqa: BLE001  the hub's errors: offline, no token, refused
             raise WeightsError(_hub_problem(exc, repo_id, folder)) from None
         r["path"] = None

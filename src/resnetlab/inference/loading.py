@@ -71,8 +71,9 @@ def _build(meta: ModelMeta, state: dict, source: str) -> nn.Module:
     return attach(model, meta).eval()
 
 
-def _build_trained(meta: ModelMeta, state: dict, weights: Path, described: str,
-                   advice: str) -> nn.Module:  # fmt: skip
+def _build_trained(
+    meta: ModelMeta, state: dict, weights: Path, described: str, advice: str
+) -> nn.Module:
     """A trained model, exactly as saved: the model that ``described`` (model.json, or the
     checkpoint's own metadata) describes, with ``weights`` loaded strictly. Nothing is dropped
     or adapted: metadata that disagrees with the weights (classes, input channels, any other
@@ -130,15 +131,20 @@ def _read_calibration(folder: RunDir) -> dict:
     (whose model also must be the same), else from calibration.json; empty when neither says."""
     with contextlib.suppress(WeightsError):
         m = folder.read_meta()
-        return {"model": m.model, "classes": m.classes, "temperature": m.temperature,
-                "thresholds": m.thresholds}  # fmt: skip
+        return {
+            "model": m.model,
+            "classes": m.classes,
+            "temperature": m.temperature,
+            "thresholds": m.thresholds,
+        }
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
         c = json.loads(folder.calibration.read_text(encoding="utf-8"))
         thresholds = c.get("thresholds")
-        return {"classes": list(thresholds) if isinstance(thresholds, dict) else None,
-                "temperature": c.get("temperature"),
-                "thresholds": list(thresholds.values()) if isinstance(thresholds, dict)
-                else None}  # fmt: skip
+        return {
+            "classes": list(thresholds) if isinstance(thresholds, dict) else None,
+            "temperature": c.get("temperature"),
+            "thresholds": list(thresholds.values()) if isinstance(thresholds, dict) else None,
+        }
     return {}
 
 
@@ -176,8 +182,10 @@ def load_model(path: str | Path) -> LoadedModel:
             unfinished = _unfinished_run(run)
             if unfinished is not None:
                 return unfinished
-            raise WeightsError(f"{p}: no {run.WEIGHTS}; is it a run folder from `resnetlab "
-                               f"train`?{_checkpoint_hint(run, run.weights)}")  # fmt: skip
+            raise WeightsError(
+                f"{p}: no {run.WEIGHTS}; is it a run folder from `resnetlab "
+                f"train`?{_checkpoint_hint(run, run.weights)}"
+            )
         loaded = load_model(run.weights)
         loaded.run = run
         return loaded
@@ -213,8 +221,12 @@ def _unfinished_run(run: RunDir) -> LoadedModel | None:
     log.warning(
         "%s: no epoch of this run has finished (it stopped at step %s of epoch %d), so it has "
         "no %s yet; using %s, the weights at that step (not validated, not calibrated)",
-        run.path, step, epoch, run.WEIGHTS, last,
-    )  # fmt: skip
+        run.path,
+        step,
+        epoch,
+        run.WEIGHTS,
+        last,
+    )
     return _from_checkpoint(last, state, run)
 
 
@@ -252,13 +264,17 @@ def pretrained_model(name: str, weights: str) -> LoadedModel:
     size = pre.crop_size if pre else get_model_entry(name).input_size[1]
     mean, std = (list(pre.mean), list(pre.std)) if pre else (IMAGENET_MEAN, IMAGENET_STD)
     meta = ModelMeta(
-        model=name, num_classes=num_classes, in_chans=in_chans, classes=classes,
+        model=name,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        classes=classes,
         input_size=[in_chans, size, size],
         mean=list(mean)[:in_chans] if in_chans == 3 else [sum(mean) / len(mean)],
         std=list(std)[:in_chans] if in_chans == 3 else [sum(std) / len(std)],
-        weights=weights, resize_size=pre.resize_size if pre else None,
+        weights=weights,
+        resize_size=pre.resize_size if pre else None,
         interpolation=pre.interpolation if pre else None,
-    )  # fmt: skip
+    )
     return LoadedModel(_build(meta, state, source), meta, Path(source), None)
 
 
@@ -293,18 +309,26 @@ def run_pipeline(
         options["max_bad_fraction"] = max_bad_fraction
     curate = {k: options.pop(k, None) for k in ("exclude", "relabel")}
     if source is None:
-        source = load_source(data, channels=meta.in_chans, task=meta.task or "multiclass",
-                             **options)  # fmt: skip
+        source = load_source(
+            data, channels=meta.in_chans, task=meta.task or "multiclass", **options
+        )
     if any(curate.values()):  # the images and labels the run was trained and tested with
         from ..data.curate import apply_curation
 
         source = apply_curation(source, **curate)
     cfg = DataConfig(
-        data=data, input_size=meta.size, preset=meta.preset, mean=list(meta.mean),
-        std=list(meta.std), batch_size=batch_size, num_workers=num_workers,
-        in_chans=meta.in_chans, eval_resize=meta.resize_size, task=meta.task or "multiclass",
+        data=data,
+        input_size=meta.size,
+        preset=meta.preset,
+        mean=list(meta.mean),
+        std=list(meta.std),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        in_chans=meta.in_chans,
+        eval_resize=meta.resize_size,
+        task=meta.task or "multiclass",
         eval_interpolation=meta.interpolation,
         # the weights' own resize is applied per file: the in-memory cache crops at 256/224
         cache="none" if meta.resize_size or meta.interpolation else "auto",
-    )  # fmt: skip
+    )
     return DataPipeline(source, cfg)

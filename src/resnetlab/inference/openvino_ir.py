@@ -89,16 +89,19 @@ def _check_replaceable(path: Path) -> None:
     if path.is_dir():
         raise FileConflictError(f"{path} is a folder; give a file name ending in .xml with --out")
     if path.suffix != ".xml":
-        raise ConfigError(f"--out {path}: an OpenVINO IR is an .xml file (its weights go to .bin "
-                          "beside it)")  # fmt: skip
+        raise ConfigError(
+            f"--out {path}: an OpenVINO IR is an .xml file (its weights go to .bin beside it)"
+        )
     if path.exists():
         try:
             ours = f"<{RT_SECTION}>" in path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             ours = False
         if not ours:
-            raise FileConflictError(f"{path} already exists and is not a resnetlab export; it "
-                                    "is left as it is: choose another --out")  # fmt: skip
+            raise FileConflictError(
+                f"{path} already exists and is not a resnetlab export; it "
+                "is left as it is: choose another --out"
+            )
 
 
 def _convert(loaded: LoadedModel):
@@ -109,8 +112,9 @@ def _convert(loaded: LoadedModel):
 
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's, inside OpenVINO
-        ir = ov.convert_model(model, example_input=torch.zeros(1, c, h, w),
-                              input=[ov.PartialShape([-1, c, h, w])])  # fmt: skip
+        ir = ov.convert_model(
+            model, example_input=torch.zeros(1, c, h, w), input=[ov.PartialShape([-1, c, h, w])]
+        )
     _name(ir)
     return ir
 
@@ -174,8 +178,10 @@ def verify_ir(loaded: LoadedModel, path: Path, real: torch.Tensor | None = None)
         report[name] = diff
         limit = TOLERANCE * max(1.0, float(np.abs(ref).max()))
         if not np.isfinite(diff) or diff > limit:
-            raise ExportError(f"{path}: OpenVINO output differs from PyTorch by {diff:.3g} on "
-                              f"{name} (tolerance {limit:.2g})")  # fmt: skip
+            raise ExportError(
+                f"{path}: OpenVINO output differs from PyTorch by {diff:.3g} on "
+                f"{name} (tolerance {limit:.2g})"
+            )
     out: dict[str, Any] = {"fp32": report}
     if has_native_bf16():
         half = _compile(path, "bf16")

@@ -95,18 +95,27 @@ class Predictor:
             device = "cpu" if backend != "torch" else device
         self.backend = create_backend(backend, self.loaded, device, precision, onnx_path)
         self._decode_tf = file_transform(
-            self.preset, self.input_size, train=False, resize_size=meta.resize_size,
+            self.preset,
+            self.input_size,
+            train=False,
+            resize_size=meta.resize_size,
             interpolation=meta.interpolation,
-        )  # fmt: skip
+        )
         # No JPEG is decoded at a reduced scale (draft mode): training, evaluate, serve, an
         # image given in memory and a client of the export decode at full scale, and a draft
         # decode changes the probabilities (up to 0.07 on photos), so no door uses it.
         self.min_side = None
         self._batch_tf = BatchTransform(
-            self.preset, self.input_size, meta.mean, meta.std, train=False, geometric=True,
-            channels_last=self.backend.channels_last, resize_size=meta.resize_size,
+            self.preset,
+            self.input_size,
+            meta.mean,
+            meta.std,
+            train=False,
+            geometric=True,
+            channels_last=self.backend.channels_last,
+            resize_size=meta.resize_size,
             interpolation=meta.interpolation,
-        )  # fmt: skip
+        )
         self._lock = threading.Lock()
 
     @property
@@ -356,8 +365,11 @@ def read_stream(path) -> bytes:
     """The bytes of standard input (``-``) or of a pipe, up to ``MAX_STREAM_BYTES``."""
     if str(path) == STDIN:
         if sys.stdin is None or sys.stdin.isatty():
-            raise ImageDecodeError(path, "standard input is a terminal: pipe an image in, "
-                                   "e.g. resnetlab predict RUN - < photo.jpg")  # fmt: skip
+            raise ImageDecodeError(
+                path,
+                "standard input is a terminal: pipe an image in, "
+                "e.g. resnetlab predict RUN - < photo.jpg",
+            )
         data = sys.stdin.buffer.read(MAX_STREAM_BYTES + 1)
     else:
         try:
@@ -368,8 +380,11 @@ def read_stream(path) -> bytes:
         except OSError as exc:
             raise ImageDecodeError(path, f"cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_STREAM_BYTES:
-        raise ImageDecodeError(path, f"more than {MAX_STREAM_BYTES // 2**20} MiB piped in; "
-                               "not an image", kind="too_large")  # fmt: skip
+        raise ImageDecodeError(
+            path,
+            f"more than {MAX_STREAM_BYTES // 2**20} MiB piped in; not an image",
+            kind="too_large",
+        )
     if not data:
         raise ImageDecodeError(path, "nothing was piped in (0 bytes)")
     return data

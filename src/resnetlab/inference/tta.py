@@ -66,8 +66,9 @@ def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     return [v for b in base for v in [b, *(shifted(b, dy, dx) for dy, dx in corners)]]
 
 
-def tta_logits(logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-               mode: str) -> torch.Tensor:  # fmt: skip
+def tta_logits(
+    logits: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mode: str
+) -> torch.Tensor:
     """The mean of ``logits(view)`` over the views ``mode`` makes of the batch ``x``."""
     mode = check_tta(mode)
     if mode == "none":

@@ -29,8 +29,9 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0
 
 def _check(logits_or_probs: torch.Tensor, labels: torch.Tensor, what: str) -> None:
     if logits_or_probs.ndim != 2 or logits_or_probs.shape[1] < 2:
-        raise ConfigError(f"{what} must be (N, classes) with 2+ classes, got "
-                          f"{tuple(logits_or_probs.shape)}")  # fmt: skip
+        raise ConfigError(
+            f"{what} must be (N, classes) with 2+ classes, got {tuple(logits_or_probs.shape)}"
+        )
     if labels.ndim != 1 or len(labels) != len(logits_or_probs):
         raise ConfigError(
             f"labels must be (N,) for {len(logits_or_probs)} rows, got {tuple(labels.shape)}"
@@ -70,9 +71,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS(
-        [log_t], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
+        [log_t],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
         line_search_fn="strong_wolfe",
-    )  # fmt: skip
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -113,10 +118,12 @@ class ReliabilityBins:
     def to_json(self) -> dict[str, Any]:
         """What ``plots.plot_reliability`` and JSON files take (with ``ece``)."""
         return {
-            "edges": list(self.edges), "counts": list(self.counts),
-            "accuracy": list(self.accuracy), "confidence": list(self.confidence),
+            "edges": list(self.edges),
+            "counts": list(self.counts),
+            "accuracy": list(self.accuracy),
+            "confidence": list(self.confidence),
             "ece": self.ece,
-        }  # fmt: skip
+        }
 
 
 def reliability_bins(
@@ -159,6 +166,9 @@ def calibration_summary(
     before = reliability_bins(apply_temperature(logits, None), labels, bins)
     after = reliability_bins(apply_temperature(logits, t), labels, bins)
     return {
-        "temperature": t, "ece_before": before.ece, "ece_after": after.ece,
-        "reliability_before": before.to_json(), "reliability_after": after.to_json(),
-    }  # fmt: skip
+        "temperature": t,
+        "ece_before": before.ece,
+        "ece_after": after.ece,
+        "reliability_before": before.to_json(),
+        "reliability_after": after.to_json(),
+    }

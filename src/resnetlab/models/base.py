@@ -71,11 +71,16 @@ def make_pretrained_cfg(
     crop: ``resize_size`` given, the shorter side resized to it and the center cropped (the
     ImageNet evaluation); None, both sides resized to the input size (timm's ``squash``)."""
     c, h, w = (int(v) for v in input_size)
-    cfg = {"input_size": (c, h, w), "interpolation": interpolation,
-           "mean": tuple(float(v) for v in mean), "std": tuple(float(v) for v in std),
-           "crop_pct": crop_pct_for(h, resize_size) if resize_size else 1.0,
-           "crop_mode": "center" if resize_size else "squash", "first_conv": first_conv,
-           "classifier": classifier}  # fmt: skip
+    cfg = {
+        "input_size": (c, h, w),
+        "interpolation": interpolation,
+        "mean": tuple(float(v) for v in mean),
+        "std": tuple(float(v) for v in std),
+        "crop_pct": crop_pct_for(h, resize_size) if resize_size else 1.0,
+        "crop_mode": "center" if resize_size else "squash",
+        "first_conv": first_conv,
+        "classifier": classifier,
+    }
     if num_classes is not None:
         cfg["num_classes"] = int(num_classes)
     return {**cfg, **extra}

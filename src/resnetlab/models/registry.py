@@ -184,8 +184,10 @@ def create_model(
         (in_chans, size, size),
         mean=IMAGENET_MEAN if in_chans == 3 else (sum(IMAGENET_MEAN) / 3,) * in_chans,
         std=IMAGENET_STD if in_chans == 3 else (sum(IMAGENET_STD) / 3,) * in_chans,
-        resize_size=256 if entry.family == "imagenet" else None, num_classes=num_classes,
+        resize_size=256 if entry.family == "imagenet" else None,
+        num_classes=num_classes,
         first_conv=getattr(model, "first_conv", "conv1"),
-        classifier=getattr(model, "classifier_name", "fc"), architecture=name,
-    )  # fmt: skip
+        classifier=getattr(model, "classifier_name", "fc"),
+        architecture=name,
+    )
     return model

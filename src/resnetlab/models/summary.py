@@ -60,9 +60,12 @@ def _mac_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]
     hooks = []
     for name, module in model.named_modules():
         count = (
-            conv_macs if isinstance(module, nn.modules.conv._ConvNd)
-            else linear_macs if isinstance(module, nn.Linear) else None
-        )  # fmt: skip
+            conv_macs
+            if isinstance(module, nn.modules.conv._ConvNd)
+            else linear_macs
+            if isinstance(module, nn.Linear)
+            else None
+        )
         if count is not None:
             hooks.append(module.register_forward_hook(functools.partial(count, name=name)))
     try:
@@ -215,8 +218,13 @@ def small_input_note(model: str, input_size: tuple[int, int, int]) -> str | None
 
 # He et al. 2016 (arXiv:1512.03385), Table 1: "FLOPs" at 224x224 (multiply-adds, x 10^9), of
 # the original ("v1") bottleneck, strided on its first 1x1 convolution.
-PAPER_TABLE1 = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 3.8, "resnet101": 7.6,
-                "resnet152": 11.3}  # fmt: skip
+PAPER_TABLE1 = {
+    "resnet18": 1.8,
+    "resnet34": 3.6,
+    "resnet50": 3.8,
+    "resnet101": 7.6,
+    "resnet152": 11.3,
+}
 
 
 def bottleneck_version(model: nn.Module) -> str | None:
@@ -278,8 +286,9 @@ def format_summary(
         out.append("Bottleneck:        v1 (stride on the first 1x1 conv, as the paper)")
     paper = PAPER_TABLE1.get(model_name)
     if paper is not None and s.input_size[1:] == (224, 224) and version in (None, "v1"):
-        out.append(f"Paper (Table 1):   {paper} x 10^9 multiply-adds at 224x224 (here "
-                   f"{s.macs / 1e9:.2f})")  # fmt: skip
+        out.append(
+            f"Paper (Table 1):   {paper} x 10^9 multiply-adds at 224x224 (here {s.macs / 1e9:.2f})"
+        )
     return "\n".join(out)
 
 
@@ -291,22 +300,30 @@ def format_models(rows: list[dict], paper: bool = False) -> str:
     header += ["paper params", "paper C10 err", "paper C100 err"] if paper else []
     body = []
     for r in rows:
-        cells = [r["model"], r["family"], f"{r['params'] / 1e6:.2f}M", human(r["macs"]),
-                 "x".join(str(v) for v in r["input_size"][1:])]  # fmt: skip
+        cells = [
+            r["model"],
+            r["family"],
+            f"{r['params'] / 1e6:.2f}M",
+            human(r["macs"]),
+            "x".join(str(v) for v in r["input_size"][1:]),
+        ]
         if paper:
             p = r["paper"]
             c100 = p.get("cifar100_error")
-            cells += [f"{p['params_m']}M" if p else "-",
-                      f"{p['cifar10_error']:.2f}%" if p else "-",
-                      f"{c100:.2f}%" if c100 else "-"]  # fmt: skip
+            cells += [
+                f"{p['params_m']}M" if p else "-",
+                f"{p['cifar10_error']:.2f}%" if p else "-",
+                f"{c100:.2f}%" if c100 else "-",
+            ]
         body.append(cells)
     lines = [table(header, body, right_from=2)]
     sources = sorted({r["paper"]["source"] for r in rows if r["paper"].get("source")})
     if paper and sources:
         lines.append("\npapers: " + "; ".join(sources) + " - CIFAR-10 test error.")
     plural = "s" if len(rows) != 1 else ""
-    lines.append(f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at "
-                 "the input shown.")  # fmt: skip
+    lines.append(
+        f"\n{len(rows)} model{plural}. MACs: multiply-accumulates for one image at the input shown."
+    )
     return "\n".join(lines)
 
 
@@ -329,8 +346,13 @@ def available_weights(name: str) -> list[dict]:
         pass
     timm_name = get_model_entry(name).timm_name
     if timm_name:
-        rows.append({"weights": f"hf-hub:timm/{timm_name}.<tag>", "top1": None,
-                     "preprocess": "from the hub's config.json"})  # fmt: skip
+        rows.append(
+            {
+                "weights": f"hf-hub:timm/{timm_name}.<tag>",
+                "top1": None,
+                "preprocess": "from the hub's config.json",
+            }
+        )
     return rows
 
 
@@ -338,8 +360,11 @@ def format_weights(names: list[str]) -> str:
     """``resnetlab models --weights``: per model, the weights it can start from."""
     from ..core.fmt import table
 
-    body = [[n, r["weights"], f"{r['top1']:.2f}%" if r["top1"] else "-", r["preprocess"]]
-            for n in names for r in available_weights(n)]  # fmt: skip
+    body = [
+        [n, r["weights"], f"{r['top1']:.2f}%" if r["top1"] else "-", r["preprocess"]]
+        for n in names
+        for r in available_weights(n)
+    ]
     if not body:
         return "no published weights for these models (train from scratch, or --weights FILE)"
     return table(["model", "--weights", "ImageNet top-1", "evaluation"], body, right_from=9)

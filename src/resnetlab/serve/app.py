@@ -94,10 +94,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(predictor.probabilities, max_batch, max_wait_ms,
-                               # a multi-file request never waits on another for queue room
-                               max(max_queue, MAX_FILES), more_coming=lambda: state["arriving"] > 0,
-                               on_batch=on_batch, on_depth=metrics.queued.set)  # fmt: skip
+        batcher = MicroBatcher(
+            predictor.probabilities,
+            max_batch,
+            max_wait_ms,
+            # a multi-file request never waits on another for queue room
+            max(max_queue, MAX_FILES),
+            more_coming=lambda: state["arriving"] > 0,
+            on_batch=on_batch,
+            on_depth=metrics.queued.set,
+        )
         batcher.start()
         state["batcher"] = batcher
         state["ready"] = True
@@ -112,16 +118,31 @@ def create_app(
         await batcher.stop()
         decoder.shutdown(wait=True)
 
-    app = FastAPI(title="resnetlab", version=_version(), lifespan=lifespan, docs_url=None,
-                  redoc_url=None, description="A classifier trained by resnetlab")  # fmt: skip
+    app = FastAPI(
+        title="resnetlab",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="A classifier trained by resnetlab",
+    )
     app.state.serving = state  # the server marks it not ready when its shutdown begins
     app.state.metrics = metrics
     m = predictor.meta
-    metrics.model.labels(m.model, str(len(predictor.classes)),
-                         "multilabel" if m.multilabel else "multiclass", predictor.backend.name,
-                         predictor.precision, "x".join(map(str, m.input_size))).set(1)  # fmt: skip
-    for name, value in (("max_queue", max_queue), ("max_reading", max_reading),
-                        ("max_batch", max_batch), ("max_body_bytes", max_body)):  # fmt: skip
+    metrics.model.labels(
+        m.model,
+        str(len(predictor.classes)),
+        "multilabel" if m.multilabel else "multiclass",
+        predictor.backend.name,
+        predictor.precision,
+        "x".join(map(str, m.input_size)),
+    ).set(1)
+    for name, value in (
+        ("max_queue", max_queue),
+        ("max_reading", max_reading),
+        ("max_batch", max_batch),
+        ("max_body_bytes", max_body),
+    ):
         metrics.limits.labels(name).set(value)
 
     @app.exception_handler(UploadError)
@@ -181,8 +202,9 @@ def create_app(
             return await state["batcher"].submit_many(images)
         except QueueFull:
             metrics.refused.labels("queue_full").inc()
-            raise HTTPError(503, "server busy: too many requests queued, retry shortly",
-                            {"Retry-After": "1"}) from None  # fmt: skip
+            raise HTTPError(
+                503, "server busy: too many requests queued, retry shortly", {"Retry-After": "1"}
+            ) from None
 
     def _answer(probs, topk):
         # topk above the number of classes means all of them (default 5). For a multi-label
@@ -192,17 +214,22 @@ def create_app(
             return {"topk": rows, "labels": [r["label"] for r in rows]}
         return {"topk": rows}
 
-    @app.post("/predict", openapi_extra=PREDICT_DOC, responses=ERROR_RESPONSES,
-              summary="Top classes of an uploaded image (or of each file of a form)")  # fmt: skip
+    @app.post(
+        "/predict",
+        openapi_extra=PREDICT_DOC,
+        responses=ERROR_RESPONSES,
+        summary="Top classes of an uploaded image (or of each file of a form)",
+    )
     async def predict(request: Request, topk: int | None = None):
         """The image as the raw body (`Content-Type: image/png`, ...) or as the file of a
         multipart form (`curl -F file=@x.png`). A form with several files is answered for each:
         `{"results": [{"filename", "topk"} or {"filename", "error", "status"}], "model"}`."""
         if topk is not None and topk < 1:
             raise HTTPError(
-                400, f"topk must be at least 1, got {topk} (a topk above the "
+                400,
+                f"topk must be at least 1, got {topk} (a topk above the "
                 f"{len(predictor.classes)} classes gives all of them)",
-            )  # fmt: skip
+            )
         decoded, uploads = await read_images(request)
         good = [d for d in decoded if not isinstance(d, UploadError)]
         probs = iter(await _queue(good) if good else ())
@@ -272,8 +299,12 @@ def create_app(
             # No Captum is the server's to fix (501); an unknown class the client's (400).
             status = 501 if "captum" in str(exc) else 400
             raise HTTPError(status, str(exc)) from None
-        headers = {"X-Class": quote(e.label, safe=""), "X-Class-Index": str(e.index),
-                   "X-Prob": f"{e.prob:.6f}", "Cache-Control": "no-store"}  # fmt: skip
+        headers = {
+            "X-Class": quote(e.label, safe=""),
+            "X-Class-Index": str(e.index),
+            "X-Prob": f"{e.prob:.6f}",
+            "Cache-Control": "no-store",
+        }
         return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/health", summary="Ready and how many images wait (kept for existing checks)")
@@ -285,18 +316,27 @@ def create_app(
     async def livez():
         return {"status": "alive"}
 
-    @app.get("/readyz", summary="Readiness: the model is loaded and the server takes traffic",
-             responses={503: {"description": "shutting down: send traffic elsewhere"}})  # fmt: skip
+    @app.get(
+        "/readyz",
+        summary="Readiness: the model is loaded and the server takes traffic",
+        responses={503: {"description": "shutting down: send traffic elsewhere"}},
+    )
     async def readyz():
         if not state["ready"]:
-            return JSONResponse({"error": "not ready: the server is shutting down"}, 503,
-                                {"Retry-After": "1"})  # fmt: skip
+            return JSONResponse(
+                {"error": "not ready: the server is shutting down"}, 503, {"Retry-After": "1"}
+            )
         b = state["batcher"]
-        return {"status": "ready", "queued": b.queue.qsize(), "in_flight": admission.admitted,
-                "max_queue": max_queue}  # fmt: skip
+        return {
+            "status": "ready",
+            "queued": b.queue.qsize(),
+            "in_flight": admission.admitted,
+            "max_queue": max_queue,
+        }
 
-    @app.get("/metrics", summary="Prometheus metrics (text exposition format)",
-             response_class=Response)  # fmt: skip
+    @app.get(
+        "/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response
+    )
     async def prometheus_metrics():
         body, ctype = metrics.render()
         return Response(body, media_type=ctype)
@@ -311,21 +351,28 @@ def create_app(
     async def model_info():
         m = predictor.meta
         return {
-            "model": m.model, "classes": predictor.classes,
-            "num_classes": len(predictor.classes), "input_size": m.input_size,
-            "mean": m.mean, "std": m.std,
+            "model": m.model,
+            "classes": predictor.classes,
+            "num_classes": len(predictor.classes),
+            "input_size": m.input_size,
+            "mean": m.mean,
+            "std": m.std,
             # probabilities are softmax(logits / temperature); None: uncalibrated
             "temperature": m.temperature,
             # multilabel: one sigmoid probability per class, a label shown from its threshold
             "task": "multilabel" if m.multilabel else "multiclass",
             "thresholds": predictor.thresholds if m.multilabel else None,
-            "precision": predictor.precision, "backend": predictor.backend.name,
+            "precision": predictor.precision,
+            "backend": predictor.backend.name,
             # how far one image's probabilities may move between a lone and a batched call
             "tolerance": BATCH_TOLERANCE.get(predictor.precision, 1e-2),
-            "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
+            "max_batch": max_batch,
+            "max_wait_ms": max_wait_ms,
+            "max_body_bytes": max_body,
             # test-time augmentation: logits averaged over this many views, then calibrated
-            "tta": predictor.tta, "tta_passes": PASSES[predictor.tta],
-        }  # fmt: skip
+            "tta": predictor.tta,
+            "tta_passes": PASSES[predictor.tta],
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -336,12 +383,14 @@ def create_app(
     if cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins),
-                           allow_methods=["GET", "POST"], max_age=600,
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type",
-                                          "X-Request-ID"],
-                           expose_headers=["X-Request-ID", "Retry-After", "X-Class",
-                                           "X-Class-Index", "X-Prob"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            max_age=600,
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "X-Class", "X-Class-Index", "X-Prob"],
+        )
     routes = frozenset(r.path for r in app.routes if hasattr(r, "path"))
     app.add_middleware(Gate, metrics=metrics, routes=routes)
     return app
@@ -363,26 +412,42 @@ def _build(settings: dict):
     """The model loaded, warmed up and wrapped in the app: everything before the port opens."""
     import torch
 
-    predictor = Predictor(settings["run"], backend=settings["backend"],
-                          precision=settings["precision"], batch_size=settings["max_batch"],
-                          device=settings["device"],
-                          tta=settings.get("tta", "none"))  # fmt: skip
+    predictor = Predictor(
+        settings["run"],
+        backend=settings["backend"],
+        precision=settings["precision"],
+        batch_size=settings["max_batch"],
+        device=settings["device"],
+        tta=settings.get("tta", "none"),
+    )
     c, h, w = predictor.meta.input_size
     predictor.probabilities(torch.zeros(settings["max_batch"], c, h, w, dtype=torch.uint8))
-    app = create_app(predictor, settings["max_batch"], settings["max_wait_ms"],
-                     settings["max_queue"], int(settings["max_body_mb"] * 2**20),
-                     decode_threads=settings["workers"], max_reading=settings["max_reading"],
-                     api_key=settings["api_key"],
-                     cors_origins=settings["cors_origins"])  # fmt: skip
+    app = create_app(
+        predictor,
+        settings["max_batch"],
+        settings["max_wait_ms"],
+        settings["max_queue"],
+        int(settings["max_body_mb"] * 2**20),
+        decode_threads=settings["workers"],
+        max_reading=settings["max_reading"],
+        api_key=settings["api_key"],
+        cors_origins=settings["cors_origins"],
+    )
     return app, predictor
 
 
 def _describe(predictor: Predictor) -> str:
     kind = "labels, multi-label" if predictor.multilabel else "classes"
-    return (f"{predictor.name} ({len(predictor.classes)} {kind}, {predictor.backend.name}, "
-            f"{predictor.precision}"
-            + (f", TTA {predictor.tta}: x{PASSES[predictor.tta]} passes" if predictor.tta != "none"
-               else "") + ")")  # fmt: skip
+    return (
+        f"{predictor.name} ({len(predictor.classes)} {kind}, {predictor.backend.name}, "
+        f"{predictor.precision}"
+        + (
+            f", TTA {predictor.tta}: x{PASSES[predictor.tta]} passes"
+            if predictor.tta != "none"
+            else ""
+        )
+        + ")"
+    )
 
 
 def _run_uvicorn(app, sock: socket.socket, settings: dict) -> None:
@@ -398,10 +463,14 @@ def _run_uvicorn(app, sock: socket.socket, settings: dict) -> None:
 
     _connection_limit_answer()
     level = settings["log_level"]
-    config = uvicorn.Config(app, log_config=None, access_log=False,
-                            log_level="warning" if level in ("debug", "info") else level,
-                            limit_concurrency=settings["max_connections"],
-                            timeout_graceful_shutdown=settings["shutdown_timeout"])  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        log_level="warning" if level in ("debug", "info") else level,
+        limit_concurrency=settings["max_connections"],
+        timeout_graceful_shutdown=settings["shutdown_timeout"],
+    )
     Server(config).run(sockets=[sock])
 
 
@@ -426,10 +495,28 @@ def _process_worker(sock, settings: dict, index: int, threads: int, events) -> N
     _run_uvicorn(app, sock, settings)
 
 
-SETTINGS = ("run", "host", "port", "backend", "precision", "max_batch", "max_wait_ms", "max_queue",
-            "max_body_mb", "workers", "device", "max_reading", "max_connections", "api_key",
-            "cors_origins", "log_level", "log_format", "processes", "shutdown_timeout",
-            "tta")  # fmt: skip
+SETTINGS = (
+    "run",
+    "host",
+    "port",
+    "backend",
+    "precision",
+    "max_batch",
+    "max_wait_ms",
+    "max_queue",
+    "max_body_mb",
+    "workers",
+    "device",
+    "max_reading",
+    "max_connections",
+    "api_key",
+    "cors_origins",
+    "log_level",
+    "log_format",
+    "processes",
+    "shutdown_timeout",
+    "tta",
+)
 
 
 def serve(
@@ -459,8 +546,10 @@ def serve(
     from .gate import LOG_FORMATS, LOG_LEVELS, setup_logging
 
     if log_level not in LOG_LEVELS or log_format not in LOG_FORMATS:
-        raise ConfigError(f"--log-level is one of {', '.join(LOG_LEVELS)} and --log-format one "
-                          f"of {', '.join(LOG_FORMATS)}")  # fmt: skip
+        raise ConfigError(
+            f"--log-level is one of {', '.join(LOG_LEVELS)} and --log-format one "
+            f"of {', '.join(LOG_FORMATS)}"
+        )
     if processes < 1 or max_connections < 1 or (max_reading is not None and max_reading < 1):
         raise ConfigError("--processes, --max-connections and --max-reading must be at least 1")
     api_key = api_key or os.environ.get("RESNETLAB_API_KEY") or None

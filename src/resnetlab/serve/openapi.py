@@ -32,8 +32,15 @@ PREDICT_DOC = {
 }
 
 
-_ERROR = {"application/json": {"schema": {"type": "object", "properties": {
-    "error": {"type": "string"}}, "required": ["error"]}}}  # fmt: skip
+_ERROR = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "properties": {"error": {"type": "string"}},
+            "required": ["error"],
+        }
+    }
+}
 
 
 ERROR_RESPONSES = {

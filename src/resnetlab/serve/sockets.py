@@ -77,8 +77,11 @@ def _connection_limit_answer() -> None:
     from .gate import error_response
 
     async def service_unavailable(scope, receive, send) -> None:
-        for message in error_response(503, "server busy: too many connections, retry shortly",
-                                      {"Retry-After": "1", "Connection": "close"}):  # fmt: skip
+        for message in error_response(
+            503,
+            "server busy: too many connections, retry shortly",
+            {"Retry-After": "1", "Connection": "close"},
+        ):
             await send(message)
 
     for name in ("h11_impl", "httptools_impl"):

@@ -45,8 +45,19 @@ from .swa import batch_norms, measure_bn, training_images
 
 BN_MODES = ("auto", "recompute", "average")
 # What must agree between members, as ModelMeta names it.
-_SAME = ("model", "model_kwargs", "classes", "input_size", "in_chans", "mean", "std", "preset",
-         "task", "resize_size", "interpolation")  # fmt: skip
+_SAME = (
+    "model",
+    "model_kwargs",
+    "classes",
+    "input_size",
+    "in_chans",
+    "mean",
+    "std",
+    "preset",
+    "task",
+    "resize_size",
+    "interpolation",
+)
 
 
 def _check_compatible(members: list[tuple[str, LoadedModel]]) -> None:
@@ -102,8 +113,9 @@ def _claim(out: Path) -> RunDir:
         out.mkdir(parents=True, exist_ok=True)
     run = RunDir(out)
     if not run.is_empty():
-        raise FileConflictError(f"--out {out} already holds files; give a new folder (nothing "
-                                "is overwritten)")  # fmt: skip
+        raise FileConflictError(
+            f"--out {out} already holds files; give a new folder (nothing is overwritten)"
+        )
     return run
 
 
@@ -135,8 +147,10 @@ def average_runs(
     config = first.run.read_config() if first.has_run_config else None
     known = data is not None or config is not None
     if bn == "recompute" and not known:
-        raise ConfigError(f"--bn recompute measures on the training images: {members[0][0]} has "
-                          "no run folder naming its data; give --data DATA")  # fmt: skip
+        raise ConfigError(
+            f"--bn recompute measures on the training images: {members[0][0]} has "
+            "no run folder naming its data; give --data DATA"
+        )
     recompute = bn == "recompute" or (bn == "auto" and known)
     run = _claim(Path(out))
     dev = resolve_device(device or "auto")
@@ -150,11 +164,15 @@ def average_runs(
         pipe = run_pipeline(first, data, batch_size=size, num_workers=0)
     if recompute:
         if "train" not in pipe.source.splits or not len(pipe.source.splits["train"]):
-            raise ConfigError(f"{pipe.cfg.data} has no training images to measure BatchNorm "
-                              "statistics on; give --data with them, or --bn average")  # fmt: skip
+            raise ConfigError(
+                f"{pipe.cfg.data} has no training images to measure BatchNorm "
+                "statistics on; give --data with them, or --bn average"
+            )
         seen = measure_bn(model, training_images(pipe, dev))
-        bn_note = (f"BatchNorm statistics measured again on the {seen} training images of "
-                   f"{pipe.cfg.data} (one pass, as evaluated)")  # fmt: skip
+        bn_note = (
+            f"BatchNorm statistics measured again on the {seen} training images of "
+            f"{pipe.cfg.data} (one pass, as evaluated)"
+        )
     else:
         why = "--bn average" if bn == "average" else "no training data known (give --data)"
         bn_note = f"BatchNorm statistics averaged over the members ({why}): an approximation"
@@ -167,18 +185,24 @@ def average_runs(
         saved = dict(config, **({"data": data} if data else {}))
         atomic_write_text(run.config, yaml.safe_dump(saved, sort_keys=False, allow_unicode=True))
     summary: dict[str, Any] = {
-        "model": meta.model, "data": pipe.cfg.data if pipe else None, "classes": meta.classes,
-        "averaged_from": [name for name, _ in members], "bn": "recomputed" if recompute else
-        "averaged", "bn_note": bn_note, "run_dir": str(run.path),
-    }  # fmt: skip
+        "model": meta.model,
+        "data": pipe.cfg.data if pipe else None,
+        "classes": meta.classes,
+        "averaged_from": [name for name, _ in members],
+        "bn": "recomputed" if recompute else "averaged",
+        "bn_note": bn_note,
+        "run_dir": str(run.path),
+    }
     if pipe is not None:
         if meta.multilabel:
             summary.update(fit_thresholds(model, pipe, dev, "fp32", run, meta) or {})
         else:
-            summary["member_val_top1"] = [_top1(model_on(m.model, dev).eval(), pipe, dev, "val")
-                                          for _, m in members]  # fmt: skip
-            summary["member_test_top1"] = [_top1(model_on(m.model, dev).eval(), pipe, dev,
-                                                 "test") for _, m in members]  # fmt: skip
+            summary["member_val_top1"] = [
+                _top1(model_on(m.model, dev).eval(), pipe, dev, "val") for _, m in members
+            ]
+            summary["member_test_top1"] = [
+                _top1(model_on(m.model, dev).eval(), pipe, dev, "test") for _, m in members
+            ]
             summary["best_val_top1"] = _top1(model, pipe, dev, "val")
             summary["test_top1"] = _top1(model, pipe, dev, "test")
             summary.update(calibrate_run(model, pipe, dev, "fp32", run, meta) or {})

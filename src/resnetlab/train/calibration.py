@@ -83,16 +83,22 @@ def calibrate_run(
         return None
     n = len(splits[split])
     if n < MIN_CALIBRATION_IMAGES:
-        return _skipped(run, f"{n} {split} image(s), fewer than the {MIN_CALIBRATION_IMAGES} a "
-                        "temperature needs: left uncalibrated (T = 1)")  # fmt: skip
+        return _skipped(
+            run,
+            f"{n} {split} image(s), fewer than the {MIN_CALIBRATION_IMAGES} a "
+            "temperature needs: left uncalibrated (T = 1)",
+        )
     logits, labels = validation_logits(model, data, device, precision, split)
     found = calibration_summary(logits, labels)
     t = float(found["temperature"])
     if t >= MAX_TEMPERATURE or t <= MIN_TEMPERATURE:
         right = float((logits.argmax(1) == labels).double().mean()) if len(labels) else 0.0
-        return _skipped(run, f"the temperature fitted on {n} {split} images ended at its bound "
-                        f"{t:g} (top-1 there {right:.1%}): no single T calibrates this model; "
-                        "left uncalibrated (T = 1)")  # fmt: skip
+        return _skipped(
+            run,
+            f"the temperature fitted on {n} {split} images ended at its bound "
+            f"{t:g} (top-1 there {right:.1%}): no single T calibrates this model; "
+            "left uncalibrated (T = 1)",
+        )
     record = {"split": split, "num_samples": len(labels), **found}
     atomic_write_text(run.calibration, json.dumps(record, indent=2) + "\n")
     meta.temperature = float(found["temperature"])
@@ -129,10 +135,14 @@ def fit_thresholds(
     found = multilabel_metrics(probabilities(logits), labels, data.classes, thresholds)
     by_class = dict(zip(data.classes, thresholds))
     record = {
-        "task": "multilabel", "split": split, "num_samples": len(labels),
-        "thresholds": by_class, "map": found["map"], "f1_macro": found["f1_macro"],
+        "task": "multilabel",
+        "split": split,
+        "num_samples": len(labels),
+        "thresholds": by_class,
+        "map": found["map"],
+        "f1_macro": found["f1_macro"],
         "f1_micro": found["f1_micro"],
-    }  # fmt: skip
+    }
     atomic_write_text(run.calibration, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     meta.thresholds = thresholds
     atomic_write_text(run.meta, meta.dumps())
@@ -151,6 +161,8 @@ def multilabel_test(
     logits, labels = validation_logits(model, data, device, precision, split)
     found = multilabel_metrics(probabilities(logits), labels, data.classes, thresholds)
     return {
-        "test_map": found["map"], "test_f1_micro": found["f1_micro"],
-        "test_f1_macro": found["f1_macro"], "test_exact_match": found["exact_match"],
-    }  # fmt: skip
+        "test_map": found["map"],
+        "test_f1_micro": found["f1_micro"],
+        "test_f1_macro": found["f1_macro"],
+        "test_exact_match": found["exact_match"],
+    }

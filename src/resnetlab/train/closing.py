@@ -26,8 +26,10 @@ def closing_lines(s: dict) -> list[str]:
         else:
             lines.append(f"test top-1        {pct(s['test_top1'])}   (best checkpoint)")
     if s.get("temperature") is not None:
-        lines.append(f"calibration       T = {s['temperature']:.3g}, ECE "
-                     f"{pct(s['ece_before'])} -> {pct(s['ece_after'])} (val)")  # fmt: skip
+        lines.append(
+            f"calibration       T = {s['temperature']:.3g}, ECE "
+            f"{pct(s['ece_before'])} -> {pct(s['ece_after'])} (val)"
+        )
     elif s.get("calibration_skipped"):
         lines.append(f"calibration       skipped: {s['calibration_skipped']}")
     speed = f"{s['train_images_per_second']:,.0f} images/s ({s['precision']}, {s['device']})"

@@ -28,9 +28,18 @@ SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 # SGD momentum 0.9, weight decay 1e-4 on every parameter, batch 128, lr 0.1.
 RECIPES: dict[str, dict] = {
     "paper-cifar": dict(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-        decay_norm_and_bias=True, batch_size=128, schedule="multistep", milestones=[0.5, 0.75],
-        gamma=0.1, warmup_epochs=0.0, label_smoothing=0.0,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        decay_norm_and_bias=True,
+        batch_size=128,
+        schedule="multistep",
+        milestones=[0.5, 0.75],
+        gamma=0.1,
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
     ),
     # The defaults as they are (SGD + nesterov, lr 0.1 per 256 images, cosine, label smoothing):
     # for training from scratch, and to opt out of the automatic "finetune" below.
@@ -42,19 +51,37 @@ RECIPES: dict[str, dict] = {
     # defaults (lr 0.05 then), which wreck the pretrained features. Batch 32: twice the steps
     # of an epoch at 64, for ~20 % more time: 4 epochs ended at 98 % instead of 88 %.
     "finetune": dict(
-        optimizer="adamw", lr=1e-3, batch_size=32, schedule="cosine", warmup_epochs=1.0,
+        optimizer="adamw",
+        lr=1e-3,
+        batch_size=32,
+        schedule="cosine",
+        warmup_epochs=1.0,
         label_smoothing=0.1,
     ),
     # ImageNet ResNet-50 (docs/scale.md), Goyal et al. 2017: lr 0.1 x global batch / 256, set for
     # 8 GPUs x 256 = 2,048; 5 warmup epochs; /10 at 30, 60, 80; zero-gamma; 6 workers per GPU.
     "imagenet": dict(
-        model="resnet50", model_kwargs={"zero_init_residual": True}, input_size=224,
-        preset="imagenet", epochs=90, batch_size=256, optimizer="sgd", lr=0.8, momentum=0.9,
-        nesterov=False, weight_decay=1e-4, decay_norm_and_bias=False, schedule="multistep",
-        milestones=[30, 60, 80], gamma=0.1, warmup_epochs=5.0, label_smoothing=0.0,
-        num_workers=6, checkpoint_every=200,
+        model="resnet50",
+        model_kwargs={"zero_init_residual": True},
+        input_size=224,
+        preset="imagenet",
+        epochs=90,
+        batch_size=256,
+        optimizer="sgd",
+        lr=0.8,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=1e-4,
+        decay_norm_and_bias=False,
+        schedule="multistep",
+        milestones=[30, 60, 80],
+        gamma=0.1,
+        warmup_epochs=5.0,
+        label_smoothing=0.0,
+        num_workers=6,
+        checkpoint_every=200,
     ),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -64,128 +91,180 @@ class TrainConfig(DataConfig):
 
     # model
     model: str = option("resnet20", "a name from `resnetlab models`", group="model")
-    model_kwargs: dict = option(factory=dict, help="e.g. shortcut=B zero_init_residual=true",
-                                metavar="KEY=VALUE", group="model")  # fmt: skip
+    model_kwargs: dict = option(
+        factory=dict,
+        help="e.g. shortcut=B zero_init_residual=true",
+        metavar="KEY=VALUE",
+        group="model",
+    )
     weights: str | None = option(None, "torchvision, or a .pth/.safetensors file", group="model")
-    mode: str = option("auto", "auto: scratch without --weights, finetune with", choices=MODES,
-                       group="model")  # fmt: skip
-    backbone_lr_mult: float = option(1.0, "backbone lr as a fraction of the head's",
-                                     group="model")  # fmt: skip
+    mode: str = option(
+        "auto", "auto: scratch without --weights, finetune with", choices=MODES, group="model"
+    )
+    backbone_lr_mult: float = option(1.0, "backbone lr as a fraction of the head's", group="model")
     unfreeze_schedule: list[int] = option(
-        factory=list, help="epochs at which one more stage unfreezes, from the top",
-        metavar="EPOCH", group="model",
-    )  # fmt: skip
+        factory=list,
+        help="epochs at which one more stage unfreezes, from the top",
+        metavar="EPOCH",
+        group="model",
+    )
     feature_cache: bool = option(
-        True, "feature-extract: run the frozen backbone once per image and train the head on "
-        "its features", group="model",
-    )  # fmt: skip
+        True,
+        "feature-extract: run the frozen backbone once per image and train the head on "
+        "its features",
+        group="model",
+    )
     feature_views: int = option(
-        0, "feature cache: 0 = the images unaugmented (as evaluated); N = N augmented views "
-        "per image, epoch e trains on view e mod N", metavar="N", group="model",
-    )  # fmt: skip
+        0,
+        "feature cache: 0 = the images unaugmented (as evaluated); N = N augmented views "
+        "per image, epoch e trains on view e mod N",
+        metavar="N",
+        group="model",
+    )
     # recipe
-    recipe: str | None = option(None, "a named recipe", choices=tuple(RECIPES),
-                                group="recipe")  # fmt: skip
+    recipe: str | None = option(None, "a named recipe", choices=tuple(RECIPES), group="recipe")
     epochs: int = option(20, "", group="recipe")
     batch_size: int = option(64, "images per optimizer step (per process)", group="recipe")
-    accum_steps: int = option(1, "split each batch into N micro-batches whose gradients add "
-                              "up (same update, 1/N of the memory)", metavar="N",
-                              group="recipe")  # fmt: skip
+    accum_steps: int = option(
+        1,
+        "split each batch into N micro-batches whose gradients add "
+        "up (same update, 1/N of the memory)",
+        metavar="N",
+        group="recipe",
+    )
     optimizer: str = option("sgd", "", choices=OPTIMIZERS, group="recipe")
     lr: float | None = option(
-        None, "peak learning rate (default: 0.1 x batch / 256, the batch summed over processes: "
-        "linear scaling, Goyal et al. 2017; 0.025 at batch 64)", group="recipe",
-    )  # fmt: skip
+        None,
+        "peak learning rate (default: 0.1 x batch / 256, the batch summed over processes: "
+        "linear scaling, Goyal et al. 2017; 0.025 at batch 64)",
+        group="recipe",
+    )
     momentum: float = option(0.9, "", group="recipe")
     nesterov: bool = option(True, "", group="recipe")
     weight_decay: float = option(5e-4, "", group="recipe")
-    decay_norm_and_bias: bool = option(False, "weight decay on norms and biases too",
-                                       group="recipe")  # fmt: skip
+    decay_norm_and_bias: bool = option(
+        False, "weight decay on norms and biases too", group="recipe"
+    )
     schedule: str = option("cosine", "", choices=SCHEDULES, group="recipe")
     warmup_epochs: float = option(1.0, "linear warmup", group="recipe")
     milestones: list[float] = option(
-        factory=lambda: [0.5, 0.75], help="multistep: epochs, or fractions of the run below 1",
+        factory=lambda: [0.5, 0.75],
+        help="multistep: epochs, or fractions of the run below 1",
         group="recipe",
-    )  # fmt: skip
+    )
     gamma: float = option(0.1, "multistep: lr factor at each milestone", group="recipe")
     label_smoothing: float = option(0.1, "", group="recipe")
     mixup: float = option(0.0, "Beta alpha, e.g. 0.2", group="recipe")
     cutmix: float = option(0.0, "Beta alpha, e.g. 1.0", group="recipe")
     class_weights: str = option(
-        "none", "per-class loss weights: auto (inverse frequency), effective[:BETA] (effective "
-        "number of samples), none, or a JSON/YAML FILE", metavar="auto|none|FILE", group="recipe",
-    )  # fmt: skip
-    sampler: str = option("none", "balanced: every class equally likely in a batch",
-                          choices=("none", "balanced"), group="recipe")  # fmt: skip
+        "none",
+        "per-class loss weights: auto (inverse frequency), effective[:BETA] (effective "
+        "number of samples), none, or a JSON/YAML FILE",
+        metavar="auto|none|FILE",
+        group="recipe",
+    )
+    sampler: str = option(
+        "none",
+        "balanced: every class equally likely in a batch",
+        choices=("none", "balanced"),
+        group="recipe",
+    )
     ema_decay: float = option(0.0, "weights EMA, e.g. 0.999", group="recipe")
     clip_grad: float | None = option(None, "max gradient norm", group="recipe")
     patience: int | None = option(None, "early stopping (epochs)", group="recipe")
-    progressive: bool = option(False, "progressive resizing: early epochs at lower resolution, "
-                               "the last ones at --input-size", group="recipe")  # fmt: skip
+    progressive: bool = option(
+        False,
+        "progressive resizing: early epochs at lower resolution, the last ones at --input-size",
+        group="recipe",
+    )
     precise_bn: bool = option(
-        True, "after each epoch, measure the BatchNorm statistics again with its final weights "
-        "on 512 training images (short runs evaluate far better)", group="recipe",
-    )  # fmt: skip
+        True,
+        "after each epoch, measure the BatchNorm statistics again with its final weights "
+        "on 512 training images (short runs evaluate far better)",
+        group="recipe",
+    )
     time_budget: float | None = option(
-        None, "minutes: set --epochs from a measured step time so the schedule ends, fully "
-        "annealed, within them", metavar="MIN", group="recipe",
-    )  # fmt: skip
+        None,
+        "minutes: set --epochs from a measured step time so the schedule ends, fully "
+        "annealed, within them",
+        metavar="MIN",
+        group="recipe",
+    )
     swa_epochs: int = option(
-        0, "stochastic weight averaging (Izmailov et al. 2018) over the last N epochs: the run's "
+        0,
+        "stochastic weight averaging (Izmailov et al. 2018) over the last N epochs: the run's "
         "model is the average, its BatchNorm statistics measured again on the training images",
-        metavar="N", group="recipe",
-    )  # fmt: skip
+        metavar="N",
+        group="recipe",
+    )
     swa_lr: float | None = option(
-        None, "the constant learning rate of the averaged epochs (default: the schedule's own at "
-        "the first of them, held)", group="recipe",
-    )  # fmt: skip
+        None,
+        "the constant learning rate of the averaged epochs (default: the schedule's own at "
+        "the first of them, held)",
+        group="recipe",
+    )
     # distillation
     teacher: str | None = option(
-        None, "distil from this model (Hinton et al. 2015): a run folder or model file; with "
-        "--teacher-model: torchvision[:TAG], hf-hub:ORG/NAME or a weights FILE", metavar="SOURCE",
+        None,
+        "distil from this model (Hinton et al. 2015): a run folder or model file; with "
+        "--teacher-model: torchvision[:TAG], hf-hub:ORG/NAME or a weights FILE",
+        metavar="SOURCE",
         group="distillation",
-    )  # fmt: skip
-    teacher_model: str | None = option(None, "the teacher's architecture, for weights that "
-                                       "carry none (torchvision, hf-hub, a plain file)",
-                                       group="distillation")  # fmt: skip
-    kd_temperature: float = option(4.0, "softmax temperature of the soft targets",
-                                   group="distillation")  # fmt: skip
+    )
+    teacher_model: str | None = option(
+        None,
+        "the teacher's architecture, for weights that "
+        "carry none (torchvision, hf-hub, a plain file)",
+        group="distillation",
+    )
+    kd_temperature: float = option(
+        4.0, "softmax temperature of the soft targets", group="distillation"
+    )
     kd_weight: float = option(
         0.9, "weight of the soft-target loss (the labels' loss gets 1 - it)", group="distillation"
-    )  # fmt: skip
+    )
     # system
-    precision: str = option("auto", "auto: bf16 where the CPU has it natively, AMP on CUDA",
-                            choices=PRECISIONS, group="system")  # fmt: skip
-    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps",
-                         group="system")  # fmt: skip
+    precision: str = option(
+        "auto",
+        "auto: bf16 where the CPU has it natively, AMP on CUDA",
+        choices=PRECISIONS,
+        group="system",
+    )
+    device: str = option(
+        "auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps", group="system"
+    )
     channels_last: bool = option(True, "", group="system")
     compile: bool = option(False, "torch.compile the model", group="system")
     seed: int = option(0, "", group="system")
-    deterministic: bool = option(False, "deterministic kernels (bit-exact resume)",
-                                 group="system")  # fmt: skip
+    deterministic: bool = option(False, "deterministic kernels (bit-exact resume)", group="system")
     sync_bn: bool = option(False, "SyncBatchNorm under DDP on CUDA", group="system")
-    checkpoint_every: int = option(0, "steps between mid-epoch checkpoints; 0: per epoch",
-                                   group="system")  # fmt: skip
+    checkpoint_every: int = option(
+        0, "steps between mid-epoch checkpoints; 0: per epoch", group="system"
+    )
     max_steps: int | None = option(None, "stop resumably after N steps", group="system")
     out: str = option("runs", "parent folder of run folders", group="system")
-    name: str | None = option(None, "run folder name (default: model-data-time)",
-                              group="system")  # fmt: skip
-    tensorboard: bool = option(False, "TensorBoard event files in the run folder",
-                               group="system")  # fmt: skip
+    name: str | None = option(None, "run folder name (default: model-data-time)", group="system")
+    tensorboard: bool = option(False, "TensorBoard event files in the run folder", group="system")
     tracker: str = option(
-        "none", "log params, metrics and the model to an experiment tracker (needs "
+        "none",
+        "log params, metrics and the model to an experiment tracker (needs "
         "'resnetlab[tracking]'); a resumed run continues its tracker run",
-        choices=("none", "mlflow", "wandb"), group="system",
-    )  # fmt: skip
-    tracker_uri: str | None = option(
-        None, "mlflow: the tracking server (default: $MLFLOW_TRACKING_URI, else mlflow's "
-        "own); wandb: the server's base URL (default: $WANDB_BASE_URL)", metavar="URI",
+        choices=("none", "mlflow", "wandb"),
         group="system",
-    )  # fmt: skip
+    )
+    tracker_uri: str | None = option(
+        None,
+        "mlflow: the tracking server (default: $MLFLOW_TRACKING_URI, else mlflow's "
+        "own); wandb: the server's base URL (default: $WANDB_BASE_URL)",
+        metavar="URI",
+        group="system",
+    )
     tracker_project: str | None = option(
-        None, "mlflow experiment / wandb project (default: resnetlab, or $WANDB_PROJECT)",
-        metavar="NAME", group="system",
-    )  # fmt: skip
+        None,
+        "mlflow experiment / wandb project (default: resnetlab, or $WANDB_PROJECT)",
+        metavar="NAME",
+        group="system",
+    )
 
     def data_config(self) -> DataConfig:
         return DataConfig(**{f.name: getattr(self, f.name) for f in fields(DataConfig)})
@@ -334,9 +413,19 @@ def resolve_config(
 
 # What a resumed run may change: its length and how it is run, not what it computes.
 # ``max_steps`` belongs to one invocation (stop after N steps), so a bare --resume drops it.
-RESUME_MAY_CHANGE = ("epochs", "max_steps", "patience", "checkpoint_every", "num_workers",
-                     "tensorboard", "compile", "device", "tracker", "tracker_uri",
-                     "tracker_project")  # fmt: skip
+RESUME_MAY_CHANGE = (
+    "epochs",
+    "max_steps",
+    "patience",
+    "checkpoint_every",
+    "num_workers",
+    "tensorboard",
+    "compile",
+    "device",
+    "tracker",
+    "tracker_uri",
+    "tracker_project",
+)
 # Settings added later, with the value that reproduces runs saved before they existed.
 _BEFORE = {"precise_bn": False}
 # Taken from the folder being resumed, never compared.
@@ -346,8 +435,11 @@ _RUN_PLACE = ("out", "name")
 def explicit_settings(cfg: TrainConfig) -> dict:
     """The settings of ``cfg`` that differ from the defaults: what a caller asked for."""
     default = TrainConfig()
-    return {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)
-            if getattr(cfg, f.name) != getattr(default, f.name)}  # fmt: skip
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in fields(TrainConfig)
+        if getattr(cfg, f.name) != getattr(default, f.name)
+    }
 
 
 def resume_config(saved: dict, given: dict, epochs_done: int, run: str | Path) -> TrainConfig:

@@ -43,17 +43,28 @@ def soft_target_loss(
     """``T² · KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
     t = temperature
     return F.kl_div(
-        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
-        reduction="batchmean", log_target=True,
-    ) * (t * t)  # fmt: skip
+        F.log_softmax(student / t, dim=1),
+        F.log_softmax(teacher / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
 
 
 class Teacher:
     """A trained model giving soft targets for the student's batches."""
 
-    def __init__(self, loaded: LoadedModel, source: str, order: list[int] | None, data, device,
-                 precision: str, channels_last: bool, temperature: float, weight: float,
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        source: str,
+        order: list[int] | None,
+        data,
+        device,
+        precision: str,
+        channels_last: bool,
+        temperature: float,
+        weight: float,
+    ) -> None:
         self.loaded, self.source, self.meta = loaded, source, loaded.meta
         self.device, self.precision = device, precision
         self.temperature, self.weight = temperature, weight
@@ -87,20 +98,28 @@ class Teacher:
 
     def _adapt(self, x: torch.Tensor) -> torch.Tensor:
         if self.convert:
-            mean_s, std_s = (torch.tensor(v, device=x.device).view(1, -1, 1, 1)
-                             for v in self.student_norm)  # fmt: skip
+            mean_s, std_s = (
+                torch.tensor(v, device=x.device).view(1, -1, 1, 1) for v in self.student_norm
+            )
             raw = x.float() * std_s + mean_s  # 0..1
             want = self.meta.in_chans
             if raw.shape[1] == 1 and want > 1:
                 raw = raw.expand(-1, want, -1, -1)
             elif raw.shape[1] == 3 and want == 1:
                 raw = (raw * torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, True)
-            mean_t, std_t = (torch.tensor(v, device=x.device).view(1, -1, 1, 1)
-                             for v in (self.meta.mean, self.meta.std))  # fmt: skip
+            mean_t, std_t = (
+                torch.tensor(v, device=x.device).view(1, -1, 1, 1)
+                for v in (self.meta.mean, self.meta.std)
+            )
             x = (raw - mean_t) / std_t
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x.float(), size=(self.size, self.size), mode="bilinear",
-                              align_corners=False, antialias=True)  # fmt: skip
+            x = F.interpolate(
+                x.float(),
+                size=(self.size, self.size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         return x
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +189,7 @@ def class_order(teacher: list[str], data: list[str], named: bool, source: str) -
             f"{len(t)} classes, the data has {len(data)}"
             if len(t) != len(data)
             else "other classes than the data's"
-        )  # fmt: skip
+        )
         + (f" ({'; '.join(detail)})" if detail else "")
         + ": a teacher must be trained on the student's classes"
     )
@@ -181,8 +200,10 @@ def load_teacher(trainer) -> Teacher:
     resume, against the teacher the run began with)."""
     cfg, data = trainer.cfg, trainer.data
     if trainer.multilabel:
-        raise ConfigError("--teacher distils single-label classes (softmax soft targets); this "
-                          "data is multi-label")  # fmt: skip
+        raise ConfigError(
+            "--teacher distils single-label classes (softmax soft targets); this "
+            "data is multi-label"
+        )
     if can_cache(cfg, data):
         raise ConfigError(
             "--teacher runs on the images, and feature extraction with its cache trains the head "
@@ -190,13 +211,24 @@ def load_teacher(trainer) -> Teacher:
         )
     loaded = _load(cfg.teacher, cfg.teacher_model)
     if loaded.meta.multilabel:
-        raise ConfigError(f"--teacher {cfg.teacher} is a multi-label model; distillation here "
-                          "takes a single-label teacher")  # fmt: skip
+        raise ConfigError(
+            f"--teacher {cfg.teacher} is a multi-label model; distillation here "
+            "takes a single-label teacher"
+        )
     unnamed = [str(i) for i in range(loaded.meta.num_classes)]
     named = cfg.teacher_model is None or list(loaded.meta.classes) != unnamed
     order = class_order(loaded.meta.classes, list(data.classes), named, cfg.teacher)
-    teacher = Teacher(loaded, cfg.teacher, order, data, trainer.device, trainer.precision,
-                      cfg.channels_last, cfg.kd_temperature, cfg.kd_weight)  # fmt: skip
+    teacher = Teacher(
+        loaded,
+        cfg.teacher,
+        order,
+        data,
+        trainer.device,
+        trainer.precision,
+        cfg.channels_last,
+        cfg.kd_temperature,
+        cfg.kd_weight,
+    )
     if trainer.resume_state is not None:
         teacher.check_resume(trainer.resume_state)
     return teacher

@@ -184,9 +184,14 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         if self.features is None and can_cache(self.cfg, self.data):
             model = unwrap_model(self.model)
             self.features = build_cache(
-                model, self.data, self.cfg.feature_views, self.device, self.precision,
-                self.cfg.batch_size, self.run_dir,
-            )  # fmt: skip
+                model,
+                self.data,
+                self.cfg.feature_views,
+                self.device,
+                self.precision,
+                self.cfg.batch_size,
+                self.run_dir,
+            )
             self.train_seconds += self.features.seconds
             self.progress.line(
                 f"feature cache: {self.features.views} view(s) of "

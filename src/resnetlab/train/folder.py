@@ -79,9 +79,11 @@ class RunFolderClaim:
             raise err from None
         if lock is None:
             pid = FolderLock.holder(lock_file)
-            then = "resume it once that one has stopped" if resuming else (
-                "wait for it to end, or pick another --name"
-            )  # fmt: skip
+            then = (
+                "resume it once that one has stopped"
+                if resuming
+                else ("wait for it to end, or pick another --name")
+            )
             raise FileConflictError(
                 f"{d} is in use by another training{f' (process {pid})' if pid else ''}; {then}"
             )
@@ -106,8 +108,10 @@ class RunFolderClaim:
         fix = "free some space" if full else f"make {run.path} writable"
         if run.last_checkpoint.is_file():
             when = f" ({self._saved})" if self._saved else ""
-            msg = (f"{exc}; {run.LAST_CHECKPOINT}{when} is intact: {fix}, then continue with: "
-                   + shell_command("resnetlab", "train", "--resume", run.path))  # fmt: skip
+            msg = (
+                f"{exc}; {run.LAST_CHECKPOINT}{when} is intact: {fix}, then continue with: "
+                + shell_command("resnetlab", "train", "--resume", run.path)
+            )
         else:
             msg = f"{exc}; {fix}, then run the same command again (the folder is reused)"
         return WriteError(msg, exc.errno, exc.filename)

@@ -27,8 +27,13 @@ import torch
 from ..core.errors import ConfigError
 from ..data.stats import imbalance_note, imbalance_ratio
 
-__all__ = ["CLASS_WEIGHT_MODES", "class_weights", "imbalance_note", "imbalance_ratio",
-           "resolve_class_weights"]  # fmt: skip
+__all__ = [
+    "CLASS_WEIGHT_MODES",
+    "class_weights",
+    "imbalance_note",
+    "imbalance_ratio",
+    "resolve_class_weights",
+]
 
 CLASS_WEIGHT_MODES = ("none", "auto", "inverse", "effective")
 # Cui et al. 2019 report β = 0.999 best on long-tailed CIFAR and 0.9999 on larger sets.
@@ -79,13 +84,16 @@ def _from_file(path: Path, classes: Sequence[str]) -> torch.Tensor:
         unknown = [str(k) for k in data if k not in classes]
         if missing or unknown:
             raise ConfigError(
-                f"--class-weights {path}: " + "; ".join(
-                    part for part in (
+                f"--class-weights {path}: "
+                + "; ".join(
+                    part
+                    for part in (
                         f"no weight for {', '.join(missing[:10])}" if missing else "",
                         f"not classes of the data: {', '.join(unknown[:10])}" if unknown else "",
-                    ) if part
+                    )
+                    if part
                 )
-            )  # fmt: skip
+            )
         values = [data[c] for c in classes]
     elif isinstance(data, list):
         if len(data) != len(classes):

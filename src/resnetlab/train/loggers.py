@@ -12,8 +12,15 @@ from ..core.files import atomic_write_text
 from ..core.progress import Meter, is_terminal
 
 METRIC_COLUMNS = [
-    "epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "seconds",
-]  # fmt: skip
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "seconds",
+]
 # Written only by the runs that have them: multi-label runs (train_top1 is then the exact-match
 # ratio, and val_top1/val_top5 stay empty).
 OPTIONAL_COLUMNS = ["val_map", "val_exact_match"]
@@ -56,8 +63,9 @@ class Progress:
 
     def start(self, epoch: int, epochs: int, total: int, initial: int = 0) -> None:
         if self.enabled:
-            self.meter = Meter(f"epoch {epoch}/{epochs}", total, unit="steps",
-                               stream=self.stream, initial=initial)  # fmt: skip
+            self.meter = Meter(
+                f"epoch {epoch}/{epochs}", total, unit="steps", stream=self.stream, initial=initial
+            )
 
     def due(self) -> bool:
         """Whether an update at this step would show (the first step, or enough time since

@@ -44,8 +44,9 @@ def _evaluate_multilabel(model, loader, transform, device, precision, dist_info)
     n = len(targets)
     if n == 0:
         return {"loss": 0.0, "map": None, "exact_match": 0.0, "f1_micro": 0.0, "num_samples": 0}
-    found = multilabel_metrics(probabilities(logits), targets, [str(i) for i in range(
-        targets.shape[1])])  # fmt: skip
+    found = multilabel_metrics(
+        probabilities(logits), targets, [str(i) for i in range(targets.shape[1])]
+    )
     return {
         "loss": float(multilabel_loss(logits, targets)),
         "map": found["map"],

@@ -75,8 +75,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg)
     # The fused kernels update every parameter in one pass (~10 % faster steps for resnet18
     # on the CPU, see benchmarks/); fp32 parameters on CPU or CUDA only.
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32
-                for p in model.parameters())  # fmt: skip
+    fused = all(
+        p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in model.parameters()
+    )
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups,

@@ -97,10 +97,14 @@ class TrainerSetup:
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
         self.train_loader, self.train_transform = self.data.split_loader(
-            "train", train=True, channels_last=cfg.channels_last,
-            rank=self.dist.rank, world_size=self.dist.world_size,
-            pin_memory=self.device.type == "cuda", sampler=cfg.sampler,
-        )  # fmt: skip
+            "train",
+            train=True,
+            channels_last=cfg.channels_last,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
+            sampler=cfg.sampler,
+        )
         if len(self.data.source.splits["train"]) < 2:
             raise ConfigError(f"{cfg.data}: training needs at least 2 images (BatchNorm)")
         if len(self.train_loader) == 0:
@@ -172,9 +176,13 @@ class TrainerSetup:
         # A new run from scratch takes its input size from the images (32-pixel images are
         # not blown up to 224); saved in config.yaml, so --resume and --config keep it.
         fresh = not self.cfg.weights and self.resume_state is None
-        pipe = build_pipeline(self.cfg.data_config(), seed=self.cfg.seed, default_norm=norm,
-                              size_from_data=fresh,
-                              progress=self.progress.enabled)  # fmt: skip
+        pipe = build_pipeline(
+            self.cfg.data_config(),
+            seed=self.cfg.seed,
+            default_norm=norm,
+            size_from_data=fresh,
+            progress=self.progress.enabled,
+        )
         if pipe.size_note:
             self.cfg.input_size, self.cfg.preset = pipe.input_size, pipe.preset
         pre = self.weight_source.preprocess if self.weight_source else None
@@ -225,10 +233,12 @@ class TrainerSetup:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Frozen stages have no gradient: DDP must not wait for them.
             wrapped = nn.parallel.DistributedDataParallel(
-                model, device_ids=ids, find_unused_parameters=bool(
+                model,
+                device_ids=ids,
+                find_unused_parameters=bool(
                     self.cfg.resolved_mode == "feature-extract" or self.cfg.unfreeze_schedule
                 ),
-            )  # fmt: skip
+            )
         if self.cfg.compile:
             if self.device.type == "cpu":
                 # The compiler's C++ toolchain probe warns that no CUDA runtime is found, on

@@ -52,13 +52,21 @@ class TrainState:
     def model_meta(self) -> ModelMeta:
         c, size = self.data.channels, self.data.input_size
         return ModelMeta(
-            model=self.cfg.model, num_classes=len(self.classes), in_chans=c,
-            classes=list(self.classes), input_size=[c, size, size], mean=list(self.data.mean),
-            std=list(self.data.std), preset=self.data.preset,
-            model_kwargs=dict(self.cfg.model_kwargs), weights=self.cfg.weights,
-            resnetlab_version=__version__, **self.eval_preprocess,
-            task="multilabel" if self.multilabel else None, thresholds=self.thresholds,
-        )  # fmt: skip
+            model=self.cfg.model,
+            num_classes=len(self.classes),
+            in_chans=c,
+            classes=list(self.classes),
+            input_size=[c, size, size],
+            mean=list(self.data.mean),
+            std=list(self.data.std),
+            preset=self.data.preset,
+            model_kwargs=dict(self.cfg.model_kwargs),
+            weights=self.cfg.weights,
+            resnetlab_version=__version__,
+            **self.eval_preprocess,
+            task="multilabel" if self.multilabel else None,
+            thresholds=self.thresholds,
+        )
 
     def _checkpoint_state(self, sums: torch.Tensor | None = None) -> dict:
         return {

@@ -55,9 +55,11 @@ class Stopping:
 
     def _stop_reason(self) -> str | None:
         if self._stop_signal is not None:
-            how = "interrupted" if self._stop_signal == signal.SIGINT else (
-                f"stopped by {signal.Signals(self._stop_signal).name}"
-            )  # fmt: skip
+            how = (
+                "interrupted"
+                if self._stop_signal == signal.SIGINT
+                else (f"stopped by {signal.Signals(self._stop_signal).name}")
+            )
             return f"{how} at step {self.global_step} (epoch {self.epoch + 1}); checkpoint saved"
         if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
             return f"stopped after step {self.global_step} (--max-steps)"
@@ -80,8 +82,9 @@ class Stopping:
                 raise SystemExit(128 + signum)
             self._signal = signum
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            self.progress.line(f"{name}: stopping after this step with a checkpoint ({name} "
-                               "again to stop at once)")  # fmt: skip
+            self.progress.line(
+                f"{name}: stopping after this step with a checkpoint ({name} again to stop at once)"
+            )
 
         signals = (signal.SIGINT, signal.SIGTERM)
         previous = {s: signal.signal(s, handler) for s in signals}

@@ -137,9 +137,11 @@ class WeightAverager:
         trainer.train_seconds += time.perf_counter() - start
         if first and trainer.dist.is_main:
             last = max(cfg.epochs, trainer.epoch)
-            epochs = f"epochs {trainer.epoch}-{last}" if last > trainer.epoch else (
-                f"epoch {last} (the last)"
-            )  # fmt: skip
+            epochs = (
+                f"epochs {trainer.epoch}-{last}"
+                if last > trainer.epoch
+                else (f"epoch {last} (the last)")
+            )
             lr = trainer.optimizer.param_groups[-1]["lr"]
             measured = "no BatchNorm statistics to measure"
             if norms:
@@ -149,13 +151,12 @@ class WeightAverager:
             trainer.progress.line(
                 f"SWA: averaging the weights of {epochs} at lr {lr:.4g}, "
                 f"{measured}; the average is the run's model from here on"
-            )  # fmt: skip
+            )
 
     def state(self) -> dict:
         """What a checkpoint keeps: the average (in the ``ema`` slot, which every loader reads
         as the evaluation weights) and how many epochs it holds."""
-        return {"ema": self.model.state_dict() if self.active else None,
-                "swa_averaged": self.count}  # fmt: skip
+        return {"ema": self.model.state_dict() if self.active else None, "swa_averaged": self.count}
 
     def restore(self, state: dict) -> None:
         n = int(state.get("swa_averaged") or 0)

@@ -108,8 +108,15 @@ def _ended(trainer, exc: BaseException | None, tracker=None) -> None:
 
 DEFAULT_PROJECT = "resnetlab"
 # The run-folder files each tracker run gets at the end, and where under its artifacts.
-ARTIFACTS = (("WEIGHTS", "model"), ("META", "model"), ("CONFIG", ""), ("SUMMARY", ""),
-             ("METRICS", ""), ("CALIBRATION", ""), ("REPORT", "report"))  # fmt: skip
+ARTIFACTS = (
+    ("WEIGHTS", "model"),
+    ("META", "model"),
+    ("CONFIG", ""),
+    ("SUMMARY", ""),
+    ("METRICS", ""),
+    ("CALIBRATION", ""),
+    ("REPORT", "report"),
+)
 
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
@@ -188,12 +195,15 @@ class MLflowTracker:
             try:
                 have = c.get_run(self.run_id).data.params
             except Exception as exc:  # noqa: BLE001  mlflow's own errors: unknown run, no server
-                raise ConfigError(f"--tracker mlflow: cannot continue run {self.run_id} at "
-                                  f"{self.uri}: {_first_line(exc)}") from None  # fmt: skip
+                raise ConfigError(
+                    f"--tracker mlflow: cannot continue run {self.run_id} at "
+                    f"{self.uri}: {_first_line(exc)}"
+                ) from None
             c.update_run(self.run_id, status="RUNNING")
             new = {k: v for k, v in params.items() if k not in have}
-            changed = {k: f"{have[k]} -> {v}" for k, v in params.items()
-                       if k in have and have[k] != v}  # fmt: skip
+            changed = {
+                k: f"{have[k]} -> {v}" for k, v in params.items() if k in have and have[k] != v
+            }
             tags = [RunTag(f"resnetlab.resumed.{k}", v) for k, v in changed.items()]
             self._batch(params=[Param(k, v) for k, v in new.items()], tags=tags)
         else:
@@ -214,8 +224,12 @@ class MLflowTracker:
     def _batch(self, metrics=(), params=(), tags=()) -> None:
         metrics, params, tags = list(metrics), list(params), list(tags)
         for i in range(0, max(len(metrics), len(params), len(tags), 1), 100):  # mlflow's limit
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 100],
-                                  params=params[i : i + 100], tags=tags[i : i + 100])  # fmt: skip
+            self.client.log_batch(
+                self.run_id,
+                metrics=metrics[i : i + 100],
+                params=params[i : i + 100],
+                tags=tags[i : i + 100],
+            )
 
     def log(self, values: dict[str, float], step: int | None) -> None:
         import time
@@ -257,20 +271,29 @@ class WandbTracker:
         run_id = resume.get("run_id") if resume else None
         folder = os.environ.get("WANDB_DIR") or str(run.path)
         try:
-            self.run = w.init(project=self.project, name=run.name, id=run_id or None,
-                              resume="allow" if run_id else None, dir=folder,
-                              config=params, settings=w.Settings(console="off",
-                                                                 silent=True))  # fmt: skip
+            self.run = w.init(
+                project=self.project,
+                name=run.name,
+                id=run_id or None,
+                resume="allow" if run_id else None,
+                dir=folder,
+                config=params,
+                settings=w.Settings(console="off", silent=True),
+            )
         except Exception as exc:  # noqa: BLE001  wandb's own errors: no login, no server
-            raise ConfigError(f"--tracker wandb: {_first_line(exc)} (offline: set "
-                              "WANDB_MODE=offline)") from None  # fmt: skip
+            raise ConfigError(
+                f"--tracker wandb: {_first_line(exc)} (offline: set WANDB_MODE=offline)"
+            ) from None
         if run_id:  # settings a resumed run changed (epochs): the new values win
             self.run.config.update(params, allow_val_change=True)
-        return {"tracker": "wandb", "run_id": self.run.id, "project": self.project,
-                "entity": getattr(self.run, "entity", None) or None,
-                "mode": os.environ.get("WANDB_MODE") or "online",
-                "dir": str(Path(self.run.dir).parent) if getattr(self.run, "dir", None)
-                else None}  # fmt: skip
+        return {
+            "tracker": "wandb",
+            "run_id": self.run.id,
+            "project": self.project,
+            "entity": getattr(self.run, "entity", None) or None,
+            "mode": os.environ.get("WANDB_MODE") or "online",
+            "dir": str(Path(self.run.dir).parent) if getattr(self.run, "dir", None) else None,
+        }
 
     def log(self, values: dict[str, float], step: int | None) -> None:
         self.run.log(values, step=step)
@@ -313,9 +336,11 @@ def _check_reachable(uri: str, timeout: float = 5.0) -> None:
         return  # it answered
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"--tracker mlflow: no tracking server answers at "
-                          f"{_strip_credentials(uri)} ({reason}); start it (mlflow server ...) "
-                          "or give --tracker-uri") from None  # fmt: skip
+        raise ConfigError(
+            f"--tracker mlflow: no tracking server answers at "
+            f"{_strip_credentials(uri)} ({reason}); start it (mlflow server ...) "
+            "or give --tracker-uri"
+        ) from None
 
 
 class RunTracker:
@@ -328,8 +353,11 @@ class RunTracker:
         self.run: RunDir = trainer.run
         self.backend = TRACKERS[cfg.tracker](cfg.tracker_uri, cfg.tracker_project)
         record = read_tracker_record(self.run)
-        resume = record if (trainer.resume_state is not None
-                            and record.get("tracker") == cfg.tracker) else None  # fmt: skip
+        resume = (
+            record
+            if (trainer.resume_state is not None and record.get("tracker") == cfg.tracker)
+            else None
+        )
         params = flat_params(cfg.to_dict())
         params.update(
             {
@@ -338,8 +366,9 @@ class RunTracker:
             }
         )
         self.record = self.backend.start(self.run, params, resume)
-        atomic_write_text(self.run.tracker, json.dumps(self.record, indent=2,
-                                                       ensure_ascii=False) + "\n")  # fmt: skip
+        atomic_write_text(
+            self.run.tracker, json.dumps(self.record, indent=2, ensure_ascii=False) + "\n"
+        )
 
     def epoch(self, row: dict) -> None:
         values = numbers({k: v for k, v in row.items() if k != "epoch"})

@@ -27,8 +27,18 @@ from .runs import aligned, duration, run_row
 # Settings that name where a run is, not what it computes.
 _PLACE = ("out", "name")
 # Colours of the runs, in order (matplotlib's tab10: tells ten runs apart, also in print).
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -71,8 +81,15 @@ def _per_class(run: RunDir, split: str, evaluate: bool, device: str) -> tuple[di
 
     with tempfile.TemporaryDirectory(prefix="resnetlab-compare-") as tmp:
         try:
-            data = evaluate_run(str(run.path), split=split, out_dir=tmp, backend="torch",
-                                precision="fp32", device=device, gradcam=False)  # fmt: skip
+            data = evaluate_run(
+                str(run.path),
+                split=split,
+                out_dir=tmp,
+                backend="torch",
+                precision="fp32",
+                device=device,
+                gradcam=False,
+            )
         except ResnetlabError as exc:
             return {}, f"not evaluated: {exc}"
     return data, f"evaluated now on {split}"
@@ -95,8 +112,10 @@ def compare_runs(
     for r in runs:
         rd = RunDir(r)
         if not rd.has_config():
-            raise MissingFileError(f"{r}: not a run folder (no {rd.CONFIG}); give run folders, "
-                                   "e.g. from `resnetlab runs`")  # fmt: skip
+            raise MissingFileError(
+                f"{r}: not a run folder (no {rd.CONFIG}); give run folders, "
+                "e.g. from `resnetlab runs`"
+            )
         dirs.append(rd)
     labels = _labels(dirs)
     rows = [run_row(rd) for rd in dirs]
@@ -167,19 +186,34 @@ _COMMON = (
 def _metrics(rows, summaries, evals, multilabel: bool, split: str) -> list[dict]:
     out = [
         {"name": "state", "values": [r["state"] for r in rows], "better": None, "show": "text"},
-        {"name": "epochs", "values": [f"{r['epochs_done']}/{r['epochs_planned']}" for r in rows],
-         "better": None, "show": "text"},
-        {"name": "best epoch", "values": [r["best_epoch"] for r in rows], "better": None,
-         "show": "text"},
-    ]  # fmt: skip
+        {
+            "name": "epochs",
+            "values": [f"{r['epochs_done']}/{r['epochs_planned']}" for r in rows],
+            "better": None,
+            "show": "text",
+        },
+        {
+            "name": "best epoch",
+            "values": [r["best_epoch"] for r in rows],
+            "better": None,
+            "show": "text",
+        },
+    ]
     for name, key, better, show in (_MULTILABEL if multilabel else _MULTICLASS) + _COMMON:
         where, k = key.split(":")
         values = [(s if where == "s" else e).get(k) for s, e in zip(summaries, evals)]
         values = [v if isinstance(v, (int, float)) else None for v in values]
         if all(v is None for v in values):
             continue
-        out.append({"name": name.format(split=split), "values": values, "better": better,
-                    "show": show, "best": _best(values, better)})  # fmt: skip
+        out.append(
+            {
+                "name": name.format(split=split),
+                "values": values,
+                "better": better,
+                "show": show,
+                "best": _best(values, better),
+            }
+        )
     return out
 
 
@@ -273,8 +307,10 @@ def format_compare(result: dict, top_classes: int = 15) -> str:
     lines.append("\nmetrics (* best)")
     rows = []
     for m in result["metrics"]:
-        cells = [_show(v, m["show"]) + (" *" if i in m.get("best", []) else "")
-                 for i, v in enumerate(m["values"])]  # fmt: skip
+        cells = [
+            _show(v, m["show"]) + (" *" if i in m.get("best", []) else "")
+            for i, v in enumerate(m["values"])
+        ]
         rows.append([m["name"], *cells])
     lines.append(_indent(aligned(["", *labels], rows, right=set(range(1, len(labels) + 1)))))
     score = "val mAP" if result["task"] == "multilabel" else "val top-1"
@@ -284,9 +320,15 @@ def format_compare(result: dict, top_classes: int = 15) -> str:
         c = result["curves"][label]
         s = [v for v in c["val_score"] if v is not None]
         loss = [v for v in c["train_loss"] if v is not None]
-        rows.append([label, sparkline(c["val_score"]),
-                     f"{pct(s[0])} → {pct(s[-1])}" if s else "-", sparkline(c["train_loss"]),
-                     f"{loss[0]:.3f} → {loss[-1]:.3f}" if loss else "-"])  # fmt: skip
+        rows.append(
+            [
+                label,
+                sparkline(c["val_score"]),
+                f"{pct(s[0])} → {pct(s[-1])}" if s else "-",
+                sparkline(c["train_loss"]),
+                f"{loss[0]:.3f} → {loss[-1]:.3f}" if loss else "-",
+            ]
+        )
     lines.append(_indent(aligned(["", score, "", "train loss", ""], rows, right=set())))
     metric = "AP" if result["per_class_metric"] == "ap" else "F1"
     per_class = result["per_class"]
@@ -296,13 +338,23 @@ def format_compare(result: dict, top_classes: int = 15) -> str:
         for c, vs in list(per_class.items())[:top_classes]:
             have = [v for v in vs if v is not None]
             spread = max(have) - min(have) if len(have) > 1 else None
-            rows.append([c, *[pct(v, 1) if v is not None else "-" for v in vs],
-                         pct(spread, 1) if spread is not None else "-"])  # fmt: skip
-        lines.append(_indent(aligned(["class", *labels, "spread"], rows,
-                                     right=set(range(1, len(labels) + 2)))))  # fmt: skip
+            rows.append(
+                [
+                    c,
+                    *[pct(v, 1) if v is not None else "-" for v in vs],
+                    pct(spread, 1) if spread is not None else "-",
+                ]
+            )
+        lines.append(
+            _indent(
+                aligned(["class", *labels, "spread"], rows, right=set(range(1, len(labels) + 2)))
+            )
+        )
         if len(per_class) > top_classes:
-            lines.append(f"  ... and {len(per_class) - top_classes} more classes (all in the "
-                         "HTML page and --json)")  # fmt: skip
+            lines.append(
+                f"  ... and {len(per_class) - top_classes} more classes (all in the "
+                "HTML page and --json)"
+            )
     for label, where in result["per_class_sources"].items():
         if not (where.startswith("evaluated") or where.endswith("metrics.json")):
             lines.append(f"  {label}: {where}")

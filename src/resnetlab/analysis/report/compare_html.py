@@ -31,13 +31,23 @@ def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     return ticks
 
 
-def svg_chart(series: list[dict], title: str, percent: bool = False, log: bool = False,
-              width: int = 520, height: int = 280) -> str:  # fmt: skip
+def svg_chart(
+    series: list[dict],
+    title: str,
+    percent: bool = False,
+    log: bool = False,
+    width: int = 520,
+    height: int = 280,
+) -> str:
     """One chart as inline SVG: ``series`` of ``{"label", "color", "x", "y", "dash"}``
     overlaid, with axes, ticks and a tooltip on every point."""
     e = html.escape
-    points = [(x, y) for s in series for x, y in zip(s["x"], s["y"])
-              if y is not None and math.isfinite(y) and (not log or y > 0)]  # fmt: skip
+    points = [
+        (x, y)
+        for s in series
+        for x, y in zip(s["x"], s["y"])
+        if y is not None and math.isfinite(y) and (not log or y > 0)
+    ]
     left, right, top, bottom = 56, 12, 26, 34
     w, h = width - left - right, height - top - bottom
     out = [
@@ -45,7 +55,7 @@ def svg_chart(series: list[dict], title: str, percent: bool = False, log: bool =
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">',
         f'<text x="{left}" y="16" font-size="13" font-weight="600">{e(title)}</text>',
     ]
-    # fmt: skip
+
     if not points:
         out.append(f'<text x="{left}" y="{top + h / 2}" fill="#5b6777">no values</text></svg>')
         return "".join(out)
@@ -69,33 +79,44 @@ def svg_chart(series: list[dict], title: str, percent: bool = False, log: bool =
         return top + h - (f(y) - y0) / (y1 - y0) * h
 
     # axes, grid and ticks
-    out.append(f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" '
-               'stroke="#dde3ea"/>')  # fmt: skip
+    out.append(
+        f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#dde3ea"/>'
+    )
     ticks = _nice_ticks(y0, y1)
     for t in ticks:
         if not y0 - 1e-9 <= t <= y1 + 1e-9:
             continue
         y = top + h - (t - y0) / (y1 - y0) * h
         label = f"{t:.0%}" if percent else (f"{10**t:.2g}" if log else f"{t:.3g}")
-        out.append(f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
-                   f'stroke="#eef1f4"/><text x="{left - 6}" y="{y + 4:.1f}" font-size="11" '
-                   f'text-anchor="end" fill="#5b6777">{label}</text>')  # fmt: skip
+        out.append(
+            f'<line x1="{left}" x2="{left + w}" y1="{y:.1f}" y2="{y:.1f}" '
+            f'stroke="#eef1f4"/><text x="{left - 6}" y="{y + 4:.1f}" font-size="11" '
+            f'text-anchor="end" fill="#5b6777">{label}</text>'
+        )
     epochs = sorted({int(x) for x in xs})
     step = max(1, math.ceil(len(epochs) / 10))
     for x in epochs[::step]:
-        out.append(f'<text x="{px(x):.1f}" y="{top + h + 16}" font-size="11" '
-                   f'text-anchor="middle" fill="#5b6777">{x}</text>')  # fmt: skip
-    out.append(f'<text x="{left + w / 2}" y="{height - 4}" font-size="11" text-anchor="middle" '
-               'fill="#5b6777">epoch</text>')  # fmt: skip
+        out.append(
+            f'<text x="{px(x):.1f}" y="{top + h + 16}" font-size="11" '
+            f'text-anchor="middle" fill="#5b6777">{x}</text>'
+        )
+    out.append(
+        f'<text x="{left + w / 2}" y="{height - 4}" font-size="11" text-anchor="middle" '
+        'fill="#5b6777">epoch</text>'
+    )
     for s in series:
-        pts = [(x, y) for x, y in zip(s["x"], s["y"])
-               if y is not None and math.isfinite(y) and (not log or y > 0)]  # fmt: skip
+        pts = [
+            (x, y)
+            for x, y in zip(s["x"], s["y"])
+            if y is not None and math.isfinite(y) and (not log or y > 0)
+        ]
         if not pts:
             continue
         dash = ' stroke-dasharray="5 4"' if s.get("dash") else ""
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
-        out.append(f'<polyline points="{path}" fill="none" stroke="{s["color"]}" '
-                   f'stroke-width="2"{dash}/>')  # fmt: skip
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{s["color"]}" stroke-width="2"{dash}/>'
+        )
         for x, y in pts:
             shown = f"{y:.2%}" if percent else f"{y:.4g}"
             out.append(
@@ -111,8 +132,9 @@ def compare_html(result: dict) -> str:
     e = html.escape
     labels = result["labels"]
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(labels))]
-    chip = [f'<span class="chip" style="background:{c}"></span>{e(n)}'
-            for n, c in zip(labels, colors)]  # fmt: skip
+    chip = [
+        f'<span class="chip" style="background:{c}"></span>{e(n)}' for n, c in zip(labels, colors)
+    ]
     head = "".join(f"<th>{c}</th>" for c in chip)
     runs = "".join(
         f"<tr><td>{chip[i]}</td><td>{e(str(r['model']))}</td><td>{e(str(r['data']))}</td>"
@@ -141,10 +163,11 @@ def compare_html(result: dict) -> str:
     rows = ""
     for m in result["metrics"]:
         cells = "".join(
-            f"<td class=best>{e(_show(v, m['show']))}</td>" if i in m.get("best", [])
+            f"<td class=best>{e(_show(v, m['show']))}</td>"
+            if i in m.get("best", [])
             else f"<td>{e(_show(v, m['show']))}</td>"
             for i, v in enumerate(m["values"])
-        )  # fmt: skip
+        )
         rows += f"<tr><td>{e(m['name'])}</td>{cells}</tr>"
     sections.append(
         f'<section id="metrics"><h2>Metrics</h2><p class=muted>The best of each row '
@@ -154,18 +177,30 @@ def compare_html(result: dict) -> str:
     score = "val mAP" if result["task"] == "multilabel" else "val top-1"
 
     def series(key: str, dash: bool = False, suffix: str = "") -> list[dict]:
-        return [{"label": n + suffix, "color": c, "x": curves[n]["epoch"], "y": curves[n][key],
-                 "dash": dash} for n, c in zip(labels, colors)]  # fmt: skip
+        return [
+            {
+                "label": n + suffix,
+                "color": c,
+                "x": curves[n]["epoch"],
+                "y": curves[n][key],
+                "dash": dash,
+            }
+            for n, c in zip(labels, colors)
+        ]
 
     charts = [
         svg_chart(series("val_score"), score, percent=True),
-        svg_chart(series("val_loss", suffix=" val") + series("train_loss", True, " train"),
-                  "loss (solid: val, dashed: train)"),
+        svg_chart(
+            series("val_loss", suffix=" val") + series("train_loss", True, " train"),
+            "loss (solid: val, dashed: train)",
+        ),
         svg_chart(series("lr"), "learning rate"),
-    ]  # fmt: skip
+    ]
     legend = " ".join(f'<span class="legend">{c}</span>' for c in chip)
-    sections.append(f'<section id="curves"><h2>Learning curves</h2><p>{legend}</p>'
-                    f'<div class="charts">{"".join(charts)}</div></section>')  # fmt: skip
+    sections.append(
+        f'<section id="curves"><h2>Learning curves</h2><p>{legend}</p>'
+        f'<div class="charts">{"".join(charts)}</div></section>'
+    )
     metric = "AP" if result["per_class_metric"] == "ap" else "F1"
     per_class = result["per_class"]
     if per_class:
@@ -175,20 +210,26 @@ def compare_html(result: dict) -> str:
             spread = max(have) - min(have) if len(have) > 1 else None
             best = _best(vs, "max")
             cells = "".join(
-                (f'<td class=best>{pct(v, 1)}</td>' if i in best else f"<td>{pct(v, 1)}</td>")
-                if v is not None else "<td>-</td>"
+                (f"<td class=best>{pct(v, 1)}</td>" if i in best else f"<td>{pct(v, 1)}</td>")
+                if v is not None
+                else "<td>-</td>"
                 for i, v in enumerate(vs)
-            )  # fmt: skip
-            bar = (f'<span class="bar" style="width:{spread * 100:.0f}px"></span>'
-                   f"{pct(spread, 1)}" if spread is not None else "-")  # fmt: skip
+            )
+            bar = (
+                f'<span class="bar" style="width:{spread * 100:.0f}px"></span>{pct(spread, 1)}'
+                if spread is not None
+                else "-"
+            )
             rows += f"<tr><td>{e(c)}</td>{cells}<td class=spread>{bar}</td></tr>"
         body = f"<table><tr><th>class</th>{head}<th>spread</th></tr>{rows}</table>"
     else:
         body = "<p>No per-class numbers: none of the runs could be evaluated.</p>"
     notes = "".join(f"<li>{e(n)}: {e(w)}</li>" for n, w in result["per_class_sources"].items())
-    sections.append(f'<section id="per-class"><h2>Per-class {metric} on {e(result["split"])}'
-                    "</h2><p class=muted>Largest differences between the runs first.</p>"
-                    f"{body}<ul class=muted>{notes}</ul></section>")  # fmt: skip
+    sections.append(
+        f'<section id="per-class"><h2>Per-class {metric} on {e(result["split"])}'
+        "</h2><p class=muted>Largest differences between the runs first.</p>"
+        f"{body}<ul class=muted>{notes}</ul></section>"
+    )
     configs = "".join(
         f"<details><summary>{chip[i]}</summary><pre>{e(_yaml(cfg))}</pre></details>"
         for i, cfg in enumerate(result["configs"])

@@ -78,10 +78,12 @@ def _calibration_section(rd: RunDir, figures: Path, ev: dict) -> str:
     cal = json.loads(rd.calibration.read_text(encoding="utf-8"))
     t = float(cal["temperature"])
     png = plot_reliability(
-        [("before calibration", cal["reliability_before"]),
-         (f"after (T = {t:.3g})", cal["reliability_after"])],
+        [
+            ("before calibration", cal["reliability_before"]),
+            (f"after (T = {t:.3g})", cal["reliability_after"]),
+        ],
         figures / "reliability.png",
-    )  # fmt: skip
+    )
     cards = [
         ("temperature", f"{t:.3g}"),
         (f"ECE before ({cal.get('split', 'val')})", _pct(cal["ece_before"])),
@@ -142,8 +144,9 @@ def build_report(
     loaded = load_model(run)
     meta = loaded.meta
     # Summarised before evaluation moves the model to the evaluation device.
-    model_text = format_summary(meta.model, summarize(loaded.model, tuple(meta.input_size),
-                                                       depth=1))  # fmt: skip
+    model_text = format_summary(
+        meta.model, summarize(loaded.model, tuple(meta.input_size), depth=1)
+    )
     ev = evaluate_run(loaded, data=data, top_losses=top_losses, out_dir=figures)
     curves = plot_curves(history, figures / "curves.png", meta.model) if history else None
 
@@ -173,8 +176,10 @@ def build_report(
             ("classes", str(len(meta.classes))),
         ]
     if multilabel:
-        per_class_head = ("<th>label</th><th>AP</th><th>precision</th><th>recall</th><th>F1</th>"
-                          "<th>threshold</th><th>support</th>")  # fmt: skip
+        per_class_head = (
+            "<th>label</th><th>AP</th><th>precision</th><th>recall</th><th>F1</th>"
+            "<th>threshold</th><th>support</th>"
+        )
         per_class_rows = "".join(
             f"<tr><td>{e(name)}</td><td>{_pct(m['ap'])}</td><td>{_pct(m['precision'])}</td>"
             f"<td>{_pct(m['recall'])}</td><td>{_pct(m['f1'])}</td>"
@@ -182,8 +187,9 @@ def build_report(
             for name, m in ev["per_class"].items()
         )
     else:
-        per_class_head = ("<th>class</th><th>precision</th><th>recall</th><th>F1</th>"
-                          "<th>support</th>")  # fmt: skip
+        per_class_head = (
+            "<th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
+        )
         per_class_rows = "".join(
             f"<tr><td>{e(name)}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
             f"<td>{_pct(m['f1'])}</td><td>{m['support']}</td></tr>"
@@ -200,16 +206,26 @@ def build_report(
 
     # Multi-label: train_top1 holds the exact-match ratio; val mAP picks the best epoch.
     history_cols = (
-        ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_exact_match", "val_map",
-         "seconds") if multilabel
+        (
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_top1",
+            "val_loss",
+            "val_exact_match",
+            "val_map",
+            "seconds",
+        )
+        if multilabel
         else ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
-    )  # fmt: skip
+    )
     history_head = (
         "<th>epoch</th><th>lr</th><th>train loss</th><th>train exact match</th><th>val loss</th>"
-        "<th>val exact match</th><th>val mAP</th><th>seconds</th>" if multilabel
+        "<th>val exact match</th><th>val mAP</th><th>seconds</th>"
+        if multilabel
         else "<th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th><th>val loss</th>"
         "<th>val top-1</th><th>seconds</th>"
-    )  # fmt: skip
+    )
     history_rows = "".join(
         "<tr>" + "".join(f"<td>{cell(r, k)}</td>" for k in history_cols) + "</tr>" for r in history
     )
@@ -250,7 +266,7 @@ def build_report(
             _img(Path(ev["files"]["top_losses_png"]), "top losses")
             if "top_losses_png" in ev["files"]
             else "<p>none</p>"
-        )  # fmt: skip
+        )
         + _gradcam_gallery(ev)
         + "</section>",
         _thresholds_section(rd) if multilabel else _calibration_section(rd, figures, ev),

@@ -30,12 +30,41 @@ from ...core.files import FolderLock
 from ...core.fmt import ljust, pct, rjust, width
 
 # The columns of the table (and the keys --sort and --filter know first).
-COLUMNS = ("name", "model", "data", "task", "epochs", "best_val", "test", "calibration", "time",
-           "date", "state")  # fmt: skip
+COLUMNS = (
+    "name",
+    "model",
+    "data",
+    "task",
+    "epochs",
+    "best_val",
+    "test",
+    "calibration",
+    "time",
+    "date",
+    "state",
+)
 # JSON/CSV keys, in order; --filter also knows every key of the runs' config.yaml.
-KEYS = ("name", "path", "model", "data", "task", "epochs_done", "epochs_planned", "best_epoch",
-        "best_val", "best_val_metric", "test", "test_metric", "temperature", "ece_before",
-        "ece_after", "train_seconds", "date", "state", "reason")  # fmt: skip
+KEYS = (
+    "name",
+    "path",
+    "model",
+    "data",
+    "task",
+    "epochs_done",
+    "epochs_planned",
+    "best_epoch",
+    "best_val",
+    "best_val_metric",
+    "test",
+    "test_metric",
+    "temperature",
+    "ece_before",
+    "ece_after",
+    "train_seconds",
+    "date",
+    "state",
+    "reason",
+)
 # Column -> the key it sorts and filters by, where the two differ.
 _SORT_KEY = {"epochs": "epochs_done", "time": "train_seconds", "calibration": "ece_after"}
 _FRACTIONS = ("best_val", "test", "ece_before", "ece_after")
@@ -119,9 +148,11 @@ def run_state(run: RunDir) -> tuple[str, str | None]:
     if run.lock.exists():  # left by a process that ended without letting go of the folder
         pid = FolderLock.holder(run.lock)
         who = f"process {pid}" if pid else "its process"
-        return "failed", (f"killed: {who} ended without finishing or saying why (SIGKILL, out "
-                          "of memory, a lost machine); train --resume continues from the "
-                          "last checkpoint")  # fmt: skip
+        return "failed", (
+            f"killed: {who} ended without finishing or saying why (SIGKILL, out "
+            "of memory, a lost machine); train --resume continues from the "
+            "last checkpoint"
+        )
     status = read_status(run)
     if status.get("state") in ("finished", "stopped", "failed"):
         return status["state"], status.get("reason")
@@ -210,11 +241,12 @@ def run_row(run: RunDir, root: str | os.PathLike | None = None) -> dict[str, Any
         "ece_after": calibration.get("ece_after") if not multilabel else None,
         "train_seconds": round(seconds, 3) if seconds is not None else None,
         "date": datetime.fromtimestamp(changed).astimezone().isoformat(timespec="seconds")
-        if changed else None,
+        if changed
+        else None,
         "state": state,
         "reason": reason,
         "config": cfg,
-    }  # fmt: skip
+    }
 
 
 def list_runs(
@@ -238,8 +270,10 @@ def sort_rows(rows: list[dict], sort: str, reverse: bool = False) -> list[dict]:
     key = sort.lstrip("-")
     key = _SORT_KEY.get(key, key)
     if rows and not _known_key(key, rows):
-        raise ConfigError(f"--sort {sort}: not a column; use one of {', '.join(COLUMNS)} (or a "
-                          "setting of config.yaml)")  # fmt: skip
+        raise ConfigError(
+            f"--sort {sort}: not a column; use one of {', '.join(COLUMNS)} (or a "
+            "setting of config.yaml)"
+        )
     have = [r for r in rows if _value(r, key) is not None]
     missing = [r for r in rows if _value(r, key) is None]
     have.sort(key=lambda r: r["name"])
@@ -276,8 +310,10 @@ def parse_filter(expr: str):
     ``--json``, or a setting of config.yaml (``lr``, ``optimizer``, ``batch_size``, ...)."""
     m = _FILTER.match(expr)
     if not m:
-        raise ConfigError(f"--filter {expr!r}: expected KEY OP VALUE with OP one of = != < <= > "
-                          ">= ~ (e.g. state=finished, test>0.9, model=resnet*)")  # fmt: skip
+        raise ConfigError(
+            f"--filter {expr!r}: expected KEY OP VALUE with OP one of = != < <= > "
+            ">= ~ (e.g. state=finished, test>0.9, model=resnet*)"
+        )
     key, op, want = m.group(1).replace("-", "_"), m.group(2), m.group(3)
     key = _SORT_KEY.get(key, key)
 
@@ -330,8 +366,10 @@ def check_filters(filters: Iterable[str], rows: list[dict]) -> None:
     for f in filters:
         key = parse_filter(f).key
         if rows and not _known_key(key, rows):
-            raise ConfigError(f"--filter {f}: no run has {key!r}; filter on a column "
-                              f"({', '.join(COLUMNS)}) or a setting of config.yaml")  # fmt: skip
+            raise ConfigError(
+                f"--filter {f}: no run has {key!r}; filter on a column "
+                f"({', '.join(COLUMNS)}) or a setting of config.yaml"
+            )
 
 
 # ------------------------------------------------------------------------------- output
@@ -381,13 +419,34 @@ def format_runs(rows: list[dict], folder: str | os.PathLike) -> str:
     for r in rows:
         planned = r["epochs_planned"] if r["epochs_planned"] is not None else "?"
         date = (r["date"] or "-")[:16].replace("T", " ")
-        body.append([
-            r["name"], str(r["model"] or "-"), _short(r["data"]), r["task"],
-            f"{r['epochs_done']}/{planned}", _score(r, "best_val"), _score(r, "test"),
-            calibration_text(r), duration(r["train_seconds"]), date, r["state"],
-        ])  # fmt: skip
-    head = ["run", "model", "data", "task", "epochs", "best val", "test", "calibration", "time",
-            "date", "state"]  # fmt: skip
+        body.append(
+            [
+                r["name"],
+                str(r["model"] or "-"),
+                _short(r["data"]),
+                r["task"],
+                f"{r['epochs_done']}/{planned}",
+                _score(r, "best_val"),
+                _score(r, "test"),
+                calibration_text(r),
+                duration(r["train_seconds"]),
+                date,
+                r["state"],
+            ]
+        )
+    head = [
+        "run",
+        "model",
+        "data",
+        "task",
+        "epochs",
+        "best val",
+        "test",
+        "calibration",
+        "time",
+        "date",
+        "state",
+    ]
     text = aligned(head, body, right={4, 5, 6, 8})
     counts: dict[str, int] = {}
     for r in rows:
