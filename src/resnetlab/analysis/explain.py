@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..core.errors import ConfigError
+from ..core.optional import require
 from ..data.images import ImageDecodeError, from_pil, open_image
 from ..data.transforms import BatchTransform, file_transform, stack_images
 
@@ -69,14 +70,8 @@ def target_layer(model: nn.Module) -> tuple[nn.Module, bool]:
 
 
 def _captum():
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-    except ImportError as exc:
-        raise ConfigError(
-            "explanations need the captum package: pip install 'resnetlab[explain]' "
-            "(or pip install captum)"
-        ) from exc
-    return LayerGradCam, LayerAttribution
+    attr = require("captum.attr", "explanations (Grad-CAM)")
+    return attr.LayerGradCam, attr.LayerAttribution
 
 
 def _targets(target: int | Sequence[int] | torch.Tensor, n: int, num_classes: int) -> list[int]:

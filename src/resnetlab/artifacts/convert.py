@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, WeightsError
+from ..core.optional import require
 
 # MindSpore's tensor_type names to numpy dtypes (bf16 is widened to float32 below).
 MS_DTYPES = {
@@ -134,7 +135,7 @@ def mindspore_to_torchvision(tensors: dict[str, np.ndarray]) -> tuple[dict, list
 
 def read_keras(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Each layer's weights in Keras' order (conv: kernel, bias; BN: gamma, beta, mean, var)."""
-    import h5py
+    h5py = require("h5py", "converting a Keras .h5 checkpoint")
 
     path = Path(path)
     try:

@@ -401,6 +401,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ..core.optional import require
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):
+        require(module, "resnetlab serve")
     from ..serve.app import serve
 
     serve(

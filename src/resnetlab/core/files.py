@@ -76,6 +76,16 @@ def make_dirs(path: str | os.PathLike) -> Path:
     return path
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file another library wrote (``onnx.save``, ``torch.jit.save``) to the disk
+    before it is renamed into place, as every atomic write here does."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, then ``os.replace`` over ``path``.
 

@@ -13,6 +13,7 @@ from ..artifacts.run import RunDir
 from ..core.errors import ConfigError, ResnetlabError, TrainingError
 from ..core.files import atomic_write_text
 from ..core.fmt import pct
+from ..core.optional import require
 from ..core.plots import plot_tune_history
 from ..train import TrainConfig, Trainer, resolve_config
 
@@ -127,7 +128,7 @@ def run_tune(
     None means "not given": the study's saved value, or ``NEW_STUDY_DEFAULTS`` for a new study.
     Continuing a study with a different fixed setting raises ValueError.
     """
-    import optuna
+    optuna = require("optuna", "resnetlab tune")
     from optuna.trial import TrialState
 
     out = Path(out)

@@ -28,6 +28,7 @@ from ..artifacts.run import RunDir, user_cache_dir
 from ..core.device import as_device, autocast, resolve_precision
 from ..core.errors import ConfigError, MissingFileError, StaleExportError
 from ..core.fmt import shell_command
+from ..core.optional import require
 from ..metrics.fingerprint import weights_fingerprint
 from .export import (
     WEIGHTS_KEY,
@@ -328,13 +329,7 @@ def _prune(cache: Path) -> None:
 
 
 def _openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise ConfigError(
-            "the openvino backends need the openvino package: pip install 'resnetlab[openvino]'"
-        ) from None
-    return openvino
+    return require("openvino", "the openvino backends")
 
 
 @register_backend

@@ -19,8 +19,10 @@ from ..core.errors import (
     ExportError,
     FileConflictError,
 )
+from ..core.files import fsync_file as _fsync
 from ..core.files import writing
 from ..core.fmt import pct
+from ..core.optional import require
 from ..metrics.fingerprint import weights_fingerprint
 from ..metrics.logits import iter_logits
 from .exported import META_KEY, onnx_session
@@ -79,7 +81,8 @@ def _set_metadata(proto, items: dict[str, str]) -> None:
 
 
 def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
-    import onnx
+    onnx = require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export")
 
     model = loaded.model.float().eval().to("cpu", memory_format=torch.contiguous_format)
     c, h, w = loaded.meta.input_size
@@ -104,6 +107,7 @@ def export_onnx(loaded: LoadedModel, path: Path, opset: int = 18) -> Path:
     with writing(path):  # a full disk or no permission: one line naming the export
         try:
             onnx.save(proto, str(tmp))
+            _fsync(tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -129,6 +133,7 @@ def export_torchscript(loaded: LoadedModel, path: Path) -> Path:
         with writing(path):
             try:
                 torch.jit.save(scripted, str(tmp), _extra_files=extra)
+                _fsync(tmp)
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -270,7 +275,8 @@ def quantize_int8(
     says so) so the change in accuracy is known, not assumed. With ``min_agreement``, a model
     whose top-1 agrees with fp32 on fewer images is an ``ExportError`` and ``path`` is left as
     it was (an earlier export there stays)."""
-    import onnx
+    onnx = require("onnx", "--int8")
+    require("onnxruntime", "--int8")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -333,6 +339,7 @@ def quantize_int8(
                 f"{pct(report['agreement'], 1)} of {report['measured_on']} (needs "
                 f"{pct(min_agreement, 0)}); {advice}"
             )
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         for leftover in (tmp_pre, tmp):

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..artifacts.run import ModelMeta
 from ..core.errors import ExportError, MissingFileError, WeightsError
+from ..core.optional import require
 
 # The metadata keys an ONNX export carries (``export._metadata`` writes them).
 META_KEY = "resnetlab.model_json"  # the whole model.json
@@ -28,7 +29,7 @@ TORCHSCRIPT_META = "resnetlab.json"  # TorchScript's extra file
 def check_external_data(path: Path) -> None:
     """External tensor files must lie inside the model's own folder (no absolute paths, no
     ``..``): a crafted model could otherwise make the runtime read any file."""
-    import onnx
+    onnx = require("onnx", "loading an ONNX model")
     from onnx.external_data_helper import uses_external_data
 
     model = onnx.load(str(path), load_external_data=False)
@@ -46,7 +47,7 @@ def check_external_data(path: Path) -> None:
 
 
 def onnx_session(path: str | os.PathLike):
-    import onnxruntime as ort
+    ort = require("onnxruntime", "running an ONNX model")
 
     path = Path(path)
     if not path.is_file():

@@ -33,11 +33,11 @@ from ..data.transforms import BatchTransform, file_transform, stack_images
 from ..metrics.calibration import apply_temperature
 from ..metrics.multilabel import DEFAULT_THRESHOLD, label_rows
 from ..metrics.multilabel import probabilities as sigmoid_probabilities
-from .backends import BACKENDS, check_backend, create_backend, run_streams
+from .backends import check_backend, create_backend, run_streams
 from .loading import LoadedModel, load_model, pretrained_model
 from .tta import check_tta, tta_logits
 
-__all__ = ["BACKENDS", "Predictor", "build_predictor", "check_topk", "expand_inputs"]
+__all__ = ["Predictor", "build_predictor", "check_topk", "expand_inputs"]
 
 # Classes per image when --topk is not given (a multi-label model gives every label above its
 # threshold instead).

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import ConfigError
+from ..core.optional import MissingDependencyError
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
 from ..inference.predict import Predictor
 from ..inference.tta import PASSES, check_tta
@@ -295,10 +296,10 @@ def create_app(
             png, e = await loop.run_in_executor(
                 None, run_explain, image, request.query_params.get("class")
             )
-        except ConfigError as exc:
-            # No Captum is the server's to fix (501); an unknown class the client's (400).
-            status = 501 if "captum" in str(exc) else 400
-            raise HTTPError(status, str(exc)) from None
+        except MissingDependencyError as exc:  # no Captum: the server's to fix
+            raise HTTPError(501, str(exc)) from None
+        except ConfigError as exc:  # an unknown class: the client's
+            raise HTTPError(400, str(exc)) from None
         headers = {
             "X-Class": quote(e.label, safe=""),
             "X-Class-Index": str(e.index),
