@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import ConfigError
+from ..core.optional import require
 from .display import HTML_ROWS, _pct, _png, _png_of, _table
 
 
@@ -91,10 +91,7 @@ class Predictions(Sequence):
     def to_pandas(self):
         """A ``pandas.DataFrame``: one row per input (``name``, ``label``, ``prob``,
         ``error``, then one column of probabilities per class)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ConfigError("to_pandas needs pandas: pip install pandas") from None
+        pd = require("pandas", "to_pandas")
         best = [t[0] if t else None for t in self.topk(1)]
         frame = pd.DataFrame(
             {

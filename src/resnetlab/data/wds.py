@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 
 from ..core.errors import DataError, ImageDecodeError
+from ..core.optional import require
 from .images import IMAGE_EXTENSIONS, MAX_PIXELS, open_image
 from .loader import mix_seed
 from .sources import SPLITS, Shards, Source, Split
@@ -55,13 +56,7 @@ _TORCHVISION_DEPRECATION = "The image decoding and encoding capabilities of Torc
 
 
 def require_webdataset():
-    try:
-        import webdataset
-    except ImportError:
-        raise DataError(
-            "wds: data needs the webdataset package: pip install 'resnetlab[wds]'"
-        ) from None
-    return webdataset
+    return require("webdataset", "wds: data")
 
 
 # ------------------------------------------------------------------------ finding shards

@@ -7,8 +7,8 @@ import io
 import sys
 from pathlib import Path
 
-from ..core.errors import ConfigError
 from ..core.files import atomic_write_text
+from ..core.optional import require
 from ..core.progress import Meter, is_terminal
 
 METRIC_COLUMNS = [
@@ -89,12 +89,9 @@ class Progress:
 
 class TensorBoard:
     def __init__(self, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise ConfigError(
-                "--tensorboard needs the tensorboard package: pip install tensorboard"
-            ) from exc
+        require("tensorboard", "--tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(folder))
 
     def log(self, row: dict) -> None:
