@@ -63,7 +63,8 @@ class Server:
         self.banner = self.proc.stdout.readline()
         # Its log, read as it comes: a full pipe would stall the server.
         self.log: list[str] = []
-        threading.Thread(target=self._read_log, daemon=True).start()
+        self.reader = threading.Thread(target=self._read_log, daemon=True)
+        self.reader.start()
         # The URL is printed only once the port accepts connections.
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
@@ -612,16 +613,16 @@ def test_processes_share_the_port_and_stop_without_traceback(run):
             b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
             b"Content-Length: 5000\r\n\r\n\x89PNG"
         )
-        for _ in range(100):
-            if "resnetlab_requests_reading 1.0" in s.request("GET", "/metrics")[1]:
-                break
+        deadline = time.time() + 30  # the upload is being read (a loaded machine is slow)
+        while "resnetlab_requests_reading 1.0" not in s.request("GET", "/metrics")[1]:
+            assert time.time() < deadline, "the half-sent upload was never being read"
             time.sleep(0.05)
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(timeout=60) == 0
         half.close()
     finally:
         s.stop()
-    time.sleep(0.2)  # the log reader's last lines
+    s.reader.join(timeout=30)  # the log to its end
     log = "".join(s.log)
     assert "Traceback" not in log and "CancelledError" not in log
     assert "cut off by the shutdown" in log
