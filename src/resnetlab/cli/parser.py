@@ -7,13 +7,9 @@ import argparse
 
 from ..core.device import PRECISIONS
 from ..core.options import add_options
-
-
-def _args(p: argparse.ArgumentParser, *specs: tuple) -> argparse.ArgumentParser:
-    """``(flags, {argparse keywords})`` pairs, so a parser reads as a table."""
-    for flags, kw in specs:
-        p.add_argument(*flags.split(), **kw)
-    return p
+from .flags import _args
+from .serve_parser import add_serve_parser
+from .train_parser import add_experiment_parsers, add_train_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         only=("val_ratio", "test_ratio", "in_chans", "download", "max_bad_fraction"),
         suppress=False,
     )
-    _add_train_parser(sub)
+    add_train_parser(sub)
     _args(
         sub.add_parser("evaluate", help="top-1/top-5, per-class metrics, confusion matrix"),
         run,
@@ -319,136 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("--data", {"help": "images for --int8 when the model has no run folder"}),
     )
-    _args(
-        sub.add_parser("experiment", help="experiments; `degradation`: plain vs residual"),
-        ("name", {"choices": ["degradation"]}),
-        ("--data", {"default": "digits"}),
-        ("--depths", {"type": int, "nargs": "+", "default": [20, 56]}),
-        ("--epochs", {"type": int, "default": 12}),
-        ("--seeds", {"type": int, "default": 1, "help": "runs per net; reports mean ± std"}),
-        ("--recipe", {"help": "e.g. paper-cifar"}),
-        ("--batch-size", {"type": int}),
-        ("--lr", {"type": float}),
-        ("--precision", {"choices": PRECISIONS}),
-        device,
-        ("--out", {"help": "output folder (default runs/degradation-TIME)"}),
-    )
-    _args(
-        sub.add_parser("tune", help="hyper-parameter search (Optuna), resumable"),
-        ("--data", {"help": "DATA (default digits; a continued study keeps its own)"}),
-        ("--model", {"help": "default resnet20; a continued study keeps its own"}),
-        ("--epochs", {"type": int, "help": "per trial (default 8; a continued study: its own)"}),
-        ("--trials", {"type": int, "default": 10, "help": "finished trials wanted in total"}),
-        ("--timeout", {"type": float, "help": "seconds for this invocation"}),
-        ("--storage", {"help": "Optuna storage URL (default sqlite:///OUT/study.db)"}),
-        ("--out", {"default": "runs/tune"}),
-        ("--config", {"help": "base settings YAML"}),
-        (
-            "--device",
-            {
-                "help": "auto (CUDA, MPS, CPU), cpu, cuda[:N], mps (default auto; a "
-                "continued study: its own)"
-            },
-        ),
-        ("--seed", {"type": int, "default": 0}),
-    )
-    _args(
-        sub.add_parser("serve", help="HTTP API + upload page for a trained model"),
-        ("run", {}),
-        ("--host", {"default": "127.0.0.1", "help": "default 127.0.0.1 (this machine only)"}),
-        ("--port", {"type": int, "default": 8000}),
-        backend,
-        device,
-        (
-            "--precision",
-            {
-                "default": "fp32",
-                "choices": PRECISIONS,
-                "help": "fp32 (default) gives the same probabilities alone or batched",
-            },
-        ),
-        ("--max-batch", {"type": int, "default": 16, "help": "1 turns micro-batching off"}),
-        ("--max-wait-ms", {"type": float, "default": 5.0}),
-        (
-            "--max-queue",
-            {
-                "type": int,
-                "default": 256,
-                "help": "prediction requests in progress at once (being read, "
-                "decoded, queued or run); beyond this: 503 + Retry-After at once, "
-                "before the body is read. Memory is bounded by --max-reading, not "
-                "by this; it bounds the wait (256 / the images per second)",
-            },
-        ),
-        (
-            "--max-reading",
-            {
-                "type": int,
-                "help": "of those, how many read and decode their "
-                "upload at once, each holding up to --max-body-mb (default 2 x "
-                "--workers); the others wait, unread",
-            },
-        ),
-        (
-            "--max-connections",
-            {"type": int, "default": 1024, "help": "open connections; beyond this: 503"},
-        ),
-        ("--max-body-mb", {"type": float, "default": 10.0}),
-        ("--workers", {"type": int, "default": 2, "help": "image-decoding threads"}),
-        (
-            "--processes",
-            {
-                "type": int,
-                "default": 1,
-                "help": "serving processes sharing the port, each with its own model "
-                "and its share of the CPU threads",
-            },
-        ),
-        (
-            "--api-key",
-            {
-                "help": "required on every route but /health, /livez, /readyz, as "
-                "'Authorization: Bearer KEY' or 'X-API-Key: KEY' (default: "
-                "$RESNETLAB_API_KEY; none: no key)"
-            },
-        ),
-        (
-            "--cors-origin",
-            {
-                "action": "append",
-                "metavar": "ORIGIN",
-                "help": "let pages from ORIGIN (e.g. https://app.example.com, or *) "
-                "call the API from a browser; repeatable",
-            },
-        ),
-        (
-            "--shutdown-timeout",
-            {
-                "type": float,
-                "default": 10.0,
-                "metavar": "SECONDS",
-                "help": "on SIGTERM/Ctrl-C, how long requests in flight may "
-                "take to finish before they are cut off",
-            },
-        ),
-        (
-            "--log-level",
-            {
-                "default": "info",
-                "choices": ["debug", "info", "warning", "error"],
-                "help": "info: one access line per request",
-            },
-        ),
-        (
-            "--log-format",
-            {
-                "default": "text",
-                "choices": ["text", "json"],
-                "help": "json: one object a line (client, bytes, status, time, request id)",
-            },
-        ),
-        tta,
-    )
+    add_experiment_parsers(sub, device)
+    add_serve_parser(sub, backend, device, tta)
     _args(
         sub.add_parser("explain", help="Grad-CAM overlays (PNG): where the model looked"),
         run,
@@ -603,32 +471,3 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag,
     )
     return parser
-
-
-def _add_train_parser(sub) -> None:
-    from ..train.config import TrainConfig
-
-    p = sub.add_parser(
-        "train",
-        help="train a model; writes a run folder",
-        description="Train from scratch, fine-tune or feature-extract. Flags override "
-        "--config FILE.yaml, which overrides --recipe, which overrides the defaults.",
-    )
-    add_options(p, TrainConfig)
-    run = p.add_argument_group("run")
-    _args(
-        run,
-        ("--config", {"help": "YAML file of settings (e.g. a run's config.yaml)"}),
-        ("--resume", {"help": "run folder or checkpoint to continue"}),
-        ("--lr-find", {"action": "store_true", "help": "run an LR range test and stop"}),
-        (
-            "--folds",
-            {
-                "type": int,
-                "metavar": "K",
-                "help": "k-fold cross-validation: K "
-                "stratified runs under OUT/NAME; the same command resumes",
-            },
-        ),
-        ("--quiet", {"action": "store_true", "help": "no progress output"}),
-    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import socket
 import sys
@@ -12,17 +11,18 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.errors import ConfigError
-from ..core.optional import MissingDependencyError
 from ..data.images import DECODE_FORMATS, ImageDecodeError, open_image
 from ..inference.predict import Predictor
 from ..inference.tta import PASSES, check_tta
 from .batcher import MicroBatcher, QueueFull
+from .explain_route import add_explain_route
 from .gate import Admission, Gate, Guard
 from .openapi import ERROR_RESPONSES, PREDICT_DOC
+from .probes import add_probe_routes
 from .sockets import _connection_limit_answer, bind, start_listening, url
 from .upload import MAX_FILES, Upload, UploadError, _refused, read_uploads
 
@@ -259,94 +259,9 @@ def create_app(
             raise HTTPError(400, f"cannot decode the image: {exc.reason}") from None
         return image
 
-    def explainer():
-        """Built at the first /explain: a CPU copy of the weights, because Captum hooks the
-        layer it explains and /predict must never run through those hooks."""
-        if "explainer" not in state:
-            import torch
+    add_explain_route(app, predictor, state, read_images)
 
-            from ..analysis.explain import Explainer
-
-            loaded = copy.copy(predictor.loaded)
-            model = copy.deepcopy(loaded.model).float()
-            loaded.model = model.to("cpu", memory_format=torch.contiguous_format)
-            state["explainer"] = Explainer.from_loaded(loaded)
-        return state["explainer"]
-
-    def run_explain(image, class_name: str | None):
-        ex = explainer()
-        target = None if class_name is None else ex.class_index(class_name)
-        # The upload is already the model's input (the same evaluation transform).
-        e = ex.explain_batch(image[None], target)[0]
-        return e.png(), e
-
-    @app.post("/explain")
-    async def explain_upload(request: Request):
-        """A Grad-CAM overlay (PNG) of the uploaded image for its predicted class, or for
-        ``?class=NAME``; the class, its index and probability in X-Class (URL-quoted, as
-        headers carry Latin-1 only), X-Class-Index and X-Prob."""
-        from urllib.parse import quote
-
-        decoded, _ = await read_images(request)
-        image = decoded[0]
-        if isinstance(image, UploadError):  # a form with several files: the first one's
-            raise image
-        loop = asyncio.get_running_loop()
-        try:
-            png, e = await loop.run_in_executor(
-                None, run_explain, image, request.query_params.get("class")
-            )
-        except MissingDependencyError as exc:  # no Captum: the server's to fix
-            raise HTTPError(501, str(exc)) from None
-        except ConfigError as exc:  # an unknown class: the client's
-            raise HTTPError(400, str(exc)) from None
-        headers = {
-            "X-Class": quote(e.label, safe=""),
-            "X-Class-Index": str(e.index),
-            "X-Prob": f"{e.prob:.6f}",
-            "Cache-Control": "no-store",
-        }
-        return Response(png, media_type="image/png", headers=headers)
-
-    @app.get("/health", summary="Ready and how many images wait (kept for existing checks)")
-    async def health():
-        b = state.get("batcher")
-        return {"status": "ok", "queued": b.queue.qsize() if b else 0}
-
-    @app.get("/livez", summary="Liveness: the process answers (restart it when this fails)")
-    async def livez():
-        return {"status": "alive"}
-
-    @app.get(
-        "/readyz",
-        summary="Readiness: the model is loaded and the server takes traffic",
-        responses={503: {"description": "shutting down: send traffic elsewhere"}},
-    )
-    async def readyz():
-        if not state["ready"]:
-            return JSONResponse(
-                {"error": "not ready: the server is shutting down"}, 503, {"Retry-After": "1"}
-            )
-        b = state["batcher"]
-        return {
-            "status": "ready",
-            "queued": b.queue.qsize(),
-            "in_flight": admission.admitted,
-            "max_queue": max_queue,
-        }
-
-    @app.get(
-        "/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response
-    )
-    async def prometheus_metrics():
-        body, ctype = metrics.render()
-        return Response(body, media_type=ctype)
-
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
-    async def api_docs():
-        from .docs import render
-
-        return HTMLResponse(render(app.openapi()))
+    add_probe_routes(app, state, admission, metrics, max_queue)
 
     @app.get("/model")
     async def model_info():
