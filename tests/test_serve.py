@@ -14,28 +14,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from resnetlab.train import Trainer, resolve_config
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(trained_run, tmp_path_factory):
+    """The session's tiny digits run, copied: the server may write its caches into it."""
+    import shutil
+
     root = tmp_path_factory.mktemp("serve")
-    cfg = resolve_config(
-        dict(
-            model="resnet20",
-            model_kwargs={"widths": [4, 8, 8]},
-            epochs=1,
-            out=str(root),
-            name="digits",
-            num_workers=0,
-        )
-    )
-    Trainer(cfg, verbose=False).fit()
-    return root / "digits"
+    return Path(shutil.copytree(trained_run, root / "digits"))
 
 
 def _free_port() -> int:
