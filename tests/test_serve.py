@@ -615,5 +615,5 @@ def test_processes_share_the_port_and_stop_without_traceback(run):
         s.stop()
     s.reader.join(timeout=30)  # the log to its end
     log = "".join(s.log)
-    assert "Traceback" not in log and "CancelledError" not in log
-    assert "cut off by the shutdown" in log
+    assert "Traceback" not in log and "CancelledError" not in log, log
+    assert "cut off by the shutdown" in log, log

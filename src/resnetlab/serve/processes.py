@@ -79,6 +79,12 @@ def supervise(sock, settings: dict, url: str, worker) -> None:
         for w in workers:
             w.join(30)
             if w.is_alive():
+                print(
+                    f"resnetlab serve: {w.name} (pid {w.pid}) did not stop within 30 s of "
+                    "SIGTERM; killed",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 w.kill()
         for s, handler in previous.items():
             signal.signal(s, handler)
