@@ -262,14 +262,18 @@ def test_wandb_offline_logs_the_run_and_a_resume_continues_it(data, tmp_path, mo
     assert again["run_id"] == record["run_id"]  # the same wandb run, resumed
     from wandb_records import run_log
 
+    # wandb's service process writes the offline files; its teardown waits until they are
+    # whole (the report's file was sometimes read before its artifact record was written)
+    import wandb
+
+    wandb.teardown()
     files = sorted((run.path / "wandb").glob(f"offline-run-*-{record['run_id']}/run-*.wandb"))
     # one offline file per process, all of one run id (wandb sync joins them): the stopped
     # start, the resumed end, and the report added after it
     logs = [run_log(f) for f in files]
     assert len(logs) == 3
     first, resumed, report = logs
-    # the folders are named by the run id; the report's short file does not always hold the
-    # run record when it is read (wandb writes it from its own service process)
+    # the folders are named by the run id
     assert first["run_id"] == resumed["run_id"] == record["run_id"]
     assert json.loads(first["config"]["model_kwargs.widths"]) == "[4, 8, 8]"
     assert json.loads(first["config"]["model"]) == "resnet20"
