@@ -10,11 +10,13 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # uv installs the same pinned set as pip, from the sources pip is configured with, in about a
 # sixth of the time (torch's wheel alone is several GB); where uv cannot be had, pip does it.
+# Both leave compiled bytecode: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise
+# compile torch's sources again in every process (8 s instead of 3 s to import it here).
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if $(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.9 >/dev/null 2>&1; then \
 	  echo "installing the tested set (constraints.txt) with uv"; \
-	  $(VENV)/bin/uv pip install --quiet --python $(PY) --cache-dir $(VENV)/.uv-cache \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) --cache-dir $(VENV)/.uv-cache --compile-bytecode \
 	    --index-strategy unsafe-best-match $$($(PYTHON) tools/pip_sources.py) \
 	    -c constraints.txt -e '.[dev]' \
 	  || $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'; \
@@ -46,12 +48,14 @@ fonts:
 test: $(STAMP) browser fonts
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/ruff format --check src tests benchmarks tools
+	@$(PY) -m compileall -q src
 	$(VENV)/bin/pytest
 
 # Everything but the journeys and the Chromium tests (marked slow): the quick loop while editing.
 # `make test` runs them all; `pytest --lf` re-runs only what failed last time.
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
+	@$(PY) -m compileall -q src
 	$(VENV)/bin/pytest -m "not slow"
 
 bench: $(STAMP)
