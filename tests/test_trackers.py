@@ -260,11 +260,11 @@ def test_wandb_offline_logs_the_run_and_a_resume_continues_it(data, tmp_path, mo
     capsys.readouterr()
     again = json.loads(run.tracker.read_text(encoding="utf-8"))
     assert again["run_id"] == record["run_id"]  # the same wandb run, resumed
-    from wandb_records import run_log
-
     # wandb's service process writes the offline files; its teardown waits until they are
     # whole (the report's file was sometimes read before its artifact record was written)
     import wandb
+
+    from wandb_records import run_log
 
     wandb.teardown()
     files = sorted((run.path / "wandb").glob(f"offline-run-*-{record['run_id']}/run-*.wandb"))
