@@ -16,8 +16,9 @@ PACKAGE = Path(resnetlab.__file__).parent
 LAYERS = [
     # the error family, atomic files, settings, device and runtime, formatting, figures,
     # progress, the optional-package guard; the logits loop, calibration, multi-label
-    # measures and the one weights fingerprint
-    ("core", "metrics"),
+    # measures and the one weights fingerprint; the task (single- or multi-label) that owns
+    # how outputs are read, scored and recorded
+    ("core", "metrics", "tasks"),
     # the package root exposes the model API; its notebook API (fit, load, Run) is api's,
     # imported on first use (``__getattr__``), so it is no import of this layer
     ("data", "models", "resnetlab"),

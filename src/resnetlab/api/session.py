@@ -320,7 +320,7 @@ class Run:
             probs,
             errors,
             self.classes,
-            thresholds=p.thresholds if p.multilabel else None,
+            thresholds=p.thresholds,
             thumbnails=thumbs,
             k=topk,
         )

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.transforms import eval_interpolation, eval_resize_size
 from ..models.base import make_pretrained_cfg
+from ..tasks import task_of
 from .run import ModelMeta
 
 # Bumped when a key changes meaning; a reader checks it.
@@ -59,14 +60,12 @@ def describe(meta: ModelMeta) -> dict[str, Any]:
         "mean": list(meta.mean),
         "std": list(meta.std),
         "output": "logits",
-        "task": "multilabel" if meta.multilabel else "multiclass",
+        **task_of(meta).metadata(meta),
         # probabilities: softmax(logits / temperature); multilabel: sigmoid(logits), a label
         # present from its threshold on
         "temperature": float(meta.temperature or 1.0),
         "classes": list(meta.classes),
     }
-    if meta.multilabel:
-        out["thresholds"] = list(meta.thresholds or [0.5] * meta.num_classes)
     return out
 
 

@@ -25,6 +25,7 @@ from ..core.fmt import pct
 from ..core.optional import require
 from ..metrics.fingerprint import weights_fingerprint
 from ..metrics.logits import iter_logits
+from ..tasks import task_of
 from .exported import META_KEY, onnx_session
 from .exported import check_external_data as check_external_data  # backends import it here
 from .loading import LoadedModel, load_model, run_pipeline
@@ -63,12 +64,10 @@ def _metadata(loaded: LoadedModel) -> dict[str, str]:
         # 1.0 for an uncalibrated model, so a reader never needs a fallback.
         "resnetlab.temperature": json.dumps(float(m.temperature or 1.0)),
         # multilabel: probabilities are sigmoid(logits), a label is present from its threshold
-        "resnetlab.task": "multilabel" if m.multilabel else "multiclass",
-        **(
-            {"resnetlab.thresholds": json.dumps(list(m.thresholds or [0.5] * m.num_classes))}
-            if m.multilabel
-            else {}
-        ),
+        **{
+            f"resnetlab.{k}": v if isinstance(v, str) else json.dumps(v)
+            for k, v in task_of(m).metadata(m).items()
+        },
     }
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from ..artifacts.run import ModelMeta
 from ..core.errors import ExportError, MissingFileError, WeightsError
 from ..core.optional import require
+from ..tasks import task_of
 
 # The metadata keys an ONNX export carries (``export._metadata`` writes them).
 META_KEY = "resnetlab.model_json"  # the whole model.json
@@ -110,9 +111,8 @@ def _meta_from_props(props: dict[str, str], path: Path) -> ModelMeta:
     data["num_classes"] = len(data["classes"])
     temperature = float(props.get("resnetlab.temperature", "1.0"))
     data["temperature"] = None if temperature == 1.0 else temperature
-    if props.get("resnetlab.task") == "multilabel":
-        data["task"] = "multilabel"
-        data["thresholds"] = json.loads(props.get("resnetlab.thresholds", "null"))
+    task = task_of(props.get("resnetlab.task"))
+    data.update(task.from_metadata(lambda key: props.get(f"resnetlab.{key}")))
     return ModelMeta.from_json(data, str(path))
 
 

@@ -30,6 +30,7 @@ from ..artifacts.weights import (
 from ..core.errors import ConfigError
 from ..data import DataConfig, DataPipeline, Source, load_source
 from ..models import create_model, get_model_entry
+from ..tasks import task_of
 from .exported import is_torchscript, load_onnx, load_torchscript
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,7 @@ def _with_run_calibration(meta: ModelMeta, state: dict, folder: RunDir) -> Model
         return meta
     if found.get("classes") is not None and list(found["classes"]) != meta.classes:
         return meta
-    if meta.multilabel and found.get("thresholds"):
-        meta.thresholds = [float(t) for t in found["thresholds"]]
-    elif not meta.multilabel and found.get("temperature"):
-        meta.temperature = float(found["temperature"])
+    task_of(meta).apply_calibration(meta, found)
     return meta
 
 

@@ -27,6 +27,7 @@ import torch
 
 from ..artifacts.run import RunDir, output_folder
 from ..core.errors import ConfigError, ExportError, FileConflictError
+from ..tasks import task_of
 from .export import TOLERANCE, _metadata, export_onnx, quantize_int8, verification_inputs
 from .loading import LoadedModel, load_model
 
@@ -60,7 +61,7 @@ def preprocessing(loaded: LoadedModel) -> dict[str, Any]:
         "std": pre["std"],
         "output": "logits",
         "temperature": float(meta.temperature or 1.0),
-        "task": "multilabel" if meta.multilabel else "multiclass",
+        "task": task_of(meta).name,
     }
 
 

@@ -30,18 +30,13 @@ from ..data.images import (
     skip_reason,
 )
 from ..data.transforms import BatchTransform, file_transform, stack_images
-from ..metrics.calibration import apply_temperature
-from ..metrics.multilabel import DEFAULT_THRESHOLD, label_rows
-from ..metrics.multilabel import probabilities as sigmoid_probabilities
+from ..tasks import Task, task_of
 from .backends import check_backend, create_backend, run_streams
 from .loading import LoadedModel, load_model, pretrained_model
 from .tta import check_tta, tta_logits
 
 __all__ = ["Predictor", "build_predictor", "check_topk", "expand_inputs"]
 
-# Classes per image when --topk is not given (a multi-label model gives every label above its
-# threshold instead).
-DEFAULT_TOPK = 5
 # Streams beyond this share too few threads each, and hold a batch of activations apiece.
 MAX_AUTO_STREAMS = 4
 NO_MATCH = "no file matches this pattern"
@@ -158,17 +153,20 @@ class Predictor:
         return self.meta.multilabel
 
     @property
+    def task(self) -> Task:
+        """Single- or multi-label: how logits become probabilities and answers."""
+        return task_of(self.meta)
+
+    @property
     def thresholds(self) -> list[float]:
         """Multi-label: each class's decision threshold (0.5 where the run chose none)."""
-        return list(self.meta.thresholds or [DEFAULT_THRESHOLD] * len(self.classes))
+        return self.task.thresholds(self.meta)
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities from logits, through the run's temperature when it has one: the
         graph (and every backend) returns raw logits, so the one division happens here.
         Multi-label: the sigmoid of each logit."""
-        if self.multilabel:
-            return sigmoid_probabilities(logits)
-        return apply_temperature(logits, self.meta.temperature)
+        return self.task.probabilities(logits, self.meta.temperature)
 
     def probabilities(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         return self.calibrated(self.logits(batch_uint8))
@@ -177,17 +175,7 @@ class Predictor:
         """The ``k`` (default 5) most probable classes of each row; a ``k`` above the number of
         classes gives all of them. Multi-label: every label at or above its threshold, most
         probable first (at most ``k`` when given; each with its ``threshold``)."""
-        if self.multilabel:
-            return label_rows(probs, self.classes, self.thresholds, check_topk(k))
-        k = min(check_topk(k) or DEFAULT_TOPK, probs.shape[1])
-        values, indices = probs.topk(k, dim=1)
-        return [
-            [
-                {"label": self.classes[i], "index": int(i), "prob": float(p)}
-                for p, i in zip(v.tolist(), ix.tolist())
-            ]
-            for v, ix in zip(values, indices)
-        ]
+        return self.task.rows(probs, self.classes, self.meta, check_topk(k))
 
     def predict_images(
         self, images: Sequence[Image.Image], topk: int | None = None

@@ -133,7 +133,7 @@ def create_app(
     metrics.model.labels(
         m.model,
         str(len(predictor.classes)),
-        "multilabel" if m.multilabel else "multiclass",
+        predictor.task.name,
         predictor.backend.name,
         predictor.precision,
         "x".join(map(str, m.input_size)),
@@ -210,10 +210,7 @@ def create_app(
     def _answer(probs, topk):
         # topk above the number of classes means all of them (default 5). For a multi-label
         # model: every label at or above its threshold (at most topk when given).
-        rows = predictor.topk_rows(probs.unsqueeze(0), topk)[0]
-        if predictor.multilabel:
-            return {"topk": rows, "labels": [r["label"] for r in rows]}
-        return {"topk": rows}
+        return predictor.task.answer(predictor.topk_rows(probs.unsqueeze(0), topk)[0])
 
     @app.post(
         "/predict",
@@ -276,8 +273,8 @@ def create_app(
             # probabilities are softmax(logits / temperature); None: uncalibrated
             "temperature": m.temperature,
             # multilabel: one sigmoid probability per class, a label shown from its threshold
-            "task": "multilabel" if m.multilabel else "multiclass",
-            "thresholds": predictor.thresholds if m.multilabel else None,
+            "task": predictor.task.name,
+            "thresholds": predictor.thresholds,
             "precision": predictor.precision,
             "backend": predictor.backend.name,
             # how far one image's probabilities may move between a lone and a batched call
@@ -353,7 +350,7 @@ def _build(settings: dict):
 
 
 def _describe(predictor: Predictor) -> str:
-    kind = "labels, multi-label" if predictor.multilabel else "classes"
+    kind = predictor.task.outputs
     return (
         f"{predictor.name} ({len(predictor.classes)} {kind}, {predictor.backend.name}, "
         f"{predictor.precision}"

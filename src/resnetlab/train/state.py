@@ -14,6 +14,7 @@ from ..artifacts.weights import (
 )
 from ..core.errors import ConfigError
 from ..data.sources import class_name
+from ..tasks import task_of
 from .checkpoint import (
     capture_rng,
     restore_rng,
@@ -64,7 +65,7 @@ class TrainState:
             weights=self.cfg.weights,
             resnetlab_version=__version__,
             **self.eval_preprocess,
-            task="multilabel" if self.multilabel else None,
+            task=task_of(self.multilabel).stored,
             thresholds=self.thresholds,
         )
 

@@ -22,6 +22,7 @@ from typing import Any
 from ...artifacts.run import RunDir
 from ...core.errors import ConfigError, MissingFileError, ResnetlabError
 from ...core.fmt import pct
+from ...tasks import Task, task_of
 from .runs import aligned, duration, run_row
 
 # Settings that name where a run is, not what it computes.
@@ -120,7 +121,7 @@ def compare_runs(
     labels = _labels(dirs)
     rows = [run_row(rd) for rd in dirs]
     summaries = [rd.read_summary() for rd in dirs]
-    multilabel = any(r["task"] == "multilabel" for r in rows)
+    task = task_of(any(task_of(r["task"]).multilabel for r in rows))
     # settings that differ
     configs = [{k: v for k, v in r["config"].items() if k not in _PLACE} for r in rows]
     keys = list(dict.fromkeys(k for c in configs for k in c))
@@ -131,16 +132,16 @@ def compare_runs(
             settings[k] = values
     # evaluations on one split
     if split is None:
-        test_key = "test_map" if multilabel else "test_top1"
+        test_key = task.key("test")
         split = "test" if all(s.get(test_key) is not None for s in summaries) else "val"
     evals, sources = [], []
     for rd in dirs:
         data, where = _per_class(rd, split, evaluate, device)
         evals.append(data)
         sources.append(where)
-    metrics = _metrics(rows, summaries, evals, multilabel, split)
-    curves = [_curve(rd, multilabel) for rd in dirs]
-    per_class = _per_class_table(evals, multilabel)
+    metrics = _metrics(rows, summaries, evals, task, split)
+    curves = [_curve(rd, task) for rd in dirs]
+    per_class = _per_class_table(evals, task)
     return {
         "labels": labels,
         "runs": [{k: v for k, v in r.items() if k != "config"} for r in rows],
@@ -149,10 +150,10 @@ def compare_runs(
         "metrics": metrics,
         "curves": dict(zip(labels, curves)),
         "split": split,
-        "per_class_metric": "ap" if multilabel else "f1",
+        "per_class_metric": task.per_class_metric,
         "per_class": per_class,
         "per_class_sources": dict(zip(labels, sources)),
-        "task": "multilabel" if multilabel else "multiclass",
+        "task": task.name,
     }
 
 
@@ -177,13 +178,14 @@ _MULTILABEL = (
     ("{split} mAP", "e:map", "max", "pct"),
     ("{split} loss", "e:loss", "min", "num"),
 )
+_ROWS = {"multiclass": _MULTICLASS, "multilabel": _MULTILABEL}
 _COMMON = (
     ("train time", "s:train_seconds", "min", "time"),
     ("train images/s", "s:train_images_per_second", "max", "rate"),
 )
 
 
-def _metrics(rows, summaries, evals, multilabel: bool, split: str) -> list[dict]:
+def _metrics(rows, summaries, evals, task: Task, split: str) -> list[dict]:
     out = [
         {"name": "state", "values": [r["state"] for r in rows], "better": None, "show": "text"},
         {
@@ -199,7 +201,7 @@ def _metrics(rows, summaries, evals, multilabel: bool, split: str) -> list[dict]
             "show": "text",
         },
     ]
-    for name, key, better, show in (_MULTILABEL if multilabel else _MULTICLASS) + _COMMON:
+    for name, key, better, show in _ROWS[task.name] + _COMMON:
         where, k = key.split(":")
         values = [(s if where == "s" else e).get(k) for s, e in zip(summaries, evals)]
         values = [v if isinstance(v, (int, float)) else None for v in values]
@@ -226,12 +228,12 @@ def _best(values: list, better: str | None) -> list[int]:
     return [i for i, v in enumerate(values) if v == top]
 
 
-def _curve(run: RunDir, multilabel: bool) -> dict[str, list]:
+def _curve(run: RunDir, task: Task) -> dict[str, list]:
     try:
         history = run.read_metrics()
     except (OSError, ValueError):
         history = []
-    score = "val_map" if multilabel else "val_top1"
+    score = task.key("val")
     return {
         "epoch": [int(r["epoch"]) for r in history if r.get("epoch") is not None],
         "train_loss": [r.get("train_loss") for r in history],
@@ -241,10 +243,10 @@ def _curve(run: RunDir, multilabel: bool) -> dict[str, list]:
     }
 
 
-def _per_class_table(evals: list[dict], multilabel: bool) -> dict[str, list]:
+def _per_class_table(evals: list[dict], task: Task) -> dict[str, list]:
     """class -> [metric per run (None where the run lacks the class or an evaluation)], the
     classes with the largest spread between runs first, then in their own order."""
-    metric = "ap" if multilabel else "f1"
+    metric = task.per_class_metric
     classes = list(dict.fromkeys(c for e in evals for c in (e.get("per_class") or {})))
     table = {}
     for c in classes:
@@ -313,7 +315,7 @@ def format_compare(result: dict, top_classes: int = 15) -> str:
         ]
         rows.append([m["name"], *cells])
     lines.append(_indent(aligned(["", *labels], rows, right=set(range(1, len(labels) + 1)))))
-    score = "val mAP" if result["task"] == "multilabel" else "val top-1"
+    score = f"val {task_of(result['task']).score_title}"
     lines.append(f"\nlearning curves ({score} and train loss per epoch)")
     rows = []
     for label in labels:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ...core.files import atomic_write_text
 from ...core.fmt import pct, shell_command
+from ...tasks import task_of
 from .compare import PALETTE, _best, _setting, _show
 from .html import CSS
 from .runs import calibration_text
@@ -174,7 +175,7 @@ def compare_html(result: dict) -> str:
         f"is shaded.</p><table><tr><th></th>{head}</tr>{rows}</table></section>"
     )
     curves = result["curves"]
-    score = "val mAP" if result["task"] == "multilabel" else "val top-1"
+    score = f"val {task_of(result['task']).score_title}"
 
     def series(key: str, dash: bool = False, suffix: str = "") -> list[dict]:
         return [

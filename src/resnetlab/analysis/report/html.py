@@ -16,6 +16,7 @@ from ...core.errors import MissingFileError
 from ...core.files import atomic_write_text
 from ...core.fmt import pct
 from ...core.plots import plot_curves, plot_reliability
+from ...tasks import task_of
 
 # Class names may be Chinese, Japanese or Korean: after the usual UI fonts come CJK ones
 # (Simplified Chinese first), so the page never falls back to boxes or to a Japanese face
@@ -151,50 +152,12 @@ def build_report(
     curves = plot_curves(history, figures / "curves.png", meta.model) if history else None
 
     e = html.escape
-    multilabel = meta.multilabel
-    if multilabel:
-        cards = [
-            ("model", meta.model),
-            (f"{ev['split']} mAP", _pct(ev["map"])),
-            ("chance mAP", _pct(ev.get("chance_map"))),
-            ("F1 micro", _pct(ev["f1_micro"])),
-            ("F1 macro", _pct(ev["f1_macro"])),
-            ("exact match", _pct(ev["exact_match"])),
-            ("best val mAP", _pct(summary.get("best_val_map"))),
-            ("epochs", str(summary.get("epochs_completed", len(history)))),
-            ("labels", str(len(meta.classes))),
-        ]
-    else:
-        cards = [
-            ("model", meta.model),
-            (f"{ev['split']} top-1", _pct(ev["top1"])),
-            (f"{ev['split']} top-5", _pct(ev["top5"])),
-            ("balanced accuracy", _pct(ev.get("balanced_accuracy"))),
-            ("macro-F1", _pct(ev.get("f1_macro"))),
-            ("best val top-1", _pct(summary.get("best_val_top1"))),
-            ("epochs", str(summary.get("epochs_completed", len(history)))),
-            ("classes", str(len(meta.classes))),
-        ]
-    if multilabel:
-        per_class_head = (
-            "<th>label</th><th>AP</th><th>precision</th><th>recall</th><th>F1</th>"
-            "<th>threshold</th><th>support</th>"
-        )
-        per_class_rows = "".join(
-            f"<tr><td>{e(name)}</td><td>{_pct(m['ap'])}</td><td>{_pct(m['precision'])}</td>"
-            f"<td>{_pct(m['recall'])}</td><td>{_pct(m['f1'])}</td>"
-            f"<td>{m['threshold']:.2f}</td><td>{m['support']}</td></tr>"
-            for name, m in ev["per_class"].items()
-        )
-    else:
-        per_class_head = (
-            "<th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
-        )
-        per_class_rows = "".join(
-            f"<tr><td>{e(name)}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
-            f"<td>{_pct(m['f1'])}</td><td>{m['support']}</td></tr>"
-            for name, m in ev["per_class"].items()
-        )
+    parts = _PARTS[task_of(meta).name](meta, ev, summary, history, rd, figures)
+    per_class_head = parts["per_class_head"]
+    per_class_rows = "".join(
+        parts["per_class_row"](e(name), m) for name, m in ev["per_class"].items()
+    )
+    history_cols = parts["history_cols"]
 
     def cell(r: dict, k: str) -> str:
         v = r.get(k)
@@ -204,28 +167,6 @@ def build_report(
             return str(int(v))
         return _pct(v) if k.endswith(("top1", "map", "match")) else f"{v:.4g}"
 
-    # Multi-label: train_top1 holds the exact-match ratio; val mAP picks the best epoch.
-    history_cols = (
-        (
-            "epoch",
-            "lr",
-            "train_loss",
-            "train_top1",
-            "val_loss",
-            "val_exact_match",
-            "val_map",
-            "seconds",
-        )
-        if multilabel
-        else ("epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "seconds")
-    )
-    history_head = (
-        "<th>epoch</th><th>lr</th><th>train loss</th><th>train exact match</th><th>val loss</th>"
-        "<th>val exact match</th><th>val mAP</th><th>seconds</th>"
-        if multilabel
-        else "<th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th><th>val loss</th>"
-        "<th>val top-1</th><th>seconds</th>"
-    )
     history_rows = "".join(
         "<tr>" + "".join(f"<td>{cell(r, k)}</td>" for k in history_cols) + "</tr>" for r in history
     )
@@ -243,21 +184,13 @@ def build_report(
         f"<p class=muted>{e(meta.model)} on {e(str(ev['data']))} · {ev['num_samples']} "
         f"{e(ev['split'])} images evaluated</p>",
         '<section id="overview"><h2>Overview</h2><div class="cards">'
-        + "".join(f'<div class="card">{e(k)}<b>{e(v)}</b></div>' for k, v in cards)
+        + "".join(f'<div class="card">{e(k)}<b>{e(v)}</b></div>' for k, v in parts["cards"])
         + "</div></section>",
         '<section id="curves"><h2>Learning curves</h2>'
         + (_img(curves, "learning curves") if curves else "<p>no metrics.csv</p>")
-        + f"<table><tr>{history_head}</tr>{history_rows}</table>"
+        + f"<table><tr>{parts['history_head']}</tr>{history_rows}</table>"
         "</section>",
-        (
-            '<section id="pr-curves"><h2>Precision-recall curves</h2>'
-            + _img(Path(ev["files"]["pr_curves_png"]), "precision-recall curves")
-            + "</section>"
-            if multilabel
-            else '<section id="confusion"><h2>Confusion matrix</h2>'
-            + _img(Path(ev["files"]["confusion_matrix_png"]), "confusion matrix")
-            + "</section>"
-        ),
+        parts["figure"],
         f'<section id="per-class"><h2>Per-class metrics</h2><table><tr>{per_class_head}</tr>'
         + per_class_rows
         + "</table></section>",
@@ -269,7 +202,7 @@ def build_report(
         )
         + _gradcam_gallery(ev)
         + "</section>",
-        _thresholds_section(rd) if multilabel else _calibration_section(rd, figures, ev),
+        parts["calibration"],
         f'<section id="model"><h2>Model</h2><pre>{e(model_text)}</pre></section>',
         f'<section id="config"><h2>Configuration</h2><pre>{e(config)}</pre></section>',
         '<section id="environment"><h2>Environment</h2><table>'
@@ -303,3 +236,92 @@ def _attach_to_tracker(rd: RunDir, page: Path) -> None:
         logging.getLogger(__name__).warning(
             "report not added to the run's tracker (%s): %s", rd.tracker.name, exc
         )
+
+
+def _single_label_parts(meta, ev, summary, history, rd, figures) -> dict:
+    """The report's task-dependent pieces for a single-label model."""
+    return {
+        "cards": [
+            ("model", meta.model),
+            (f"{ev['split']} top-1", _pct(ev["top1"])),
+            (f"{ev['split']} top-5", _pct(ev["top5"])),
+            ("balanced accuracy", _pct(ev.get("balanced_accuracy"))),
+            ("macro-F1", _pct(ev.get("f1_macro"))),
+            ("best val top-1", _pct(summary.get("best_val_top1"))),
+            ("epochs", str(summary.get("epochs_completed", len(history)))),
+            ("classes", str(len(meta.classes))),
+        ],
+        "per_class_head": (
+            "<th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th>"
+        ),
+        "per_class_row": lambda name, m: (
+            f"<tr><td>{name}</td><td>{_pct(m['precision'])}</td><td>{_pct(m['recall'])}</td>"
+            f"<td>{_pct(m['f1'])}</td><td>{m['support']}</td></tr>"
+        ),
+        "history_cols": (
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_top1",
+            "val_loss",
+            "val_top1",
+            "seconds",
+        ),
+        "history_head": (
+            "<th>epoch</th><th>lr</th><th>train loss</th><th>train top-1</th><th>val loss</th>"
+            "<th>val top-1</th><th>seconds</th>"
+        ),
+        "figure": '<section id="confusion"><h2>Confusion matrix</h2>'
+        + _img(Path(ev["files"]["confusion_matrix_png"]), "confusion matrix")
+        + "</section>",
+        "calibration": _calibration_section(rd, figures, ev),
+    }
+
+
+def _multi_label_parts(meta, ev, summary, history, rd, figures) -> dict:
+    """The report's task-dependent pieces for a multi-label model: mAP and F1 cards, AP and
+    thresholds per label, PR curves, and train_top1 read as the exact-match ratio (val mAP
+    picks the best epoch)."""
+    return {
+        "cards": [
+            ("model", meta.model),
+            (f"{ev['split']} mAP", _pct(ev["map"])),
+            ("chance mAP", _pct(ev.get("chance_map"))),
+            ("F1 micro", _pct(ev["f1_micro"])),
+            ("F1 macro", _pct(ev["f1_macro"])),
+            ("exact match", _pct(ev["exact_match"])),
+            ("best val mAP", _pct(summary.get("best_val_map"))),
+            ("epochs", str(summary.get("epochs_completed", len(history)))),
+            ("labels", str(len(meta.classes))),
+        ],
+        "per_class_head": (
+            "<th>label</th><th>AP</th><th>precision</th><th>recall</th><th>F1</th>"
+            "<th>threshold</th><th>support</th>"
+        ),
+        "per_class_row": lambda name, m: (
+            f"<tr><td>{name}</td><td>{_pct(m['ap'])}</td><td>{_pct(m['precision'])}</td>"
+            f"<td>{_pct(m['recall'])}</td><td>{_pct(m['f1'])}</td>"
+            f"<td>{m['threshold']:.2f}</td><td>{m['support']}</td></tr>"
+        ),
+        "history_cols": (
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_top1",
+            "val_loss",
+            "val_exact_match",
+            "val_map",
+            "seconds",
+        ),
+        "history_head": (
+            "<th>epoch</th><th>lr</th><th>train loss</th><th>train exact match</th>"
+            "<th>val loss</th><th>val exact match</th><th>val mAP</th><th>seconds</th>"
+        ),
+        "figure": '<section id="pr-curves"><h2>Precision-recall curves</h2>'
+        + _img(Path(ev["files"]["pr_curves_png"]), "precision-recall curves")
+        + "</section>",
+        "calibration": _thresholds_section(rd),
+    }
+
+
+_PARTS = {"multiclass": _single_label_parts, "multilabel": _multi_label_parts}

@@ -28,6 +28,7 @@ from ...artifacts.run import RunDir
 from ...core.errors import ConfigError
 from ...core.files import FolderLock
 from ...core.fmt import ljust, pct, rjust, width
+from ...tasks import task_of
 
 # The columns of the table (and the keys --sort and --filter know first).
 COLUMNS = (
@@ -204,18 +205,19 @@ def run_row(run: RunDir, root: str | os.PathLike | None = None) -> dict[str, Any
         metrics = run.read_metrics()
     except (OSError, ValueError):
         metrics = []
-    multilabel = cfg.get("task") == "multilabel" or "best_val_map" in summary
+    task = task_of(cfg.get("task") or "best_val_map" in summary)
     state, reason = run_state(run)
-    val_key = "val_map" if multilabel else "val_top1"
-    best_epoch, best_val = _best_from_metrics(metrics, val_key)
+    best_epoch, best_val = _best_from_metrics(metrics, task.key("val"))
     if summary and state == "finished":
-        best_val = summary.get("best_val_map" if multilabel else "best_val_top1", best_val)
+        best_val = summary.get(task.key("best_val"), best_val)
         best_epoch = summary.get("best_epoch", best_epoch)
-    test = summary.get("test_map" if multilabel else "test_top1") if summary else None
+    test = summary.get(task.key("test")) if summary else None
     seconds = summary.get("train_seconds") if summary and state == "finished" else None
     if seconds is None and metrics:
         seconds = sum(r.get("seconds") or 0.0 for r in metrics)
     calibration = summary if "temperature" in summary else _read_json(run.calibration)
+    if task.calibration != "temperature":
+        calibration = {}
     changed = _last_change(run)
     name = run.name
     if root is not None:
@@ -228,17 +230,17 @@ def run_row(run: RunDir, root: str | os.PathLike | None = None) -> dict[str, Any
         "path": str(run.path),
         "model": cfg.get("model") or summary.get("model"),
         "data": cfg.get("data") or summary.get("data"),
-        "task": "multilabel" if multilabel else "multiclass",
+        "task": task.name,
         "epochs_done": len(metrics) if metrics else summary.get("epochs_completed", 0),
         "epochs_planned": cfg.get("epochs"),
         "best_epoch": best_epoch,
         "best_val": best_val,
-        "best_val_metric": "map" if multilabel else "top1",
+        "best_val_metric": task.score,
         "test": test,
-        "test_metric": "map" if multilabel else "top1",
-        "temperature": calibration.get("temperature") if not multilabel else None,
-        "ece_before": calibration.get("ece_before") if not multilabel else None,
-        "ece_after": calibration.get("ece_after") if not multilabel else None,
+        "test_metric": task.score,
+        "temperature": calibration.get("temperature"),
+        "ece_before": calibration.get("ece_before"),
+        "ece_after": calibration.get("ece_after"),
         "train_seconds": round(seconds, 3) if seconds is not None else None,
         "date": datetime.fromtimestamp(changed).astimezone().isoformat(timespec="seconds")
         if changed
