@@ -195,7 +195,7 @@ def apply_exclude(source: Source, path: str | os.PathLike) -> tuple[Source, int]
 
 def _check_classes(source: Source, why: str) -> None:
     train = source.splits.get("train")
-    if train is None or source.multilabel or train.shards is not None:
+    if train is None or train.shards is not None or train.labels.dim() != 1:  # not indices
         return
     counts = torch.bincount(train.labels.long(), minlength=len(source.classes)).tolist()
     empty = [c for c, n in zip(source.classes, counts) if n == 0]
@@ -242,10 +242,7 @@ def read_relabel(path: str | os.PathLike) -> list[tuple[_Entry, str, str]]:
 def apply_relabel(source: Source, path: str | os.PathLike) -> tuple[Source, int]:
     """``source`` with the labels ``path`` gives; and how many images changed label."""
     path = Path(path)
-    if source.multilabel:
-        raise DataError(
-            f"--relabel {path}: relabelling takes one label per image; this data is multi-label"
-        )
+    source.task.require("relabel", DataError, f"--relabel {path}: ")
     rows = read_relabel(path)
     if not rows:
         return source, 0

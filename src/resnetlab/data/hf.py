@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..tasks import task_of
 from .sources import DataError, Source, Split, carve_val, class_name, stratified_split
 
 log = logging.getLogger(__name__)
@@ -192,16 +193,9 @@ def _load(kind, spec, val_ratio, test_ratio, seed, channels, multilabel) -> Sour
         where,
     )
     label_feature, is_multi = _label_feature(features[label_col])
-    if is_multi and not multilabel:
-        raise DataError(
-            f"{where}: {label_col!r} holds several labels per image; train it with "
-            "--task multilabel"
-        )
-    if multilabel and not is_multi:
-        raise DataError(
-            f"{where}: {label_col!r} holds one label per image; --task multilabel "
-            "needs a sequence of ClassLabel"
-        )
+    held, asked = task_of(is_multi), task_of(multilabel)
+    if held is not asked:
+        raise DataError(f"{where}: {label_col!r} {held.column_holds}")
     classes = [class_name(str(n)) for n in label_feature.names]
     splits: dict[str, Split] = {}
     skipped = []

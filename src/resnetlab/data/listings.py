@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 
 from ..core.errors import DataError
-from ..metrics.multilabel import LABEL_SEPARATOR
+from ..tasks import Task, task_of
 from .sources import (
     SPLITS,
     Source,
@@ -31,7 +31,8 @@ def load_listing_source(
 ) -> Source:
     """``csv:FILE`` or ``jsonl:FILE`` (``kind``): a listing of image files and their labels,
     paths relative to the listing; a split given for every image or for none."""
-    records = (_csv_records if kind == "csv" else _jsonl_records)(path, multilabel)
+    task = task_of(multilabel)
+    records = (_csv_records if kind == "csv" else _jsonl_records)(path, task)
     source = _labelled_files_source(
         f"{kind}:{path}",
         kind,
@@ -42,14 +43,14 @@ def load_listing_source(
         seed,
         channels,
         max_bad_fraction,
-        multilabel,
+        task,
     )
     return check_splits(source) if check else source
 
 
-def _csv_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]]:
+def _csv_records(path: Path, task: Task) -> list[tuple[str, str, str, str]]:
     """Rows of ``path,label`` (an optional third column ``split``, in every row or in none).
-    ``multilabel``: the second column holds the image's labels separated by ``|`` (it may be
+    Multi-label ``task``: the second column holds the image's labels separated by ``|`` (it may be
     empty: an image with none of the labels). Errors name the line of the file."""
     if not path.is_file():
         raise DataError(f"csv:{path}: no such file")
@@ -66,29 +67,29 @@ def _csv_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]
         rows = rows[1:]
     if not rows:
         raise DataError(f"csv:{path}: no rows; expected 'path,label' lines")
-    shape = "path,labels[,split] (labels separated by |)" if multilabel else "path,label[,split]"
-    several = (
-        " (labels are separated by |, not commas)"
-        if multilabel
-        else (" (for images with several labels, separated by |, or none: --task multilabel)")
-    )
+    shape, several = task.csv_shape, task.csv_hint
     records = []
     for n, row in rows:
         while len(row) > 2 and not row[-1].strip():  # trailing empty cells
             row = row[:-1]
-        if len(row) > 3 or len(row) < 2 or not row[0].strip() or not (multilabel or row[1].strip()):
+        if (
+            len(row) > 3
+            or len(row) < 2
+            or not row[0].strip()
+            or not (task.may_be_unlabelled or row[1].strip())
+        ):
             raise DataError(f"csv:{path}: line {n} {row!r} is not '{shape}'{several}")
         split = row[2].strip() if len(row) == 3 else ""
         if split and split not in SPLITS:
             raise DataError(
                 f"csv:{path}: line {n}: split {split!r} is not one of {', '.join(SPLITS)}"
-                + (several if multilabel else "")
+                + task.split_hint
             )
         records.append((row[0].strip(), row[1], split, f"line {n}"))
     return records
 
 
-def _jsonl_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, str]]:
+def _jsonl_records(path: Path, task: Task) -> list[tuple[str, str, str, str]]:
     """JSON lines, one image each: ``{"path": ..., "label": "cat"}`` or, for multi-label data,
     ``{"path": ..., "labels": ["cat", "outdoor"]}``; an optional ``"split"``."""
     import json
@@ -99,7 +100,7 @@ def _jsonl_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, st
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"jsonl:{path}: cannot read ({exc})") from None
-    key = "labels" if multilabel else "label"
+    key = task.label_column
     records = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -109,24 +110,15 @@ def _jsonl_records(path: Path, multilabel: bool) -> list[tuple[str, str, str, st
         except json.JSONDecodeError as exc:
             raise DataError(f"jsonl:{path}: line {n} is not JSON ({exc.msg})") from None
         labels = obj.get(key, obj.get("label")) if isinstance(obj, dict) else None
-        if multilabel and isinstance(labels, list):
-            odd = next((x for x in labels if not isinstance(x, str)), None)
-            if odd is not None:
-                raise DataError(
-                    f"jsonl:{path}: line {n}: label {odd!r} is not a string; write labels as "
-                    'names, e.g. "labels": ["cat", "outdoor"]'
-                )
-            labels = LABEL_SEPARATOR.join(labels)
+        labels = task.cell_text(labels, f"jsonl:{path}: line {n}")
         if not (
             isinstance(obj, dict)
             and isinstance(obj.get("path"), str)
             and obj["path"].strip()
             and isinstance(labels, str)
-            and (multilabel or labels.strip())
+            and (task.may_be_unlabelled or labels.strip())
         ):
-            want = '{"path": ..., "labels": [...]}' if multilabel else '{"path": ..., "label": ...}'
-            hint = "" if multilabel else " (for images with several labels: --task multilabel)"
-            raise DataError(f"jsonl:{path}: line {n} is not {want}{hint}")
+            raise DataError(f"jsonl:{path}: line {n} is not {task.jsonl_shape}{task.jsonl_hint}")
         records.append((obj["path"].strip(), labels, str(obj.get("split", "")), f"line {n}"))
     if not records:
         raise DataError(f"jsonl:{path}: no lines; expected one JSON object per image")
@@ -143,23 +135,15 @@ def _labelled_files_source(
     seed: int,
     channels: int,
     max_bad_fraction: float,
-    multilabel: bool,
+    task: Task,
 ) -> Source:
     """A source from (path, label text, split, where) records of a listing file: paths
     relative to the file; split in every record or in none."""
 
     def names(text: str) -> list[str]:  # in NFC: one spelling of each name (see class_name)
-        if not multilabel:
-            return [class_name(text.strip())]
-        return sorted({class_name(t.strip()) for t in text.split(LABEL_SEPARATOR) if t.strip()})
+        return sorted({class_name(t) for t in task.label_texts(text)})
 
-    if not multilabel:
-        several = next((r for r in records if LABEL_SEPARATOR in r[1]), None)
-        if several is not None:
-            raise DataError(
-                f"{name}: {several[3]} gives several labels ({several[1].strip()!r}); for "
-                "images with several labels train with --task multilabel"
-            )
+    task.check_cells(name, records)
     classes = sorted({c for r in records for c in names(r[1])})
     if not classes:
         raise DataError(f"{name}: no image has a label; give each image at least one")
@@ -182,10 +166,10 @@ def _labelled_files_source(
         paths, labels = split_files.setdefault(split, ([], []))
         paths.append(p)
         found = [index[c] for c in names(label_text)]
-        labels.append(found if multilabel else found[0])
+        labels.append(task.target(found))
     try:
         source = _build_file_source(
-            name, kind, classes, split_files, channels, max_bad_fraction, [], multilabel
+            name, kind, classes, split_files, channels, max_bad_fraction, [], task.multilabel
         )
     except DataError:
         paths = [p for ps, _ in split_files.values() for p in ps]

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..metrics.multilabel import TASKS, is_multilabel
+from ..tasks import task_of
 from .formats import load_cifar_source, load_mnist_source
 from .listings import load_listing_source
 from .sources import (
@@ -39,11 +40,7 @@ def load_source(
     if task not in TASKS:
         raise DataError(f"--task {task!r} is not one of {', '.join(TASKS)}")
     multilabel = is_multilabel(task)
-    if multilabel and data.partition(":")[0] not in ("csv", "jsonl", "hf", "hf-disk"):
-        raise DataError(
-            f"--task multilabel reads its labels from csv:FILE (path,labels with | between "
-            f"labels) or jsonl:FILE; {data!r} has one label per image"
-        )
+    task_of(task).check_data(data)
     if not 0.0 <= max_bad_fraction <= 1.0:
         raise DataError(f"--max-bad-fraction must be in [0, 1], got {max_bad_fraction}")
     check_ratios(val_ratio, test_ratio)

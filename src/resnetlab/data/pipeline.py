@@ -352,11 +352,7 @@ class DataPipeline:
                 bad_files=self.source.bad_files,
             )
         if train and sampler != "none":
-            if self.source.multilabel:
-                raise DataError(
-                    "--sampler balanced draws classes of single-label data; multi-label images "
-                    "carry several classes at once (leave --sampler at none)"
-                )
+            self.source.task.require("sampler", DataError)
             from .balanced import make_sampler
 
             batches = make_sampler(

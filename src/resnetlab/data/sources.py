@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import DataError
+from ..tasks import Task, task_of
 from .decode import Unreadable, decode_files
 from .images import ImageDecodeError, is_image_file, is_junk, probe_image, skip_reason
 from .problems import report_problems
@@ -126,6 +127,11 @@ class Source:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def task(self) -> Task:
+        """Single- or multi-label (``tasks``)."""
+        return task_of(self.multilabel)
 
     @property
     def ignored_files(self) -> int:
@@ -385,7 +391,7 @@ def _build_file_source(
         bad += [BadFile(str(paths[i]), r) for i, r in enumerate(results) if isinstance(r, str)]
         total += len(paths)
         splits[split] = Split(
-            labels=_label_tensor([labels[i] for i in keep], len(classes), multilabel),
+            labels=task_of(multilabel).targets([labels[i] for i in keep], len(classes)),
             paths=[paths[i] for i in keep],
             sizes=[results[i] for i in keep],
             checked=False,
@@ -406,15 +412,6 @@ def _build_file_source(
         settle_bad_files(source)  # raises
     _check_classes(source)
     return source
-
-
-def _label_tensor(labels: list, num_classes: int, multilabel: bool) -> torch.Tensor:
-    if not multilabel:
-        return torch.tensor(labels, dtype=torch.long)
-    out = torch.zeros(len(labels), num_classes)
-    for row, indices in enumerate(labels):
-        out[row, indices] = 1.0
-    return out
 
 
 def load_folder_source(

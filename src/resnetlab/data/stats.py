@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..tasks import task_of
 from .decode import Unreadable, decode_files
 from .images import image_to_uint8
 from .loader import cache_geometry, cache_size
@@ -165,7 +166,7 @@ def dataset_stats(source: Source, input_size: int | None = None, progress: bool 
     else:
         size_info = {"min": [0, 0], "max": [0, 0], "median": [0, 0]}
     counts = source.class_counts()
-    extra = label_stats(source) if source.multilabel else {}
+    extra = _TASK_STATS[source.task.name](source)
     return {
         "data": source.name,
         "num_images": sum(len(s) for s in splits),
@@ -183,7 +184,7 @@ def dataset_stats(source: Source, input_size: int | None = None, progress: bool 
         "problems": [],  # what stops a run; cmd_stats collects them (data.problems)
         "imbalance": imbalance_ratio(counts),
         # The remedies it names weigh single-label classes; multi-label labels are not rivals.
-        "imbalance_note": None if source.multilabel else imbalance_note(counts),
+        "imbalance_note": imbalance_note(counts) if source.task.warns_imbalance else None,
         **extra,
     }
 
@@ -208,6 +209,10 @@ def label_stats(source: Source) -> dict:
             for i, a in enumerate(source.classes)
         },
     }
+
+
+# what a data report adds for each task
+_TASK_STATS = {"multiclass": lambda source: {}, "multilabel": label_stats}
 
 
 def _co_occurrence_lines(report: dict, names: list[str]) -> list[str]:
@@ -243,15 +248,15 @@ def format_report(report: dict) -> str:
     splits = ", ".join(f"{k} {v:,}" for k, v in report["splits"].items())
     lines.append(f"images    {report['num_images']:,} readable  ({splits})")
     counts = report["classes"]
-    multilabel = report.get("task") == "multilabel"
-    kind = "labels " if multilabel else "classes"
+    task = task_of(report.get("task"))
+    kind = f"{task.kinds:<7}"
     lines.append(f"{kind}   {len(counts)}  (largest/smallest = {report['imbalance']:.2f})")
     cols = max(map(width, counts)) if counts else 0
     top = max(counts.values()) if counts else 1
     for name, n in counts.items():
         bar = "#" * max(1, round(30 * n / top)) if n else ""
         lines.append(f"  {ljust(name, cols)}  {n:7,}  {bar}")
-    if multilabel:
+    if "co_occurrence" in report:  # multi-label: which labels come together
         lines += _co_occurrence_lines(report, list(counts))
     sz = report["sizes"]
     lines.append(

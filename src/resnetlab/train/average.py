@@ -40,6 +40,7 @@ from ..core.device import resolve_device
 from ..core.errors import ConfigError, FileConflictError
 from ..core.files import atomic_write_text, writing
 from ..inference.loading import LoadedModel, load_model, model_on, run_pipeline
+from ..tasks import task_of
 from .calibration import calibrate_run, fit_thresholds, validation_logits
 from .swa import batch_norms, measure_bn, training_images
 
@@ -194,17 +195,30 @@ def average_runs(
         "run_dir": str(run.path),
     }
     if pipe is not None:
-        if meta.multilabel:
-            summary.update(fit_thresholds(model, pipe, dev, "fp32", run, meta) or {})
-        else:
-            summary["member_val_top1"] = [
-                _top1(model_on(m.model, dev).eval(), pipe, dev, "val") for _, m in members
-            ]
-            summary["member_test_top1"] = [
-                _top1(model_on(m.model, dev).eval(), pipe, dev, "test") for _, m in members
-            ]
-            summary["best_val_top1"] = _top1(model, pipe, dev, "val")
-            summary["test_top1"] = _top1(model, pipe, dev, "test")
-            summary.update(calibrate_run(model, pipe, dev, "fp32", run, meta) or {})
+        summary.update(_MEASURES[task_of(meta).name](model, members, pipe, dev, run, meta))
     atomic_write_text(run.summary, json.dumps(summary, indent=2, ensure_ascii=False))
     return summary
+
+
+def _measure_multiclass(model, members, pipe, dev, run, meta) -> dict:
+    """Single-label: each member's top-1 and the soup's, then the soup's temperature."""
+    found = {
+        "member_val_top1": [
+            _top1(model_on(m.model, dev).eval(), pipe, dev, "val") for _, m in members
+        ],
+        "member_test_top1": [
+            _top1(model_on(m.model, dev).eval(), pipe, dev, "test") for _, m in members
+        ],
+        "best_val_top1": _top1(model, pipe, dev, "val"),
+        "test_top1": _top1(model, pipe, dev, "test"),
+    }
+    return {**found, **(calibrate_run(model, pipe, dev, "fp32", run, meta) or {})}
+
+
+def _measure_multilabel(model, members, pipe, dev, run, meta) -> dict:
+    """Multi-label: the soup's per-class thresholds on validation."""
+    return fit_thresholds(model, pipe, dev, "fp32", run, meta) or {}
+
+
+# what an average measures of itself, by task
+_MEASURES = {"multiclass": _measure_multiclass, "multilabel": _measure_multilabel}

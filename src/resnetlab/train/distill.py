@@ -31,6 +31,7 @@ from ..core.errors import ConfigError, WeightsError
 from ..data.sources import class_name
 from ..inference.loading import LoadedModel, load_model, model_on, pretrained_model
 from ..metrics.fingerprint import weights_fingerprint
+from ..tasks import task_of
 from .features import can_cache
 
 # ITU-R 601 luma, as PIL's convert("L"): an RGB batch for a greyscale teacher.
@@ -199,22 +200,14 @@ def load_teacher(trainer) -> Teacher:
     """The teacher ``trainer.cfg.teacher`` names, checked against the run's data (and, on
     resume, against the teacher the run began with)."""
     cfg, data = trainer.cfg, trainer.data
-    if trainer.multilabel:
-        raise ConfigError(
-            "--teacher distils single-label classes (softmax soft targets); this "
-            "data is multi-label"
-        )
+    trainer.task.require("teacher")
     if can_cache(cfg, data):
         raise ConfigError(
             "--teacher runs on the images, and feature extraction with its cache trains the head "
             "on stored features: add --no-feature-cache (or train with --mode finetune)"
         )
     loaded = _load(cfg.teacher, cfg.teacher_model)
-    if loaded.meta.multilabel:
-        raise ConfigError(
-            f"--teacher {cfg.teacher} is a multi-label model; distillation here "
-            "takes a single-label teacher"
-        )
+    task_of(loaded.meta).require("teacher_model", ConfigError, f"--teacher {cfg.teacher} ")
     unnamed = [str(i) for i in range(loaded.meta.num_classes)]
     named = cfg.teacher_model is None or list(loaded.meta.classes) != unnamed
     order = class_order(loaded.meta.classes, list(data.classes), named, cfg.teacher)

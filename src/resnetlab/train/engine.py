@@ -249,7 +249,7 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         loader, transform = self._eval_loaders[split]
         transform = resized(transform, size or self.data.input_size)
         return evaluate_loader(
-            model, loader, transform, self.device, self.precision, self.dist, self.multilabel
+            model, loader, transform, self.device, self.precision, self.dist, self.task
         )
 
     # ---------------------------------------------------------------------------- fit
@@ -291,7 +291,7 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
             note = imbalance_note(self.data.source.class_counts("train"))
             # Its remedies weigh single-label classes; labels of a multi-label set are not rivals.
             remedies_apply = cfg.class_weights == "none" and cfg.sampler == "none"
-            if note and remedies_apply and not self.multilabel:
+            if note and remedies_apply and self.task.warns_imbalance:
                 self.progress.line(f"warning: {note}")
             if not has_val:
                 self.progress.line(
@@ -319,21 +319,24 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
                 "val_loss": val.get("loss"),
                 "val_top1": val.get("top1"),
                 "val_top5": val.get("top5"),
+                **self.task.history_fields(val),
             }
-            if self.multilabel:
-                row.update(val_map=val.get("map"), val_exact_match=val.get("exact_match"))
             self.history.append(row)
             # Best = highest val top-1 (multi-label: mAP); ties (common on small val sets) go to
             # the lower loss.
-            key = "map" if self.multilabel else "top1"
-            score = [val[key] or 0.0, -val["loss"]] if has_val else [-stats["train_loss"]]
+            score = (
+                [val[self.task.score] or 0.0, -val["loss"]] if has_val else [-stats["train_loss"]]
+            )
             improved = self.best["score"] is None or score > list(self.best["score"])
             # SWA: each epoch's average holds one epoch more; the last one, of all, is kept.
             improved = improved or (self.swa is not None and self.swa.active)
             if improved:
-                self.best = {"epoch": self.epoch, "val_top1": val.get("top1"), "score": score}
-                if self.multilabel:
-                    self.best["val_map"] = val.get("map")
+                self.best = {
+                    "epoch": self.epoch,
+                    "val_top1": val.get("top1"),
+                    "score": score,
+                    **self.task.best_fields(val),
+                }
                 stale = 0
             else:
                 stale += 1
@@ -350,33 +353,9 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         return self._finish()
 
     def _finish(self) -> dict:
-        test = None
-        has_test = "test" in self.data.source.splits and len(self.data.source.splits["test"])
-        if has_test and not self.multilabel:
-            best = self.run.best_checkpoint
-            model = copy.deepcopy(self.eval_model())
-            if self.dist.is_main and best.is_file():
-                state = load_checkpoint(best)
-                model.load_state_dict(state.get("ema") or state["model"])  # EMA, SWA
-            if self.dist.enabled:
-                for t in model.state_dict().values():
-                    torch.distributed.broadcast(t, src=0)
-            test = self.evaluate("test", model)
-        calibration = None
-        if self.dist.is_main and self.multilabel:  # thresholds, then the test at them
-            best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
-            args = (best, self.data, self.device, self.precision)
-            calibration = fit_thresholds(*args, self.run, self.model_meta()) or {}
-            if calibration:
-                self.thresholds = list(calibration["thresholds"].values())
-            if has_test:
-                calibration.update(multilabel_test(*args, self.thresholds))
-            calibration["best_val_map"] = self.best.get("val_map")
-        elif self.dist.is_main:  # temperature scaling on the best weights (Guo et al. 2017)
-            best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
-            calibration = calibrate_run(
-                best, self.data, self.device, self.precision, self.run, self.model_meta()
-            )
+        has_test = bool("test" in self.data.source.splits and len(self.data.source.splits["test"]))
+        # what each task measures once training is over: _close_multiclass, _close_multilabel
+        test, calibration = getattr(self, f"_close_{self.task.name}")(has_test)
         summary = {
             "model": self.cfg.model,
             "data": self.cfg.data,
@@ -400,3 +379,39 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
             if self.tb is not None:
                 self.tb.close()
         return summary
+
+    def _close_multiclass(self, has_test: bool) -> tuple[dict | None, dict | None]:
+        """Single-label: the test split on the best weights (every rank), then temperature
+        scaling on them (Guo et al. 2017)."""
+        test = None
+        if has_test:
+            best = self.run.best_checkpoint
+            model = copy.deepcopy(self.eval_model())
+            if self.dist.is_main and best.is_file():
+                state = load_checkpoint(best)
+                model.load_state_dict(state.get("ema") or state["model"])  # EMA, SWA
+            if self.dist.enabled:
+                for t in model.state_dict().values():
+                    torch.distributed.broadcast(t, src=0)
+            test = self.evaluate("test", model)
+        if not self.dist.is_main:
+            return test, None
+        best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
+        calibration = calibrate_run(
+            best, self.data, self.device, self.precision, self.run, self.model_meta()
+        )
+        return test, calibration
+
+    def _close_multilabel(self, has_test: bool) -> tuple[dict | None, dict | None]:
+        """Multi-label: per-class thresholds on validation, then the test split at them."""
+        if not self.dist.is_main:
+            return None, None
+        best = best_weights(self.eval_model(), self.run.best_checkpoint, self.ema is not None)
+        args = (best, self.data, self.device, self.precision)
+        calibration = fit_thresholds(*args, self.run, self.model_meta()) or {}
+        if calibration:
+            self.thresholds = list(calibration["thresholds"].values())
+        if has_test:
+            calibration.update(multilabel_test(*args, self.thresholds))
+        calibration["best_val_map"] = self.best.get("val_map")
+        return None, calibration

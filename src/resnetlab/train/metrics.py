@@ -8,17 +8,18 @@ from torch.nn import functional as F
 
 from ..metrics.logits import accuracy_counts, all_logits, iter_logits
 from ..metrics.multilabel import multilabel_loss, multilabel_metrics, probabilities
+from ..tasks import task_of
 from . import distributed as D
 
 
 @torch.inference_mode()
-def evaluate_loader(
-    model, loader, transform, device, precision, dist_info=None, multilabel: bool = False
-) -> dict:
+def evaluate_loader(model, loader, transform, device, precision, dist_info=None, task=None) -> dict:
     """Loss, top-1, top-5 and count over ``loader`` (summed across ranks under DDP).
-    ``multilabel``: binary cross-entropy, mAP, exact match and micro-F1 at 0.5 instead."""
-    if multilabel:
-        return _evaluate_multilabel(model, loader, transform, device, precision, dist_info)
+    A multi-label ``task``: binary cross-entropy, mAP, exact match and micro-F1 at 0.5."""
+    return _EVALUATORS[task_of(task).name](model, loader, transform, device, precision, dist_info)
+
+
+def _evaluate_multiclass(model, loader, transform, device, precision, dist_info) -> dict:
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, device=device)  # loss sum, top1, top5, n
@@ -54,3 +55,7 @@ def _evaluate_multilabel(model, loader, transform, device, precision, dist_info)
         "f1_micro": found["f1_micro"],
         "num_samples": n,
     }
+
+
+# how each task measures a loader
+_EVALUATORS = {"multiclass": _evaluate_multiclass, "multilabel": _evaluate_multilabel}

@@ -10,10 +10,6 @@ from ..core.fmt import pct
 from .tally import EpochTally
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("s") else f"{n} {noun}s"
-
-
 class RunPrinting:
     """The lines a ``Trainer`` prints."""
 
@@ -38,9 +34,7 @@ class RunPrinting:
         return f"{size}x{size}, {self.data.preset} preset" + (f" ({note})" if note else "")
 
     def _classes_text(self) -> str:
-        if self.multilabel:
-            return f"{_count(len(self.classes), 'label')} (multi-label)"
-        return _count(len(self.classes), "class")
+        return self.task.classes_text(len(self.classes))
 
     def _epoch_outputs(self, row: dict, improved: bool) -> None:
         self.metrics_csv.write(self.history)
@@ -50,21 +44,7 @@ class RunPrinting:
         if improved:
             self.save(self.run.best_checkpoint)
             save_bundle(self.eval_model(), self.model_meta(), self.run_dir)
-        if self.multilabel:  # top-1 means nothing here: exact match, and val mAP
-            measure = "exact"
-            val = (
-                f"  val loss {row['val_loss']:.4f} exact {pct(row['val_exact_match'])} "
-                f"mAP {pct(row['val_map'])}"
-                if row.get("val_map") is not None
-                else ""
-            )
-        else:
-            measure = "top-1"
-            val = (
-                f"  val loss {row['val_loss']:.4f} top-1 {pct(row['val_top1'])}"
-                if row["val_top1"] is not None
-                else ""
-            )
+        measure, val = self.task.epoch_text(row)
         self.progress.line(
             f"epoch {row['epoch']:>3}/{self.cfg.epochs}  lr {row['lr']:.4g}  train loss "
             f"{row['train_loss']:.4f} {measure} {pct(row['train_top1'])}{val}  "

@@ -21,8 +21,8 @@ from ..artifacts.weights import (
 from ..core.device import resolve_device, resolve_precision
 from ..core.errors import ConfigError
 from ..data import DataError, DataPipeline, build_pipeline
-from ..metrics.multilabel import multilabel_loss, smoothed_targets
 from ..models import create_model
+from ..tasks import task_of
 from . import distributed as D
 from .checkpoint import (
     load_for_resume,
@@ -37,17 +37,6 @@ from .optim import (
     build_scheduler,
 )
 from .swa import WeightAverager
-
-
-class MultiLabelLoss(nn.Module):
-    """Binary cross-entropy on each class's logit (multi-hot targets), smoothed as timm's."""
-
-    def __init__(self, smoothing: float = 0.0) -> None:
-        super().__init__()
-        self.smoothing = smoothing
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return multilabel_loss(logits, smoothed_targets(targets.float(), self.smoothing))
 
 
 class TrainerSetup:
@@ -87,12 +76,10 @@ class TrainerSetup:
                 f"{cfg.data}: only one class ({self.classes[0]!r}); a classifier needs at least "
                 "2 classes (one folder per class)"
             )
-        self.multilabel = self.data.source.multilabel
-        if self.multilabel and cfg.class_weights != "none":
-            raise ConfigError(
-                "--class-weights weighs the classes of single-label data; a multi-label image "
-                "carries several at once (leave --class-weights at none)"
-            )
+        self.task = task_of(self.data.source)
+        self.multilabel = self.task.multilabel
+        if cfg.class_weights != "none":
+            self.task.require("class_weights")
         self.thresholds: list[float] | None = None  # multi-label: chosen at the end
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg)
@@ -138,13 +125,9 @@ class TrainerSetup:
         weights = resolve_class_weights(
             cfg.class_weights, self.classes, list(self.data.source.class_counts("train").values())
         )
-        if self.multilabel:
-            self.criterion = MultiLabelLoss(cfg.label_smoothing)
-        else:
-            self.criterion = nn.CrossEntropyLoss(
-                weight=None if weights is None else weights.to(self.device),
-                label_smoothing=cfg.label_smoothing,
-            )
+        self.criterion = self.task.criterion(
+            cfg.label_smoothing, None if weights is None else weights.to(self.device)
+        )
         self._eval_loaders: dict = {}
         self.features: FeatureCache | None = None
 
