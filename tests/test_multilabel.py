@@ -254,6 +254,14 @@ def test_run_beats_chance_and_records_thresholds(ml_run):
     assert cal["thresholds"] == s["thresholds"] and "temperature" not in meta
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val_map" in header and "val_exact_match" in header
+    # the learning curves draw the measures the run is judged by, not an empty val top-1
+    from resnetlab import Run
+
+    fig = Run(run).curves()
+    panel = fig.axes[1]
+    assert [ln.get_label() for ln in panel.get_lines()] == ["train", "val", "val mAP"]
+    assert panel.get_title() == "exact match (%), and val mAP"
+    assert all(np.isfinite(ln.get_ydata()).all() for ln in panel.get_lines()[1:])
 
 
 def test_every_label_above_its_threshold_by_default_and_topk_caps(tmp_path):

@@ -18,6 +18,7 @@ from ..inference.backends import create_backend
 from ..inference.loading import LoadedModel, load_model, run_pipeline
 from ..metrics.calibration import apply_temperature, expected_calibration_error
 from ..metrics.logits import accuracy_counts, iter_logits
+from ..tasks import task_of
 
 
 def per_class_metrics(cm: np.ndarray, classes: list[str]) -> dict:
@@ -117,29 +118,37 @@ def evaluate_run(
     for out, y in iter_logits(forward, loader, tf, runner.device, "fp32"):
         all_logits.append(out.cpu())
         all_labels.append(y.cpu())
-    if loaded.meta.multilabel:
-        targets = torch.cat(all_labels) if all_labels else torch.zeros(0, len(label_map))
-        result = _evaluate_multilabel(
-            loaded,
-            torch.cat(all_logits),
-            _to_model_columns(targets, label_map, loaded),
-            source.splits[split],
-            top_losses,
-            gradcam,
-        )
-        result.update(
-            {
-                "run": str(loaded.run or loaded.source) if run is loaded else str(run),
-                "data": pipe.cfg.data,
-                "split": split,
-                "tta": tta,
-                "backend": runner.name,
-                "precision": runner.precision,
-                "backend_note": note,
-            }
-        )
-        return _write_result(result, out_dir, loaded, split)
-    logits, targets = torch.cat(all_logits), label_map[torch.cat(all_labels)]
+    measure = _MEASURES[task_of(loaded.meta).name]
+    logits = torch.cat(all_logits) if all_logits else torch.zeros(0, len(loaded.classes))
+    found = measure(
+        loaded, logits, all_labels, label_map, source.splits[split], top_losses, gradcam
+    )
+    result = {
+        "run": str(loaded.run or loaded.source) if run is loaded else str(run),
+        "data": pipe.cfg.data,
+        "split": split,
+        **found,
+        "tta": tta,
+        "backend": runner.name,
+        "precision": runner.precision,
+        "backend_note": note,
+    }
+    return _write_result(result, out_dir, loaded, split)
+
+
+def _evaluate_multiclass(
+    loaded: LoadedModel,
+    logits: torch.Tensor,
+    labels: list[torch.Tensor],
+    label_map: torch.Tensor,
+    split_data,
+    top_losses: int,
+    gradcam: bool,
+) -> dict:
+    """Top-1/top-5, balanced accuracy, per-class precision/recall/F1, the confusion matrix,
+    the expected calibration error at the run's temperature and (``top_losses``) the wrong
+    answers with the highest loss."""
+    targets = label_map[torch.cat(labels)] if labels else torch.zeros(0, dtype=torch.long)
     n_cls = len(loaded.classes)
     losses = F.cross_entropy(logits, targets, reduction="none")
     pred = logits.argmax(1)
@@ -152,9 +161,6 @@ def evaluate_run(
     # One class (or no sample) has no calibration to measure.
     ece = expected_calibration_error(probs, targets) if n and n_cls > 1 else None
     result = {
-        "run": str(loaded.run or loaded.source) if run is loaded else str(run),
-        "data": pipe.cfg.data,
-        "split": split,
         "top1": top1,
         "top5": top5,
         **balanced_metrics(cm),
@@ -167,10 +173,6 @@ def evaluate_run(
         "confusion_matrix": cm.tolist(),
         # Rows divided by their totals: the recall of each true class across predictions.
         "confusion_matrix_normalized": (cm / np.maximum(cm.sum(1, keepdims=True), 1)).tolist(),
-        "tta": tta,
-        "backend": runner.name,
-        "precision": runner.precision,
-        "backend_note": note,
     }
     from ..core.plots import plot_confusion
 
@@ -183,7 +185,6 @@ def evaluate_run(
         wrong = (pred != targets).nonzero().flatten()
         order = wrong[losses[wrong].argsort(descending=True)][:top_losses]
         items = []
-        split_data = source.splits[split]
         for i in order.tolist():
             items.append(
                 {
@@ -197,7 +198,7 @@ def evaluate_run(
             )
         result["top_losses"] = items
         result["_gallery"] = (items, split_data, gradcam)
-    return _write_result(result, out_dir, loaded, split)
+    return result
 
 
 def _to_model_columns(targets: torch.Tensor, label_map: torch.Tensor, loaded) -> torch.Tensor:
@@ -210,7 +211,8 @@ def _to_model_columns(targets: torch.Tensor, label_map: torch.Tensor, loaded) ->
 def _evaluate_multilabel(
     loaded: LoadedModel,
     logits: torch.Tensor,
-    targets: torch.Tensor,
+    labels: list[torch.Tensor],
+    label_map: torch.Tensor,
     split_data,
     top_losses: int,
     gradcam: bool,
@@ -226,6 +228,8 @@ def _evaluate_multilabel(
         probabilities,
     )
 
+    targets = torch.cat(labels) if labels else torch.zeros(0, len(label_map))
+    targets = _to_model_columns(targets, label_map, loaded)
     classes, thresholds = loaded.classes, loaded.meta.thresholds
     probs = probabilities(logits)
     found = multilabel_metrics(probs, targets, classes, thresholds)
@@ -240,7 +244,7 @@ def _evaluate_multilabel(
         "hamming_accuracy": found["hamming_accuracy"],
         "top1": None,
         "top5": None,
-        "loss": float(multilabel_loss(logits, targets)) if n else 0.0,
+        "loss": _mean_loss(multilabel_loss, logits, targets),
         "num_samples": n,
         "thresholds": dict(zip(classes, thresholds)) if thresholds else None,
         "classes": list(classes),
@@ -341,3 +345,12 @@ def _display_image(split, index: int) -> np.ndarray:
         a = split.images[index].permute(1, 2, 0).numpy()
         return a[:, :, 0] if a.shape[2] == 1 else a
     return np.asarray(open_image(split.paths[index]))
+
+
+def _mean_loss(loss, logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """``loss`` averaged over the images (0 for none)."""
+    return float(loss(logits, targets)) if len(targets) else 0.0
+
+
+# what evaluation measures, by task
+_MEASURES = {"multiclass": _evaluate_multiclass, "multilabel": _evaluate_multilabel}

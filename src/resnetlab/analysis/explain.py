@@ -32,6 +32,7 @@ from ..core.errors import ConfigError
 from ..core.optional import require
 from ..data.images import ImageDecodeError, from_pil, open_image
 from ..data.transforms import BatchTransform, file_transform, stack_images
+from ..tasks import task_of
 
 # Overlays of small inputs (CIFAR's 32 px, digits' 8 px) are scaled up to at least this side,
 # so the heat can be seen; 224 is the size ImageNet models see.
@@ -290,10 +291,7 @@ class Explainer:
                 logits = self.model(x).float()
             targets = logits.argmax(1).tolist() if target is None else target
             heat = explain(self.model, x, targets)
-        if self.multilabel:
-            probs = torch.sigmoid(logits.float()).cpu()
-        else:
-            probs = torch.softmax(logits / self.temperature, dim=1).cpu()
+        probs = task_of(self.multilabel).probabilities(logits.float(), self.temperature).cpu()
         chosen = _targets(targets, len(x), probs.shape[1])
         return [
             Explanation(img, h, t, self.classes[t], float(p[t]))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..core.optional import require
+from ..tasks import task_of
 from .display import HTML_ROWS, _pct, _png, _png_of, _table
 
 
@@ -47,15 +48,11 @@ class Predictions(Sequence):
     def labels(self) -> list:
         """The predicted class of each input (None for an error); multi-label: the list of
         labels at or above their thresholds."""
-        out: list = []
-        for row, err in zip(self.probs, self.errors):
-            if err is not None:
-                out.append(None)
-            elif self.multilabel:
-                out.append([c for c, p, t in zip(self.classes, row, self.thresholds) if p >= t])
-            else:
-                out.append(self.classes[int(np.argmax(row))])
-        return out
+        task = task_of(self.multilabel)
+        return [
+            None if err is not None else task.decide(row, self.classes, self.thresholds)
+            for row, err in zip(self.probs, self.errors)
+        ]
 
     @property
     def indices(self) -> np.ndarray:

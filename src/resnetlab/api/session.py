@@ -207,10 +207,12 @@ class Run:
     def curves(self):
         """The learning curves (loss, top-1, learning rate per epoch): a matplotlib Figure."""
         from ..core.plots import curves_figure
+        from ..tasks import task_of
 
         if not self.history:
             raise ConfigError(f"{self.path} has no metrics.csv: no curves to draw")
-        return curves_figure(self.history, title=self._folder.name)
+        options = task_of(self.meta).curves_options()
+        return curves_figure(self.history, title=self._folder.name, **options)
 
     def _repr_html_(self) -> str:
         s, m = self.summary, self.meta

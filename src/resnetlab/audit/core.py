@@ -108,7 +108,7 @@ def audit(
         task=task,
     )
     if labels:
-        L.check_single_label(source.multilabel)
+        source.task.require("label_audit")
     if any(s.shards is not None for s in source.splits.values()):
         raise DataError(
             f"{data}: audit reads every image; wds: shards are streamed. Audit the folder or "

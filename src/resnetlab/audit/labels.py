@@ -226,11 +226,3 @@ def write_oof(path: Path, rows: list[tuple[str, str, int, np.ndarray]], classes:
         w.writerow([ref, label, fold, classes[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
     atomic_write_text(path, buf.getvalue())
     return path
-
-
-def check_single_label(multilabel: bool) -> None:
-    if multilabel:
-        raise ConfigError(
-            "--labels finds wrong labels of single-label data; multi-label data is not "
-            "supported (its duplicates are)"
-        )

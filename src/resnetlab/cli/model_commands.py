@@ -16,9 +16,8 @@ from .registry import command
 
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..analysis.evaluate import evaluate_run
+    from ..tasks import task_of
 
     r = evaluate_run(
         args.run,
@@ -40,45 +39,60 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     tta = " (flip TTA)" if r["tta"] else ""
     print(f"{r['split']} split of {r['data']}: {r['num_samples']} images{tta}")
-    if r.get("task") == "multilabel":
-        print(
-            f"mAP {pct(r['map'])} (chance {pct(r['chance_map'])})   F1 micro "
-            f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
-            f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n"
-        )
-        rows = [
-            [
-                name,
-                "-" if m["ap"] is None else f"{m['ap']:.3f}",
-                f"{m['precision']:.3f}",
-                *_recall_f1(m),
-                f"{m['threshold']:.2f}",
-                str(m["support"]),
-            ]
-            for name, m in r["per_class"].items()
-        ]
-        head = ["label", "AP", "precision", "recall", "F1", "threshold", "support"]
-    else:
-        print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
-        print(
-            f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 "
-            f"{pct(r['f1_macro'])}   ECE {pct(r['ece'])}\n"
-        )
-        predicted = dict(zip(r["classes"], np.asarray(r["confusion_matrix"]).sum(0).tolist()))
-        rows = [
-            [
-                name,
-                f"{m['precision']:.3f}" if m["support"] or predicted.get(name) else "-",
-                *_recall_f1(m),
-                str(m["support"]),
-            ]
-            for name, m in r["per_class"].items()
-        ]
-        head = ["class", "precision", "recall", "F1", "support"]
+    head, rows = _EVALUATION_TABLES[task_of(r).name](r)
     print(table(head, rows, right_from=1) + "\n")
     for key, path in r["files"].items():
         print(f"{key.replace('_', ' '):22} {path}")
     return 0
+
+
+def _multilabel_table(r: dict) -> tuple[list[str], list[list[str]]]:
+    """Print the multi-label measures; the per-label table."""
+    print(
+        f"mAP {pct(r['map'])} (chance {pct(r['chance_map'])})   F1 micro "
+        f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
+        f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n"
+    )
+    rows = [
+        [
+            name,
+            "-" if m["ap"] is None else f"{m['ap']:.3f}",
+            f"{m['precision']:.3f}",
+            *_recall_f1(m),
+            f"{m['threshold']:.2f}",
+            str(m["support"]),
+        ]
+        for name, m in r["per_class"].items()
+    ]
+    head = ["label", "AP", "precision", "recall", "F1", "threshold", "support"]
+    return head, rows
+
+
+def _multiclass_table(r: dict) -> tuple[list[str], list[list[str]]]:
+    """Print the single-label measures; the per-class table."""
+    import numpy as np
+
+    print(f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}")
+    print(
+        f"balanced accuracy {pct(r['balanced_accuracy'])}   macro-F1 "
+        f"{pct(r['f1_macro'])}   ECE {pct(r['ece'])}\n"
+    )
+    predicted = dict(zip(r["classes"], np.asarray(r["confusion_matrix"]).sum(0).tolist()))
+    rows = [
+        [
+            name,
+            f"{m['precision']:.3f}" if m["support"] or predicted.get(name) else "-",
+            *_recall_f1(m),
+            str(m["support"]),
+        ]
+        for name, m in r["per_class"].items()
+    ]
+    head = ["class", "precision", "recall", "F1", "support"]
+    return head, rows
+
+
+# the lines and per-class table of an evaluation, by task
+_EVALUATION_TABLES = {"multiclass": _multiclass_table, "multilabel": _multilabel_table}
 
 
 def _recall_f1(m: dict) -> list[str]:

@@ -159,8 +159,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def curves_figure(history: list[dict], title: str = ""):
-    """Loss, top-1 and learning rate against epoch (a matplotlib Figure)."""
+def curves_figure(
+    history: list[dict],
+    title: str = "",
+    curves: list[tuple[str, str]] = (("val_top1", "val"),),
+    panel: str = "top-1 accuracy (%)",
+):
+    """Loss, top-1 and learning rate against epoch (a matplotlib Figure). ``curves``: the
+    validation columns drawn beside train top-1 (history key, legend), under the title
+    ``panel``; a task's ``history_curves`` and ``history_panel``."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _plt()
@@ -173,15 +180,10 @@ def curves_figure(history: list[dict], title: str = ""):
     axes[0].plot(epochs, col("train_loss"), label="train", marker=".")
     axes[0].plot(epochs, col("val_loss"), label="val", marker=".")
     axes[0].set_title("loss")
-    multilabel = any(r.get("val_map") not in ("", None) for r in history)
     axes[1].plot(epochs, [v * 100 for v in col("train_top1")], label="train", marker=".")
-    if multilabel:  # train: exact match; val: mAP (the measure the best epoch is chosen by)
-        axes[1].plot(epochs, [v * 100 for v in col("val_exact_match")], label="val", marker=".")
-        axes[1].plot(epochs, [v * 100 for v in col("val_map")], label="val mAP", marker=".")
-        axes[1].set_title("exact match (%), and val mAP")
-    else:
-        axes[1].plot(epochs, [v * 100 for v in col("val_top1")], label="val", marker=".")
-        axes[1].set_title("top-1 accuracy (%)")
+    for key, legend in curves:
+        axes[1].plot(epochs, [v * 100 for v in col(key)], label=legend, marker=".")
+    axes[1].set_title(panel)
     axes[2].plot(epochs, col("lr"), color="tab:green", marker=".")
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:
@@ -196,10 +198,11 @@ def curves_figure(history: list[dict], title: str = ""):
     return fig
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> Path:
-    """Loss, top-1 and learning rate against epoch, saved as PNG."""
+def plot_curves(history: list[dict], path: Path, title: str = "", **task) -> Path:
+    """Loss, top-1 and learning rate against epoch, saved as PNG (``task``: ``curves`` and
+    ``panel`` as :func:`curves_figure`)."""
     with _glyph_check():
-        return _save(curves_figure(history, title), path)
+        return _save(curves_figure(history, title, **task), path)
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:

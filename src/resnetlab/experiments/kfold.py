@@ -28,7 +28,6 @@ from ..core.errors import ConfigError
 from ..core.files import atomic_write_text
 from ..data import load_source
 from ..data.sources import label_counts, strata
-from ..metrics.multilabel import LABEL_SEPARATOR
 from ..train import Trainer
 from ..train.config import TrainConfig
 
@@ -100,13 +99,13 @@ def write_fold_lists(cfg: TrainConfig, folds: int, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     lists = []
 
+    task = source.task
+
     def text(y: torch.Tensor) -> str:  # a class name, or the labels of a multi-hot row
-        if y.dim() == 0:
-            return source.classes[int(y)]
-        return LABEL_SEPARATOR.join(source.classes[j] for j in (y > 0.5).nonzero().flatten())
+        return task.label_text(y, source.classes)
 
     for k in range(folds):
-        rows = [["path", "labels" if source.multilabel else "label", "split"]]
+        rows = [["path", task.label_column, "split"]]
         rows += [
             [str(Path(p).resolve()), text(y), "val" if f == k else "train"]
             for p, y, f in zip(paths, labels, fold.tolist())
@@ -166,8 +165,7 @@ def held_out_probabilities(run: str | Path) -> tuple[list[str], list[str], torch
     given labels (names; multi-label: joined by |), calibrated probabilities (softmax at the
     run's temperature; multi-label: the sigmoids), and the class names."""
     from ..inference.loading import load_model, run_pipeline
-    from ..metrics.calibration import apply_temperature
-    from ..metrics.multilabel import probabilities
+    from ..tasks import task_of
 
     loaded = load_model(run)
     pipe = run_pipeline(loaded, num_workers=0)  # the fold's own list, split as it trained
@@ -179,15 +177,9 @@ def held_out_probabilities(run: str | Path) -> tuple[list[str], list[str], torch
         for x, _ in loader:
             logits.append(model(tf(x)).float())
     out = torch.cat(logits) if logits else torch.zeros(0, len(loaded.classes))
-    if loaded.meta.multilabel:
-        probs = probabilities(out)
-        given = [
-            LABEL_SEPARATOR.join(pipe.classes[j] for j in (y > 0.5).nonzero().flatten())
-            for y in split.labels
-        ]
-    else:
-        probs = apply_temperature(out, loaded.meta.temperature)
-        given = [pipe.classes[int(y)] for y in split.labels]
+    task = task_of(loaded.meta)
+    probs = task.probabilities(out, loaded.meta.temperature)
+    given = [task.label_text(y, pipe.classes) for y in split.labels]
     # The model's columns are its classes; the data's are the same names (checked on loading).
     index = [loaded.classes.index(c) for c in pipe.classes]
     return [str(p) for p in split.paths], given, probs[:, index], list(pipe.classes)

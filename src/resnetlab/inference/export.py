@@ -319,25 +319,15 @@ def quantize_int8(
         }
         _set_metadata(proto, {**_metadata(loaded), "resnetlab.quantization": json.dumps(info)})
         onnx.save(proto, str(tmp))
-        compare = _compare_int8_multilabel if loaded.meta.multilabel else _compare_int8
+        compare, refused = _INT8_CHECKS[task_of(loaded.meta).name]
         report = {**info, **compare(pipe, fp32_path, tmp, measure, loaded.meta.thresholds)}
         advice = (
             f"{fp32_path} (fp32) is written and verified. Try more --calibration images, "
             "or use the fp32 model"
         )
-        if min_agreement is not None and loaded.meta.multilabel:
-            if report["delta_points"] < -INT8_MAX_MAP_DROP:
-                raise ExportError(
-                    f"{path} not written: int8 mAP {pct(report['int8_map'])} is "
-                    f"{-report['delta_points']:.2f} points below fp32's {pct(report['fp32_map'])} "
-                    f"on {report['measured_on']} (at most {INT8_MAX_MAP_DROP:g} allowed); {advice}"
-                )
-        elif min_agreement is not None and report["agreement"] < min_agreement:
-            raise ExportError(
-                f"{path} not written: int8 top-1 agrees with fp32 on only "
-                f"{pct(report['agreement'], 1)} of {report['measured_on']} (needs "
-                f"{pct(min_agreement, 0)}); {advice}"
-            )
+        why = refused(report, min_agreement) if min_agreement is not None else None
+        if why:
+            raise ExportError(f"{path} not written: {why}; {advice}")
         _fsync(tmp)
         os.replace(tmp, path)
     finally:
@@ -452,3 +442,31 @@ def export(
         )
         result["int8"] = {"path": str(int8_path), "bytes": int8_path.stat().st_size, **report}
     return result
+
+
+def _top1_refused(report: dict, min_agreement: float) -> str | None:
+    """Why an int8 single-label model is refused: top-1 agreement below ``min_agreement``."""
+    if report["agreement"] >= min_agreement:
+        return None
+    return (
+        f"int8 top-1 agrees with fp32 on only {pct(report['agreement'], 1)} of "
+        f"{report['measured_on']} (needs {pct(min_agreement, 0)})"
+    )
+
+
+def _map_refused(report: dict, min_agreement: float) -> str | None:
+    """Why an int8 multi-label model is refused: mAP more than INT8_MAX_MAP_DROP points down."""
+    if report["delta_points"] >= -INT8_MAX_MAP_DROP:
+        return None
+    return (
+        f"int8 mAP {pct(report['int8_map'])} is {-report['delta_points']:.2f} points below "
+        f"fp32's {pct(report['fp32_map'])} on {report['measured_on']} (at most "
+        f"{INT8_MAX_MAP_DROP:g} allowed)"
+    )
+
+
+# how an int8 export is compared with its fp32 model, and when it is refused, by task
+_INT8_CHECKS = {
+    "multiclass": (_compare_int8, _top1_refused),
+    "multilabel": (_compare_int8_multilabel, _map_refused),
+}

@@ -31,6 +31,7 @@ from ..core.files import atomic_write_bytes, atomic_write_text
 from ..core.fmt import pct, shell_command
 from ..data.transforms import eval_resize_size
 from ..models import get_model_entry
+from ..tasks import task_of
 from .loading import LoadedModel, load_model
 
 CONFIG = "config.json"
@@ -167,7 +168,7 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
     arch = config["architecture"]
     timm_ok = config["resnetlab"]["timm"]
     name = repo_id or (run.name if run is not None else meta.model)
-    multilabel = meta.multilabel
+    card = _CARDS[task_of(meta).name]
     pre = preprocessing(meta)
     data = settings.get("data") or summary.get("data") or "-"
     front = [
@@ -180,7 +181,6 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
         *(["- timm"] if timm_ok else []),
     ]
     if ev:
-        key = "map" if multilabel else "top1"
         front += [
             "model-index:",
             f"- name: {json.dumps(name)}",
@@ -192,12 +192,12 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
             f"      type: {json.dumps(str(data))}",
             f"      split: {ev.get('split', 'test')}",
             "    metrics:",
-            f"    - type: {'mAP' if multilabel else 'accuracy'}",
-            f"      value: {float(ev.get(key) or 0.0):.4f}",
+            f"    - type: {card['metric']}",
+            f"      value: {float(ev.get(task_of(meta).score) or 0.0):.4f}",
         ]
     front.append("---")
     lines = [*front, "", f"# {name}", ""]
-    kind = "multi-label" if multilabel else "image"
+    kind = card["kind"]
     lines.append(
         f"A {meta.model} {kind} classifier for {meta.num_classes} classes, trained "
         f"with [resnetlab](https://pypi.org/project/resnetlab/) on `{data}`."
@@ -259,17 +259,7 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
     lines += ["## Metrics", ""]
     if ev:
         split, n = ev.get("split", "test"), ev.get("num_samples")
-        if multilabel:
-            lines.append(
-                f"On the {split} split ({n} images): mAP {pct(ev.get('map'))}, F1 "
-                f"micro {pct(ev.get('f1_micro'))}, macro {pct(ev.get('f1_macro'))}."
-            )
-        else:
-            lines.append(
-                f"On the {split} split ({n} images): top-1 {pct(ev.get('top1'))}, "
-                f"top-5 {pct(ev.get('top5'))}, balanced accuracy "
-                f"{pct(ev.get('balanced_accuracy'))}, macro-F1 {pct(ev.get('f1_macro'))}."
-            )
+        lines.append(f"On the {split} split ({n} images): {card['measured'](ev)}.")
         lines += ["", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
         for c, m in ev.get("per_class", {}).items():
             lines.append(
@@ -279,22 +269,10 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
     else:
         lines.append("No held-out evaluation: the run had no validation or test images.")
     lines += ["", "## Calibration", ""]
-    if multilabel and meta.thresholds:
-        lines.append(
-            "A label is present when its sigmoid reaches its threshold, chosen on the "
-            "validation split: "
-            + ", ".join(f"`{_md(c)}` {t:.2f}" for c, t in zip(meta.classes, meta.thresholds))
-            + "."
-        )
-    elif meta.temperature:
-        lines.append(
-            f"Temperature scaling on the validation split: divide the logits by "
-            f"T = {meta.temperature:.4g} before the softmax (expected calibration "
-            f"error {pct(summary.get('ece_before'))} -> {pct(summary.get('ece_after'))}"
-            ")."
-        )
-    else:
-        lines.append("Not calibrated: the probabilities are the plain softmax.")
+    lines.append(
+        card["calibration"](meta, summary)
+        or "Not calibrated: the probabilities are the plain softmax."
+    )
     c, h, w = pre["input_size"]
     resize = (
         f"shorter side resized to {pre['resize']}, then the center {h}x{w} cropped"
@@ -360,7 +338,7 @@ def model_card(loaded: LoadedModel, config: dict, ev: dict, repo_id: str | None 
     )
     lines.append(
         f"- It knows only its {meta.num_classes} classes: any image gets one of them"
-        + (" (or none above its threshold)." if multilabel else ", with no 'none of these' answer.")
+        + card["limit"]
     )
     if n is not None and n < 100:
         lines.append(f"- {n} test images make each percentage above uncertain by several points.")
@@ -479,3 +457,44 @@ def _hub_problem(exc: BaseException, repo_id: str, folder: Path) -> str:
             "with `hf auth login` or set HF_TOKEN to a token that may write there"
         )
     return f"cannot push to {repo_id}: {text[:200]}"
+
+
+# what a model card says of each task: its model-index metric, the kind of classifier, the
+# measures, the calibration and the limit of its answers
+_CARDS = {
+    "multiclass": {
+        "metric": "accuracy",
+        "kind": "image",
+        "measured": lambda ev: (
+            f"top-1 {pct(ev.get('top1'))}, top-5 {pct(ev.get('top5'))}, balanced accuracy "
+            f"{pct(ev.get('balanced_accuracy'))}, macro-F1 {pct(ev.get('f1_macro'))}"
+        ),
+        "calibration": lambda meta, summary: (
+            meta.temperature
+            and (
+                f"Temperature scaling on the validation split: divide the logits by "
+                f"T = {meta.temperature:.4g} before the softmax (expected calibration error "
+                f"{pct(summary.get('ece_before'))} -> {pct(summary.get('ece_after'))})."
+            )
+        ),
+        "limit": ", with no 'none of these' answer.",
+    },
+    "multilabel": {
+        "metric": "mAP",
+        "kind": "multi-label",
+        "measured": lambda ev: (
+            f"mAP {pct(ev.get('map'))}, F1 micro {pct(ev.get('f1_micro'))}, macro "
+            f"{pct(ev.get('f1_macro'))}"
+        ),
+        "calibration": lambda meta, summary: (
+            meta.thresholds
+            and (
+                "A label is present when its sigmoid reaches its threshold, chosen on the "
+                "validation split: "
+                + ", ".join(f"`{_md(c)}` {t:.2f}" for c, t in zip(meta.classes, meta.thresholds))
+                + "."
+            )
+        ),
+        "limit": " (or none above its threshold).",
+    },
+}

@@ -70,6 +70,10 @@ class Task:
             for v, ix in zip(values, indices)
         ]
 
+    def decide(self, probs: Any, classes: list[str], thresholds: list[float] | None) -> Any:
+        """One image's answer from its probabilities (a sequence): the most probable class."""
+        return classes[max(range(len(probs)), key=lambda i: probs[i])]
+
     def calibration_of(self, meta: Any) -> dict[str, Any]:
         """What the model's calibration is, as ``/model`` and the notebook API show it."""
         return {"temperature": meta.temperature, "thresholds": None}
@@ -141,9 +145,12 @@ class Task:
         """The validation curves a training plot draws beside train (history key, legend)."""
         return [("val_top1", "val")]
 
-    def evaluation_lines(self, r: dict) -> str:
-        """The headline of ``resnetlab evaluate`` for its result ``r``."""
-        return f"top-1 {pct(r['top1'])}   top-5 {pct(r['top5'])}   loss {r['loss']:.4f}\n"
+    # the title of the plot's accuracy panel
+    history_panel = "top-1 accuracy (%)"
+
+    def curves_options(self) -> dict:
+        """What ``core.plots.curves_figure`` needs to draw this task's history."""
+        return {"curves": self.history_curves(), "panel": self.history_panel}
 
     # ---------------------------------------------------------------- data
 
@@ -222,6 +229,10 @@ class MultiLabel(Task):
         given; each with its ``threshold``)."""
         return ml.label_rows(probs, classes, self.thresholds(meta), k)
 
+    def decide(self, probs: Any, classes: list[str], thresholds: list[float] | None) -> Any:
+        """The labels at or above their thresholds."""
+        return [c for c, p, t in zip(classes, probs, thresholds) if p >= t]
+
     def calibration_of(self, meta: Any) -> dict[str, Any]:
         return {"temperature": None, "thresholds": meta.thresholds}
 
@@ -281,14 +292,10 @@ class MultiLabel(Task):
         return "exact", val
 
     def history_curves(self) -> list[tuple[str, str]]:
+        # train: exact match; val: exact match and mAP (the measure the best epoch is chosen by)
         return [("val_exact_match", "val"), ("val_map", "val mAP")]
 
-    def evaluation_lines(self, r: dict) -> str:
-        return (
-            f"mAP {pct(r['map'])} (chance {pct(r['chance_map'])})   F1 micro "
-            f"{pct(r['f1_micro'])}   macro {pct(r['f1_macro'])}   exact match "
-            f"{pct(r['exact_match'])}   loss {r['loss']:.4f}\n"
-        )
+    history_panel = "exact match (%), and val mAP"
 
     may_be_unlabelled = True
     csv_shape = "path,labels[,split] (labels separated by |)"

@@ -149,10 +149,15 @@ def build_report(
         meta.model, summarize(loaded.model, tuple(meta.input_size), depth=1)
     )
     ev = evaluate_run(loaded, data=data, top_losses=top_losses, out_dir=figures)
-    curves = plot_curves(history, figures / "curves.png", meta.model) if history else None
+    task = task_of(meta)
+    curves = (
+        plot_curves(history, figures / "curves.png", meta.model, **task.curves_options())
+        if history
+        else None
+    )
 
     e = html.escape
-    parts = _PARTS[task_of(meta).name](meta, ev, summary, history, rd, figures)
+    parts = _PARTS[task.name](meta, ev, summary, history, rd, figures)
     per_class_head = parts["per_class_head"]
     per_class_rows = "".join(
         parts["per_class_row"](e(name), m) for name, m in ev["per_class"].items()
