@@ -448,3 +448,79 @@ def test_audit_page_in_chromium_draws_thumbnails_and_chinese(tmp_path):
             fonts = driver.execute_cdp_cmd("CSS.getPlatformFontsForNode", {"nodeId": node})
             used |= {f["familyName"] for f in fonts["fonts"]}
     assert any("CJK" in name for name in used), used  # the class names, not boxes
+
+
+def _stream_names(shards, channels: int = 3, classes: int = 3) -> dict[str, int]:
+    """Each sample a split of shards gives training, by name, with the label it trains with."""
+    from resnetlab.data.stream import ShardLoader
+    from resnetlab.data.transforms import file_transform
+
+    loader = ShardLoader(
+        shards,
+        4,
+        shuffle=False,
+        drop_last=False,
+        transform=file_transform("small", 8, train=False),
+        channels=channels,
+        num_classes=classes,
+        return_keys=True,
+    )
+    return {n: int(y) for _, ys, names in loader for n, y in zip(names, ys)}
+
+
+def test_wds_shards_audited_excluded_and_relabelled_as_they_stream(tmp_path, capsys, caplog):
+    pytest.importorskip("webdataset")
+    from resnetlab.data import load_source, write_shards
+
+    data = tmp_path / "messy"
+    messy_folder(data)
+    shards = tmp_path / "wds"
+    write_shards(str(data), shards, shard_size_bytes=20_000)  # several shards per split
+    assert len(list(shards.glob("train-*.tar"))) > 1
+    folder = audit(str(data)).report
+    report = audit(f"wds:{shards}").report
+    # the same groups as the folder the shards were written from, named SHARD:KEY
+    assert report["num_images"] == folder["num_images"] == 52
+    assert [g["status"] for g in report["duplicates"]] == [
+        g["status"] for g in folder["duplicates"]
+    ]
+    assert [g["classes"] for g in report["duplicates"]] == [
+        g["classes"] for g in folder["duplicates"]
+    ]
+    leak = next(g for g in report["duplicates"] if g["splits"] == ["train", "test"])
+    assert leak["status"] == "leak" and ".tar:test_" in leak["exclude"][0]
+
+    exclude, page = tmp_path / "exclude.txt", tmp_path / "audit.html"
+    args = ["audit", f"wds:{shards}", "--write-exclude", str(exclude), "--html", str(page)]
+    assert main(args) == 1
+    capsys.readouterr()
+    listed = [x for x in exclude.read_text(encoding="utf-8").splitlines() if x[:1] not in "#"]
+    assert len(listed) == 5 and all(x.startswith("wds/") and ".tar:" in x for x in listed)
+    assert page.read_text(encoding="utf-8").count("<img") == 8  # thumbnails read from shards
+
+    # train --exclude: the stream leaves them out; the shards are not touched
+    before = sorted((p, p.stat().st_mtime_ns) for p in shards.iterdir())
+    pipe = build_pipeline(DataConfig(data=f"wds:{shards}", exclude=str(exclude), num_workers=0))
+    gone = {str(shards / x.removeprefix("wds/")) for x in listed}
+    seen = {n for s in pipe.source.splits.values() for n in _stream_names(s.shards)}
+    assert len(seen) == 52 - 5 and not seen & gone
+    assert sum(len(s) for s in pipe.source.splits.values()) == 47
+    out = ["--out", str(tmp_path / "runs"), "--name", "clean", "--quiet"]
+    assert main(["train", "--data", f"wds:{shards}", "--exclude", str(exclude), *TINY, *out]) == 0
+    assert "5 image(s) left out" in caplog.text
+    assert sorted((p, p.stat().st_mtime_ns) for p in shards.iterdir()) == before
+
+    # train --relabel: the stream gives the sample the label the file names
+    source = load_source(f"wds:{shards}")
+    name = next(iter(_stream_names(source.splits["train"].shards)))
+    given = source.classes[_stream_names(source.splits["train"].shards)[name]]
+    other = next(c for c in source.classes if c != given)
+    relabel = tmp_path / "relabel.csv"
+    ref = Path(name).relative_to(tmp_path)
+    relabel.write_text(f"path,given,label\n{ref},{given},{other}\n", encoding="utf-8")
+    fixed, changed = apply_relabel(source, relabel)
+    assert changed == 1
+    assert _stream_names(fixed.splits["train"].shards)[name] == source.classes.index(other)
+    relabel.write_text(f"path,given,label\n{ref},{other},{given}\n", encoding="utf-8")
+    with pytest.raises(DataError, match="written for other data"):
+        apply_relabel(source, relabel)

@@ -233,6 +233,10 @@ def test_jpeg_fast_path_gives_open_images_pixels(tmp_path):
         data = buf.getvalue()
         fast, ref = decode_image(data, 3, "x.jpg"), open_image(data, 3)
         assert isinstance(fast, np.ndarray) and np.array_equal(fast, np.asarray(ref))
+        # the evaluation transform takes it as it takes the image (val and test of shards)
+        for preset in ("small", "imagenet"):
+            tf = file_transform(preset, 16, train=False)
+            assert torch.equal(tf(fast), tf(ref))
     grey = io.BytesIO()
     Image.fromarray(a[..., 0]).save(grey, "JPEG")
     assert np.array_equal(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import ConfigError, DataError
+from ..core.errors import ConfigError
 from ..core.fmt import pct, shell_command, table
 from ..data import load_source
 from ..data.curate import pixel_hash, write_exclude, write_relabel
@@ -47,9 +47,13 @@ def _load(data: str, **options) -> Source:
         quiet.setLevel(level)
 
 
-def run_features(run: str, source: Source, batch_size: int = 64) -> tuple[np.ndarray, str]:
+def run_features(
+    run: str, source: Source, refs: list[str] | None = None, batch_size: int = 64
+) -> tuple[np.ndarray, str]:
     """The pooled features (N, F) a trained model gives every image of ``source``, in split
-    order, preprocessed as the model's metadata says; and what they are, in words."""
+    order, preprocessed as the model's metadata says; and what they are, in words. ``refs``:
+    the scan's names of the images, by which a split of shards places its rows (zeros for a
+    sample the stream could not read)."""
     from ..inference.loading import load_model, run_pipeline
 
     loaded = load_model(run)
@@ -63,15 +67,34 @@ def run_features(run: str, source: Source, batch_size: int = 64) -> tuple[np.nda
     model = loaded.model.eval()
     out = []
     with torch.inference_mode():
-        for split in source.splits:
+        start = 0  # where each split's images start in the scan's order
+        for split, s in source.splits.items():
             loader, tf = pipe.split_loader(split, channels_last=False)
-            for x, _ in loader:
-                f = model.forward_features(tf(x)).float()
-                if f.ndim == 4:  # the last stage's feature map: pooled as the head pools it
-                    f = f.mean(dim=(2, 3))
-                out.append(f.cpu().numpy())
+            n = s.shards.count if s.shards is not None else len(s)
+            if s.shards is not None:
+                # A stream leaves unreadable samples out: each row is placed by its name.
+                loader.return_keys = True
+                place = {name: k for k, name in enumerate(refs[start : start + n])}
+                rows = None
+                for x, _, names in loader:
+                    f = _pooled(model, tf(x))
+                    if rows is None:
+                        rows = np.zeros((n, f.shape[1]), np.float32)
+                    rows[[place[name] for name in names]] = f
+                if rows is not None:
+                    out.append(rows)
+            else:
+                out += [_pooled(model, tf(x)) for x, _ in loader]
+            start += n
     width_ = getattr(model, "num_features", out[0].shape[1] if out else 0)
     return np.concatenate(out), f"features of {run} ({loaded.meta.model}, {width_} per image)"
+
+
+def _pooled(model, x: torch.Tensor) -> np.ndarray:
+    f = model.forward_features(x).float()
+    if f.ndim == 4:  # the last stage's feature map: pooled as the head pools it
+        f = f.mean(dim=(2, 3))
+    return f.cpu().numpy()
 
 
 def audit(
@@ -109,11 +132,6 @@ def audit(
     )
     if labels:
         source.task.require("label_audit")
-    if any(s.shards is not None for s in source.splits.values()):
-        raise DataError(
-            f"{data}: audit reads every image; wds: shards are streamed. Audit the folder or "
-            "listing the shards were written from"
-        )
     items = scan(source, features=labels and not run and not oof)
     found: dict = {}
     groups = find_duplicates(items, near=near, **({"info": found} if near else {}))
@@ -167,7 +185,7 @@ def _label_issues(items: Items, source: Source, run, oof, folds: int, seed: int)
         }
     else:
         if run:
-            features, what = run_features(run, source)
+            features, what = run_features(run, source, items.refs)
             model = {"source": "run", "description": f"logistic regression on the {what}"}
         else:
             features = items.pixels.astype(np.float32)

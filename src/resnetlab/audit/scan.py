@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from PIL import Image
@@ -76,13 +77,51 @@ def to_pil(a: np.ndarray) -> Image.Image:
     return Image.fromarray(a[:, :, 0] if a.ndim == 3 and a.shape[2] == 1 else a)
 
 
+def _hwc(img) -> np.ndarray:
+    a = np.asarray(img, dtype=np.uint8)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
 def load_pixels(source: Source, split: str, i: int) -> np.ndarray:
-    """The decoded pixels of one image, (H, W, C) uint8, as training reads them."""
+    """The decoded pixels of one image, (H, W, C) uint8, as training reads them (for a split
+    of shards, sample ``i`` in the order the shards are read)."""
     s = source.splits[split]
     if s.images is not None:
         return s.images[i].permute(1, 2, 0).numpy()
-    a = np.asarray(open_image(s.paths[i], source.channels), dtype=np.uint8)
-    return a[:, :, None] if a.ndim == 2 else a
+    if s.shards is not None:
+        from ..data.wds import decode_sample, read_segment
+
+        for f, n in zip(s.shards.files, s.shards.counts):
+            if i < n:
+                name, sample = next(read_segment(f, i, i + 1))
+                return _hwc(decode_sample(sample, source.channels, source.num_classes, name)[0])
+            i -= n
+        raise IndexError(f"{split}: no sample {i} in its shards")
+    return _hwc(open_image(s.paths[i], source.channels))
+
+
+def _shard_results(source: Source, split: str, pool, features: bool, chunk: int = 256):
+    """(name, class index, fingerprints or the reason it is unreadable) of every sample of a
+    split of shards, read front to back and decoded on ``pool``'s threads a chunk at a time."""
+    from ..data.wds import decode_sample, read_segment
+
+    s = source.splits[split]
+
+    def one(item):
+        name, sample = item
+        if "__missing__" in sample:
+            return name, -1, sample["__missing__"]
+        try:
+            img, label = decode_sample(sample, source.channels, source.num_classes, name)
+        except ImageDecodeError as exc:
+            return name, -1, str(exc.reason)
+        return name, label, _fingerprints(_hwc(img), features)
+
+    samples = (x for f, n in zip(s.shards.files, s.shards.counts) for x in read_segment(f, 0, n))
+    out = []
+    while batch := list(islice(samples, chunk)):
+        out += pool.map(one, batch)
+    return out
 
 
 def small_pixels(img: Image.Image, side: int = PIXEL_SIDE) -> np.ndarray:
@@ -101,8 +140,20 @@ def scan(source: Source, workers: int | None = None, features: bool = False) -> 
     """Fingerprint every image of ``source`` (files decoded on ``workers`` threads);
     ``features``: also keep each image small, for a label model on pixels."""
     refs, split_of, index, label, label_index = [], [], [], [], []
-    jobs = []
+    jobs, streamed = [], {}
+    workers = workers or min(4, os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=workers)  # Pillow decodes without the GIL
     for name, s in source.splits.items():
+        if s.shards is not None:  # labels are read with the images
+            part = _shard_results(source, name, pool, features)
+            refs += [r[0] for r in part]
+            split_of += [name] * len(part)
+            index += range(len(part))
+            label += [source.classes[r[1]] if r[1] >= 0 else "?" for r in part]
+            label_index += [r[1] for r in part]
+            streamed.update({len(jobs) + k: r[2] for k, r in enumerate(part)})
+            jobs += [None] * len(part)
+            continue
         refs += item_refs(source, name)
         split_of += [name] * len(s)
         index += range(len(s))
@@ -123,9 +174,10 @@ def scan(source: Source, workers: int | None = None, features: bool = False) -> 
         except ImageDecodeError as exc:  # changed since it was listed: said, and left out
             return str(exc.reason)
 
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without the GIL
-        results = list(pool.map(one, jobs, chunksize=64))
+    with pool:
+        files = [j for j in jobs if j is not None]
+        decoded = iter(pool.map(one, files, chunksize=64))
+        results = [streamed[k] if j is None else next(decoded) for k, j in enumerate(jobs)]
     errors = [(refs[k], r) for k, r in enumerate(results) if isinstance(r, str)]
     valid = np.array([not isinstance(r, str) for r in results], dtype=bool)
     # An image that cannot be read matches nothing: its own fingerprint, a flat thumbnail.

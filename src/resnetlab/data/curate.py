@@ -6,7 +6,9 @@ An image is named by its path (relative paths in these files are relative to the
 folder, as in a ``csv:`` listing), or, for data held in memory (digits, MNIST, CIFAR), by its
 place ``SPLIT#INDEX`` in the split as loaded, followed by the fingerprint of its pixels so that
 a file written for another split (another --seed or --val-ratio) is refused instead of
-leaving out the wrong images.
+leaving out the wrong images. A sample of ``wds:`` shards is ``SHARD:KEY`` (the tar file, its
+path as any other, and the sample's key in it); shards are not rewritten: the stream leaves
+the sample out, or gives it the new label, as it reads (``Shards.overrides``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .sources import SPLITS, DataError, Source, class_name
 log = logging.getLogger(__name__)
 
 _REF = re.compile(r"^(train|val|test)#(\d+)$")
+_SAMPLE = re.compile(r"^(.+\.tar(?:\.[A-Za-z0-9]+)?):([^:]+)$")  # SHARD:KEY
 SHOW = 5  # entries named in a message that lists the ones that match nothing
 
 
@@ -80,12 +83,15 @@ class _Entry:
 
 
 def _resolve(entry: _Entry, listing: Path) -> tuple[str, object]:
-    """("mem", (split, index)) or ("file", key)."""
+    """("mem", (split, index)), ("sample", key) for a sample in a shard, or ("file", key)."""
     m = _REF.match(entry.ref)
     if m:
         return "mem", (m.group(1), int(m.group(2)))
-    p = Path(entry.ref).expanduser()
-    return "file", _key(p if p.is_absolute() else listing.parent / p)
+    m = _SAMPLE.match(entry.ref)
+    text = m.group(1) if m else entry.ref
+    p = Path(text).expanduser()
+    key = _key(p if p.is_absolute() else listing.parent / p)
+    return ("sample", f"{key}:{m.group(2)}") if m else ("file", key)
 
 
 class _Index:
@@ -99,11 +105,31 @@ class _Index:
             if s.paths is not None:
                 for i, p in enumerate(s.paths):
                     self.files.setdefault(_key(p), (name, i))
+        self._samples: dict[str, tuple[str, str]] | None = None
+        self.labels: dict[str, int | None] = {}  # a shard sample's name: its .cls index
 
-    def find(self, entry: _Entry, listing: Path, flag: str) -> tuple[str, int] | None:
+    def samples(self) -> dict[str, tuple[str, str]]:
+        """Every sample of the shards (their tar headers read once, on first use)."""
+        if self._samples is None:
+            from .wds import shard_labels
+
+            self._samples = {}
+            for split, s in self.source.splits.items():
+                for f in s.shards.files if s.shards is not None else []:
+                    for name, label in shard_labels(f):
+                        key = name[len(str(f)) + 1 :]
+                        self._samples.setdefault(f"{_key(f)}:{key}", (split, name))
+                        self.labels[name] = label
+        return self._samples
+
+    def find(self, entry: _Entry, listing: Path, flag: str) -> tuple[str, int | str] | None:
+        """(split, place) of the image ``entry`` names; for a sample of a shard the place is
+        its name (``SHARD:KEY``, as the stream names it)."""
         kind, where = _resolve(entry, listing)
         if kind == "file":
             return self.files.get(where)
+        if kind == "sample":
+            return self.samples().get(where)
         split, i = where
         s = self.source.splits.get(split)
         if s is None or s.images is None or i >= len(s):
@@ -186,6 +212,12 @@ def apply_exclude(source: Source, path: str | os.PathLike) -> tuple[Source, int]
     splits = dict(source.splits)
     for name, rows in drop.items():
         s = splits[name]
+        if s.shards is not None:
+            gone = dict.fromkeys(rows, None)
+            splits[name] = replace(
+                s, shards=replace(s.shards, overrides={**s.shards.overrides, **gone})
+            )
+            continue
         keep = torch.tensor([i for i in range(len(s)) if i not in rows], dtype=torch.long)
         splits[name] = s.subset(keep)
     out = replace(source, splits=splits)
@@ -249,6 +281,9 @@ def apply_relabel(source: Source, path: str | os.PathLike) -> tuple[Source, int]
     index = _Index(source)
     classes = {c: i for i, c in enumerate(source.classes)}
     labels = {name: s.labels.clone() for name, s in source.splits.items() if s.shards is None}
+    relabelled: dict[str, dict[str, int | None]] = {
+        name: dict(s.shards.overrides) for name, s in source.splits.items() if s.shards is not None
+    }
     missing, changed = [], 0
     for entry, given, label in rows:
         if label not in classes:
@@ -261,18 +296,28 @@ def apply_relabel(source: Source, path: str | os.PathLike) -> tuple[Source, int]
             missing.append(entry)
             continue
         split, i = found
-        now = source.classes[int(source.splits[split].labels[i])]
+        if isinstance(i, str):  # a sample of a shard: its label is in its .cls member
+            held = relabelled[split].get(i, index.labels.get(i))
+            now = source.classes[held] if held is not None and held < len(classes) else "?"
+        else:
+            held = int(labels[split][i])
+            now = source.classes[held]
         if given and given != now:
             raise DataError(
                 f"--relabel {path}: {entry.where}: {entry.ref} has label {now!r}, but the file "
                 f"says it had {given!r}; it was written for other data"
             )
-        if labels[split][i] != classes[label]:
-            labels[split][i] = classes[label]
+        if held != classes[label]:
+            if isinstance(i, str):
+                relabelled[split][i] = classes[label]
+            else:
+                labels[split][i] = classes[label]
             changed += 1
     _unmatched("--relabel", path, missing, len(rows), source)
     splits = {
-        name: replace(s, labels=labels[name]) if name in labels else s
+        name: replace(s, labels=labels[name])
+        if name in labels
+        else replace(s, shards=replace(s.shards, overrides=relabelled[name]))
         for name, s in source.splits.items()
     }
     out = replace(source, splits=splits)

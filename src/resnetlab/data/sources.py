@@ -62,10 +62,19 @@ class Shards:
     class_counts: list[int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    # ``--exclude`` and ``--relabel`` for shards, which cannot be rewritten: a sample's name
+    # (``SHARD:KEY``, as the stream names it) to the class index it trains with, or None to
+    # leave it out. The stream applies them as it reads; the shards are not changed.
+    overrides: dict[str, int | None] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
+        """The samples in the files (what each epoch's plan is cut from)."""
         return sum(self.counts)
+
+    @property
+    def left_out(self) -> int:
+        return sum(v is None for v in self.overrides.values())
 
 
 @dataclass
@@ -82,7 +91,9 @@ class Split:
     checked: bool = True
 
     def __len__(self) -> int:
-        return self.shards.count if self.shards is not None else int(self.labels.shape[0])
+        if self.shards is not None:
+            return self.shards.count - self.shards.left_out
+        return int(self.labels.shape[0])
 
     @property
     def in_memory(self) -> bool:

@@ -93,6 +93,7 @@ class _ShardStream(IterableDataset):
         self.sampler, self.batch_size = sampler, batch_size
         self.shuffle, self.drop_last, self.lanes = shuffle, drop_last, lanes
         self.transform, self.channels, self.num_classes = transform, channels, num_classes
+        self.overrides = dict(shards.overrides)
 
     def __iter__(self):
         info = get_worker_info()
@@ -129,11 +130,16 @@ class _ShardStream(IterableDataset):
             if "__missing__" in sample:
                 bad.append((name, sample["__missing__"]))
                 continue
+            given = self.overrides.get(name, -1)
+            if given is None:  # --exclude: left out, not counted as unreadable
+                continue
             try:
                 img, label = decode_sample(sample, self.channels, self.num_classes, name)
             except ImageDecodeError as exc:
                 bad.append((exc.path, exc.reason))
                 continue
+            if given >= 0:  # --relabel
+                label = given
             # The CPU generator alone, as the file loader does (per sample, whatever worker).
             torch.default_generator.manual_seed(mix_seed(s.seed, epoch, s.rank, j, i, 2))
             xs.append(self.transform(img))
@@ -210,7 +216,7 @@ class ShardLoader:
                 unreadable += bad
                 self._note(bad, len(unreadable))
             if not len(y):
-                if self.shuffle:  # every rank must take this step: there is nothing to take
+                if self.shuffle and bad:  # every rank must take this step: nothing to take
                     raise DataError(
                         f"every sample of training batch {j} is unreadable, e.g. {bad[0][0]}: "
                         f"{bad[0][1]}; fix or rewrite the shards"

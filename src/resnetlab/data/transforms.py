@@ -140,7 +140,9 @@ class EvalTransform:
         new_short, new_long = self.short_side, int(self.short_side * long / short)
         return (new_short, new_long) if w <= h else (new_long, new_short)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image | np.ndarray) -> torch.Tensor:
+        if isinstance(img, np.ndarray):  # (H, W[, C]) uint8: a JPEG of a shard, decoded fast
+            img = Image.fromarray(img[:, :, 0] if img.ndim == 3 and img.shape[2] == 1 else img)
         w, h = img.size
         new_w, new_h = self.resized_size(w, h)
         if (new_w, new_h) != (w, h):

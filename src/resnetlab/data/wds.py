@@ -98,6 +98,27 @@ def scan_shard(path: Path) -> tuple[int, dict[int, int]]:
     return count, classes
 
 
+def shard_labels(path: Path) -> Iterator[tuple[str, int | None]]:
+    """(name, class index) of each sample of one tar file in order, from its headers and
+    ``.cls`` members (None where it has no valid one); ``name`` is ``SHARD:KEY``, as the
+    stream names the sample."""
+    last, label = None, None
+    try:
+        with open(path, "rb") as f:
+            for info, key, tar in _members(f, "r:*"):
+                if key != last:
+                    if last is not None:
+                        yield f"{path}:{last}", label
+                    last, label = key, None
+                if info.name.lower().endswith(".cls"):
+                    text = tar.extractfile(info).read().strip()
+                    label = int(text) if text.isdigit() else None
+    except (OSError, tarfile.TarError) as exc:
+        raise DataError(f"{path}: not a readable tar shard ({exc})") from None
+    if last is not None:
+        yield f"{path}:{last}", label
+
+
 def sample_offset(f, start: int) -> int | None:
     """Byte offset of the first tar header of sample ``start`` (None: the shard is shorter)."""
     seen, last = -1, None
