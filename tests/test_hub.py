@@ -242,3 +242,44 @@ def test_push_uploads_the_hub_folder(trained_run, monkeypatch, capsys, tmp_path)
     assert calls["upload"] == ("someone/digits", ["README.md", "config.json", "model.safetensors"])
     card = (tmp_path / "sent" / "README.md").read_text(encoding="utf-8")
     assert card.splitlines()[0] == "---" and "# someone/digits" in card
+
+
+def test_the_folder_reads_back_from_the_hub_cache_as_hf_hub(imagenet_run, tmp_path, monkeypatch):
+    """What `push` uploads, as a user who downloaded it finds it: in the Hugging Face cache,
+    offline; `--weights hf-hub:` and timm's `hf-hub:` read it back with its classes,
+    preprocessing and the run's own weights."""
+    hub = pytest.importorskip("huggingface_hub")
+    timm = pytest.importorskip("timm")
+    from resnetlab.artifacts.weight_sources import resolve_weights
+    from resnetlab.artifacts.weights import read_state_dict
+    from resnetlab.inference.hub import export_hub
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--lab--herbs"
+    export_hub(imagenet_run, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    monkeypatch.setattr(hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    src = resolve_weights("hf-hub:lab/herbs", "resnet18")
+    want = read_state_dict(RunDir(imagenet_run).weights)
+    assert src.source == "hf-hub:lab/herbs" and src.classes == CLASSES
+    assert set(src.state) == set(want) and all(torch.equal(src.state[k], want[k]) for k in want)
+    assert src.preprocess.mean == pytest.approx((0.5, 0.45, 0.4))
+    assert (src.preprocess.crop_size, src.preprocess.resize_size) == (64, 73)
+
+    model = timm.create_model("hf-hub:lab/herbs", pretrained=True).eval()
+    assert model.pretrained_cfg["label_names"] == CLASSES
+    ours = resnetlab.create_model("resnet18", num_classes=3).eval()
+    ours.load_state_dict(want)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ours(x), atol=1e-5, rtol=1e-5)
+    # a name the cache does not hold is one line saying how to get it
+    from resnetlab.artifacts.weight_sources import WeightsError
+
+    with pytest.raises(WeightsError, match="not in the local Hugging Face cache"):
+        resolve_weights("hf-hub:lab/other", "resnet18")
