@@ -310,3 +310,18 @@ def test_engine_resume_on_shards_is_bit_exact(tmp_path, shards):
     assert first + rest == full and len(full) == 2 * steps
     a, b = t_full.model.state_dict(), t_res.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_index_keeps_image_sizes_so_stats_and_a_new_run_use_them(shards, tmp_path, capsys):
+    from resnetlab.data.stats import dataset_stats, training_resolution
+
+    source = load_source(f"wds:{shards}")
+    report = dataset_stats(source)
+    assert report["sizes"]["min"] == [20, 20] and report["sizes"]["sampled"] == 35
+    assert training_resolution(source)[:2] == ("cifar", 24)  # from the images, not 224
+    # shards without an index: sizes unknown, said so, never 0x0
+    bare = load_source(f"wds:{_uneven(tmp_path / 'bare', [5, 4])}")
+    assert dataset_stats(bare)["sizes"]["min"] is None
+    assert main(["stats", f"wds:{tmp_path / 'bare'}"]) == 0
+    out = capsys.readouterr().out
+    assert "sizes     unknown" in out and "0x0" not in out

@@ -26,7 +26,7 @@ from .load import load_source
 from .pipeline import STATS_SAMPLE
 from .sources import Source, Split
 from .stats import channel_stats
-from .wds import INDEX_FORMAT, INDEX_NAME, require_webdataset
+from .wds import INDEX_FORMAT, INDEX_NAME, SIZES_SAMPLE, require_webdataset
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,16 @@ def _encoded(split: Split, i: int, channels: int) -> tuple[bytes, str]:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue(), "png"
+
+
+def _sizes_sample(split: Split, order: list[int]) -> list[list[int]]:
+    """(h, w) of up to SIZES_SAMPLE images of a split, for the index: what a new run chooses
+    its input size from, and what ``stats`` reports, without decoding the shards."""
+    if split.images is not None:
+        h, w = split.images.shape[-2:]
+        return [[int(h), int(w)]] * min(len(split), SIZES_SAMPLE)
+    sizes = split.sizes or []
+    return [list(map(int, sizes[i])) for i in order[:SIZES_SAMPLE] if i < len(sizes)]
 
 
 def _write_split(
@@ -136,6 +146,7 @@ def write_shards(
             "count": len(split),
             "class_counts": counts.tolist(),
             "shards": shards,
+            "sizes_sample": _sizes_sample(split, order),
         }
         log.info("%s: %d samples in %d shard(s)", name, len(split), len(shards))
     if "train" in source.splits:

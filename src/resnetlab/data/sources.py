@@ -85,7 +85,8 @@ class Split:
     labels: torch.Tensor
     images: torch.Tensor | None = None
     paths: list[Path] | None = None
-    sizes: list[tuple[int, int]] | None = None  # (h, w) per file, from the scan
+    # (h, w) per file, from the scan; for shards a sample of them, from their index
+    sizes: list[tuple[int, int]] | None = None
     shards: Shards | None = None
     # Files whose pixels were decoded once without an error (their headers always were read).
     checked: bool = True

@@ -163,8 +163,11 @@ def dataset_stats(source: Source, input_size: int | None = None, progress: bool 
             "smallest": list(by_area[0]),
             "largest": list(by_area[-1]),
         }
-    else:
-        size_info = {"min": [0, 0], "max": [0, 0], "median": [0, 0]}
+    else:  # shards whose index records no sizes: unknown, not zero
+        size_info = {"min": None, "max": None, "median": None}
+    sampled = sum(s.shards is not None and bool(s.sizes) for s in splits)
+    if sampled:
+        size_info["sampled"] = len(sizes)  # shards: the sample their index keeps
     counts = source.class_counts()
     extra = _TASK_STATS[source.task.name](source)
     return {
@@ -259,10 +262,16 @@ def format_report(report: dict) -> str:
     if "co_occurrence" in report:  # multi-label: which labels come together
         lines += _co_occurrence_lines(report, list(counts))
     sz = report["sizes"]
-    lines.append(
-        f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"
-        f"{sz['median'][1]}, max {sz['max'][0]}x{sz['max'][1]} (h x w)"
-    )
+    if sz["min"] is None:
+        lines.append(
+            "sizes     unknown (the shards' index records none; write them again with shard)"
+        )
+    else:
+        lines.append(
+            f"sizes     min {sz['min'][0]}x{sz['min'][1]}, median {sz['median'][0]}x"
+            f"{sz['median'][1]}, max {sz['max'][0]}x{sz['max'][1]} (h x w)"
+            + (f", of {sz['sampled']} the shards' index keeps" if sz.get("sampled") else "")
+        )
     bad = report["bad_files"]
     lines.append(f"unreadable {len(bad)} file(s)" + (":" if bad else ""))
     lines += [f"  {b['path']}: {b['reason']}" for b in bad]

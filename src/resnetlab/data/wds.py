@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "resnetlab-wds"
+SIZES_SAMPLE = 1000  # image sizes an index keeps per split (what a run picks its size from)
 IMAGE_KEYS = frozenset(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 # webdataset's own rule for members that belong to no sample (``__meta__`` files).
 _META = re.compile(r"__[^/]*__($|/)")
@@ -263,7 +264,18 @@ def load_wds_source(spec: str) -> Source:
         channels, kind = int(index.get("channels", 3)), str(index.get("kind", "wds"))
     if "train" in splits and splits["train"].count == 0:
         raise DataError(f"wds:{spec}: the training shards hold no samples")
-    out = {s: Split(labels=torch.empty(0, dtype=torch.long), shards=splits[s]) for s in splits}
+    sampled = {
+        name: [tuple(map(int, hw)) for hw in s.get("sizes_sample") or []]
+        for name, s in (index or {}).get("splits", {}).items()
+    }
+    out = {
+        s: Split(
+            labels=torch.empty(0, dtype=torch.long),
+            shards=splits[s],
+            sizes=sampled.get(s) or None,  # a sample of the split's sizes, from the index
+        )
+        for s in splits
+    }
     return Source(f"wds:{spec}", kind, classes, out, channels)
 
 
