@@ -202,3 +202,61 @@ def test_a_missing_datasets_package_names_the_extra(tmp_path, capsys, monkeypatc
     monkeypatch.setitem(sys.modules, "datasets", None)
     assert main(["stats", f"hf-disk:{path}"]) == 2
     assert "pip install 'resnetlab[hf]'" in capsys.readouterr().err
+
+
+def test_hf_stream_reads_the_stream_once_into_shards_and_trains_from_them(
+    tmp_path, monkeypatch, capsys
+):
+    """`hf-stream:` opens the dataset with streaming=True (a folder of parquet files, as the
+    hub keeps them), writes its samples as they come into shards in the cache, carves val
+    from train by the seed, and trains, evaluates and describes it as `wds:` data; a second
+    load reads the shards, not the stream."""
+    pytest.importorskip("webdataset")
+    rng = np.random.default_rng(4)
+    root = tmp_path / "herbs-parquet"
+    (root / "data").mkdir(parents=True)
+    _split(40, rng, sizes=[(40, 30), (32, 32)]).to_parquet(
+        str(root / "data" / "train-00000-of-00001.parquet")
+    )
+    _split(9, rng).to_parquet(str(root / "data" / "test-00000-of-00001.parquet"))
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    # datasets waits 5 s after a parquet stream for Arrow's threads (apache/arrow#45214)
+    monkeypatch.setattr(D.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.05)
+    source = load_source(f"hf-stream:{root}", val_ratio=0.25)
+    assert source.name == f"hf-stream:{root}" and source.classes == NAMES
+    assert all(s.streamed for s in source.splits.values())
+    sizes = {k: len(v) for k, v in source.splits.items()}
+    assert sizes["test"] == 9 and sizes["train"] + sizes["val"] == 40 and 4 <= sizes["val"] <= 18
+    assert not list((tmp_path / "hf-home").rglob("*.arrow"))  # nothing loaded into Arrow
+    folder = source.splits["train"].shards.files[0].parent
+    assert folder.parent == tmp_path / "cache" / "resnetlab" / "hf-stream"
+    # every class in train, in an order the shuffle mixed (the parquet holds 0, 1, 2, 0 ...)
+    counts = source.splits["train"].shards.class_counts
+    assert sum(counts) == sizes["train"] and min(counts) > 0
+    # the index keeps the images' sizes, so a new run chooses its input size from them
+    assert set(source.splits["train"].sizes) == {(30, 40), (32, 32)}
+
+    # the same settings read the same shards again; another seed draws other splits
+    stamp = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    again = load_source(f"hf-stream:{root}", val_ratio=0.25)
+    assert {k: len(v) for k, v in again.splits.items()} == sizes
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == stamp
+    other = load_source(f"hf-stream:{root}", val_ratio=0.25, seed=1)
+    assert other.splits["train"].shards.files[0].parent != folder
+
+    data = f"hf-stream:{root}"
+    assert _train(data, tmp_path / "runs", "--val-ratio", "0.25") == 0
+    capsys.readouterr()
+    run = tmp_path / "runs" / "r"
+    meta = json.loads((run / "model.json").read_text(encoding="utf-8"))
+    assert meta["input_size"] == [3, 32, 32] and meta["preset"] == "cifar"  # from the images
+    assert main(["evaluate", str(run), "--json", "--backend", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 9
+    assert main(["stats", data, "--val-ratio", "0.25"]) == 0
+    assert "人参" in capsys.readouterr().out
+    # a sequence of labels cannot be kept as shards: one line saying what to use
+    assert main(["stats", data, "--task", "multilabel"]) == 2
+    assert "multilabel" in capsys.readouterr().err

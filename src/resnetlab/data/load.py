@@ -61,6 +61,10 @@ def load_source(
         from .hf import load_hf_source
 
         source = load_hf_source(kind, rest, val_ratio, test_ratio, seed, channels, multilabel)
+    elif kind == "hf-stream" and rest:  # too large to load: read once into cached shards
+        from .hf_stream import load_hf_stream
+
+        source = load_hf_stream(rest, val_ratio, test_ratio, seed, multilabel)
     elif kind in ("csv", "jsonl") and rest:
         source = load_listing_source(
             kind,
@@ -79,7 +83,7 @@ def load_source(
             raise DataError(
                 f"DATA {data!r} is not a folder or one of: digits, mnist:DIR, cifar10:DIR, "
                 "cifar100:DIR, csv:FILE, jsonl:FILE, wds:DIR_OR_PATTERN, hf:NAME[:CONFIG], "
-                "hf-disk:PATH"
+                "hf-stream:NAME[:CONFIG], hf-disk:PATH"
             )
         source = load_folder_source(
             folder, val_ratio, test_ratio, seed, channels or 3, max_bad_fraction, check
