@@ -27,6 +27,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .features import FeatureCache, build_cache, can_cache, sync_head_grads
 from .folder import RunFolderClaim
+from .hooks import Hook, default_hooks
 from .metrics import evaluate_loader
 from .mixing import mix_batch
 from .optim import (
@@ -35,8 +36,7 @@ from .optim import (
     recipe_line,
     set_train_mode,
 )
-from .pacing import eval_size, plan_for_budget, resized, train_size
-from .precise_bn import recompute_bn_stats
+from .pacing import eval_size, resized, train_size
 from .printing import RunPrinting
 from .setup import TrainerSetup
 from .state import TrainState
@@ -57,10 +57,12 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         verbose: bool = True,
         device: torch.device | None = None,
         overrides: dict | None = None,
+        hooks: list[Hook] | None = None,
     ) -> None:
         """``resume``: a run folder or checkpoint to continue with its saved settings; only
         the settings in ``overrides`` (the flags given; by default those of ``cfg`` that differ
-        from the defaults) may change, and only those a resumed run can change.
+        from the defaults) may change, and only those a resumed run can change. ``hooks``:
+        ``train.hooks.Hook`` objects of the caller's, told of each event after the run's own.
 
         The run folder is locked from here until ``fit`` ends (or ``close``): a second
         training of the same folder, new or resumed, is refused while this one holds it."""
@@ -68,6 +70,7 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         self._signal: int | None = None  # SIGINT or SIGTERM received by this process
         self._stop_signal: int | None = None  # the one every rank agreed to stop on
         self._saved: int | None = None  # the epoch of the last checkpoint this run wrote
+        self.extra_hooks = list(hooks or [])
         try:
             self._build(cfg, resume, verbose, device, overrides)
         except WriteError as exc:
@@ -143,7 +146,7 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         apply_freezing(model, frozen)
         set_train_mode(model, frozen)
         loader.sampler.set_epoch(self.epoch, self.step_in_epoch)
-        cache = self._feature_cache()
+        cache = self.feature_cache()
         batches = cache.batches(loader.sampler, self.epoch) if cache else loader
         tf = None if cache else resized(self.train_transform, self.train_size(self.epoch))
         total = len(loader)
@@ -179,7 +182,7 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         seconds = self._account(tally)
         return {**tally.means(self.dist), "seconds": seconds}
 
-    def _feature_cache(self) -> FeatureCache | None:
+    def feature_cache(self) -> FeatureCache | None:
         """The frozen backbone's features, built on first use (see train/features.py)."""
         if self.features is None and can_cache(self.cfg, self.data):
             model = unwrap_model(self.model)
@@ -271,9 +274,9 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
     def _fit(self, on_epoch_end=None) -> dict:
         cfg = self.cfg
         has_val = "val" in self.data.source.splits and len(self.data.source.splits["val"]) > 0
-        stale = 0
-        if cfg.time_budget and self.resume_state is None and self.global_step == 0:
-            plan_for_budget(self)
+        hooks = default_hooks(cfg, on_epoch_end) + self.extra_hooks
+        for hook in hooks:
+            hook.fit_start(self)
         if self.dist.is_main:
             self.progress.line(
                 f"training {cfg.model} on {cfg.data}: {self._classes_text()}, "
@@ -306,10 +309,8 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
             )
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
-            if self.swa is not None:  # the average, its BatchNorm statistics measured
-                self.swa.epoch_end(self)
-            if cfg.precise_bn and not (self.swa is not None and self.swa.active):
-                recompute_bn_stats(self)
+            for hook in hooks:  # weight averaging, precise BatchNorm
+                hook.epoch_trained(self, stats)
             size = eval_size(self.data.input_size, self.train_size(self.epoch - 1))
             val = self.evaluate("val", size=size) if has_val else {}
             row = {
@@ -337,17 +338,12 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
                     "score": score,
                     **self.task.best_fields(val),
                 }
-                stale = 0
-            else:
-                stale += 1
-            if self.dist.is_main:
-                self._epoch_outputs(row, improved)
-            if on_epoch_end is not None:
-                on_epoch_end(row)
+            # the records, the caller's callback, early stopping
+            ends = [r for hook in hooks if (r := hook.epoch_end(self, row, improved))]
             if self.epoch < cfg.epochs:
                 self._stop_if_asked()
-            if cfg.patience and stale >= cfg.patience:
-                self.progress.line(f"early stop: no val improvement for {cfg.patience} epochs")
+            if ends:
+                self.progress.line(ends[0])
                 break
         D.barrier(self.dist)
         return self._finish()

@@ -113,7 +113,7 @@ def measure_step_seconds(trainer, steps: int = 3) -> float:
     saved_opt = copy.deepcopy(trainer.optimizer.state_dict())
     scaler = trainer.scaler
     saved_scaler = copy.deepcopy(scaler.state_dict()) if scaler is not None else None
-    cache = trainer._feature_cache()
+    cache = trainer.feature_cache()
     loader = trainer.train_loader
     loader.sampler.set_epoch(0, 0)
     batches = cache.batches(loader.sampler, 0) if cache else loader

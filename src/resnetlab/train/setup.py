@@ -36,6 +36,7 @@ from .optim import (
     build_optimizer,
     build_scheduler,
 )
+from .state import RunProgress
 from .swa import WeightAverager
 
 
@@ -108,11 +109,8 @@ class TrainerSetup:
             from .distill import load_teacher
 
             self.teacher = load_teacher(self)
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.state = RunProgress()  # epoch, step, history, best epoch, time (train/state.py)
         self.partial_sums = None
-        self.history: list[dict] = []
-        self.best = {"epoch": None, "val_top1": None, "score": None}
-        self.train_seconds, self.train_images = 0.0, 0
         if self.resume_state is not None:
             self._restore(self.resume_state)
             self._saved = self._position()
