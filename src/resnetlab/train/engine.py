@@ -16,7 +16,6 @@ from ..core.device import autocast
 from ..core.errors import WriteError
 from ..core.files import FolderLock, atomic_write_text
 from ..data.loader import mix_seed
-from ..data.stats import imbalance_note
 from ..metrics.fingerprint import weights_fingerprint
 from . import distributed as D
 from .accumulate import accumulate_gradients
@@ -33,7 +32,6 @@ from .mixing import mix_batch
 from .optim import (
     apply_freezing,
     frozen_groups,
-    recipe_line,
     set_train_mode,
 )
 from .pacing import eval_size, resized, train_size
@@ -278,35 +276,7 @@ class Trainer(TrainerSetup, RunFolderClaim, TrainState, Stopping, RunPrinting):
         for hook in hooks:
             hook.fit_start(self)
         if self.dist.is_main:
-            self.progress.line(
-                f"training {cfg.model} on {cfg.data}: {self._classes_text()}, "
-                + ", ".join(f"{k} {len(v)}" for k, v in self.data.source.splits.items())
-                + f"; {self.precision}, {self.device.type}"
-                + (", channels_last" if cfg.channels_last else "")
-                + f"; input {self._input_text()}; run folder {self.run_dir}"
-            )
-            if self.weights_note:
-                self.progress.line(self.weights_note)
-            if self.teacher is not None:
-                self.progress.line(self.teacher.note)
-            if self.resume_state is None:
-                self.progress.line(recipe_line(cfg, len(self.train_loader)))
-            note = imbalance_note(self.data.source.class_counts("train"))
-            # Its remedies weigh single-label classes; labels of a multi-label set are not rivals.
-            remedies_apply = cfg.class_weights == "none" and cfg.sampler == "none"
-            if note and remedies_apply and self.task.warns_imbalance:
-                self.progress.line(f"warning: {note}")
-            if not has_val:
-                self.progress.line(
-                    "warning: no validation images (too few per class to hold any out); the "
-                    "best epoch is the one with the lowest training loss, and `evaluate` needs "
-                    "--data with images of its own"
-                )
-        if self.resume_state is not None and self.epoch >= cfg.epochs and self.dist.is_main:
-            self.progress.line(
-                f"{self.run_dir} has already completed its {cfg.epochs} epochs: nothing to "
-                f"train; give --epochs N (more than {cfg.epochs}) to make it longer"
-            )
+            self._print_header(has_val)
         while self.epoch < cfg.epochs:
             stats = self.train_one_epoch()
             for hook in hooks:  # weight averaging, precise BatchNorm

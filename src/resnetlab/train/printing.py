@@ -7,6 +7,8 @@ from ..artifacts.weights import (
     save_bundle,
 )
 from ..core.fmt import pct
+from ..data.stats import imbalance_note
+from .optim import recipe_line
 from .tally import EpochTally
 
 
@@ -50,3 +52,37 @@ class RunPrinting:
             f"{row['train_loss']:.4f} {measure} {pct(row['train_top1'])}{val}  "
             f"{row['seconds']:.1f}s" + ("  *" if improved else "")
         )
+
+    def _print_header(self, has_val: bool) -> None:
+        """What a run says before its first epoch: the data, device, input and run folder,
+        the weights, teacher and recipe, and the warnings about the data."""
+        cfg = self.cfg
+        self.progress.line(
+            f"training {cfg.model} on {cfg.data}: {self._classes_text()}, "
+            + ", ".join(f"{k} {len(v)}" for k, v in self.data.source.splits.items())
+            + f"; {self.precision}, {self.device.type}"
+            + (", channels_last" if cfg.channels_last else "")
+            + f"; input {self._input_text()}; run folder {self.run_dir}"
+        )
+        if self.weights_note:
+            self.progress.line(self.weights_note)
+        if self.teacher is not None:
+            self.progress.line(self.teacher.note)
+        if self.resume_state is None:
+            self.progress.line(recipe_line(cfg, len(self.train_loader)))
+        note = imbalance_note(self.data.source.class_counts("train"))
+        # Its remedies weigh single-label classes; labels of a multi-label set are not rivals.
+        remedies_apply = cfg.class_weights == "none" and cfg.sampler == "none"
+        if note and remedies_apply and self.task.warns_imbalance:
+            self.progress.line(f"warning: {note}")
+        if not has_val:
+            self.progress.line(
+                "warning: no validation images (too few per class to hold any out); the "
+                "best epoch is the one with the lowest training loss, and `evaluate` needs "
+                "--data with images of its own"
+            )
+        if self.resume_state is not None and self.epoch >= cfg.epochs:
+            self.progress.line(
+                f"{self.run_dir} has already completed its {cfg.epochs} epochs: nothing to "
+                f"train; give --epochs N (more than {cfg.epochs}) to make it longer"
+            )
