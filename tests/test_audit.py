@@ -5,6 +5,7 @@ and CIFAR files, with Chinese class names."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import pickle
@@ -431,12 +432,19 @@ def test_audit_page_in_chromium_draws_thumbnails_and_chinese(tmp_path):
 
     messy_folder(tmp_path / "d")
     page = write_page(audit(str(tmp_path / "d")), tmp_path / "audit.html")
+    pages = [page]
+    if importlib.util.find_spec("webdataset"):  # the same page for wds: shards, read from them
+        from resnetlab.data import write_shards
+
+        write_shards(str(tmp_path / "d"), tmp_path / "wds", shard_size_bytes=20_000)
+        pages.append(write_page(audit(f"wds:{tmp_path / 'wds'}"), tmp_path / "wds.html"))
     with chrome_driver() as driver:
-        driver.get(page.as_uri())
-        sizes = driver.execute_script(
-            "return [...document.images].map(i => [i.complete, i.naturalWidth])"
-        )
-        assert len(sizes) == 8 and all(done and w > 0 for done, w in sizes)  # every PNG decodes
+        for shown in pages[::-1]:  # the folder's page stays loaded for the font check
+            driver.get(shown.as_uri())
+            sizes = driver.execute_script(
+                "return [...document.images].map(i => [i.complete, i.naturalWidth])"
+            )
+            assert len(sizes) == 8 and all(done and w > 0 for done, w in sizes), shown
         driver.execute_cdp_cmd("DOM.enable", {})
         driver.execute_cdp_cmd("CSS.enable", {})
         root = driver.execute_cdp_cmd("DOM.getDocument", {"depth": -1})["root"]["nodeId"]
