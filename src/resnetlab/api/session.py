@@ -13,6 +13,7 @@ from torch import nn
 
 from ..artifacts.run import ModelMeta, RunDir
 from ..core.errors import ConfigError, ImageDecodeError
+from ..core.progress import Meter
 from .display import HTML_ROWS, _pct, _png, _table, _thumbnail
 from .inputs import _describe, _gather, _prepare, _stack
 from .messages import _data_string, _PythonNames
@@ -267,6 +268,7 @@ class Run:
         backend: str = "torch",
         device: str | None = None,
         precision: str = "fp32",
+        progress: bool = True,
     ) -> Predictions:
         """Predict the classes of images, whatever form they are held in.
 
@@ -282,6 +284,9 @@ class Run:
                 command line's default: the fastest backend measured on this machine).
             device: ``cpu``, ``cuda``... (default: as ``--device auto``).
             precision: ``fp32`` (default), or ``auto``/``bf16``... as ``--precision``.
+            progress: show the images done when there is more than one batch: a
+                ``tqdm.auto`` bar in a notebook (a widget with ipywidgets), a bar on a
+                terminal, a line every 30 s in a log; False shows nothing.
 
         Returns:
             :class:`Predictions`: ``.labels``, ``.probs`` (N, C), ``.topk(k)``, per-item
@@ -301,22 +306,23 @@ class Run:
         probs = np.full((n, c), np.nan, dtype=np.float32)
         errors: list[str | None] = [None] * n
         thumbs: list[np.ndarray | None] = [None] * n
-        for start in range(0, n, batch_size):
-            chunk = list(range(start, min(n, start + batch_size)))
-            ready = []
-            for i in chunk:
-                try:
-                    ready.append((i, _prepare(items[i][1], p)))
-                except ImageDecodeError as exc:
-                    errors[i] = exc.reason
-            if not ready:
-                continue
-            batch = _stack([t for _, t in ready])
-            out = p.probabilities(batch).numpy()
-            for row, (i, t) in enumerate(ready):
-                probs[i] = out[row]
-                if i < HTML_ROWS:
-                    thumbs[i] = _thumbnail(t)
+        with Meter("predict", n, enabled=progress and n > batch_size) as meter:
+            for start in range(0, n, batch_size):
+                chunk = list(range(start, min(n, start + batch_size)))
+                ready = []
+                for i in chunk:
+                    try:
+                        ready.append((i, _prepare(items[i][1], p)))
+                    except ImageDecodeError as exc:
+                        errors[i] = exc.reason
+                if ready:
+                    batch = _stack([t for _, t in ready])
+                    out = p.probabilities(batch).numpy()
+                    for row, (i, t) in enumerate(ready):
+                        probs[i] = out[row]
+                        if i < HTML_ROWS:
+                            thumbs[i] = _thumbnail(t)
+                meter.update(len(chunk))
         return Predictions(
             [name for name, _ in items],
             probs,
@@ -338,6 +344,7 @@ class Run:
         backend: str = "torch",
         device: str | None = None,
         precision: str = "fp32",
+        progress: bool = True,
     ) -> Evaluation:
         """Score the model on a split: top-1/top-5, balanced accuracy, macro-F1, ECE, loss,
         per-class precision/recall/F1 and the confusion matrix (as ``resnetlab evaluate``).
@@ -349,6 +356,7 @@ class Run:
             top_losses: also draw the N most confidently wrong images.
             out: the folder for the files (default ``RUN/eval-SPLIT``).
             backend, device, precision: as :meth:`predict`.
+            progress: show the images done (as :meth:`predict`); False shows nothing.
 
         Returns:
             :class:`Evaluation`: the result mapping of ``evaluate --json`` (``top1``,
@@ -373,6 +381,7 @@ class Run:
                 precision=precision,
                 backend=backend,
                 device=device,
+                progress=progress,
             )
         return Evaluation(r)
 
