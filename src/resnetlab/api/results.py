@@ -175,7 +175,20 @@ class Evaluation(dict):
     """The result of :meth:`Run.evaluate`: the mapping ``resnetlab evaluate --json``
     prints (``top1``, ``top5``, ``loss``, ``per_class``, ``confusion_matrix``, ``classes``,
     ``files``...), shown in a notebook as its scores, the per-class table and the confusion
-    matrix."""
+    matrix.
+
+    Attributes:
+        figures: the matplotlib Figure of each PNG the evaluation wrote (``files``), by name:
+            ``confusion_matrix`` (multi-label: ``pr_curves``), and with ``top_losses=N``
+            ``top_losses`` and ``top_losses_gradcam``. A figure shows as a cell's value (or
+            with ``display``); restyle it and ``savefig`` it again as any Figure.
+    """
+
+    def __init__(self, result: dict | None = None, figures: dict | None = None) -> None:
+        super().__init__(result or {})
+        self.figures: dict[str, Any] = {
+            k.removesuffix("_png"): f for k, f in (figures or {}).items() if f is not None
+        }
 
     def confusion_figure(self):
         """The confusion matrix as a matplotlib Figure (rows: true class)."""

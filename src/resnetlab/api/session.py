@@ -361,7 +361,8 @@ class Run:
         Returns:
             :class:`Evaluation`: the result mapping of ``evaluate --json`` (``top1``,
             ``per_class``, ``confusion_matrix``, ``files``...), shown as tables and the
-            confusion matrix in a notebook."""
+            confusion matrix in a notebook; ``.figures`` holds the matplotlib Figure of each
+            PNG written to ``files``."""
         from ..analysis.evaluate import evaluate_run
 
         given = {"data": data, "split": split, "batch_size": batch_size, "out": out}
@@ -370,6 +371,7 @@ class Run:
                 data = _data_string(data)
             elif not self._loaded.has_run_config and self._is_run():
                 data = self.config.get("data")
+            figures: dict[str, Any] = {}
             r = evaluate_run(
                 self._loaded,
                 data=data,
@@ -382,8 +384,9 @@ class Run:
                 backend=backend,
                 device=device,
                 progress=progress,
+                figures=figures,
             )
-        return Evaluation(r)
+        return Evaluation(r, figures)
 
     def export(
         self,
