@@ -277,6 +277,22 @@ def test_predict_takes_every_kind_of_image_a_user_holds(digits):
     close(list(seen), atol=1e-5)
 
 
+def test_explain_explains_predict_s_class_with_predict_s_probability(digits):
+    """Whatever the image is held as (a float tensor too, resized in floating point as
+    predict resizes it), Grad-CAM explains the class predict gives it, with the probability
+    predict gives it, through the run's temperature."""
+    run, folder, arrays = digits
+    assert run.meta.temperature is not None  # calibrated: the division must match too
+    x = torch.from_numpy(np.stack(arrays)).float()[:, None] / 255  # 8x8, floats, not 0..255
+    for given in ([str(f) for f in sorted(folder.glob("*.png"))], arrays, x, list(x)):
+        ref = run.predict(given).probs
+        es = run.explain(given)
+        assert [e.index for e in es] == ref.argmax(1).tolist()
+        got = np.array([e.prob for e in es])
+        assert np.abs(got - ref.max(1)).max() <= 1e-6, type(given)
+        assert es[0].image.dtype == torch.uint8  # what it shows under the heat
+
+
 def test_predictions_have_labels_topk_errors_pandas_and_a_notebook_display(digits, tmp_path):
     run, folder, _ = digits
     bad = tmp_path / "broken.png"

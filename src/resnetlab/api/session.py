@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..artifacts.run import ModelMeta, RunDir
@@ -436,9 +435,7 @@ class Run:
         p = self._predictor("torch", None, "fp32", 32)
         out = []
         for name, payload in items:
-            t = _prepare(payload, p)
-            if t.is_floating_point():
-                t = t.round().clamp(0, 255).to(torch.uint8)
+            t = _prepare(payload, p)  # a float image stays float: predict's very input
             target = None if class_name is None else ex.class_index(class_name)
             e = ex.explain_batch(t[None], target)[0]
             e.name = name
