@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.optional import require
 from ..tasks import task_of
-from .display import HTML_ROWS, _pct, _png, _png_of, _table
+from .display import HTML_ROWS, _detached, _pct, _png, _png_of, _table
 
 
 class Predictions(Sequence):
@@ -221,7 +221,7 @@ class Evaluation(dict):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.tight_layout()
-        return fig
+        return _detached(fig)
 
     def __repr__(self) -> str:
         if "top1" in self:
@@ -265,6 +265,20 @@ class Evaluation(dict):
 class Explanations(list):
     """What :meth:`Run.explain` returns: one ``explain.Explanation`` per image (``.label``,
     ``.prob``, ``.heatmap``, ``.overlay()``), shown side by side in a notebook."""
+
+    def figure(self):
+        """The overlays side by side, each under its input's name and the class explained
+        with its probability: a matplotlib Figure (a cell's value shows it)."""
+        import os
+
+        from ..core.plots import gallery_figure, wrap_label
+
+        images = [np.asarray(e.overlay()) for e in self]
+        captions = [
+            wrap_label(f"{os.path.basename(getattr(e, 'name', ''))}: {e.label} {e.prob:.1%}")
+            for e in self
+        ]
+        return _detached(gallery_figure(images, captions, "Grad-CAM: where the model looked"))
 
     def _repr_html_(self) -> str:
         cells = []

@@ -13,7 +13,7 @@ from torch import nn
 from ..artifacts.run import ModelMeta, RunDir
 from ..core.errors import ConfigError, ImageDecodeError
 from ..core.progress import Meter
-from .display import HTML_ROWS, _pct, _png, _table, _thumbnail
+from .display import HTML_ROWS, _detached, _pct, _png, _table, _thumbnail
 from .inputs import _describe, _gather, _prepare, _stack
 from .messages import _data_string, _PythonNames
 from .results import Evaluation, Explanations, Predictions
@@ -205,14 +205,15 @@ class Run:
         return f"Run({str(self.path)!r}: {self.meta.model}, {len(self.classes)} classes)"
 
     def curves(self):
-        """The learning curves (loss, top-1, learning rate per epoch): a matplotlib Figure."""
+        """The learning curves (loss, top-1, learning rate per epoch): a matplotlib Figure,
+        shown as a cell's value (or with ``display``); ``savefig`` writes it to a file."""
         from ..core.plots import curves_figure
         from ..tasks import task_of
 
         if not self.history:
             raise ConfigError(f"{self.path} has no metrics.csv: no curves to draw")
         options = task_of(self.meta).curves_options()
-        return curves_figure(self.history, title=self._folder.name, **options)
+        return _detached(curves_figure(self.history, title=self._folder.name, **options))
 
     def _repr_html_(self) -> str:
         s, m = self.summary, self.meta

@@ -241,8 +241,10 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path):
         return _save(fig, path)
 
 
-def top_losses_figure(images: list[np.ndarray], items: list[dict]):
-    """The most confidently wrong images, captioned true / predicted (a matplotlib Figure)."""
+def gallery_figure(
+    images: list[np.ndarray], captions: list[str], title: str, empty: str = "no images"
+):
+    """Images in rows of up to four, each under its caption (a matplotlib Figure)."""
     plt = _plt()
     n = max(1, len(images))
     cols = min(4, n)
@@ -255,16 +257,26 @@ def top_losses_figure(images: list[np.ndarray], items: list[dict]):
     fig.get_layout_engine().set(w_pad=0.08, h_pad=0.1)  # inches between panels
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, it in zip(axes.flat, images, items):
+    for ax, img, caption in zip(axes.flat, images, captions):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        caption = f"{wrap_label('true ' + str(it['true']))}\n"
-        # Multi-label items say their predicted labels with each one's probability.
-        caption += wrap_label(it.get("pred_text") or f"pred {it['pred']} ({it['prob']:.0%})")
         ax.set_title(caption, fontsize=9)
     if not images:
-        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle("top losses: most confidently wrong")
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
+    fig.suptitle(title)
     return fig
+
+
+def top_losses_figure(images: list[np.ndarray], items: list[dict]):
+    """The most confidently wrong images, captioned true / predicted (a matplotlib Figure)."""
+    # Multi-label items say their predicted labels with each one's probability.
+    captions = [
+        wrap_label("true " + str(it["true"]))
+        + "\n"
+        + wrap_label(it.get("pred_text") or f"pred {it['pred']} ({it['prob']:.0%})")
+        for it in items
+    ]
+    title, empty = "top losses: most confidently wrong", "no misclassified images"
+    return gallery_figure(images, captions, title, empty)
 
 
 def pr_curves_figure(probs: np.ndarray, targets: np.ndarray, classes: list[str], ap: dict):
