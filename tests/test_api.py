@@ -293,6 +293,27 @@ def test_explain_explains_predict_s_class_with_predict_s_probability(digits):
         assert es[0].image.dtype == torch.uint8  # what it shows under the heat
 
 
+def test_predict_and_evaluate_print_progress_lines_to_a_log(
+    digits, trained_run, capsys, monkeypatch
+):
+    """Where stderr is a log (here captured: no terminal, no kernel), progress is a plain line
+    every RESNETLAB_PROGRESS_SECONDS (0: at every batch); progress=False prints nothing. In a
+    notebook it is a bar (test_notebook_api)."""
+    run, _, arrays = digits
+    monkeypatch.setenv("RESNETLAB_PROGRESS_SECONDS", "0")
+    x = np.stack(arrays * 5)  # 20 images, 5 batches of 4
+    capsys.readouterr()
+    run.predict(x, batch_size=4)
+    run.evaluate(out=trained_run.parent / "eval-progress")
+    err = capsys.readouterr().err
+    assert "predict  4/20 images (20%)" in err and "predict  16/20 images (80%)" in err, err
+    assert "evaluate test  64/269 images (24%)" in err and "ETA" in err and "\r" not in err
+    run.predict(x, batch_size=4, progress=False)
+    run.evaluate(out=trained_run.parent / "eval-progress", progress=False)
+    run.predict(x[:4], batch_size=4)  # one batch: nothing to follow
+    assert capsys.readouterr().err == ""
+
+
 def test_predictions_have_labels_topk_errors_pandas_and_a_notebook_display(digits, tmp_path):
     run, folder, _ = digits
     bad = tmp_path / "broken.png"

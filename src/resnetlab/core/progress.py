@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 
 PROGRESS_ENV = "RESNETLAB_PROGRESS_SECONDS"
 DEFAULT_SECONDS = 30.0
@@ -100,7 +101,11 @@ class Meter:
         self.bar = None
         if self.tty:
             if self.notebook:  # a widget (ipywidgets), else a text bar drawn in place
-                from tqdm.auto import tqdm
+                with warnings.catch_warnings():
+                    # Without ipywidgets tqdm says "IProgress not found. Please update jupyter
+                    # and ipywidgets": the text bar it falls back to works; nothing to update.
+                    warnings.filterwarnings("ignore", message="IProgress not found")
+                    from tqdm.auto import tqdm
             else:
                 from tqdm import tqdm
 
