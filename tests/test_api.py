@@ -277,6 +277,43 @@ def test_predict_takes_every_kind_of_image_a_user_holds(digits):
     close(list(seen), atol=1e-5)
 
 
+def test_explain_explains_predict_s_class_with_predict_s_probability(digits):
+    """Whatever the image is held as (a float tensor too, resized in floating point as
+    predict resizes it), Grad-CAM explains the class predict gives it, with the probability
+    predict gives it, through the run's temperature."""
+    run, folder, arrays = digits
+    assert run.meta.temperature is not None  # calibrated: the division must match too
+    x = torch.from_numpy(np.stack(arrays)).float()[:, None] / 255  # 8x8, floats, not 0..255
+    for given in ([str(f) for f in sorted(folder.glob("*.png"))], arrays, x, list(x)):
+        ref = run.predict(given).probs
+        es = run.explain(given)
+        assert [e.index for e in es] == ref.argmax(1).tolist()
+        got = np.array([e.prob for e in es])
+        assert np.abs(got - ref.max(1)).max() <= 1e-6, type(given)
+        assert es[0].image.dtype == torch.uint8  # what it shows under the heat
+
+
+def test_predict_and_evaluate_print_progress_lines_to_a_log(
+    digits, trained_run, capsys, monkeypatch
+):
+    """Where stderr is a log (here captured: no terminal, no kernel), progress is a plain line
+    every RESNETLAB_PROGRESS_SECONDS (0: at every batch); progress=False prints nothing. In a
+    notebook it is a bar (test_notebook_api)."""
+    run, _, arrays = digits
+    monkeypatch.setenv("RESNETLAB_PROGRESS_SECONDS", "0")
+    x = np.stack(arrays * 5)  # 20 images, 5 batches of 4
+    capsys.readouterr()
+    run.predict(x, batch_size=4)
+    run.evaluate(out=trained_run.parent / "eval-progress")
+    err = capsys.readouterr().err
+    assert "predict  4/20 images (20%)" in err and "predict  16/20 images (80%)" in err, err
+    assert "evaluate test  64/269 images (24%)" in err and "ETA" in err and "\r" not in err
+    run.predict(x, batch_size=4, progress=False)
+    run.evaluate(out=trained_run.parent / "eval-progress", progress=False)
+    run.predict(x[:4], batch_size=4)  # one batch: nothing to follow
+    assert capsys.readouterr().err == ""
+
+
 def test_predictions_have_labels_topk_errors_pandas_and_a_notebook_display(digits, tmp_path):
     run, folder, _ = digits
     bad = tmp_path / "broken.png"
@@ -339,6 +376,73 @@ def test_a_run_shows_its_summary_history_and_curves(digits, trained_run):
     assert "<img" in ev._repr_html_() and "precision" in ev._repr_html_()
     ex = run.explain(str(digits[1] / "0.png"))
     assert len(ex) == 1 and ex[0].heatmap.shape == (32, 32) and "<img" in ex._repr_html_()
+
+
+def _png_bytes(fig) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def test_every_plot_of_the_api_is_a_figure_and_the_cli_writes_the_same_pngs(
+    digits, trained_run, tmp_path, capsys
+):
+    """Run.curves, the evaluation's figures (confusion matrix, top losses, their Grad-CAM
+    gallery), Evaluation.confusion_figure and Explanations.figure are matplotlib Figures let
+    go by pyplot (a notebook shows each once, as a cell's value); the evaluation's are the
+    figures of its PNGs, which are those `resnetlab evaluate` writes. (A gallery's
+    constrained layout moves a pixel or two after its first drawing, so only the confusion
+    matrix renders again byte for byte.)"""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    run, folder, arrays = digits
+    ev = run.evaluate(top_losses=3, out=tmp_path / "api", progress=False)
+    assert set(ev.figures) == {"confusion_matrix", "top_losses", "top_losses_gradcam"}
+    argv = ["evaluate", str(trained_run), "--top-losses", "3", "--out", str(tmp_path / "cli")]
+    assert main([*argv, "--backend", "torch", "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    for name, fig in ev.figures.items():
+        png = Path(ev["files"][f"{name}_png"])
+        assert png.parent == tmp_path / "api"
+        assert (tmp_path / "cli" / png.name).read_bytes() == png.read_bytes(), name
+        with Image.open(png) as im:
+            assert tuple(round(v) for v in fig.get_size_inches() * fig.dpi) == im.size, name
+    cm = ev.figures["confusion_matrix"]
+    assert _png_bytes(cm) == Path(ev["files"]["confusion_matrix_png"]).read_bytes()
+    for name in ("top_losses", "top_losses_gradcam"):
+        titles = [ax.get_title() for ax in ev.figures[name].axes if ax.images]
+        assert len(titles) == len(ev["top_losses"]) == 3, name
+        assert all(t.startswith(f"true {it['true']}\n") for t, it in zip(titles, ev["top_losses"]))
+    shown = {
+        "curves": run.curves(),
+        "confusion_figure": ev.confusion_figure(),
+        "explain": run.explain(arrays[:3]).figure(),
+        **ev.figures,
+    }
+    for name, fig in shown.items():
+        assert isinstance(fig, Figure), name
+        assert fig.number not in plt.get_fignums(), name  # not left open in pyplot
+        assert _png_bytes(fig).startswith(b"\x89PNG"), name
+    assert len([ax for ax in shown["explain"].axes if ax.images]) == 3
+
+
+def test_an_experiment_returns_its_figure_beside_the_files(tmp_path):
+    import json
+
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from resnetlab.experiments.degradation import run_degradation
+
+    tiny = {**TINY, "batch_size": 128}
+    r = run_degradation(depths=(20,), out=tmp_path / "deg", overrides=tiny, verbose=False)
+    fig = r["figures"]["degradation"]
+    assert isinstance(fig, Figure) and fig.number not in plt.get_fignums()
+    assert _png_bytes(fig) == Path(r["figure"]).read_bytes()  # the figure of the PNG
+    assert "figures" not in json.loads((tmp_path / "deg" / "results.json").read_text())
 
 
 def test_create_model_with_weights_attaches_them_and_their_preprocessing(tmp_path):

@@ -91,12 +91,13 @@ def test_bad_inputs_name_the_problem():
 def test_reliability_diagram_png(tmp_path):
     logits, labels = calibrated(n=500)
     s = calibration_summary(5 * logits, labels)
-    path = plot_reliability(
+    path = tmp_path / "reliability.png"
+    plot_reliability(
         [
             ("before (T = 1)", s["reliability_before"]),
             (f"after (T = {s['temperature']:.2f})", s["reliability_after"]),
         ],
-        tmp_path / "reliability.png",
+        path,
     )
     with Image.open(path) as im:
         assert im.size[0] > im.size[1] > 300

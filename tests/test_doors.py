@@ -3,10 +3,12 @@
 A run trained on JPEG photos (one of them turned by its EXIF orientation) answers the same
 probabilities, within 1e-6, whichever door an image comes in by: ``Run.predict`` with a path,
 bytes, a PIL image or an array, ``resnetlab predict``, ``serve``, and the evaluation inputs of
-``evaluate`` and of training (those equal predict's byte for byte). Its ONNX and TorchScript
-exports load back as models; ``examples/onnx_client.py`` (onnxruntime, Pillow and numpy, and
-nothing but the export's metadata) reproduces ``resnetlab predict`` within 1e-5 for the small,
-imagenet and hub-bicubic presets; timm reads each run's own preprocessing.
+``evaluate`` and of training (those equal predict's byte for byte); Grad-CAM (``Run.explain``,
+``resnetlab explain``, ``serve``'s ``/explain``) explains that class with that probability.
+Its ONNX and TorchScript exports load back as models; ``examples/onnx_client.py``
+(onnxruntime, Pillow and numpy, and nothing but the export's metadata) reproduces ``resnetlab
+predict`` within 1e-5 for the small, imagenet and hub-bicubic presets; timm reads each run's
+own preprocessing.
 """
 
 from __future__ import annotations
@@ -109,7 +111,9 @@ def _files(photos: Path) -> list[str]:
     return [*turned, str(photos / CLASSES[1] / "4.jpg"), str(photos / CLASSES[2] / "5.jpg")]
 
 
-def test_the_same_jpeg_gets_the_same_probabilities_through_every_door(photos, photos_run, capsys):
+def test_the_same_jpeg_gets_the_same_probabilities_through_every_door(
+    photos, photos_run, capsys, tmp_path
+):
     from resnetlab.data.images import open_image
 
     run = resnetlab.load(photos_run)
@@ -152,9 +156,42 @@ def test_the_same_jpeg_gets_the_same_probabilities_through_every_door(photos, ph
             )
             assert r.status_code == 200, r.text
             rows.append({**r.json(), "error": None})
+        explained = []
+        for f in files:
+            r = client.post(
+                "/explain", files={"file": ("x.jpg", Path(f).read_bytes(), "image/jpeg")}
+            )
+            assert r.status_code == 200, r.text
+            # X-Prob has six decimals: half of the last one on top of the tolerance
+            explained.append((int(r.headers["X-Class-Index"]), float(r.headers["X-Prob"]), 5e-7))
     doors["serve"] = _probs_of_rows(rows, run.classes)
     for door, probs in doors.items():
         assert np.abs(probs - ref).max() <= 1e-6, door
+
+    # Grad-CAM explains each image's top class with predict's probability, by every door
+    def found(es) -> list[tuple[int, float, float]]:  # (class index, probability, slack)
+        return [(e.index, e.prob, 0.0) for e in es]
+
+    explains = {
+        "serve /explain": explained,
+        "Run.explain with paths": found(run.explain(files)),
+        "Run.explain with bytes": found(run.explain([Path(f).read_bytes() for f in files])),
+        "Run.explain with PIL images": found(run.explain([Image.open(f) for f in files])),
+        "Run.explain with arrays": found(run.explain([np.asarray(open_image(f)) for f in files])),
+    }
+    argv = ["explain", str(photos_run), *files, "--json", "--out", str(tmp_path / "cam")]
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    explains["resnetlab explain"] = [(r["index"], r["prob"], 0.0) for r in rows]
+    top = ref.argmax(1).tolist()
+    for door, got in explains.items():
+        assert [i for i, _, _ in got] == top, door
+        for k, (i, prob, slack) in enumerate(got):
+            assert abs(prob - ref[k, i]) <= 1e-6 + slack, (door, k, prob, ref[k, i])
+    # a class named: its own probability, not the top one's
+    least = int(ref[0].argmin())
+    e = run.explain(files[0], class_name=run.classes[least])[0]
+    assert e.index == least and abs(e.prob - ref[0, least]) <= 1e-6
 
 
 @pytest.mark.parametrize("cache", ["memory", "none"])

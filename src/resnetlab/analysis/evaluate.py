@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from ..artifacts.run import output_folder
 from ..core.errors import ConfigError
 from ..core.files import atomic_write_text
+from ..core.progress import Meter
 from ..data import DataError
 from ..inference.backends import create_backend
 from ..inference.loading import LoadedModel, load_model, run_pipeline
@@ -77,9 +78,16 @@ def evaluate_run(
     backend: str = "auto",
     device: str | torch.device | None = None,
     gradcam: bool = True,
+    progress: bool = False,
+    figures: dict | None = None,
 ) -> dict:
     """Evaluate a trained model on a split of ``data`` (default: the data it was trained on,
     split as it was then, with the run's --max-bad-fraction).
+
+    ``progress``: show the images done (``progress.Meter``: a bar in a notebook or on a
+    terminal, a line every 30 s in a log), as the Python API's ``Run.evaluate`` does.
+    ``figures``: a dict that gets each written PNG's matplotlib Figure under its key in
+    ``files`` (``confusion_matrix_png``...), for ``Evaluation.figures``.
 
     Probabilities (top losses, ``ece``) go through the run's calibration temperature when it
     has one. With ``top_losses`` and ``gradcam``, a second gallery shows the Grad-CAM heat of
@@ -115,9 +123,11 @@ def evaluate_run(
 
     all_logits, all_labels = [], []
     # The backend applies its own precision; batches go to its device.
-    for out, y in iter_logits(forward, loader, tf, runner.device, "fp32"):
-        all_logits.append(out.cpu())
-        all_labels.append(y.cpu())
+    with Meter(f"evaluate {split}", len(source.splits[split]), enabled=progress) as meter:
+        for out, y in iter_logits(forward, loader, tf, runner.device, "fp32"):
+            all_logits.append(out.cpu())
+            all_labels.append(y.cpu())
+            meter.update(len(y))
     measure = _MEASURES[task_of(loaded.meta).name]
     logits = torch.cat(all_logits) if all_logits else torch.zeros(0, len(loaded.classes))
     found = measure(
@@ -133,7 +143,7 @@ def evaluate_run(
         "precision": runner.precision,
         "backend_note": note,
     }
-    return _write_result(result, out_dir, loaded, split)
+    return _write_result(result, out_dir, loaded, split, figures)
 
 
 def _evaluate_multiclass(
@@ -176,7 +186,7 @@ def _evaluate_multiclass(
     }
     from ..core.plots import plot_confusion
 
-    def draw_confusion(path: Path) -> Path:
+    def draw_confusion(path: Path):
         return plot_confusion(cm, loaded.classes, path)
 
     result["files"] = {}
@@ -253,7 +263,7 @@ def _evaluate_multilabel(
     }
     ap = {k: v["ap"] for k, v in found["per_class"].items()}
 
-    def draw_pr(path: Path) -> Path:
+    def draw_pr(path: Path):
         return plot_pr_curves(probs, targets, classes, ap, path)
 
     result["_plots"] = [("pr_curves_png", "pr_curves.png", draw_pr)]
@@ -289,24 +299,30 @@ def _evaluate_multilabel(
     return result
 
 
-def _write_result(result: dict, out_dir, loaded: LoadedModel, split: str) -> dict:
-    """Draw the result's plots and galleries into the evaluation folder; write metrics.json."""
+def _write_result(
+    result: dict, out_dir, loaded: LoadedModel, split: str, figures: dict | None = None
+) -> dict:
+    """Draw the result's plots and galleries into the evaluation folder; write metrics.json.
+    ``figures`` (when given) gets each Figure drawn, under its key in ``files``."""
     from ..core.plots import plot_top_losses
 
+    drawn = {} if figures is None else figures
     out = Path(out_dir) if out_dir else loaded.home.eval_dir(split)
     out.mkdir(parents=True, exist_ok=True)
     for key, name, draw in result.pop("_plots", []):
-        draw(out / name)
+        drawn[key] = draw(out / name)
         result["files"][key] = str(out / name)
     gallery = result.pop("_gallery", None)
     if gallery is not None:
         items, split_data, gradcam = gallery
         images = [_display_image(split_data, it["index"]) for it in items]
-        plot_top_losses(images, items, out / "top_losses.png")
+        drawn["top_losses_png"] = plot_top_losses(images, items, out / "top_losses.png")
         result["files"]["top_losses_png"] = str(out / "top_losses.png")
         if gradcam and items:
             try:
-                _gradcam_gallery(loaded, split_data, items, out / "top_losses_gradcam.png")
+                drawn["top_losses_gradcam_png"] = _gradcam_gallery(
+                    loaded, split_data, items, out / "top_losses_gradcam.png"
+                )
                 result["files"]["top_losses_gradcam_png"] = str(out / "top_losses_gradcam.png")
             except ConfigError as exc:  # Captum not installed: the plain gallery still stands
                 result["gradcam_note"] = str(exc)
@@ -315,7 +331,7 @@ def _write_result(result: dict, out_dir, loaded: LoadedModel, split: str) -> dic
     return result
 
 
-def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path) -> Path:
+def _gradcam_gallery(loaded: LoadedModel, split, items: list[dict], path: Path):
     """The top-losses gallery again, each image under the Grad-CAM heat of the class the model
     wrongly chose: where it looked for its wrong answer."""
     from ..core.plots import plot_top_losses

@@ -282,8 +282,12 @@ class Explainer:
     def explain_batch(
         self, batch: torch.Tensor, target: int | Sequence[int] | None = None
     ) -> list[Explanation]:
-        """uint8 batch (N, C, H, W) of prepared images -> one Explanation each."""
+        """Batch (N, C, H, W) of prepared images -> one Explanation each: uint8, or float
+        0..255 (a float image resized in floating point, as ``predict`` feeds it: explained
+        unrounded, shown rounded)."""
         x = self._normalise(batch.to(self.device))
+        if batch.is_floating_point():
+            batch = batch.round().clamp(0, 255).to(torch.uint8)
         # Captum hooks the layer for the length of a call: one call at a time (serve's
         # request handlers share one Explainer).
         with self._lock:

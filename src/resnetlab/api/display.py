@@ -28,6 +28,16 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _detached(fig):
+    """``fig`` let go by pyplot and returned: it shows once, as a cell's value or with
+    ``display(fig)``, never again at the end of the cell or at a later ``plt.show()``, and
+    figures made in a loop do not pile up (matplotlib's warning at 20)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
 def _table(rows: Sequence[tuple[str, Any]]) -> str:
     cells = "".join(
         f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.optional import require
 from ..tasks import task_of
-from .display import HTML_ROWS, _pct, _png, _png_of, _table
+from .display import HTML_ROWS, _detached, _pct, _png, _png_of, _table
 
 
 class Predictions(Sequence):
@@ -175,7 +175,20 @@ class Evaluation(dict):
     """The result of :meth:`Run.evaluate`: the mapping ``resnetlab evaluate --json``
     prints (``top1``, ``top5``, ``loss``, ``per_class``, ``confusion_matrix``, ``classes``,
     ``files``...), shown in a notebook as its scores, the per-class table and the confusion
-    matrix."""
+    matrix.
+
+    Attributes:
+        figures: the matplotlib Figure of each PNG the evaluation wrote (``files``), by name:
+            ``confusion_matrix`` (multi-label: ``pr_curves``), and with ``top_losses=N``
+            ``top_losses`` and ``top_losses_gradcam``. A figure shows as a cell's value (or
+            with ``display``); restyle it and ``savefig`` it again as any Figure.
+    """
+
+    def __init__(self, result: dict | None = None, figures: dict | None = None) -> None:
+        super().__init__(result or {})
+        self.figures: dict[str, Any] = {
+            k.removesuffix("_png"): f for k, f in (figures or {}).items() if f is not None
+        }
 
     def confusion_figure(self):
         """The confusion matrix as a matplotlib Figure (rows: true class)."""
@@ -208,7 +221,7 @@ class Evaluation(dict):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.tight_layout()
-        return fig
+        return _detached(fig)
 
     def __repr__(self) -> str:
         if "top1" in self:
@@ -252,6 +265,20 @@ class Evaluation(dict):
 class Explanations(list):
     """What :meth:`Run.explain` returns: one ``explain.Explanation`` per image (``.label``,
     ``.prob``, ``.heatmap``, ``.overlay()``), shown side by side in a notebook."""
+
+    def figure(self):
+        """The overlays side by side, each under its input's name and the class explained
+        with its probability: a matplotlib Figure (a cell's value shows it)."""
+        import os
+
+        from ..core.plots import gallery_figure, wrap_label
+
+        images = [np.asarray(e.overlay()) for e in self]
+        captions = [
+            wrap_label(f"{os.path.basename(getattr(e, 'name', ''))}: {e.label} {e.prob:.1%}")
+            for e in self
+        ]
+        return _detached(gallery_figure(images, captions, "Grad-CAM: where the model looked"))
 
     def _repr_html_(self) -> str:
         cells = []

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..artifacts.run import ModelMeta, RunDir
 from ..core.errors import ConfigError, ImageDecodeError
-from .display import HTML_ROWS, _pct, _png, _table, _thumbnail
+from ..core.progress import Meter
+from .display import HTML_ROWS, _detached, _pct, _png, _table, _thumbnail
 from .inputs import _describe, _gather, _prepare, _stack
 from .messages import _data_string, _PythonNames
 from .results import Evaluation, Explanations, Predictions
@@ -205,14 +205,15 @@ class Run:
         return f"Run({str(self.path)!r}: {self.meta.model}, {len(self.classes)} classes)"
 
     def curves(self):
-        """The learning curves (loss, top-1, learning rate per epoch): a matplotlib Figure."""
+        """The learning curves (loss, top-1, learning rate per epoch): a matplotlib Figure,
+        shown as a cell's value (or with ``display``); ``savefig`` writes it to a file."""
         from ..core.plots import curves_figure
         from ..tasks import task_of
 
         if not self.history:
             raise ConfigError(f"{self.path} has no metrics.csv: no curves to draw")
         options = task_of(self.meta).curves_options()
-        return curves_figure(self.history, title=self._folder.name, **options)
+        return _detached(curves_figure(self.history, title=self._folder.name, **options))
 
     def _repr_html_(self) -> str:
         s, m = self.summary, self.meta
@@ -267,6 +268,7 @@ class Run:
         backend: str = "torch",
         device: str | None = None,
         precision: str = "fp32",
+        progress: bool = True,
     ) -> Predictions:
         """Predict the classes of images, whatever form they are held in.
 
@@ -282,6 +284,9 @@ class Run:
                 command line's default: the fastest backend measured on this machine).
             device: ``cpu``, ``cuda``... (default: as ``--device auto``).
             precision: ``fp32`` (default), or ``auto``/``bf16``... as ``--precision``.
+            progress: show the images done when there is more than one batch: a
+                ``tqdm.auto`` bar in a notebook (a widget with ipywidgets), a bar on a
+                terminal, a line every 30 s in a log; False shows nothing.
 
         Returns:
             :class:`Predictions`: ``.labels``, ``.probs`` (N, C), ``.topk(k)``, per-item
@@ -301,22 +306,23 @@ class Run:
         probs = np.full((n, c), np.nan, dtype=np.float32)
         errors: list[str | None] = [None] * n
         thumbs: list[np.ndarray | None] = [None] * n
-        for start in range(0, n, batch_size):
-            chunk = list(range(start, min(n, start + batch_size)))
-            ready = []
-            for i in chunk:
-                try:
-                    ready.append((i, _prepare(items[i][1], p)))
-                except ImageDecodeError as exc:
-                    errors[i] = exc.reason
-            if not ready:
-                continue
-            batch = _stack([t for _, t in ready])
-            out = p.probabilities(batch).numpy()
-            for row, (i, t) in enumerate(ready):
-                probs[i] = out[row]
-                if i < HTML_ROWS:
-                    thumbs[i] = _thumbnail(t)
+        with Meter("predict", n, enabled=progress and n > batch_size) as meter:
+            for start in range(0, n, batch_size):
+                chunk = list(range(start, min(n, start + batch_size)))
+                ready = []
+                for i in chunk:
+                    try:
+                        ready.append((i, _prepare(items[i][1], p)))
+                    except ImageDecodeError as exc:
+                        errors[i] = exc.reason
+                if ready:
+                    batch = _stack([t for _, t in ready])
+                    out = p.probabilities(batch).numpy()
+                    for row, (i, t) in enumerate(ready):
+                        probs[i] = out[row]
+                        if i < HTML_ROWS:
+                            thumbs[i] = _thumbnail(t)
+                meter.update(len(chunk))
         return Predictions(
             [name for name, _ in items],
             probs,
@@ -338,6 +344,7 @@ class Run:
         backend: str = "torch",
         device: str | None = None,
         precision: str = "fp32",
+        progress: bool = True,
     ) -> Evaluation:
         """Score the model on a split: top-1/top-5, balanced accuracy, macro-F1, ECE, loss,
         per-class precision/recall/F1 and the confusion matrix (as ``resnetlab evaluate``).
@@ -349,11 +356,13 @@ class Run:
             top_losses: also draw the N most confidently wrong images.
             out: the folder for the files (default ``RUN/eval-SPLIT``).
             backend, device, precision: as :meth:`predict`.
+            progress: show the images done (as :meth:`predict`); False shows nothing.
 
         Returns:
             :class:`Evaluation`: the result mapping of ``evaluate --json`` (``top1``,
             ``per_class``, ``confusion_matrix``, ``files``...), shown as tables and the
-            confusion matrix in a notebook."""
+            confusion matrix in a notebook; ``.figures`` holds the matplotlib Figure of each
+            PNG written to ``files``."""
         from ..analysis.evaluate import evaluate_run
 
         given = {"data": data, "split": split, "batch_size": batch_size, "out": out}
@@ -362,6 +371,7 @@ class Run:
                 data = _data_string(data)
             elif not self._loaded.has_run_config and self._is_run():
                 data = self.config.get("data")
+            figures: dict[str, Any] = {}
             r = evaluate_run(
                 self._loaded,
                 data=data,
@@ -373,8 +383,10 @@ class Run:
                 precision=precision,
                 backend=backend,
                 device=device,
+                progress=progress,
+                figures=figures,
             )
-        return Evaluation(r)
+        return Evaluation(r, figures)
 
     def export(
         self,
@@ -424,9 +436,7 @@ class Run:
         p = self._predictor("torch", None, "fp32", 32)
         out = []
         for name, payload in items:
-            t = _prepare(payload, p)
-            if t.is_floating_point():
-                t = t.round().clamp(0, 255).to(torch.uint8)
+            t = _prepare(payload, p)  # a float image stays float: predict's very input
             target = None if class_name is None else ex.class_index(class_name)
             e = ex.explain_batch(t[None], target)[0]
             e.name = name

@@ -1,4 +1,10 @@
-"""Matplotlib figures shared by evaluate, report and the experiments (PNG, Agg backend)."""
+"""Matplotlib figures shared by evaluate, report and the experiments (PNG, Agg backend).
+
+Each ``plot_*`` writes its PNG where it always has and returns the ``matplotlib.figure.Figure``
+it drew, so a notebook shows it (as a cell's value, or with ``display(fig)``) and a user can
+restyle it and save it again. The figure is closed in pyplot once written: a long search or a
+report keeps no figures open, and a notebook's inline backend does not draw it a second time
+at the end of the cell (nor ``plt.show()`` later). The ``*_figure`` functions only draw."""
 
 from __future__ import annotations
 
@@ -147,7 +153,8 @@ def wrap_label(text: str, width: int = 34) -> str:
     return "\n".join(lines)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path):
+    """``fig`` written to ``path`` and closed in pyplot; returns ``fig`` (still drawable)."""
     from .files import writing
 
     plt = _plt()
@@ -156,7 +163,7 @@ def _save(fig, path: Path) -> Path:
             fig.savefig(path)
     finally:
         plt.close(fig)
-    return path
+    return fig
 
 
 def curves_figure(
@@ -198,15 +205,16 @@ def curves_figure(
     return fig
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "", **task) -> Path:
-    """Loss, top-1 and learning rate against epoch, saved as PNG (``task``: ``curves`` and
-    ``panel`` as :func:`curves_figure`)."""
+def plot_curves(history: list[dict], path: Path, title: str = "", **task):
+    """Loss, top-1 and learning rate against epoch, saved as PNG; returns the Figure
+    (``task``: ``curves`` and ``panel`` as :func:`curves_figure`)."""
     with _glyph_check():
         return _save(curves_figure(history, title, **task), path)
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
-    """Row-normalised heat map (recall per true class), counts written in each cell."""
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path):
+    """Row-normalised heat map (recall per true class), counts written in each cell, saved as
+    PNG; returns the Figure."""
     with _glyph_check():
         plt = _plt()
         n = len(classes)
@@ -233,8 +241,10 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path) -> Path:
         return _save(fig, path)
 
 
-def top_losses_figure(images: list[np.ndarray], items: list[dict]):
-    """The most confidently wrong images, captioned true / predicted (a matplotlib Figure)."""
+def gallery_figure(
+    images: list[np.ndarray], captions: list[str], title: str, empty: str = "no images"
+):
+    """Images in rows of up to four, each under its caption (a matplotlib Figure)."""
     plt = _plt()
     n = max(1, len(images))
     cols = min(4, n)
@@ -247,16 +257,26 @@ def top_losses_figure(images: list[np.ndarray], items: list[dict]):
     fig.get_layout_engine().set(w_pad=0.08, h_pad=0.1)  # inches between panels
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, it in zip(axes.flat, images, items):
+    for ax, img, caption in zip(axes.flat, images, captions):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
-        caption = f"{wrap_label('true ' + str(it['true']))}\n"
-        # Multi-label items say their predicted labels with each one's probability.
-        caption += wrap_label(it.get("pred_text") or f"pred {it['pred']} ({it['prob']:.0%})")
         ax.set_title(caption, fontsize=9)
     if not images:
-        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
-    fig.suptitle("top losses: most confidently wrong")
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
+    fig.suptitle(title)
     return fig
+
+
+def top_losses_figure(images: list[np.ndarray], items: list[dict]):
+    """The most confidently wrong images, captioned true / predicted (a matplotlib Figure)."""
+    # Multi-label items say their predicted labels with each one's probability.
+    captions = [
+        wrap_label("true " + str(it["true"]))
+        + "\n"
+        + wrap_label(it.get("pred_text") or f"pred {it['pred']} ({it['prob']:.0%})")
+        for it in items
+    ]
+    title, empty = "top losses: most confidently wrong", "no misclassified images"
+    return gallery_figure(images, captions, title, empty)
 
 
 def pr_curves_figure(probs: np.ndarray, targets: np.ndarray, classes: list[str], ap: dict):
@@ -284,20 +304,23 @@ def pr_curves_figure(probs: np.ndarray, targets: np.ndarray, classes: list[str],
     return fig
 
 
-def plot_pr_curves(probs, targets, classes: list[str], ap: dict, path: Path) -> Path:
-    """Multi-label: the precision-recall curve of each class, saved as PNG."""
+def plot_pr_curves(probs, targets, classes: list[str], ap: dict, path: Path):
+    """Multi-label: the precision-recall curve of each class, saved as PNG; returns the
+    Figure."""
     with _glyph_check():
         return _save(pr_curves_figure(np.asarray(probs), np.asarray(targets), classes, ap), path)
 
 
-def plot_top_losses(images: list[np.ndarray], items: list[dict], path: Path) -> Path:
-    """The most confidently wrong images, captioned true / predicted (probability), as PNG."""
+def plot_top_losses(images: list[np.ndarray], items: list[dict], path: Path):
+    """The most confidently wrong images, captioned true / predicted (probability), as PNG;
+    returns the Figure."""
     with _glyph_check():
         return _save(top_losses_figure(images, items), path)
 
 
-def plot_lr_find(lrs, losses, suggestion: float, path: Path, title: str) -> None:
-    """The LR range test: smoothed loss against a log learning-rate axis, the suggestion."""
+def plot_lr_find(lrs, losses, suggestion: float, path: Path, title: str):
+    """The LR range test: smoothed loss against a log learning-rate axis, the suggestion;
+    saved as PNG, returns the Figure."""
     plt = _plt()
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
@@ -312,11 +335,12 @@ def plot_lr_find(lrs, losses, suggestion: float, path: Path, title: str) -> None
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
-def plot_tune_history(trials: list[tuple[int, float, bool]], path: Path) -> None:
+def plot_tune_history(trials: list[tuple[int, float, bool]], path: Path):
     """A search's history: ``(trial number, val top-1, finished)`` per trial (unfinished ones,
-    i.e. pruned, in grey), and the best so far."""
+    i.e. pruned, in grey), and the best so far; saved as PNG, returns the Figure."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     xs, ys, best, running = [], [], [], float("-inf")
@@ -343,11 +367,13 @@ def plot_tune_history(trials: list[tuple[int, float, bool]], path: Path) -> None
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
-def plot_degradation(runs: list[dict], path: Path, data: str) -> None:
+def plot_degradation(runs: list[dict], path: Path, data: str):
     """He et al.'s Figure 1/6: training and held-out error of plain (dashed) and residual
-    (solid) nets per depth, against iterations; several seeds are averaged."""
+    (solid) nets per depth, against iterations; several seeds are averaged. Saved as PNG,
+    returns the Figure."""
     import statistics
 
     plt = _plt()
@@ -375,6 +401,7 @@ def plot_degradation(runs: list[dict], path: Path, data: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
 def heatmap_overlay(
@@ -457,7 +484,8 @@ def reliability_figure(diagrams: list[tuple[str, dict]]):
     return fig
 
 
-def plot_reliability(diagrams: list[tuple[str, dict]], path: Path) -> Path:
-    """Reliability diagrams (e.g. before and after temperature scaling) saved as PNG."""
+def plot_reliability(diagrams: list[tuple[str, dict]], path: Path):
+    """Reliability diagrams (e.g. before and after temperature scaling) saved as PNG;
+    returns the Figure."""
     with _glyph_check():
         return _save(reliability_figure(diagrams), path)

@@ -1,10 +1,14 @@
-"""Progress of a long loop, wherever its output goes: a bar on a terminal, plain lines in logs.
+"""Progress of a long loop, wherever its output goes: a bar on a terminal or in a notebook,
+plain lines in logs.
 
-On a terminal (stderr is a tty) a tqdm bar that moves from the first item. Anywhere else (a
-log file, CI, ``nohup``, a pipe) a bar would be one endless line of carriage returns, so a plain
-line is printed every ``RESNETLAB_PROGRESS_SECONDS`` seconds (30 by default) with the count,
-the rate and the time left. ``Meter`` is used by training, decoding a data set, ``stats`` and
-``predict``.
+On a terminal (stderr is a tty) a tqdm bar that moves from the first item. In a Jupyter kernel
+(notebook, JupyterLab, VS Code, Colab) ``tqdm.auto``'s bar: a widget where ipywidgets is
+installed, else tqdm's text bar, which the notebook redraws in place. Anywhere else (a log
+file, CI, ``nohup``, a pipe, ``!resnetlab train`` in a notebook cell) a bar would be one
+endless line of carriage returns, so a plain line is printed every
+``RESNETLAB_PROGRESS_SECONDS`` seconds (30 by default) with the count, the rate and the time
+left. ``Meter`` is used by training, decoding a data set, ``stats``, ``predict`` and the
+Python API's ``Run.predict`` and ``Run.evaluate``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 
 PROGRESS_ENV = "RESNETLAB_PROGRESS_SECONDS"
 DEFAULT_SECONDS = 30.0
@@ -48,12 +53,30 @@ def is_terminal(stream) -> bool:
         return False
 
 
+def in_notebook() -> bool:
+    """Whether this is a Jupyter kernel's process, by the test ``tqdm.auto`` makes (ipykernel's
+    shell imported; not a Qt console or Spyder, whose consoles draw text bars), so a bar is
+    shown exactly where ``tqdm.auto`` can draw one."""
+    if "ipykernel.zmqshell" not in sys.modules:
+        return False
+    if any(k == "QT_API" or k.startswith("SPYDER") for k in os.environ):
+        return False
+    try:
+        shell = sys.modules["IPython"].get_ipython()
+    except Exception:  # IPython not imported after all, or no shell
+        return False
+    name = type(shell).__name__.lower()
+    return shell is not None and "qt" not in name and "spyder" not in name
+
+
 class Meter:
     """``total`` items of a loop: ``update(n)`` or ``update_to(done)`` as they complete,
     ``close()`` at the end. ``stats`` given to an update (``loss="1.23"``) are shown with it.
 
     ``bar``: False keeps a terminal to plain lines too (when the loop's own output goes to
-    the same terminal, as ``predict``'s rows do)."""
+    the same terminal, as ``predict``'s rows do). In a Jupyter kernel, progress written to
+    its own stdout or stderr is ``tqdm.auto``'s bar (a widget); a stream of the caller's
+    (a log file) keeps its plain lines there too."""
 
     def __init__(
         self,
@@ -68,13 +91,23 @@ class Meter:
     ) -> None:
         self.desc, self.total, self.unit, self.enabled = desc, int(total), unit, enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = enabled and bar and is_terminal(self.stream)
+        self.notebook = (
+            enabled and bar and self.stream in (sys.stdout, sys.stderr) and in_notebook()
+        )
+        self.tty = self.notebook or (enabled and bar and is_terminal(self.stream))
         self.every = line_seconds() if every is None else every
         self.initial = self.done = int(initial)
         self.started = self.last = time.monotonic()
         self.bar = None
         if self.tty:
-            from tqdm import tqdm
+            if self.notebook:  # a widget (ipywidgets), else a text bar drawn in place
+                with warnings.catch_warnings():
+                    # Without ipywidgets tqdm says "IProgress not found. Please update jupyter
+                    # and ipywidgets": the text bar it falls back to works; nothing to update.
+                    warnings.filterwarnings("ignore", message="IProgress not found")
+                    from tqdm.auto import tqdm
+            else:
+                from tqdm import tqdm
 
             self.bar = tqdm(
                 total=self.total,

@@ -44,6 +44,11 @@ def run_degradation(
     overrides: dict | None = None,
     verbose: bool = True,
 ) -> dict:
+    """Train plain and residual nets of each depth (``seeds`` each) and compare their errors.
+
+    Returns the mapping written to ``OUT/results.json`` (``runs``, ``table``, ``verdict``,
+    ``figure``: the path of ``degradation.png``) and ``figures``: ``{"degradation": Figure}``,
+    the matplotlib Figure of that PNG (not in the JSON), for a notebook to show."""
     for d in depths:
         if d not in PLAIN_DEPTHS:
             raise ConfigError(f"--depths {d}: plain twins exist for {PLAIN_DEPTHS}")
@@ -91,7 +96,7 @@ def run_degradation(
     table = _table(runs)
     verdict = _verdict(table, depths)
     fig = out / "degradation.png"
-    plot_degradation(runs, fig, data)
+    drawn = plot_degradation(runs, fig, data)
     result = {
         "data": data,
         "depths": list(depths),
@@ -105,7 +110,7 @@ def run_degradation(
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     atomic_write_text(out / "results.csv", _csv(table))
     atomic_write_text(out / "summary.md", _markdown(result))
-    return result
+    return {**result, "figures": {"degradation": drawn}}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -127,6 +127,10 @@ def run_tune(
     ``base`` holds the fixed settings (data, model, epochs, any TrainConfig field); a value of
     None means "not given": the study's saved value, or ``NEW_STUDY_DEFAULTS`` for a new study.
     Continuing a study with a different fixed setting raises ValueError.
+
+    Returns the mapping written to ``OUT/best.json`` (``best_trial``, ``best_params``,
+    ``best_yaml``, ``plot``: the path of the history's PNG...) and ``figures``:
+    ``{"optimization_history": Figure}``, that PNG's matplotlib Figure (not in the JSON).
     """
     optuna = require("optuna", "resnetlab tune")
     from optuna.trial import TrialState
@@ -227,7 +231,7 @@ def run_tune(
         out / "best.yaml", yaml.safe_dump(best_cfg, sort_keys=False, allow_unicode=True)
     )
     history_png = out / "optimization_history.png"
-    plot_tune_history(
+    drawn = plot_tune_history(
         [
             (
                 t.number,
@@ -251,4 +255,4 @@ def run_tune(
         "plot": str(history_png),
     }
     atomic_write_text(out / "best.json", json.dumps(result, indent=2))
-    return result
+    return {**result, "figures": {"optimization_history": drawn}}

@@ -24,7 +24,8 @@ def lr_find(
     cfg: TrainConfig, start_lr: float = 1e-6, end_lr: float = 10.0, num_steps: int = 100
 ) -> dict:
     """Run the range test on the configured model and data; write its plot and JSON into
-    the run folder."""
+    the run folder. Returns the JSON's mapping (``lrs``, ``losses``, ``suggestion``, ``plot``)
+    and ``figures``: ``{"lr_find": Figure}``, the plot's matplotlib Figure."""
     from .engine import Trainer
 
     name = cfg.name or f"lr-find-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -62,7 +63,7 @@ def lr_find(
     t.close()  # the run folder's lock: no checkpoint follows
     suggestion = suggest_lr(lrs, losses)
     plot = t.run.lr_find_plot
-    plot_lr_find(lrs, losses, suggestion, plot, cfg.model)
+    drawn = plot_lr_find(lrs, losses, suggestion, plot, cfg.model)
     result = {"lrs": lrs, "losses": losses, "suggestion": suggestion, "plot": str(plot)}
     atomic_write_text(t.run.lr_find_json, json.dumps(result, indent=2))
-    return result
+    return {**result, "figures": {"lr_find": drawn}}

@@ -78,12 +78,13 @@ def _calibration_section(rd: RunDir, figures: Path, ev: dict) -> str:
         )
     cal = json.loads(rd.calibration.read_text(encoding="utf-8"))
     t = float(cal["temperature"])
-    png = plot_reliability(
+    png = figures / "reliability.png"
+    plot_reliability(
         [
             ("before calibration", cal["reliability_before"]),
             (f"after (T = {t:.3g})", cal["reliability_after"]),
         ],
-        figures / "reliability.png",
+        png,
     )
     cards = [
         ("temperature", f"{t:.3g}"),
@@ -150,11 +151,9 @@ def build_report(
     )
     ev = evaluate_run(loaded, data=data, top_losses=top_losses, out_dir=figures)
     task = task_of(meta)
-    curves = (
-        plot_curves(history, figures / "curves.png", meta.model, **task.curves_options())
-        if history
-        else None
-    )
+    curves = figures / "curves.png" if history else None
+    if curves:
+        plot_curves(history, curves, meta.model, **task.curves_options())
 
     e = html.escape
     parts = _PARTS[task.name](meta, ev, summary, history, rd, figures)
