@@ -96,9 +96,15 @@ class Server:
                 self.proc.kill()
 
 
+# The servers here run the torch backend: what they check is the service, and --backend auto
+# would measure every backend at start-up (an ONNX export, OpenVINO compiled; seconds).
+# The journeys serve with auto as typed, test_backend_choice tests the choice itself.
+TORCH = ("--backend", "torch")
+
+
 @pytest.fixture(scope="module")
 def server(run):
-    s = Server(run)
+    s = Server(run, *TORCH)
     yield s
     s.stop()
 
@@ -279,7 +285,7 @@ def test_same_probabilities_alone_and_under_concurrency(server):
 
 
 def test_overload_gets_fast_503_with_retry_after(run):
-    s = Server(run, "--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0")
+    s = Server(run, *TORCH, "--max-queue", "1", "--max-batch", "1", "--max-wait-ms", "0")
     try:
         img = _png()
         with cf.ThreadPoolExecutor(48) as pool:
@@ -294,7 +300,7 @@ def test_overload_gets_fast_503_with_retry_after(run):
 
 
 def test_graceful_shutdown_finishes_in_flight_request(run):
-    s = Server(run)
+    s = Server(run, *TORCH)
     result = {}
     sigterm_sent = threading.Event()
 
@@ -325,7 +331,7 @@ def test_graceful_shutdown_finishes_in_flight_request(run):
 def test_lone_request_does_not_wait_for_a_batch(run):
     # With a one-minute batching window, a lone request that waited for company would run
     # into the client's 30 s timeout; it must be answered at once instead.
-    s = Server(run, "--max-wait-ms", "60000")
+    s = Server(run, *TORCH, "--max-wait-ms", "60000")
     try:
         assert s.request("POST", "/predict", _png())[0] == 200
     finally:
@@ -379,6 +385,7 @@ ORIGIN = "http://app.example"
 def ops(run):
     s = Server(
         run,
+        *TORCH,
         "--api-key",
         KEY,
         "--cors-origin",
@@ -590,7 +597,7 @@ def test_port_refuses_connections_until_it_listens():
 def test_processes_share_the_port_and_stop_without_traceback(run):
     """--processes 2: both workers answer on one port and /metrics adds them up; SIGTERM with an
     upload half sent ends after --shutdown-timeout with one line, not a traceback."""
-    s = Server(run, "--processes", "2", "--shutdown-timeout", "1", "--backend", "torch")
+    s = Server(run, *TORCH, "--processes", "2", "--shutdown-timeout", "1")
     try:
         assert "2 processes" in s.banner and s.listening_at_banner
         with cf.ThreadPoolExecutor(8) as pool:

@@ -31,7 +31,7 @@ def server(tmp_path_factory):
         )
     )
     Trainer(cfg, verbose=False).fit()
-    s = Server(root / "runs" / "two")
+    s = Server(root / "runs" / "two", "--backend", "torch")  # the page, not the choice
     yield s
     s.stop()
 
