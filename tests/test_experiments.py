@@ -5,15 +5,29 @@ import json
 import pytest
 import yaml
 
+from datagen import make_folder
 from resnetlab.cli.commands import main
 from resnetlab.experiments.degradation import _verdict, run_degradation
 
-TINY = {"model_kwargs": {"widths": [4, 8, 8]}, "batch_size": 64, "num_workers": 0}
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Narrow nets on 72 small photos (3 classes): a run takes a fraction of a second, where
+    the 1,259 training digits took seconds, and nothing checked here depends on the data."""
+    data = make_folder(tmp_path_factory.mktemp("photos"), {"a": 24, "b": 24, "c": 24}, (32, 32))
+    return {
+        "data": str(data),
+        "model_kwargs": {"widths": [4, 8, 8]},
+        "batch_size": 64,
+        "num_workers": 0,
+    }
 
 
-def test_degradation_files_and_numbers(tmp_path):
+def test_degradation_files_and_numbers(tmp_path, tiny):
     out = tmp_path / "deg"
-    r = run_degradation(depths=(20, 32), epochs=2, out=out, overrides=TINY, verbose=False)
+    r = run_degradation(
+        data=tiny["data"], depths=(20, 32), epochs=2, out=out, overrides=tiny, verbose=False
+    )
     for name in ("degradation.png", "results.json", "results.csv", "summary.md"):
         assert (out / name).is_file(), name
     table = {(row["kind"], row["depth"]): row for row in r["table"]}
@@ -47,10 +61,10 @@ def test_degradation_rejects_unknown_depth(tmp_path):
         run_degradation(depths=(18,), out=tmp_path / "x", verbose=False)
 
 
-def test_tune_resumes_without_repeating_and_best_yaml_trains(tmp_path, capsys):
+def test_tune_resumes_without_repeating_and_best_yaml_trains(tmp_path, capsys, tiny):
     out = tmp_path / "tune"
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump({**TINY, "batch_size": 64}))
+    base.write_text(yaml.safe_dump(tiny))
     argv = ["tune", "--epochs", "1", "--out", str(out), "--config", str(base)]
     assert main([*argv, "--trials", "2"]) == 0
     import optuna
@@ -94,11 +108,11 @@ def _study_trials(out):
     return optuna.load_study(study_name="resnetlab-tune", storage=storage).trials
 
 
-def test_tune_continued_study_samples_new_points_and_skips_duplicates(tmp_path):
+def test_tune_continued_study_samples_new_points_and_skips_duplicates(tmp_path, tiny):
     from resnetlab.experiments.tune import run_tune
 
     out = tmp_path / "tune"
-    base = {**TINY, "epochs": 1}
+    base = {**tiny, "epochs": 1}
     run_tune(base, trials=2, out=out, verbose=False)
     # A restarted sampler with the same seed would draw trial 0's point again.
     run_tune(base, trials=3, out=out, verbose=False)
@@ -118,18 +132,18 @@ def test_tune_continued_study_samples_new_points_and_skips_duplicates(tmp_path):
     assert r["trials"]["COMPLETE"] + r["trials"]["PRUNED"] == 4
 
 
-def test_tune_continued_study_keeps_its_settings(tmp_path, capsys):
+def test_tune_continued_study_keeps_its_settings(tmp_path, capsys, tiny):
     from resnetlab.experiments.tune import run_tune
 
     out = tmp_path / "tune"
-    run_tune({**TINY, "epochs": 1}, trials=1, out=out, verbose=False)
+    run_tune({**tiny, "epochs": 1}, trials=1, out=out, verbose=False)
     with pytest.raises(ValueError, match=r"run with epochs 1, not 2; continue it with --epochs 1"):
-        run_tune({**TINY, "epochs": 2}, trials=2, out=out, verbose=False)
+        run_tune({**tiny, "epochs": 2}, trials=2, out=out, verbose=False)
     with pytest.raises(ValueError, match=r"run with model 'resnet20', not 'resnet32'"):
-        run_tune({**TINY, "model": "resnet32"}, trials=2, out=out, verbose=False)
+        run_tune({**tiny, "model": "resnet32"}, trials=2, out=out, verbose=False)
     assert len(_study_trials(out)) == 1  # refused before any trial ran
     # Not given (None, as the CLI passes flags left out): the study's own settings.
-    base = {**TINY, "data": None, "model": None, "epochs": None}
+    base = {**tiny, "data": None, "model": None, "epochs": None}
     r = run_tune(base, trials=2, out=out, verbose=False)
     assert r["trials"]["COMPLETE"] + r["trials"]["PRUNED"] == 2
     for n in (0, 1):
