@@ -58,7 +58,24 @@ test-fast: $(STAMP)
 	@$(PY) -m compileall -q src
 	$(VENV)/bin/pytest -m "not slow"
 
-bench: $(STAMP)
+# The serving peers of benchmarks/serve_load.py (the bench extra: litserve, which brings
+# uvicorn[standard]) on top of the tested set, for `make bench` only: `make test` and a fresh
+# venv (CI) never install them, so the tests run the plain uvicorn of resnetlab[serve]. (In a
+# venv that did run `make bench`, uvicorn then picks uvloop and httptools, tests included.)
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	@echo "installing the serving peers (the bench extra, constraints.txt)"
+	@if test -x $(VENV)/bin/uv; then \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) --cache-dir $(VENV)/.uv-cache --compile-bytecode \
+	    --index-strategy unsafe-best-match $$($(PYTHON) tools/pip_sources.py) \
+	    -c constraints.txt -e '.[dev,bench]' \
+	  || $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'; \
+	else \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'; \
+	fi
+	@touch $(BENCH_STAMP)
+
+bench: $(STAMP) $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)

@@ -22,13 +22,18 @@ RESULTS = Path(__file__).parent / "results"
 
 def environment() -> dict:
     cpu, flags = platform.processor(), []
+    # family and model numbers: a virtual machine's "model name" is often just "AMD EPYC",
+    # which says nothing of its generation (family 25 model 17 is Zen 4, 25/1 Zen 3)
+    family = model = None
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and not cpu:
-                    cpu = line.split(":", 1)[1].strip()
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("cpu family"):
+                    family = int(line.split(":", 1)[1])
+                elif line.split(":", 1)[0].strip() == "model":
+                    model = int(line.split(":", 1)[1])
                 if line.startswith("flags"):
                     flags = sorted(
                         f for f in line.split(":", 1)[1].split() if "avx512" in f or "amx" in f
@@ -45,6 +50,8 @@ def environment() -> dict:
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "cpu": cpu,
+        "cpu_family": family,
+        "cpu_model_number": model,
         "cpu_flags": flags,
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
