@@ -234,6 +234,7 @@ async def run_level(
         t.result()
     out = record.summary(start, stop)
     out["samples"] = samples
+    out["good_with_warmup"] = sum(s == 200 for s in record.statuses)
     return out
 
 

@@ -170,6 +170,17 @@ class Server:
                 total += p.memory_info().rss
         return total / 2**20
 
+    def cpu_seconds(self, procs) -> float:
+        """User + system CPU time of ``procs`` so far (a process gone since counts 0)."""
+        import psutil
+
+        total = 0.0
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
     def memory(self) -> dict:
         """RSS and USS in MB, summed over the server's processes: RSS counts the pages that
         forked processes share once in each, USS (private memory) counts each page once. USS
@@ -269,6 +280,7 @@ def run_levels(servers: dict[str, Server], image: bytes, args) -> dict:
             for name in order[k:] + order[:k]:
                 s = only(servers, name)
                 procs = s.processes()
+                cpu0 = s.cpu_seconds(procs)
                 head, body = http_load.multipart_request(HOST, s.port, "/predict", image)
                 close_head, _ = http_load.multipart_request(
                     HOST, s.port, "/predict", image, close=True
@@ -289,6 +301,10 @@ def run_levels(servers: dict[str, Server], image: bytes, args) -> dict:
                     )
                 )
                 samples = out.pop("samples")
+                # the server's CPU time per answered request, warm-up included: a figure that
+                # other jobs on a shared machine disturb less than requests/s
+                cpu = s.cpu_seconds(procs) - cpu0
+                out["cpu_ms_per_good"] = 1000 * cpu / max(1, out.pop("good_with_warmup"))
                 out["rss_mb"] = max(samples, default=None)  # the peak while measured
                 out["uss_mb"] = s.memory()["uss_mb"]  # after the level
                 out["load_average_1m"] = os.getloadavg()[0]
@@ -306,7 +322,7 @@ def line(name: str, label: str, r: dict) -> str:
     rss = f"{r['rss_mb']:6.0f}" if r.get("rss_mb") is not None else "     -"
     return (
         f"{name:9} {label:24} {r['good_per_second']:7.1f} good/s  p50 {p50} ms  p95 {p95} ms"
-        f"  503 {r['refused_503']:6d}  RSS {rss} MB{extra}"
+        f"  503 {r['refused_503']:5d}  CPU {r['cpu_ms_per_good']:5.2f} ms/req  RSS {rss} MB{extra}"
     )
 
 
@@ -353,7 +369,8 @@ def median(runs: list[dict], key: str):
 
 def summarize(results: dict) -> dict:
     """Per server and level, the median over rounds of each figure."""
-    keys = ("good_per_second", "p50_ms", "p95_ms", "refused_503", "rss_mb", "uss_mb")
+    keys = ("good_per_second", "p50_ms", "p95_ms", "refused_503", "cpu_ms_per_good")
+    keys += ("rss_mb", "uss_mb")
     return {
         name: {label: {k: median(runs, k) for k in keys} for label, runs in per.items()}
         for name, per in results.items()
