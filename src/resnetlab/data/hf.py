@@ -64,22 +64,31 @@ def _open(kind: str, spec: str):
             return ds.load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as exc:
             raise DataError(f"hf-disk:{spec}: not a saved dataset ({_first(exc)})") from None
+    unreachable = (
+        "not in the Hugging Face cache and the hub cannot be reached ({text}); load it once "
+        "online, or save it with save_to_disk and use hf-disk:PATH"
+    )
+    return load_hub_dataset(spec, f"hf:{spec}", unreachable)
+
+
+def load_hub_dataset(spec: str, where: str, unreachable: str, **kwargs):
+    """``datasets.load_dataset`` of ``NAME[:CONFIG]`` (a local folder too), with the hub
+    switched off when it cannot be reached; its errors as one ``DataError`` naming
+    ``where``, ``unreachable`` (with ``{text}``, the first line of the error) when the hub
+    could not be reached."""
+    ds = _datasets()
     name, _, config = spec.partition(":")
     if Path(os.path.expanduser(name)).exists():
         name = os.path.expanduser(name)
     offline = _offline()
     try:
         with _hub_mode(offline):
-            return ds.load_dataset(name, config or None)
+            return ds.load_dataset(name, config or None, **kwargs)
     except Exception as exc:  # noqa: BLE001  the hub's and the builders' own errors
         text = _first(exc)
         if offline or "onnect" in text or "offline" in text.lower() or "resolve" in text:
-            raise DataError(
-                f"hf:{spec}: not in the Hugging Face cache and the hub cannot be reached "
-                f"({text[:160]}); load it once online, or save it with save_to_disk and use "
-                "hf-disk:PATH"
-            ) from None
-        raise DataError(f"hf:{spec}: {text[:200]}") from None
+            raise DataError(f"{where}: {unreachable.format(text=text[:160])}") from None
+        raise DataError(f"{where}: {text[:200]}") from None
 
 
 def _offline() -> bool:

@@ -40,10 +40,9 @@ from .hf import (
     SPLIT_NAMES,
     _datasets,
     _first,
-    _hub_mode,
     _label_feature,
-    _offline,
     _pick,
+    load_hub_dataset,
 )
 from .sources import DataError, Source, class_name
 from .wds import SIZES_SAMPLE
@@ -107,21 +106,12 @@ def _open(spec: str, where: str):
     """(splits by our names, image column, label column, class names, what identifies it)."""
     ds = _datasets()
     name, _, config = spec.partition(":")
-    if Path(os.path.expanduser(name)).exists():
-        name = os.path.expanduser(name)
-    offline = _offline()
-    try:
-        with _hub_mode(offline):
-            data = ds.load_dataset(name, config or None, streaming=True)
-    except Exception as exc:  # noqa: BLE001  the hub's and the builders' own errors
-        text = _first(exc)
-        if offline or "onnect" in text or "offline" in text.lower() or "resolve" in text:
-            raise DataError(
-                f"{where}: the hub cannot be reached ({text[:160]}); streaming reads the hub as "
-                "it trains the first time: run online once (the shards it writes are kept), "
-                f"or use hf:{spec} for a dataset in the Hugging Face cache"
-            ) from None
-        raise DataError(f"{where}: {text[:200]}") from None
+    unreachable = (
+        "the hub cannot be reached ({text}); streaming reads the hub as it trains the first "
+        f"time: run online once (the shards it writes are kept), or use hf:{spec} for a "
+        "dataset in the Hugging Face cache"
+    )
+    data = load_hub_dataset(spec, where, unreachable, streaming=True)
     parts = dict(data) if isinstance(data, ds.IterableDatasetDict) else {"train": data}
     ours: dict = {}
     for split, part in parts.items():
