@@ -67,6 +67,25 @@ def trained_run(tmp_path_factory):
     return root / "digits"
 
 
+@pytest.fixture(scope="module")
+def auto_backend_measures_torch():
+    """``--backend auto`` measures PyTorch alone (fp32, and bf16 where the CPU has it): for
+    modules whose reports run evaluate on a fresh run, where auto would export to ONNX and
+    compile OpenVINO for seconds without changing what they check (commands such as report
+    and train's tracker step have no --backend flag to pass). The choice is still made,
+    cached and announced as usual; test_backend_choice tests the measurement itself."""
+    from resnetlab.inference import choice
+
+    every = choice.candidates
+
+    def torch_only(device, precision="auto"):
+        return [c for c in every(device, precision) if c[0] == "torch"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(choice, "candidates", torch_only)
+        yield
+
+
 @pytest.fixture
 def read_only(tmp_path, monkeypatch):
     """``read_only(folder)``: ``folder`` seen through a read-only bind mount, as a Docker or

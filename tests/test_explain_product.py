@@ -24,6 +24,8 @@ from test_calibration_run import tiny_run
 from test_serve import Server, _multipart
 
 pytest.importorskip("captum")
+# Reports are made here from fresh runs: --backend auto measures PyTorch alone (conftest).
+pytestmark = pytest.mark.usefixtures("auto_backend_measures_torch")
 
 # Names a header cannot carry as they are: X-Class is URL-quoted.
 CLASSES = ["红花", "white rose", "straße"]

@@ -28,6 +28,9 @@ from resnetlab.metrics.multilabel import (
     multilabel_metrics,
 )
 
+# Reports are made here from fresh runs: --backend auto measures PyTorch alone (conftest).
+pytestmark = pytest.mark.usefixtures("auto_backend_measures_torch")
+
 CLASSES = sorted(MULTILABEL_PATCHES)  # blue, green, yellow, 红
 
 

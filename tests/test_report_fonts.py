@@ -13,6 +13,9 @@ from datagen import make_folder
 from resnetlab.core import plots
 from resnetlab.train import Trainer, resolve_config
 
+# Reports are made here from fresh runs: --backend auto measures PyTorch alone (conftest).
+pytestmark = pytest.mark.usefixtures("auto_backend_measures_torch")
+
 # The herbal-medicine users' names: Latin and Chinese mixed, long enough to wrap.
 CLASSES = ["Radix Astragali 黄芪", "枸杞子 (wolfberry)", "当归"]
 

@@ -20,6 +20,8 @@ from resnetlab.artifacts.run import RunDir
 from resnetlab.cli.commands import main
 
 pytest.importorskip("mlflow")
+# Reports are made here from fresh runs: --backend auto measures PyTorch alone (conftest).
+pytestmark = pytest.mark.usefixtures("auto_backend_measures_torch")
 
 CLASSES = {"人参": 8, "当归": 8, "枸杞": 8}
 
