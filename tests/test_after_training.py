@@ -398,7 +398,7 @@ def test_evaluate_uses_the_runs_bad_file_tolerance(tmp_path):
     settings.update(input_size=32, max_bad_fraction=0.1, num_workers=0, val_ratio=0.2)
     cfg = resolve_config(dict(settings, test_ratio=0.2, out=str(tmp_path), name="r"))
     Trainer(cfg, verbose=False).fit()
-    assert evaluate_run(str(tmp_path / "r"))["num_samples"] == 4
+    assert evaluate_run(str(tmp_path / "r"), backend="torch")["num_samples"] == 4
     from resnetlab.data import DataError
 
     with pytest.raises(DataError, match="max-bad-fraction"):
