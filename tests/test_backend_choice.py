@@ -2,6 +2,8 @@
 when the CPU, the versions or the weights change; a backend that disagrees is never chosen."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +16,19 @@ from resnetlab.artifacts.weights import save_bundle
 from resnetlab.cli.commands import main
 from resnetlab.inference import choice as backend_choice
 from resnetlab.inference.backends import BACKENDS, TorchBackend, register_backend
+from resnetlab.inference.export import export_onnx
 from resnetlab.inference.loading import load_model, pretrained_model
 from resnetlab.inference.predict import Predictor
 
 SPEED = {"torch": 100.0, "onnx": 150.0, "openvino": 140.0, "openvino-bf16": 400.0, "wrong": 1000.0}
 
 
-@pytest.fixture
-def run(tmp_path):
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory):
+    """A tiny run folder with the ONNX file the onnx and OpenVINO backends run, exported once
+    for the module: each measurement here would otherwise export it first (seconds), which is
+    not what these tests check (--backend auto exporting on first use: test_read_only_run and
+    the journeys)."""
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=3, widths=[4, 8, 8]).eval()
     meta = ModelMeta(
@@ -34,8 +41,16 @@ def run(tmp_path):
         std=[0.25] * 3,
         model_kwargs={"widths": [4, 8, 8]},
     )
-    save_bundle(model, meta, tmp_path / "run")
-    return tmp_path / "run"
+    path = tmp_path_factory.mktemp("exported") / "run"
+    save_bundle(model, meta, path)
+    export_onnx(load_model(path), RunDir(path).onnx)
+    return path
+
+
+@pytest.fixture
+def run(exported_run, tmp_path):
+    """The exported run, copied: the test's own backend.json and caches go into it."""
+    return Path(shutil.copytree(exported_run, tmp_path / "run"))
 
 
 @pytest.fixture
