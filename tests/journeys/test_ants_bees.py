@@ -80,7 +80,9 @@ def test_ants_vs_bees_journey(cli, tmp_path):
     from browser import chrome_driver
 
     port = _free_port()
-    server = cli.popen("serve", ft, "--port", port)
+    # predict measured --backend auto above; serve (fp32) would measure it again at start-up,
+    # which is not what the page is checked for.
+    server = cli.popen("serve", ft, "--port", port, "--backend", "torch")
     try:
         assert f"http://127.0.0.1:{port}/" in server.stdout.readline()
         with chrome_driver(900, 700) as d:

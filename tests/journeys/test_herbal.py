@@ -154,7 +154,9 @@ def test_herbal_medicine_journey(cli, tmp_path):
 
     # serve: a photo from the collection gets its Chinese label back over HTTP.
     port = _free_port()
-    server = cli.popen("serve", run, "--port", port)
+    # evaluate measured --backend auto above; serve (fp32) would measure it again at start-up,
+    # which is not what the Chinese label over HTTP is checked for.
+    server = cli.popen("serve", run, "--port", port, "--backend", "torch")
     try:
         banner = server.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in banner
