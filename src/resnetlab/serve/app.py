@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
@@ -107,6 +108,7 @@ def create_app(
         )
         batcher.start()
         state["batcher"] = batcher
+        state["loop"] = asyncio.get_running_loop()
         state["ready"] = True
         metrics.ready.set(1)
         if state.get("on_ready"):  # --processes: the parent hears of each worker ready
@@ -363,15 +365,24 @@ def _describe(predictor: Predictor) -> str:
     )
 
 
+def mark_not_ready(app) -> None:
+    """/readyz says 503 from the first SIGTERM or Ctrl-C on. This runs in the signal handler,
+    that is in the main thread between two of its bytecodes, maybe inside a metric update: the
+    gauge is set by the event loop afterwards, since prometheus_client guards every value with
+    a lock that is not reentrant (setting it here hung a worker that was counting a request)."""
+    app.state.serving["ready"] = False
+    loop = app.state.serving.get("loop")
+    if loop is not None:
+        with contextlib.suppress(RuntimeError):  # the loop has already closed
+            loop.call_soon_threadsafe(app.state.metrics.ready.set, 0)
+
+
 def _run_uvicorn(app, sock: socket.socket, settings: dict) -> None:
     import uvicorn
 
-    state = app.state.serving
-
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            state["ready"] = False  # /readyz says 503 from the first signal on
-            app.state.metrics.ready.set(0)
+            mark_not_ready(app)
             super().handle_exit(sig, frame)
 
     _connection_limit_answer()
